@@ -1,0 +1,57 @@
+# stepchain — the two commands a newcomer runs: `make demo` and `make test`.
+# Both create .venv, install stepchain (building the native OpenMP kernels) and its test tools.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stepchain-installed
+NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h) native/_native.c setup.py
+PYTEST_ARGS ?=
+
+.PHONY: all venv native proto lint typecheck unit test demo bench helm clean
+
+all: venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Editable install: builds native/_native*.so in place and pulls runtime + test dependencies.
+$(STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
+venv: $(STAMP)
+
+# Rebuild only the kernels after editing native/src (fast path while developing).
+native: | $(BIN)/python
+	$(BIN)/python setup.py -q build_ext --inplace
+
+# Regenerate the gRPC code from protos/ (tests fail when the committed copy is stale).
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
+		--grpc_python_out=protos protos/stepchain/v1/step.proto
+
+# A real Helm binary for the chart tests (cached under .cache/).
+helm: venv
+	bash helm/fetch-helm.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy native stepsvc topology loadtest
+
+unit: venv helm
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+bench: venv
+	$(BIN)/python bench/kernels.py
+
+clean:
+	rm -rf build *.egg-info native/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,186 @@
+"""Python API of the native kernels: validate, allocate, call the C binding (GIL released).
+
+Every function takes a NumPy ``uint8`` array of shape H x W x C (C in 1, 3, 4; H x W is read as
+one channel; non-contiguous views are copied once) and returns a new array. Keyword arguments
+``threads``, ``schedule`` and ``passes`` apply to this call only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from native import _native  # type: ignore[attr-defined]
+from native.registry import (
+    MAX_PIXELS,
+    MAX_SIDE,
+    SCHEDULES,
+    canonical_name,
+    default_threads,
+    spec_of,
+    validate_params,
+)
+
+Image = np.ndarray
+
+
+def as_image(img: Any, *, name: str = "image") -> np.ndarray:
+    """Returns `img` as a C-contiguous H x W x C uint8 array or raises ValueError saying why."""
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray, got {type(img).__name__}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8, got {img.dtype}")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f"{name} must be H x W x C (2 or 3 dimensions), got {img.ndim} dimensions")
+    h, w, c = img.shape
+    if c not in (1, 3, 4):
+        raise ValueError(f"{name} must have 1, 3 or 4 channels, got {c}")
+    check_size(h, w, name=name)
+    return np.ascontiguousarray(img)
+
+
+def check_size(h: int, w: int, *, name: str = "image") -> None:
+    """Rejects zero-sized and absurdly large images before anything is allocated."""
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} is empty ({h}x{w}); width and height must be >= 1")
+    if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
+        raise ValueError(
+            f"{name} is {w}x{h} = {w * h} pixels; the limit is {MAX_SIDE} per side and "
+            f"{MAX_PIXELS} pixels")
+
+
+def _exec(p: dict[str, Any]) -> tuple[int, int, int]:
+    threads = p.get("threads") or default_threads()
+    return threads, SCHEDULES.index(p["schedule"]), p["passes"]
+
+
+def _radius(p: dict[str, Any], sigma: float) -> int:
+    return int(p["radius"]) if p.get("radius") else max(1, math.ceil(3.0 * sigma))
+
+
+def _sigma_from(p: dict[str, Any], default: float) -> float:
+    if p.get("sigma"):
+        return float(p["sigma"])
+    if p.get("radius"):
+        # OpenCV's rule for a kernel of size 2r+1 given without sigma
+        return 0.3 * (p["radius"] - 1) + 0.8
+    return default
+
+
+def _simple(fn_name: str, img: Any, out_c: int | None, params: dict[str, Any], *extra: Any) -> Image:
+    src = as_image(img)
+    h, w, c = src.shape
+    p = validate_params(fn_name, params)
+    dst = np.empty((h, w, out_c or c), dtype=np.uint8)
+    getattr(_native, fn_name)(src, dst, h, w, c, *_exec(p), *extra)
+    return dst
+
+
+def identity(img: Image, **params: Any) -> Image:
+    """Returns a copy of `img` (measures transport overhead in a pipeline)."""
+    return _simple("identity", img, None, params)
+
+
+def grayscale(img: Image, **params: Any) -> Image:
+    """BT.601 luma (bit-identical to OpenCV's RGB2GRAY); returns H x W x 1."""
+    return _simple("grayscale", img, 1, params)
+
+
+def edges(img: Image, **params: Any) -> Image:
+    """Sobel gradient magnitude per colour channel, clamped to 255; alpha kept."""
+    return _simple("edges", img, None, params)
+
+
+def brightness(img: Image, **params: Any) -> Image:
+    """out = ((in * factor) - 128) * contrast + 128, clamped; alpha kept."""
+    p = validate_params("brightness", params)
+    return _simple("brightness", img, None, params, p["factor"], p["contrast"])
+
+
+def gaussian_blur(img: Image, **params: Any) -> Image:
+    """Separable Gaussian blur with replicate border; `sigma` and/or `radius`."""
+    p = validate_params("gaussian_blur", params)
+    sigma = _sigma_from(p, 2.0)
+    return _simple("gaussian_blur", img, None, params, sigma, _radius(p, sigma))
+
+
+def sharpen(img: Image, **params: Any) -> Image:
+    """Unsharp mask: img + amount * (img - gaussian(img, sigma)), clamped."""
+    p = validate_params("sharpen", params)
+    sigma = float(p["sigma"])
+    return _simple("sharpen", img, None, params, float(p["amount"]), sigma, _radius(p, sigma))
+
+
+def deblur(img: Image, **params: Any) -> Image:
+    """Richardson-Lucy deconvolution with a Gaussian PSF of `sigma` for `iterations` rounds."""
+    p = validate_params("deblur", params)
+    sigma = float(p["sigma"])
+    return _simple("deblur", img, None, params, sigma, _radius(p, sigma), int(p["iterations"]))
+
+
+def resize_shape(h: int, w: int, p: dict[str, Any]) -> tuple[int, int]:
+    """Output (height, width) of resize for validated params `p` on an h x w input."""
+    if "width" in p or "height" in p:
+        ow = p.get("width") or max(1, round(w * p["height"] / h))
+        oh = p.get("height") or max(1, round(h * p["width"] / w))
+    else:
+        scale = p.get("scale", 2.0)
+        oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+    check_size(oh, ow, name="resize output")
+    return int(oh), int(ow)
+
+
+def resize(img: Image, **params: Any) -> Image:
+    """Bilinear or bicubic (a = -0.75) resampling with pixel-centre alignment, like OpenCV."""
+    src = as_image(img)
+    h, w, c = src.shape
+    p = validate_params("resize", params)
+    oh, ow = resize_shape(h, w, p)
+    dst = np.empty((oh, ow, c), dtype=np.uint8)
+    method = 0 if p["method"] == "bilinear" else 1
+    _native.resize(src, dst, h, w, c, *_exec(p), oh, ow, method)
+    return dst
+
+
+def classify(img: Image, **params: Any) -> dict[str, Any]:
+    """Measures the image and labels it; the image itself is not changed.
+
+    Returns ``{"labels": {"sharpness": "blurry"|"sharp", "exposure": "dark"|"normal"|"bright",
+    "color": "grayscale"|"color"}, "measures": {"laplacian_var", "mean_luma", "colorfulness"}}``.
+    """
+    src = as_image(img)
+    h, w, c = src.shape
+    p = validate_params("classify", params)
+    lap_var, mean_luma, colorfulness = _native.classify(src, h, w, c, *_exec(p))
+    exposure = ("dark" if mean_luma < p["dark_threshold"]
+                else "bright" if mean_luma > p["bright_threshold"] else "normal")
+    return {
+        "labels": {
+            "sharpness": "blurry" if lap_var < p["blur_threshold"] else "sharp",
+            "exposure": exposure,
+            "color": "grayscale" if colorfulness < p["color_threshold"] else "color",
+        },
+        "measures": {"laplacian_var": lap_var, "mean_luma": mean_luma,
+                     "colorfulness": colorfulness},
+    }
+
+
+_FUNCTIONS = {
+    "identity": identity, "grayscale": grayscale, "gaussian_blur": gaussian_blur,
+    "sharpen": sharpen, "edges": edges, "brightness": brightness, "resize": resize,
+    "deblur": deblur, "classify": classify,
+}
+
+
+def run(name: str, img: Image, **params: Any) -> Any:
+    """Runs kernel `name` (canonical or alias): an array for image kernels, a dict for classify."""
+    return _FUNCTIONS[canonical_name(name)](img, **params)
+
+
+def output_kind(name: str) -> str:
+    """'image' or 'measure' for kernel `name`."""
+    return spec_of(name).output

@@ -1,0 +1,243 @@
+"""The one place that names kernels: canonical names, aliases and parameter schemas.
+
+Everything that accepts a kernel name or parameters (the Python API, the step server, the
+pipeline JSON model) validates through :func:`canonical_name` and :func:`validate_params`, so a
+bad value is rejected with the same message wherever it enters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Largest side and pixel count any kernel accepts or produces (a 16k x 16k image).
+MAX_SIDE = 65_536
+MAX_PIXELS = 1 << 28
+MAX_THREADS = 256
+MAX_PASSES = 1000
+SCHEDULES = ("static", "dynamic", "guided")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter: its type, default and allowed range."""
+
+    name: str
+    kind: type  # float, int or str
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def check(self, kernel: str, value: Any) -> Any:
+        where = f"{kernel}.{self.name}"
+        if value is None:
+            if self.default is None:
+                return None
+            value = self.default
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+            if self.choices and value not in self.choices:
+                raise ValueError(f"{where} must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+        if self.kind is int:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(f"{where} must be an integer, got {value!r}")
+                value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be a finite number, got {value!r}")
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and (value <= lo if self.exclusive_minimum else value < lo):
+            op = ">" if self.exclusive_minimum else ">="
+            raise ValueError(f"{where} must be {op} {lo:g}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ValueError(f"{where} must be <= {hi:g}, got {value!r}")
+        return value
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"description": self.doc}
+        if self.kind is str:
+            schema["type"] = "string"
+            if self.choices:
+                schema["enum"] = list(self.choices)
+        else:
+            schema["type"] = "integer" if self.kind is int else "number"
+            if self.minimum is not None:
+                key = "exclusiveMinimum" if self.exclusive_minimum else "minimum"
+                schema[key] = self.minimum
+            if self.maximum is not None:
+                schema["maximum"] = self.maximum
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A kernel: canonical name, aliases, parameters, and whether it returns an image."""
+
+    name: str
+    doc: str
+    params: tuple[Param, ...] = ()
+    aliases: tuple[str, ...] = ()
+    #: "image" kernels return a new array; "measure" kernels (classify) return labels and pass
+    #: the image through unchanged.
+    output: str = "image"
+    param_names: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
+
+
+def _sigma(default: float | None, doc: str) -> Param:
+    return Param("sigma", float, default, doc, 0.0, 100.0, exclusive_minimum=True)
+
+
+_RADIUS = Param("radius", int, None, "kernel half-width in pixels (default ceil(3 sigma))", 1, 300)
+
+#: Parameters every kernel takes: this call's OpenMP team size, loop schedule and repeat count.
+EXEC_PARAMS: tuple[Param, ...] = (
+    Param("threads", int, None, "OpenMP threads for this call (default: OMP_NUM_THREADS or all cores)",
+          1, MAX_THREADS),
+    Param("schedule", str, "static", "OpenMP loop schedule", choices=SCHEDULES),
+    Param("passes", int, 1, "compute the kernel this many times (heavier on purpose; same result)",
+          1, MAX_PASSES),
+)
+EXEC_PARAM_NAMES = frozenset(p.name for p in EXEC_PARAMS)
+
+KERNELS: dict[str, KernelSpec] = {
+    spec.name: spec
+    for spec in (
+        KernelSpec("identity", "copies the image; measures transport overhead"),
+        KernelSpec("grayscale", "ITU-R BT.601 luma; returns one channel"),
+        KernelSpec(
+            "gaussian_blur",
+            "separable Gaussian blur, replicate border",
+            (_sigma(None, "standard deviation in pixels (default 2, or from radius)"), _RADIUS),
+            aliases=("blur",),
+        ),
+        KernelSpec(
+            "sharpen",
+            "unsharp mask: img + amount * (img - gaussian(img, sigma))",
+            (Param("amount", float, 1.0, "strength of the mask", 0.0, 20.0),
+             _sigma(1.0, "blur sigma of the mask"), _RADIUS),
+        ),
+        KernelSpec("edges", "Sobel gradient magnitude per channel (alpha kept)"),
+        KernelSpec(
+            "brightness",
+            "out = ((in * factor) - 128) * contrast + 128, clamped; alpha kept",
+            (Param("factor", float, 1.2, "brightness multiplier", 0.0, 16.0),
+             Param("contrast", float, 1.0, "contrast around mid-grey", 0.0, 16.0)),
+        ),
+        KernelSpec(
+            "resize",
+            "bilinear or bicubic resampling by scale or to width/height",
+            (Param("scale", float, None, "scale factor for both sides (default 2 when no size)",
+                   0.0, 16.0, exclusive_minimum=True),
+             Param("width", int, None, "output width (height keeps the aspect unless given)", 1,
+                   MAX_SIDE),
+             Param("height", int, None, "output height (width keeps the aspect unless given)", 1,
+                   MAX_SIDE),
+             Param("method", str, "bilinear", "interpolation", choices=("bilinear", "bicubic"))),
+            aliases=("upscaling",),
+        ),
+        KernelSpec(
+            "deblur",
+            "Richardson-Lucy deconvolution with a Gaussian PSF",
+            (_sigma(1.5, "PSF standard deviation in pixels"), _RADIUS,
+             Param("iterations", int, 10, "Richardson-Lucy iterations", 1, 500)),
+        ),
+        KernelSpec(
+            "classify",
+            "measures sharpness, exposure and colourfulness and returns labels; image unchanged",
+            (Param("blur_threshold", float, 100.0, "variance of Laplacian below this is 'blurry'",
+                   0.0, 1e9),
+             Param("dark_threshold", float, 60.0, "mean luma below this is 'dark'", 0.0, 255.0),
+             Param("bright_threshold", float, 190.0, "mean luma above this is 'bright'", 0.0, 255.0),
+             Param("color_threshold", float, 10.0, "colourfulness below this is 'grayscale'", 0.0,
+                   1000.0)),
+            aliases=("classifier", "detection"),
+            output="measure",
+        ),
+    )
+}
+
+_ALIASES: dict[str, str] = {alias: spec.name for spec in KERNELS.values() for alias in spec.aliases}
+
+
+def canonical_name(name: str) -> str:
+    """Maps a kernel name or alias (case-insensitive) to its canonical name."""
+    if not isinstance(name, str):
+        raise ValueError(f"kernel type must be a string, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key in KERNELS:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    known = sorted([*KERNELS, *_ALIASES])
+    raise ValueError(f"unknown kernel type {name!r}; known types: {', '.join(known)}")
+
+
+def spec_of(name: str) -> KernelSpec:
+    return KERNELS[canonical_name(name)]
+
+
+def default_threads() -> int:
+    """Threads used when a call gives none: OMP_NUM_THREADS if set, else every core."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), MAX_THREADS)
+    return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+
+
+def validate_params(name: str, params: Mapping[str, Any] | None, *,
+                    allow_exec: bool = True) -> dict[str, Any]:
+    """Checks `params` for kernel `name` and returns them with defaults filled in.
+
+    Unknown names, wrong types, NaN and out-of-range values raise ValueError naming the
+    parameter and what is allowed. With `allow_exec`, threads/schedule/passes are accepted too.
+    """
+    spec = spec_of(name)
+    params = dict(params or {})
+    allowed = spec.param_names | (EXEC_PARAM_NAMES if allow_exec else frozenset())
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(
+            f"{spec.name} does not take parameter(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+    out: dict[str, Any] = {}
+    for p in spec.params + (EXEC_PARAMS if allow_exec else ()):
+        if p.name in params or p.default is not None:
+            value = p.check(spec.name, params.get(p.name))
+            if value is not None:
+                out[p.name] = value
+    _check_relations(spec.name, out)
+    return out
+
+
+def _check_relations(kernel: str, p: dict[str, Any]) -> None:
+    if kernel == "classify" and p["dark_threshold"] >= p["bright_threshold"]:
+        raise ValueError("classify.dark_threshold must be below classify.bright_threshold")
+    if kernel == "resize" and "scale" in p and ("width" in p or "height" in p):
+        raise ValueError("resize takes either scale or width/height, not both")
+
+
+def params_json_schema(name: str) -> dict[str, Any]:
+    """JSON Schema of a kernel's `params` object (used in the topology API's OpenAPI)."""
+    spec = spec_of(name)
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {p.name: p.json_schema() for p in spec.params + EXEC_PARAMS},
+    }

@@ -1,0 +1,58 @@
+/* The one place kernels go parallel: a row loop with a per-call team size and schedule. */
+#include <stdlib.h>
+
+#include "sc_common.h"
+
+#define SC_ROW_LOOP(SCHED)                                                                      \
+    _Pragma(SCHED) for (int b = 0; b < nchunks; b++)                                            \
+    {                                                                                           \
+        int y0 = b * chunk, y1 = y0 + chunk < n ? y0 + chunk : n;                               \
+        fn(ctx, y0, y1, scratch);                                                               \
+    }
+
+int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const void *ctx,
+                     size_t scratch_bytes)
+{
+    if (n <= 0)
+        return SC_OK;
+    if (chunk < 1)
+        chunk = 1;
+    const int nchunks = (n + chunk - 1) / chunk;
+    int threads = ex->threads < 1 ? 1 : ex->threads;
+    if (threads > nchunks)
+        threads = nchunks;
+    int failed = 0; /* shared: every thread must agree before entering the worksharing loop */
+
+#pragma omp parallel num_threads(threads)
+    {
+        void *scratch = NULL;
+        if (scratch_bytes) {
+            /* 64-byte aligned so vector loads on scratch rows never split cache lines */
+            size_t bytes = (scratch_bytes + 63) & ~(size_t)63;
+            scratch = aligned_alloc(64, bytes);
+            if (scratch == NULL) {
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+#pragma omp barrier
+        int any_failed;
+#pragma omp atomic read
+        any_failed = failed;
+        if (!any_failed) {
+            switch (ex->schedule) {
+            case SC_SCHED_DYNAMIC:
+                SC_ROW_LOOP("omp for schedule(dynamic, 1) nowait")
+                break;
+            case SC_SCHED_GUIDED:
+                SC_ROW_LOOP("omp for schedule(guided) nowait")
+                break;
+            default:
+                SC_ROW_LOOP("omp for schedule(static) nowait")
+                break;
+            }
+        }
+        free(scratch);
+    }
+    return failed ? SC_ENOMEM : SC_OK;
+}

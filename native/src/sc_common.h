@@ -1,0 +1,88 @@
+/* Shared definitions for stepchain's native kernels.
+ *
+ * Every kernel is a pure function of its input buffers and an sc_exec describing *this call's*
+ * OpenMP thread count and schedule. Nothing here touches process-global OpenMP state
+ * (no omp_set_num_threads / omp_set_schedule), so concurrent calls from different Python
+ * threads with different settings never interfere.
+ *
+ * Images are tightly packed, row-major H x W x C uint8 (C in {1, 3, 4}).
+ */
+#ifndef SC_COMMON_H
+#define SC_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { SC_SCHED_STATIC = 0, SC_SCHED_DYNAMIC = 1, SC_SCHED_GUIDED = 2 } sc_schedule;
+
+typedef struct {
+    int threads;          /* OpenMP team size for this call only (>= 1) */
+    sc_schedule schedule; /* loop schedule for this call's parallel loops */
+} sc_exec;
+
+typedef struct {
+    int h, w, c;
+} sc_shape;
+
+/* Return codes. The binding turns them into Python exceptions. */
+enum { SC_OK = 0, SC_ENOMEM = -1, SC_EINVAL = -2 };
+
+/* A row task: process rows [y0, y1) using `ctx`; `scratch` is a per-thread buffer of
+ * `scratch_bytes` bytes (NULL when 0), so row functions never allocate. */
+typedef void (*sc_rows_fn)(const void *ctx, int y0, int y1, void *scratch);
+
+/* Runs fn over rows [0, n) in chunks of `chunk` rows with ex's thread count and schedule.
+ * Returns SC_ENOMEM if a per-thread scratch buffer could not be allocated. */
+int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const void *ctx,
+                     size_t scratch_bytes);
+
+/* Hot loops are compiled twice on x86-64 (AVX2+FMA and baseline) and the best one is picked at
+ * load time, so a portable build still uses wide vectors where the CPU has them. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SC_NO_CLONES)
+#define SC_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SC_HOT
+#endif
+
+static inline uint8_t sc_clamp_u8f(float v)
+{
+    /* round half up after clamping; branch-free so loops stay vectorisable */
+    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+    return (uint8_t)(v + 0.5f);
+}
+
+static inline int sc_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* Normalised 1-D Gaussian weights for taps -radius..radius into k[0..2*radius]. */
+void sc_gaussian_weights(float *k, int radius, double sigma);
+
+/* Float image Gaussian (separable, replicate border) used by blur, sharpen and deblur.
+ * src and dst are H x W x C float planes (interleaved); they may not alias. */
+int sc_gaussian_f32(const float *src, float *dst, sc_shape s, const float *k, int radius,
+                    const sc_exec *ex);
+
+/* ---- kernels (one per file) ---- */
+int sc_identity(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex);
+int sc_grayscale(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex);
+int sc_brightness(const uint8_t *src, uint8_t *dst, sc_shape s, double factor, double contrast,
+                  const sc_exec *ex);
+int sc_gaussian_blur(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, int radius,
+                     const sc_exec *ex);
+int sc_sharpen(const uint8_t *src, uint8_t *dst, sc_shape s, double amount, double sigma,
+               int radius, const sc_exec *ex);
+int sc_edges(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex);
+/* method: 0 = bilinear, 1 = bicubic. dst is oh x ow x s.c */
+int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int method,
+              const sc_exec *ex);
+int sc_deblur(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, int radius,
+              int iterations, const sc_exec *ex);
+
+/* classify: measurements only; the image is not modified. */
+typedef struct {
+    double laplacian_var; /* variance of the 4-neighbour Laplacian of luma */
+    double mean_luma;     /* 0..255 */
+    double colorfulness;  /* Hasler & Suesstrunk 2003 metric, 0 for C == 1 */
+} sc_measures;
+int sc_classify(const uint8_t *src, sc_shape s, sc_measures *out, const sc_exec *ex);
+
+#endif

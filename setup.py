@@ -1,0 +1,34 @@
+"""Build of the native OpenMP kernels; all metadata lives in pyproject.toml.
+
+`STEPCHAIN_NATIVE_ARCH` (e.g. `native`, `x86-64-v3`) adds `-march=` for a machine-specific
+build; the default build is portable and still picks AVX2 paths at run time (target_clones).
+"""
+
+import os
+import sys
+from glob import glob
+
+from setuptools import Extension, find_packages, setup
+
+compile_args = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra",
+                "-Wno-unused-parameter"]
+arch = os.environ.get("STEPCHAIN_NATIVE_ARCH", "")
+if arch:
+    compile_args.append(f"-march={arch}")
+if sys.platform == "darwin":  # Apple clang needs libomp; kept for contributors on macOS
+    compile_args = [a.replace("-fopenmp", "-Xpreprocessor -fopenmp") for a in compile_args]
+
+kernels = Extension(
+    "native._native",
+    sources=sorted(glob("native/src/*.c")) + ["native/_native.c"],
+    include_dirs=["native/src"],
+    extra_compile_args=compile_args,
+    extra_link_args=["-fopenmp"],
+)
+
+setup(
+    packages=find_packages(include=["native*", "stepsvc*", "topology*", "loadtest*"])
+    + ["stepchain", "stepchain.v1"],
+    package_dir={"stepchain": "protos/stepchain"},
+    ext_modules=[kernels],
+)

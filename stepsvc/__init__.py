@@ -1,0 +1,1 @@
+"""The gRPC step service: one pipeline step per process, chained through discovery."""
