@@ -61,6 +61,10 @@ void sc_gaussian_weights(float *k, int radius, double sigma);
 int sc_gaussian_f32(const float *src, float *dst, sc_shape s, const float *k, int radius,
                     const sc_exec *ex);
 
+/* uint8 Gaussian (blur, and sharpen when `sharpen` != 0: clamp(in + amount * (in - blur))). */
+int sc_gaussian_u8(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, int radius,
+                   int sharpen, double amount, const sc_exec *ex);
+
 /* ---- kernels (one per file) ---- */
 int sc_identity(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex);
 int sc_grayscale(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex);

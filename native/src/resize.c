@@ -1,0 +1,117 @@
+/* resize: bilinear or bicubic (Keys, a = -0.75) resampling with OpenCV's pixel-centre mapping
+ * src = (dst + 0.5) * in / out - 0.5 and replicate border.
+ *
+ * Source indices and weights for every output column and row are computed once per call.
+ * Per output row the 2 (or 4) source rows are blended into one float row (contiguous over
+ * W*C, vectorises), then each output pixel blends 2 (or 4) pixels of that row. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "sc_common.h"
+
+typedef struct {
+    const uint8_t *src;
+    uint8_t *dst;
+    int h, w, c, oh, ow, taps;
+    const int *xi, *yi;   /* taps source indices per output column / row (clamped) */
+    const float *wx, *wy; /* matching weights */
+} resize_ctx;
+
+/* Fills taps indices and weights for `out` positions mapped onto `in` source positions. */
+static void resize_table(int in, int out, int taps, int *idx, float *wt)
+{
+    const double scale = (double)in / out;
+    const float A = -0.75f;
+    for (int o = 0; o < out; o++) {
+        double f = (o + 0.5) * scale - 0.5;
+        int s = (int)floor(f);
+        float t = (float)(f - s);
+        int *ix = idx + (size_t)o * taps;
+        float *w = wt + (size_t)o * taps;
+        if (taps == 2) {
+            /* like OpenCV, positions outside the first/last pixel centre take that pixel */
+            if (s < 0)
+                s = 0, t = 0.0f;
+            if (s >= in - 1)
+                s = in - 1, t = 0.0f;
+            ix[0] = s;
+            ix[1] = sc_clampi(s + 1, 0, in - 1);
+            w[0] = 1.0f - t;
+            w[1] = t;
+        } else {
+            for (int k = 0; k < 4; k++)
+                ix[k] = sc_clampi(s - 1 + k, 0, in - 1);
+            const float t1 = t + 1.0f, u = 1.0f - t;
+            w[0] = ((A * t1 - 5.0f * A) * t1 + 8.0f * A) * t1 - 4.0f * A;
+            w[1] = ((A + 2.0f) * t - (A + 3.0f)) * t * t + 1.0f;
+            w[2] = ((A + 2.0f) * u - (A + 3.0f)) * u * u + 1.0f;
+            w[3] = 1.0f - w[0] - w[1] - w[2];
+        }
+    }
+}
+
+SC_HOT static void resize_rows(const void *p, int y0, int y1, void *scratch)
+{
+    const resize_ctx *r = p;
+    const int c = r->c, taps = r->taps;
+    const size_t n = (size_t)r->w * c, on = (size_t)r->ow * c;
+    float *restrict row = scratch;
+    for (int y = y0; y < y1; y++) {
+        const int *yi = r->yi + (size_t)y * taps;
+        const float *wy = r->wy + (size_t)y * taps;
+        {
+            const uint8_t *restrict s0 = r->src + (size_t)yi[0] * n;
+            const float w0 = wy[0];
+            for (size_t i = 0; i < n; i++)
+                row[i] = w0 * (float)s0[i];
+        }
+        for (int k = 1; k < taps; k++) {
+            const uint8_t *restrict sk = r->src + (size_t)yi[k] * n;
+            const float wk = wy[k];
+            for (size_t i = 0; i < n; i++)
+                row[i] += wk * (float)sk[i];
+        }
+        uint8_t *restrict out = r->dst + (size_t)y * on;
+        if (taps == 2) {
+            for (int x = 0; x < r->ow; x++) {
+                const float *a = row + (size_t)r->xi[2 * x] * c, *b = row + (size_t)r->xi[2 * x + 1] * c;
+                const float wa = r->wx[2 * x], wb = r->wx[2 * x + 1];
+                for (int ch = 0; ch < c; ch++)
+                    out[(size_t)x * c + ch] = sc_clamp_u8f(wa * a[ch] + wb * b[ch]);
+            }
+        } else {
+            for (int x = 0; x < r->ow; x++) {
+                const int *xi = r->xi + 4 * (size_t)x;
+                const float *wx = r->wx + 4 * (size_t)x;
+                const float *a = row + (size_t)xi[0] * c, *b = row + (size_t)xi[1] * c;
+                const float *d = row + (size_t)xi[2] * c, *e = row + (size_t)xi[3] * c;
+                for (int ch = 0; ch < c; ch++)
+                    out[(size_t)x * c + ch] =
+                        sc_clamp_u8f(wx[0] * a[ch] + wx[1] * b[ch] + wx[2] * d[ch] + wx[3] * e[ch]);
+            }
+        }
+    }
+}
+
+int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int method,
+              const sc_exec *ex)
+{
+    if (oh < 1 || ow < 1 || method < 0 || method > 1)
+        return SC_EINVAL;
+    const int taps = method == 0 ? 2 : 4;
+    const size_t nx = (size_t)ow * taps, ny = (size_t)oh * taps;
+    int *idx = malloc(sizeof(int) * (nx + ny));
+    float *wt = malloc(sizeof(float) * (nx + ny));
+    if (idx == NULL || wt == NULL) {
+        free(idx);
+        free(wt);
+        return SC_ENOMEM;
+    }
+    resize_table(s.w, ow, taps, idx, wt);
+    resize_table(s.h, oh, taps, idx + nx, wt + nx);
+    resize_ctx r = {src, dst, s.h, s.w, s.c, oh, ow, taps, idx, idx + nx, wt, wt + nx};
+    int rc = sc_parallel_rows(ex, oh, 8, resize_rows, &r, sizeof(float) * (size_t)s.w * s.c);
+    free(idx);
+    free(wt);
+    return rc;
+}
