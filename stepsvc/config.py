@@ -1,0 +1,276 @@
+"""The one loader of a step's pipeline config (the ConfigMap key ``PIPELINE_CONFIG``).
+
+A step process learns the whole pipeline's routing graph plus which step it is::
+
+    pipeline_id: demo
+    step_id: 0
+    steps:
+      - {id: 0, type: classify, next_step: [1, 2], preferred_next: 2, route: {blurry: 1}}
+      - {id: 1, type: deblur, params: {sigma: 1.5}, next_step: 2}
+      - {id: 2, type: sharpen}
+
+YAML or JSON. Every problem is reported as ``ValueError("PIPELINE_CONFIG: <field path>:
+<problem>")`` so an operator can find the offending line of the ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from native.registry import canonical_name, validate_params
+
+#: Prefix of every error message: the ConfigMap key / env var the text came from.
+SOURCE = "PIPELINE_CONFIG"
+
+#: RFC 1123 label (what Kubernetes accepts as a Service name component).
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class StepSpec(BaseModel):
+    """One step of the pipeline: its kernel, parameters and where it may forward to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: int = Field(ge=0)
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    next_step: list[int] = Field(default_factory=list)
+    preferred_next: int | None = None
+    route: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _canonical_type(cls, value: str) -> str:
+        return canonical_name(value)
+
+    @field_validator("params")
+    @classmethod
+    def _kernel_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kernel = info.data.get("type")
+        if kernel is None:  # the type itself was invalid and is reported on its own
+            return value
+        checked = validate_params(kernel, value, allow_exec=True)
+        # Keep only what the user wrote (normalised), so dump_config stays faithful to the
+        # input; the kernel fills its own defaults at call time.
+        return {k: checked[k] for k in value if k in checked}
+
+    @field_validator("next_step", mode="before")
+    @classmethod
+    def _int_or_list(cls, value: Any) -> Any:
+        # The Flask-era pipeline format writes a single successor as a bare int.
+        if value is None:
+            return []
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    @field_validator("next_step")
+    @classmethod
+    def _unique_non_negative(cls, value: list[int]) -> list[int]:
+        for step_id in value:
+            if step_id < 0:
+                raise ValueError(f"step ids must be >= 0, got {step_id}")
+        duplicates = sorted({s for s in value if value.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"lists step id(s) {duplicates} more than once")
+        return value
+
+    @field_validator("route")
+    @classmethod
+    def _route_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            facet, sep, label = key.partition("=")
+            if not key.strip() or (sep and (not facet.strip() or not label.strip())):
+                raise ValueError(
+                    f"route key {key!r} must be a classify label (e.g. 'blurry') "
+                    "or facet=label (e.g. 'sharpness=blurry')")
+        return value
+
+    @model_validator(mode="after")
+    def _successors(self) -> StepSpec:
+        if self.preferred_next is not None and self.preferred_next not in self.next_step:
+            raise _FieldError(
+                "preferred_next",
+                f"{self.preferred_next} is not one of next_step {self.next_step}")
+        for label, target in self.route.items():
+            if target not in self.next_step:
+                raise _FieldError(
+                    f"route.{label}", f"{target} is not one of next_step {self.next_step}")
+        return self
+
+
+class PipelineConfig(BaseModel):
+    """The whole pipeline as one step process sees it, plus which step that process is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pipeline_id: str
+    step_id: int = Field(ge=0)
+    steps: list[StepSpec] = Field(min_length=1)
+
+    @field_validator("pipeline_id")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if len(value) > 63 or not _DNS1123_LABEL.match(value):
+            raise ValueError(
+                f"{value!r} must be a DNS-1123 label: at most 63 characters of a-z, 0-9 and '-', "
+                "starting and ending with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineConfig:
+        index: dict[int, int] = {}
+        for i, step in enumerate(self.steps):
+            if step.id in index:
+                raise _FieldError(
+                    f"steps[{i}].id", f"duplicate step id {step.id} (also steps[{index[step.id]}])")
+            index[step.id] = i
+        for i, step in enumerate(self.steps):
+            missing = [s for s in step.next_step if s not in index]
+            if missing:
+                raise _FieldError(
+                    f"steps[{i}].next_step",
+                    f"step id(s) {missing} do not exist; steps are {sorted(index)}")
+        if self.step_id not in index:
+            raise _FieldError("step_id", f"{self.step_id} is not one of the steps {sorted(index)}")
+        cycle = _find_cycle({s.id: s.next_step for s in self.steps})
+        if cycle:
+            path = " -> ".join(str(s) for s in cycle)
+            raise _FieldError("steps", f"next_step forms a cycle {path}; a request would never end")
+        return self
+
+    def this_step(self) -> StepSpec:
+        """The step this process runs."""
+        return self.step(self.step_id)
+
+    def step(self, step_id: int) -> StepSpec:
+        """The step with id `step_id`; KeyError naming the known ids if there is none."""
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(f"pipeline {self.pipeline_id!r} has no step {step_id}; "
+                       f"steps are {sorted(s.id for s in self.steps)}")
+
+
+class _FieldError(ValueError):
+    """A cross-field problem that knows its field path (pydantic reports those at the root)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
+    """A cycle in the successor graph as a list of ids (first id repeated at the end), or None."""
+    state: dict[int, int] = {}  # 1 = on the current path, 2 = fully explored
+    path: list[int] = []
+
+    def visit(node: int) -> list[int] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(exc: pydantic.ValidationError, data: Any) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        base = _format_loc(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):
+            path = f"{base}.{cause.path}" if base else cause.path
+            problems.append(f"{path}: {cause.problem}")
+            continue
+        message = str(cause) if isinstance(cause, ValueError) else err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field; allowed: " + _allowed_fields(err["loc"])
+        problems.append(f"{base or '(top level)'}: {message}")
+    return "; ".join(problems)
+
+
+def _allowed_fields(loc: tuple[int | str, ...]) -> str:
+    model = StepSpec if loc and loc[0] == "steps" and len(loc) > 2 else PipelineConfig
+    return ", ".join(model.model_fields)
+
+
+def parse_config(text: str) -> PipelineConfig:
+    """Parses a PIPELINE_CONFIG document (YAML or JSON) into a validated PipelineConfig.
+
+    Raises ValueError("PIPELINE_CONFIG: <field path>: <problem>") for anything invalid.
+    """
+    try:
+        # JSON first: its error messages are clearer for JSON input than YAML's.
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{SOURCE}: not valid YAML or JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{SOURCE}: must be a mapping with pipeline_id, step_id and steps; "
+            f"got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"{SOURCE}: {_describe(exc, data)}") from None
+
+
+def load_config(path: str | None = None, env: str | None = None) -> PipelineConfig:
+    """Loads the config from a file `path` or from the environment variable named `env`.
+
+    Exactly one of them must be given. Unreadable files and unset variables raise ValueError.
+    """
+    if (path is None) == (env is None):
+        raise ValueError("load_config needs exactly one of path (a file) or env (a variable name)")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ValueError(f"{SOURCE}: cannot read config file {path}: {exc.strerror}") from None
+    else:
+        assert env is not None
+        text = os.environ.get(env, "")
+        if not text.strip():
+            raise ValueError(f"{SOURCE}: environment variable {env} is not set or empty")
+    return parse_config(text)
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """YAML text of `cfg` that parse_config reads back to an equal PipelineConfig."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
