@@ -1,0 +1,171 @@
+"""Prometheus metrics of one step server, recorded by a gRPC interceptor.
+
+Every series is labelled ``pipeline_id``, ``step_id``, ``step_type``:
+
+- ``stepchain_step_requests_total{grpc_code}`` — finished StepService calls by status code.
+- ``stepchain_step_duration_seconds`` — wall time of each call in this step (includes forward).
+- ``stepchain_step_queue_wait_seconds``, ``stepchain_step_kernel_seconds``,
+  ``stepchain_step_forward_seconds`` — the step's phases, from its own ``StepTiming`` in the
+  response (so only calls that completed).
+- ``stepchain_step_in_flight`` — calls being handled now.
+- ``stepchain_step_received_bytes_total``, ``stepchain_step_sent_bytes_total`` — serialized
+  request/response sizes.
+
+Each :class:`StepMetrics` owns its registry, so several servers in one process (tests, the
+benchmark) never collide; :meth:`StepMetrics.serve_http` exposes it on ``--metrics-port``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import HTTPServer
+from threading import Thread
+from typing import Any
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+#: Only StepService calls are counted; health probes and reflection are not requests.
+METERED_METHOD_PREFIX = "/stepchain.v1.StepService/"
+LABELS = ("pipeline_id", "step_id", "step_type")
+#: Seconds: from a fast kernel on a thumbnail to a deblur of a large photo.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0, float("inf"))
+
+
+@dataclass
+class MetricsHTTPServer:
+    """The ``/metrics`` HTTP endpoint of one registry."""
+
+    httpd: HTTPServer
+    thread: Thread
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.httpd.server_address[1])
+
+    def stop(self) -> None:
+        """Stops serving and closes the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class StepMetrics:
+    """The metrics of one step; use :meth:`server_interceptor` on its gRPC server."""
+
+    def __init__(self, pipeline_id: str, step_id: int, step_type: str,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.pipeline_id = pipeline_id
+        self.step_id = step_id
+        if registry is None:
+            # Per-instance registry: give it the process metrics the global one would have.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        labels = {"pipeline_id": pipeline_id, "step_id": str(step_id), "step_type": step_type}
+        reg = self.registry
+        self._requests = Counter(
+            "stepchain_step_requests", "StepService calls finished, by gRPC status code.",
+            (*LABELS, "grpc_code"), registry=reg)
+        self._labels = labels
+        # Expose the OK series at 0 from the start so rate() works before the first request.
+        self._requests.labels(**labels, grpc_code="OK")
+
+        def histogram(name: str, doc: str) -> Any:
+            return Histogram(name, doc, LABELS, buckets=LATENCY_BUCKETS,
+                             registry=reg).labels(**labels)
+
+        self.duration = histogram("stepchain_step_duration_seconds",
+                                  "Wall time of a call in this step, forward included.")
+        self.queue_wait = histogram("stepchain_step_queue_wait_seconds",
+                                    "Time a call waited for a free in-flight slot.")
+        self.kernel = histogram("stepchain_step_kernel_seconds",
+                                "Time in the native kernel (all passes).")
+        self.forward = histogram("stepchain_step_forward_seconds",
+                                 "Time forwarding to the next step and waiting for its answer.")
+        self.in_flight = Gauge("stepchain_step_in_flight", "StepService calls being handled now.",
+                               LABELS, registry=reg).labels(**labels)
+        self.received_bytes = Counter(
+            "stepchain_step_received_bytes", "Serialized size of the requests received.",
+            LABELS, registry=reg).labels(**labels)
+        self.sent_bytes = Counter(
+            "stepchain_step_sent_bytes", "Serialized size of the responses sent.",
+            LABELS, registry=reg).labels(**labels)
+
+    def count_request(self, code: grpc.StatusCode) -> None:
+        """Counts one finished call with status `code`."""
+        self._requests.labels(**self._labels, grpc_code=code.name).inc()
+
+    def observe_response(self, response: Any) -> None:
+        """Records this step's phases from its ``StepTiming`` in a ProcessResponse."""
+        for timing in getattr(response, "timings", ()):
+            if timing.step_id == self.step_id and timing.pipeline_id == self.pipeline_id:
+                self.queue_wait.observe(timing.queue_wait_ms / 1000.0)
+                self.kernel.observe(timing.kernel_ms / 1000.0)
+                self.forward.observe(timing.forward_ms / 1000.0)
+                return
+
+    def server_interceptor(self) -> grpc.ServerInterceptor:
+        """An interceptor recording every StepService call into these metrics."""
+        return _MetricsInterceptor(self)
+
+    def serve_http(self, port: int, addr: str = "0.0.0.0") -> MetricsHTTPServer:
+        """Serves ``/metrics`` for this registry on `addr`:`port` (0 picks a free port)."""
+        httpd, thread = start_http_server(port, addr=addr, registry=self.registry)
+        return MetricsHTTPServer(httpd, thread)
+
+
+def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    code = getattr(context, "code", None)
+    return code() if callable(code) else None
+
+
+class _MetricsInterceptor(grpc.ServerInterceptor):
+    def __init__(self, metrics: StepMetrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if (handler is None or not method.startswith(METERED_METHOD_PREFIX)
+                or handler.request_streaming or handler.response_streaming):
+            return handler
+        behavior = handler.unary_unary
+        metrics = self._metrics
+
+        def metered(request: Any, context: grpc.ServicerContext) -> Any:
+            metrics.in_flight.inc()
+            metrics.received_bytes.inc(request.ByteSize())
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = behavior(request, context)
+                code = _context_code(context) or grpc.StatusCode.OK
+                if code == grpc.StatusCode.OK and response is not None:
+                    metrics.sent_bytes.inc(response.ByteSize())
+                    metrics.observe_response(response)
+                return response
+            except BaseException:
+                code = _context_code(context) or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                metrics.duration.observe(time.perf_counter() - start)
+                metrics.in_flight.dec()
+                metrics.count_request(code)
+
+        return grpc.unary_unary_rpc_method_handler(
+            metered, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
