@@ -1,0 +1,173 @@
+"""Images on the wire ↔ NumPy arrays: raw pixels, or PNG/JPEG decoded and encoded with Pillow.
+
+Raw images become zero-copy views of the request bytes. Encoded images are checked against the
+pixel limit from their header *before* any pixel is decoded, so a small file claiming a huge
+size (a decompression bomb) costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+from stepchain.v1 import step_pb2
+
+from native.registry import MAX_PIXELS
+
+RAW = step_pb2.IMAGE_ENCODING_RAW
+PNG = step_pb2.IMAGE_ENCODING_PNG
+JPEG = step_pb2.IMAGE_ENCODING_JPEG
+ENCODING_NAMES: dict[int, str] = {RAW: "RAW", PNG: "PNG", JPEG: "JPEG"}
+_PIL_FORMAT: dict[int, str] = {PNG: "PNG", JPEG: "JPEG"}
+DEFAULT_JPEG_QUALITY = 90
+#: zlib level 1: lossless like every level, several times faster than Pillow's default 6.
+PNG_COMPRESS_LEVEL = 1
+
+
+class ImageError(ValueError):
+    """The image in a request is malformed (answered with INVALID_ARGUMENT)."""
+
+
+class PixelLimitError(ImageError):
+    """The image is larger than this step accepts (answered with RESOURCE_EXHAUSTED)."""
+
+
+def encoding_name(encoding: int) -> str:
+    """'RAW', 'PNG', 'JPEG' or 'unknown encoding N'."""
+    return ENCODING_NAMES.get(encoding, f"unknown encoding {encoding}")
+
+
+def check_pixels(width: int, height: int, max_pixels: int, *, where: str = "image") -> None:
+    """Raises PixelLimitError if width x height exceeds `max_pixels`."""
+    if width * height > max_pixels:
+        raise PixelLimitError(
+            f"{where} is {width}x{height} = {width * height} pixels; this step accepts at most "
+            f"{max_pixels} pixels (--max-pixels)")
+
+
+def decode_image(msg: step_pb2.Image, *, max_pixels: int = MAX_PIXELS,
+                 where: str = "image") -> np.ndarray:
+    """Returns the pixels of `msg` as an H x W x C uint8 array (read-only for RAW input).
+
+    Raises ImageError (bad sizes, byte counts, corrupt or truncated files) or PixelLimitError.
+    """
+    if msg.encoding == RAW:
+        return _decode_raw(msg, max_pixels, where)
+    if msg.encoding in _PIL_FORMAT:
+        return _decode_file(bytes(msg.data), msg.encoding, max_pixels, where)
+    raise ImageError(f"{where}.encoding {msg.encoding} is unknown; use RAW, PNG or JPEG")
+
+
+def _decode_raw(msg: step_pb2.Image, max_pixels: int, where: str) -> np.ndarray:
+    w, h, c = msg.width, msg.height, msg.channels
+    if w == 0 or h == 0:
+        raise ImageError(f"{where} is {w}x{h}; RAW images need width >= 1 and height >= 1")
+    if c not in (1, 3, 4):
+        raise ImageError(f"{where}.channels is {c}; RAW images have 1 (gray), 3 (RGB) or "
+                         "4 (RGBA) channels")
+    check_pixels(w, h, max_pixels, where=where)
+    expected = w * h * c
+    if len(msg.data) != expected:
+        raise ImageError(
+            f"{where}.data has {len(msg.data)} bytes; a RAW {w}x{h}x{c} image needs "
+            f"width*height*channels = {expected}")
+    return np.frombuffer(msg.data, dtype=np.uint8).reshape(h, w, c)
+
+
+def _decode_file(data: bytes, encoding: int, max_pixels: int, where: str) -> np.ndarray:
+    fmt = _PIL_FORMAT[encoding]
+    if not data:
+        raise ImageError(f"{where}.data is empty; expected a {fmt} file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (then errors) about large images itself; our limit applies instead.
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            pil = PILImage.open(io.BytesIO(data), formats=[fmt])
+    except Exception as exc:  # Pillow raises several types for unreadable headers
+        raise ImageError(f"{where}.data is not a valid {fmt} file: {_reason(exc)}") from None
+    w, h = pil.size
+    if w == 0 or h == 0:
+        raise ImageError(f"{where} ({fmt}) is {w}x{h}; width and height must be >= 1")
+    # The header's size is checked before a single pixel is decoded.
+    check_pixels(w, h, max_pixels, where=f"{where} ({fmt} header)")
+    saved = PILImage.MAX_IMAGE_PIXELS
+    try:
+        PILImage.MAX_IMAGE_PIXELS = None  # our own limit was checked above
+        pil.load()
+        arr = _to_array(pil)
+    except Exception as exc:
+        raise ImageError(f"{where}.data is a damaged {fmt} file ({w}x{h}): {_reason(exc)}") from None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = saved
+    return arr
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.replace("<_io.BytesIO object at", "<bytes at")
+
+
+def _to_array(pil: Any) -> np.ndarray:
+    mode = pil.mode
+    if mode in ("L", "RGB", "RGBA"):
+        pass
+    elif mode in ("1", "I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit/float gray: scale into 8 bits rather than clip
+        if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            a = np.asarray(pil, dtype=np.float64)
+            hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+            return np.clip(a * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)[:, :, None]
+        pil = pil.convert("L")
+    elif mode == "LA" or (mode == "P" and "transparency" in pil.info) or mode == "PA":
+        pil = pil.convert("RGBA")
+    else:  # P, CMYK, YCbCr, ...
+        pil = pil.convert("RGB")
+    arr = np.asarray(pil, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def raw_image(arr: np.ndarray) -> step_pb2.Image:
+    """`arr` (H x W x C uint8) as a RAW Image message."""
+    h, w, c = arr.shape
+    return step_pb2.Image(width=w, height=h, channels=c, data=arr.tobytes(), encoding=RAW)
+
+
+def encode_image(arr: np.ndarray, encoding: step_pb2.ImageEncoding, *, jpeg_quality: int = 0) -> step_pb2.Image:
+    """`arr` as an Image message in `encoding` (RAW, PNG or JPEG; JPEG drops an alpha channel)."""
+    if encoding == RAW:
+        return raw_image(arr)
+    if encoding not in _PIL_FORMAT:
+        raise ImageError(f"output_encoding {encoding} is unknown; use RAW, PNG or JPEG")
+    h, w, c = arr.shape
+    src = arr[:, :, 0] if c == 1 else arr
+    if encoding == JPEG and c == 4:
+        src = arr[:, :, :3]  # JPEG has no alpha channel
+    pil = PILImage.fromarray(np.ascontiguousarray(src))
+    buf = io.BytesIO()
+    if encoding == PNG:
+        pil.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        pil.save(buf, format="JPEG", quality=jpeg_quality or DEFAULT_JPEG_QUALITY)
+    return step_pb2.Image(width=w, height=h, channels=1 if c == 1 else (3 if encoding == JPEG else c),
+                          data=buf.getvalue(), encoding=encoding)
+
+
+def sniff_encoding(data: bytes) -> step_pb2.ImageEncoding | None:
+    """PNG or JPEG from the file's magic bytes; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    return None
+
+
+def read_image_file(path: str) -> np.ndarray:
+    """Any image file Pillow reads, as an H x W x C uint8 array (used by the client)."""
+    with PILImage.open(path) as pil:
+        pil.load()
+        return _to_array(pil)

@@ -1,0 +1,206 @@
+"""CLI commands of the step service: ``step serve``, ``submit`` and ``request``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds `step serve`, `submit` and `request` to the `stepchain` command."""
+    step = sub.add_parser("step", help="run a pipeline step")
+    step_sub = step.add_subparsers(dest="step_command", metavar="COMMAND", required=True)
+    serve = step_sub.add_parser(
+        "serve", help="serve one pipeline step over gRPC",
+        description="Serve one pipeline step: StepService, server reflection and "
+                    "grpc.health.v1 on --port. SIGTERM drains gracefully and exits 0.")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="PIPELINE_CONFIG file (YAML or JSON)")
+    source.add_argument("--config-env", metavar="VAR",
+                        help="environment variable holding the config (e.g. PIPELINE_CONFIG)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 = any)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument(
+        "--discovery", metavar="kubernetes|static:FILE",
+        help="how to find the next steps (default: kubernetes inside a cluster; required "
+             "elsewhere when the step has next steps)")
+    serve.add_argument("--namespace", help="Kubernetes namespace to watch (default: the pod's)")
+    serve.add_argument("--metrics-port", type=int, default=9464,
+                       help="Prometheus metrics port (default 9464; 0 = off)")
+    serve.add_argument("--max-inflight", type=_positive, default=16,
+                       help="requests processed at once (default 16)")
+    serve.add_argument("--max-queue", type=_non_negative, default=64,
+                       help="requests waiting for a slot before RESOURCE_EXHAUSTED (default 64)")
+    serve.add_argument("--max-message-mb", type=_positive, default=64,
+                       help="largest gRPC message in or out, MiB (default 64)")
+    serve.add_argument("--max-pixels", type=_positive, default=None,
+                       help="largest image accepted, in pixels (default 268435456)")
+    serve.add_argument("--grace", type=float, default=30.0,
+                       help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    serve.add_argument("--forward-timeout", type=float, default=60.0,
+                       help="deadline for the next hop when the caller set none (default 60 s)")
+    serve.set_defaults(func=serve_command)
+
+    submit = sub.add_parser("submit", help="send an image through a pipeline, print timings")
+    submit.add_argument("image", help="input image (PNG/JPEG sent as is; other formats as raw)")
+    submit.add_argument("--target", required=True, metavar="HOST:PORT", help="the entry step")
+    submit.add_argument("--out", required=True, metavar="OUT.png",
+                        help="where to write the result (.png, .jpg or .jpeg)")
+    submit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    submit.add_argument("--threads", type=_non_negative, default=0,
+                        help="OpenMP threads for every step (default: each step's own)")
+    submit.add_argument("--passes", type=_non_negative, default=0,
+                        help="repeat every kernel N times (heavier on purpose)")
+    submit.add_argument("--raw", action="store_true", help="decode locally and send raw pixels")
+    submit.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    submit.set_defaults(func=submit_command)
+
+    request = sub.add_parser("request", help="print a grpcurl-ready JSON ProcessRequest")
+    request.add_argument("image", help="input image")
+    request.add_argument("--raw", action="store_true",
+                         help="send raw pixels instead of the PNG/JPEG file")
+    request.add_argument("--threads", type=_non_negative, default=0, help="overrides.threads")
+    request.add_argument("--passes", type=_non_negative, default=0, help="overrides.passes")
+    request.add_argument("--output-encoding", choices=("raw", "png", "jpeg"), default="png",
+                         help="encoding of the result image (default png)")
+    request.set_defaults(func=request_command)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`stepchain step serve`: run until SIGTERM/SIGINT, then drain and exit 0."""
+    logging.basicConfig(level=os.environ.get("STEPCHAIN_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from native.registry import MAX_PIXELS
+    from stepsvc.config import load_config
+    from stepsvc.discovery import make_discovery
+    from stepsvc.router import is_last_step
+    from stepsvc.server import ServerSettings, build_server
+
+    try:
+        config = load_config(path=args.config) if args.config else load_config(env=args.config_env)
+    except ValueError as exc:
+        print(f"stepchain step serve: {exc}", file=sys.stderr)
+        return 2
+    step = config.this_step()
+    spec = args.discovery
+    if spec is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        spec = "kubernetes"
+    if spec is None and not is_last_step(step):
+        print(f"stepchain step serve: step {step.id} forwards to {step.next_step}; say how to "
+              "find them with --discovery kubernetes or --discovery static:FILE",
+              file=sys.stderr)
+        return 2
+    try:
+        discovery: Any = (make_discovery(spec, config.pipeline_id, namespace=args.namespace,
+                                         port=args.port) if spec else _NoDiscovery())
+    except ValueError as exc:
+        print(f"stepchain step serve: --discovery: {exc}", file=sys.stderr)
+        return 2
+    settings = ServerSettings(
+        host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
+        max_message_mb=args.max_message_mb, max_pixels=args.max_pixels or MAX_PIXELS,
+        grace=args.grace, forward_timeout=args.forward_timeout, metrics_port=args.metrics_port)
+    discovery.start()
+    try:
+        server = build_server(config, discovery, settings)
+    except (OSError, RuntimeError) as exc:
+        discovery.close()
+        print(f"stepchain step serve: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    log = logging.getLogger("stepchain.step")
+    log.info("pipeline %s step %d (%s) serving on %s:%d (next: %s, discovery: %s)",
+             config.pipeline_id, step.id, step.type, args.host, server.port,
+             step.next_step or "none, last step", spec or "none")
+    while not stop.wait(1.0):
+        pass
+    log.info("draining: up to %.1f s for in-flight requests", settings.grace)
+    finished = server.drain()
+    log.info("stopped (%s)", "all requests finished" if finished else "grace period ran out")
+    return 0
+
+
+class _NoDiscovery:
+    """The last step needs no discovery: nothing is ever active."""
+
+    def start(self) -> None:
+        pass
+
+    def active(self) -> dict[int, str]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    """`stepchain submit`: send one image, write the result, print the timing table."""
+    import grpc
+
+    from stepsvc import client
+
+    try:
+        encoding = client.output_encoding_for(args.out)
+        image = client.image_message(args.image, raw=args.raw)
+    except (ValueError, OSError) as exc:
+        print(f"stepchain submit: {exc}", file=sys.stderr)
+        return 2
+    request = client.build_request(image, output_encoding=encoding, threads=args.threads,
+                                   passes=args.passes)
+    channel = client.connect(args.target)
+    try:
+        result = client.submit(channel, request, timeout=args.timeout)
+    except grpc.RpcError as err:
+        code = err.code() if hasattr(err, "code") else None
+        details = err.details() if hasattr(err, "details") else str(err)
+        name = code.name if code is not None else "ERROR"
+        print(f"stepchain submit: {args.target}: {name}: {details}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    Path(args.out).write_bytes(result.response.image.data)
+    if args.json:
+        print(client.dumps(client.summary_json(result, args.out)))
+    else:
+        print(client.summary(result, args.out))
+    return 0
+
+
+def request_command(args: argparse.Namespace) -> int:
+    """`stepchain request`: print a ProcessRequest as grpcurl JSON."""
+    from stepsvc import client, codec
+
+    encodings = {"raw": codec.RAW, "png": codec.PNG, "jpeg": codec.JPEG}
+    try:
+        image = client.image_message(args.image, raw=args.raw)
+    except (ValueError, OSError) as exc:
+        print(f"stepchain request: {exc}", file=sys.stderr)
+        return 2
+    request = client.build_request(image, output_encoding=encodings[args.output_encoding],
+                                   threads=args.threads, passes=args.passes)
+    print(client.request_json(request))
+    return 0

@@ -1,0 +1,140 @@
+"""Forwarding a request to the next step: one cached channel per address, failover in order.
+
+Candidates are tried in the order the router chose. A candidate answering UNAVAILABLE (down,
+unreachable, or with no active successor of its own) or refusing because it drains is skipped
+for the next one; any other error ends the attempt and reaches the caller naming the step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from stepchain.v1 import step_pb2, step_pb2_grpc
+
+#: Trailing metadata a step sets when it refuses because it is draining: worth failing over.
+DRAINING_KEY = "stepchain-draining"
+#: Trailing metadata on an error that already names the step where it happened.
+FAILED_STEP_KEY = "stepchain-failed-step"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A step the request may go to next."""
+
+    step_id: int
+    step_type: str
+    address: str
+
+    def describe(self) -> str:
+        return f"step {self.step_id} ({self.step_type}) at {self.address}"
+
+
+class ForwardError(Exception):
+    """Forwarding failed; `code` and `message` are what the caller should see."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, attempts: int,
+                 failed_step: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.attempts = attempts
+        self.failed_step = failed_step
+
+
+@dataclass
+class ForwardResult:
+    response: step_pb2.ProcessResponse
+    step_id: int
+    attempts: int
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC channel options shared by steps and clients (message size, fast reconnect)."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # A restarted step should be reachable again within a second or two, not minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+
+
+class Forwarder:
+    """Sends ProcessRequests to other steps over cached insecure channels."""
+
+    def __init__(self, max_message_bytes: int, *,
+                 interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()) -> None:
+        self._options = channel_options(max_message_bytes)
+        self._interceptors = tuple(interceptors)
+        self._stubs: dict[str, step_pb2_grpc.StepServiceStub] = {}
+        self._channels: list[grpc.Channel] = []
+        self._lock = threading.Lock()
+
+    def stub(self, address: str) -> step_pb2_grpc.StepServiceStub:
+        """The cached stub for `address` (created on first use)."""
+        with self._lock:
+            stub = self._stubs.get(address)
+            if stub is None:
+                channel: grpc.Channel = grpc.insecure_channel(address, options=self._options)
+                self._channels.append(channel)
+                if self._interceptors:
+                    channel = grpc.intercept_channel(channel, *self._interceptors)
+                stub = step_pb2_grpc.StepServiceStub(channel)
+                self._stubs[address] = stub
+            return stub
+
+    def forward(self, request: step_pb2.ProcessRequest, candidates: Sequence[Candidate], *,
+                timeout: float | None,
+                metadata: Sequence[tuple[str, str]] = ()) -> ForwardResult:
+        """Sends `request` to the first candidate that takes it.
+
+        `timeout` is the caller's remaining deadline in seconds. Raises ForwardError with the
+        code the caller should get and a message naming the failed step(s).
+        """
+        failures: list[str] = []
+        attempts = 0
+        for cand in candidates:
+            attempts += 1
+            try:
+                response = self.stub(cand.address).Process(
+                    request, timeout=timeout, metadata=tuple(metadata) or None)
+                return ForwardResult(response, cand.step_id, attempts)
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+                details = (err.details() if hasattr(err, "details") else None) or str(code)
+                trailers = _trailers(err)
+                named = FAILED_STEP_KEY in trailers
+                message = details if named else f"{cand.describe()}: {details}"
+                failed = int(trailers[FAILED_STEP_KEY]) if named else cand.step_id
+                draining = code == grpc.StatusCode.FAILED_PRECONDITION and DRAINING_KEY in trailers
+                if code == grpc.StatusCode.UNAVAILABLE or draining:
+                    failures.append(message)
+                    continue  # failover to the next candidate
+                if failures:
+                    message += f" (after failover from: {'; '.join(failures)})"
+                raise ForwardError(code, message, attempts, failed) from None
+        tried = "; ".join(failures)
+        raise ForwardError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"no next step took the request; tried {attempts}: {tried}",
+            attempts, None)
+
+    def close(self) -> None:
+        """Closes every cached channel."""
+        with self._lock:
+            for channel in self._channels:
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+
+def _trailers(err: grpc.RpcError) -> dict[str, str]:
+    """The error's trailing metadata as a dict (empty for errors without any)."""
+    pairs: Any = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    return {str(key): str(value) for key, value in (pairs or ())}

@@ -1,0 +1,159 @@
+"""The step's gRPC server: StepService plus reflection and grpc.health.v1, and graceful drain.
+
+:func:`build_server` is the one place a step server is assembled (tests start it in-process on
+port 0; ``stepchain step serve`` wraps it with signal handling). Extra server and client
+interceptors (tracing) and a :class:`~stepsvc.servicer.StepObserver` (spans, metrics) plug in
+here without touching the servicer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from stepchain.v1 import step_pb2, step_pb2_grpc
+
+from native.registry import MAX_PIXELS
+from stepsvc.admission import Admission
+from stepsvc.config import PipelineConfig
+from stepsvc.forward import Forwarder
+from stepsvc.servicer import (
+    DEFAULT_FORWARD_TIMEOUT_S,
+    ActiveSteps,
+    StepObserver,
+    StepServicer,
+)
+
+log = logging.getLogger("stepchain.step")
+
+SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
+#: Threads beyond the admitted requests, so health checks and reflection answer under load.
+SPARE_THREADS = 8
+MIB = 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    """Knobs of one step server (the `stepchain step serve` flags)."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    max_inflight: int = 16
+    max_queue: int = 64
+    max_message_mb: int = 64
+    max_pixels: int = MAX_PIXELS
+    grace: float = 30.0
+    forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S
+    #: Prometheus port; 0 = off. Served by the telemetry module when it is wired in.
+    metrics_port: int = 0
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * MIB
+
+
+class StepServer:
+    """A built (not yet started) step server and the parts it drains on shutdown."""
+
+    def __init__(self, server: grpc.Server, port: int, servicer: StepServicer,
+                 health_servicer: health.HealthServicer, discovery: ActiveSteps,
+                 settings: ServerSettings) -> None:
+        self.server = server
+        self.port = port
+        self.servicer = servicer
+        self.health = health_servicer
+        self.discovery = discovery
+        self.settings = settings
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        """host:port clients on this machine can dial."""
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "") else self.settings.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        """Starts serving and reports SERVING on the health service."""
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def drain(self, grace: float | None = None) -> bool:
+        """Graceful shutdown: NOT_SERVING, refuse new requests, let in-flight ones finish.
+
+        Waits at most `grace` seconds (default: settings.grace) for in-flight and queued
+        requests, then stops the server. Returns True if everything finished in time.
+        """
+        grace = self.settings.grace if grace is None else grace
+        self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
+        self.servicer.admission.close()
+        finished = self.servicer.admission.wait_idle(grace)
+        if not finished:
+            log.warning("drain: %d request(s) still running after %.1f s grace; cancelling",
+                        self.servicer.admission.inflight, grace)
+        self.stop(0.5)
+        return finished
+
+    def stop(self, grace: float | None = 0.0) -> None:
+        """Stops the server at once (in-flight RPCs get `grace` seconds) and frees resources."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.server.stop(grace).wait()
+        self.servicer.forwarder.close()
+        close = getattr(self.discovery, "close", None)
+        if callable(close):
+            close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the server stopped."""
+        return self.server.wait_for_termination(timeout)
+
+
+def build_server(config: PipelineConfig, discovery: ActiveSteps,
+                 settings: ServerSettings | None = None, *,
+                 interceptors: Sequence[grpc.ServerInterceptor] = (),
+                 client_interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+                 observer: StepObserver | None = None) -> StepServer:
+    """Assembles a step server for `config` bound to settings.host:settings.port (0 = any).
+
+    `interceptors` wrap incoming RPCs, `client_interceptors` the forwarding calls, `observer`
+    sees every request's phases and outcome. The server is returned bound but not started.
+    """
+    settings = settings or ServerSettings()
+    admission = Admission(settings.max_inflight, settings.max_queue)
+    forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
+    servicer = StepServicer(config, discovery, admission, forwarder,
+                            max_pixels=settings.max_pixels,
+                            forward_timeout=settings.forward_timeout, observer=observer)
+    # Queued requests hold a thread while they wait, so the pool covers in-flight + queue; the
+    # spare threads keep health checks answering when every admitted request is busy.
+    workers = settings.max_inflight + settings.max_queue + SPARE_THREADS
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step"),
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=workers,
+    )
+    step_pb2_grpc.add_StepServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bind = f"[{settings.host}]" if ":" in settings.host else settings.host
+    port = server.add_insecure_port(f"{bind}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port} (port in use?)")
+    return StepServer(server, port, servicer, health_servicer, discovery, settings)
