@@ -1,0 +1,567 @@
+"""The one model of a pipeline JSON: parse it, flatten groups of alternatives, check the graph.
+
+The format is the one existing Flask-based step pipelines use::
+
+    {"name": "demo", "steps": [
+        {"type": "classify", "next_step": [1, 2], "preferred_next": 1, "route": {"blurry": 2}},
+        {"type": "grayscale", "next_step": 3},
+        {"type": "deblur", "params": {"sigma": 1.5}, "next_step": 3},
+        {"type": "resize", "params": {"scale": 0.5}}]}
+
+A nested list inside ``steps`` is a group of alternatives: the item before it points to every
+member, every member points to the item after it. Ids are assigned in order when absent, and a
+step without ``next_step`` links to the next item of the list, so a sequential pipeline needs
+neither. :func:`resolve_pipeline` turns the parsed :class:`PipelineSpec` into a flat, checked
+:class:`Pipeline`; every problem is reported with the field path a user wrote (``loc``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from native.registry import canonical_name, validate_params
+
+#: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
+#: and the Service `<name>-step-<N>` are built from it and must stay within 63 characters.
+PIPELINE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_PIPELINE_NAME = 40
+DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_STEP_ID = 9999
+MAX_STEPS = 256
+MAX_REPLICAS = 100
+MAX_THREADS = 256
+#: Hard ceiling for one step's `gpu`; the service's own bound (`--max-gpus`) is a policy check.
+MAX_GPU_FIELD = 64
+#: Kubernetes resource quantity (e.g. 500m, 1.5, 256Mi, 1G).
+QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+#: Label keys: optional DNS subdomain prefix and a name of at most 63 characters.
+LABEL_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+#: An OCI image reference: [registry/]repository[:tag][@digest], lowercase repository.
+IMAGE_RE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
+#: Volume names the renderer uses itself.
+RESERVED_VOLUMES = ("tmp",)
+
+Loc = tuple[str | int, ...]
+
+
+class PipelineInvalid(ValueError):
+    """A pipeline that cannot be deployed, with one entry per problem: field path and message.
+
+    `errors` uses the shape of pydantic/FastAPI validation errors (`loc`, `msg`, `type`) so the
+    API returns both kinds alike.
+    """
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{format_loc(e['loc'])}: {e['msg']}" for e in errors))
+
+    @classmethod
+    def single(cls, loc: Loc, msg: str, kind: str = "value_error") -> PipelineInvalid:
+        return cls([{"loc": list(loc), "msg": msg, "type": kind}])
+
+    @classmethod
+    def from_validation_error(cls, exc: pydantic.ValidationError) -> PipelineInvalid:
+        """Converts pydantic's errors, dropping the `step`/`group` tags from the field path."""
+        return cls([{"loc": list(clean_loc(e["loc"])), "msg": e["msg"], "type": e["type"]}
+                    for e in exc.errors(include_url=False)])
+
+
+def clean_loc(loc: tuple[Any, ...]) -> Loc:
+    """Drops the union tags pydantic inserts after a `steps` index (`steps.0.step.type`)."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if part in ("step", "group") and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def format_loc(loc: Any) -> str:
+    """`["steps", 2, 0, "next_step"]` as `steps[2][0].next_step` (how a user reads a path)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _int_to_list(value: Any) -> Any:
+    # The Flask-era format writes a single successor as a bare int.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+_STEP_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_STEP_ID}
+NextStep = Annotated[
+    list[Annotated[int, Field(ge=0, le=MAX_STEP_ID)]] | None,
+    BeforeValidator(_int_to_list),
+    WithJsonSchema({"anyOf": [_STEP_ID_SCHEMA, {"type": "array", "items": _STEP_ID_SCHEMA},
+                              {"type": "null"}],
+                    "description": "successor step id(s); absent: the next item of `steps`"}),
+]
+
+
+def _bool_to_count(value: Any) -> Any:
+    # `gpu: true` means one device.
+    return int(value) if isinstance(value, bool) else value
+
+
+GpuCount = Annotated[
+    int,
+    BeforeValidator(_bool_to_count),
+    Field(ge=0, le=MAX_GPU_FIELD),
+    WithJsonSchema({"anyOf": [{"type": "boolean"},
+                              {"type": "integer", "minimum": 0, "maximum": MAX_GPU_FIELD}],
+                    "description": "true or a count: the step's nvidia.com/gpu limit"}),
+]
+
+
+class ResourcesSpec(BaseModel):
+    """Container resource requests/limits (cpu, memory, ephemeral-storage quantities)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: dict[str, str | int | float] = Field(default_factory=dict)
+    limits: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, value: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        for name, quantity in value.items():
+            if name not in RESOURCE_NAMES:
+                hint = " (use the step's `gpu` field for GPUs)" if "gpu" in name else ""
+                raise ValueError(f"unknown resource {name!r}; allowed: "
+                                 f"{', '.join(RESOURCE_NAMES)}{hint}")
+            if isinstance(quantity, bool) or not QUANTITY_RE.match(str(quantity)):
+                raise ValueError(f"{name}: {quantity!r} is not a Kubernetes quantity "
+                                 "(e.g. 500m, 2, 256Mi, 1Gi)")
+        return value
+
+
+class EmptyDirSpec(BaseModel):
+    """An emptyDir volume source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    medium: Literal["", "Memory"] = ""
+    sizeLimit: str | None = Field(None, pattern=QUANTITY_RE.pattern)
+
+
+class VolumeSpec(BaseModel):
+    """A volume mounted into the step container: exactly one of hostPath, emptyDir, configMap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=63, pattern=DNS1123_LABEL_RE.pattern)
+    mountPath: str = Field(min_length=1, max_length=1024)
+    readOnly: bool = False
+    hostPath: str | None = Field(None, min_length=1, max_length=1024,
+                                 description="only under a --hostpath-allowlist prefix")
+    emptyDir: EmptyDirSpec | None = None
+    configMap: str | None = Field(None, max_length=253, pattern=DNS1123_LABEL_RE.pattern)
+
+    @field_validator("mountPath", "hostPath")
+    @classmethod
+    def _absolute_clean(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith("/") or ".." in value.split("/") or "\x00" in value:
+            raise ValueError(f"{value!r} must be an absolute path without '..'")
+        return posixpath.normpath(value)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_VOLUMES:
+            raise ValueError(f"volume name {value!r} is reserved (the step's writable /tmp)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeSpec:
+        given = [k for k in ("hostPath", "emptyDir", "configMap") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"volume {self.name!r} needs exactly one of hostPath, emptyDir, "
+                             f"configMap; got {', '.join(given) or 'none'}")
+        return self
+
+
+class AutoscaleSpec(BaseModel):
+    """A HorizontalPodAutoscaler (autoscaling/v2) on CPU utilisation for one step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    minReplicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    maxReplicas: int = Field(ge=1, le=MAX_REPLICAS)
+    targetCPUUtilization: int = Field(80, ge=1, le=100, description="percent of the CPU request")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleSpec:
+        if self.maxReplicas < self.minReplicas:
+            raise ValueError(f"maxReplicas ({self.maxReplicas}) must be >= minReplicas "
+                             f"({self.minReplicas})")
+        return self
+
+
+class StepSpec(BaseModel):
+    """One step as written in the pipeline JSON."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: int | None = Field(None, ge=0, le=MAX_STEP_ID,
+                           validation_alias=AliasChoices("step_id", "id"),
+                           description="step id (`step_id` or `id`); absent: assigned in order")
+    type: str = Field(description="kernel type or alias, e.g. classify, grayscale, blur")
+    params: dict[str, Any] = Field(default_factory=dict, description="kernel parameters")
+    next_step: NextStep = None
+    preferred_next: int | None = Field(None, ge=0, le=MAX_STEP_ID)
+    route: dict[str, Annotated[int, Field(ge=0, le=MAX_STEP_ID)]] = Field(
+        default_factory=dict, description="classify label (or facet=label) -> step id tried first")
+    replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
+    threads: int = Field(1, ge=1, le=MAX_THREADS, description="OMP_NUM_THREADS of the step")
+    resources: ResourcesSpec | None = None
+    gpu: GpuCount = 0
+    volumes: list[VolumeSpec] = Field(default_factory=list, max_length=32)
+    nodeSelector: dict[str, str] = Field(default_factory=dict,
+                                         validation_alias=AliasChoices("nodeSelector",
+                                                                       "node_selector"))
+    autoscale: AutoscaleSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "step_id" in data and "id" in data \
+                and data["step_id"] != data["id"]:
+            raise ValueError(f"step_id ({data['step_id']!r}) and id ({data['id']!r}) disagree; "
+                             "give one of them")
+        if isinstance(data, dict) and "step_id" in data and "id" in data:
+            data = {k: v for k, v in data.items() if k != "id"}
+        return data
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        return canonical_name(value)
+
+    @field_validator("params")
+    @classmethod
+    def _kernel_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kernel = info.data.get("type")
+        if kernel is None:  # the type itself was invalid and is reported on its own
+            return value
+        checked = validate_params(kernel, value, allow_exec=True)
+        # Keep what the user wrote (normalised); the kernel fills its own defaults.
+        return {k: checked[k] for k in value if k in checked}
+
+    @field_validator("route")
+    @classmethod
+    def _route_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            facet, sep, label = key.partition("=")
+            if not key.strip() or (sep and (not facet.strip() or not label.strip())):
+                raise ValueError(f"route key {key!r} must be a classify label (e.g. 'blurry') "
+                                 "or facet=label (e.g. 'sharpness=blurry')")
+        return value
+
+    @field_validator("nodeSelector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if len(key) > 316 or not LABEL_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid label key")
+            if not LABEL_VALUE_RE.match(val):
+                raise ValueError(f"{key}: {val!r} is not a valid label value (at most 63 "
+                                 "characters of A-Z, a-z, 0-9, '-', '_', '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_volumes(self) -> StepSpec:
+        names = [v.name for v in self.volumes]
+        mounts = [v.mountPath for v in self.volumes]
+        for what, values in (("name", names), ("mountPath", mounts)):
+            dup = sorted({x for x in values if values.count(x) > 1})
+            if dup:
+                raise ValueError(f"volumes: {what} {', '.join(dup)} used more than once")
+        if "/tmp" in mounts:
+            raise ValueError("volumes: /tmp is already the step's writable emptyDir")
+        return self
+
+
+def _step_or_group(value: Any) -> str:
+    return "group" if isinstance(value, list) else "step"
+
+
+StepItem = Annotated[
+    Annotated[StepSpec, Tag("step")] | Annotated[list[StepSpec], Tag("group")],
+    Discriminator(_step_or_group),
+]
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline JSON: an optional name/namespace/image and the steps (or groups of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="pipeline id: DNS-1035 label, at most 40 "
+                                               "characters; absent: generated from the content")
+    namespace: str | None = Field(None, description="Kubernetes namespace (DNS-1123 label)")
+    image: str | None = Field(None, max_length=512,
+                              description="step image; must match the image allow-list")
+    steps: list[StepItem] = Field(min_length=1, max_length=MAX_STEPS,
+                                  description="steps in order; a nested list is a group of "
+                                              "alternatives")
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > MAX_PIPELINE_NAME
+                                  or not PIPELINE_NAME_RE.match(value)):
+            raise ValueError(
+                f"{value!r} is not a valid pipeline name: it must be a DNS-1123 label that "
+                f"starts with a letter (a-z, 0-9, '-'), at most {MAX_PIPELINE_NAME} characters, "
+                "because Service names are built from it")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_namespace(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 63 or not DNS1123_LABEL_RE.match(value)):
+            raise ValueError(f"{value!r} is not a valid namespace: a DNS-1123 label "
+                             "(a-z, 0-9, '-'), at most 63 characters")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_ref(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_RE.match(value):
+            raise ValueError(f"{value!r} is not an image reference "
+                             "(registry/repository[:tag][@sha256:digest], lowercase repository)")
+        return value
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step after flattening: id assigned, successors resolved, where it was written."""
+
+    id: int
+    type: str
+    params: dict[str, Any]
+    next_step: tuple[int, ...]
+    preferred_next: int | None
+    route: dict[str, int]
+    replicas: int
+    threads: int
+    resources: ResourcesSpec | None
+    gpu: int
+    volumes: tuple[VolumeSpec, ...]
+    node_selector: dict[str, str]
+    autoscale: AutoscaleSpec | None
+    #: Field path of this step in the pipeline JSON, e.g. ("steps", 2, 1).
+    loc: Loc = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A checked, flat pipeline: what the renderer and the backends work from."""
+
+    pipeline_id: str
+    namespace: str | None
+    image: str | None
+    steps: tuple[Step, ...]
+    entry_step: int
+    #: sha256 of the canonical resolved pipeline: equal iff two submissions deploy the same.
+    fingerprint: str
+
+    def step(self, step_id: int) -> Step:
+        """The step with `step_id` (KeyError if none)."""
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def parse_pipeline(data: Any, *, name: str | None = None) -> Pipeline:
+    """Validates a pipeline JSON document (already decoded) and resolves it.
+
+    `name` overrides the document's name (PUT /pipeline/{id}). Raises PipelineInvalid.
+    """
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise PipelineInvalid.from_validation_error(exc) from None
+    return resolve_pipeline(spec, name=name)
+
+
+def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None) -> Pipeline:
+    """Flattens groups, assigns ids, links implicit successors and checks the graph.
+
+    Raises PipelineInvalid naming each offending field: duplicate ids, successors that do not
+    exist, preferred_next/route targets that are not successors, cycles, not exactly one entry.
+    """
+    errors: list[dict[str, Any]] = []
+
+    def fail(loc: Loc, msg: str) -> None:
+        errors.append({"loc": list(loc), "msg": msg, "type": "value_error"})
+
+    # 1. Flatten: items are single steps or groups; remember each step's path.
+    items: list[list[tuple[Loc, StepSpec]]] = []
+    for i, item in enumerate(spec.steps):
+        if isinstance(item, list):
+            if not item:
+                fail(("steps", i), "a group of alternatives needs at least one step")
+            items.append([(("steps", i, j), s) for j, s in enumerate(item)])
+        else:
+            items.append([(("steps", i), item)])
+
+    # 2. Ids: explicit ones kept, absent ones one past the largest id so far.
+    ids: list[list[int]] = []
+    where: dict[int, Loc] = {}
+    next_auto = 0
+    for members in items:
+        member_ids = []
+        for loc, s in members:
+            sid = s.id if s.id is not None else next_auto
+            if sid > MAX_STEP_ID:
+                fail((*loc, "step_id"), f"assigned id {sid} is above {MAX_STEP_ID}")
+            next_auto = max(next_auto, sid + 1)
+            if sid in where:
+                fail((*loc, "step_id"), f"duplicate step id {sid} (also {format_loc(where[sid])})")
+            else:
+                where[sid] = loc
+            member_ids.append(sid)
+        ids.append(member_ids)
+    if errors:
+        raise PipelineInvalid(errors)
+
+    # 3. Successors: explicit next_step, else every member of the next item.
+    steps: list[Step] = []
+    for n, members in enumerate(items):
+        implicit = tuple(ids[n + 1]) if n + 1 < len(items) else ()
+        for (loc, s), sid in zip(members, ids[n], strict=True):
+            nxt = tuple(s.next_step) if s.next_step is not None else implicit
+            _check_successors(loc, sid, s, nxt, where, fail)
+            steps.append(Step(
+                id=sid, type=s.type, params=dict(s.params), next_step=nxt,
+                preferred_next=s.preferred_next, route=dict(s.route), replicas=s.replicas,
+                threads=s.threads, resources=s.resources, gpu=s.gpu,
+                volumes=tuple(s.volumes), node_selector=dict(s.nodeSelector),
+                autoscale=s.autoscale, loc=loc))
+    if errors:
+        raise PipelineInvalid(errors)
+
+    # 4. The graph: no cycles, exactly one entry step.
+    by_id = {s.id: s for s in steps}
+    cycle = _find_cycle({s.id: list(s.next_step) for s in steps})
+    if cycle:
+        closing = by_id[cycle[-2]]
+        path = " -> ".join(str(c) for c in cycle)
+        fail((*closing.loc, "next_step"), f"next_step forms a cycle {path}; a request would "
+                                          "never reach a last step")
+        raise PipelineInvalid(errors)
+    pointed_to = {t for s in steps for t in s.next_step}
+    entries = [s.id for s in steps if s.id not in pointed_to]
+    if len(entries) != 1:
+        fail(("steps",), f"a pipeline needs exactly one entry step (one no other step points "
+                         f"to); steps {entries} are all entry steps")
+        raise PipelineInvalid(errors)
+
+    ordered = tuple(sorted(steps, key=lambda s: s.id))
+    body = _canonical(spec, ordered, name)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    pipeline_id = name or spec.name or f"pipeline-{digest[:10]}"
+    body["pipeline_id"] = pipeline_id
+    fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return Pipeline(pipeline_id=pipeline_id, namespace=spec.namespace, image=spec.image,
+                    steps=ordered, entry_step=entries[0], fingerprint=fingerprint)
+
+
+def _check_successors(loc: Loc, sid: int, s: StepSpec, nxt: tuple[int, ...],
+                      where: dict[int, Loc], fail: Any) -> None:
+    known = sorted(where)
+    missing = [t for t in nxt if t not in where]
+    if missing:
+        fail((*loc, "next_step"), f"step id(s) {missing} do not exist; steps are {known}")
+    dup = sorted({t for t in nxt if nxt.count(t) > 1})
+    if dup:
+        fail((*loc, "next_step"), f"lists step id(s) {dup} more than once")
+    if s.preferred_next is not None:
+        if s.preferred_next not in where:
+            fail((*loc, "preferred_next"),
+                 f"step id {s.preferred_next} does not exist; steps are {known}")
+        elif s.preferred_next not in nxt:
+            fail((*loc, "preferred_next"),
+                 f"{s.preferred_next} is not one of this step's next_step {list(nxt)}")
+    for label, target in s.route.items():
+        if target not in where:
+            fail((*loc, "route", label), f"step id {target} does not exist; steps are {known}")
+        elif target not in nxt:
+            fail((*loc, "route", label),
+                 f"{target} is not one of this step's next_step {list(nxt)}")
+
+
+def _canonical(spec: PipelineSpec, steps: tuple[Step, ...], name: str | None) -> dict[str, Any]:
+    """What determines the deployment, as plain JSON (the fingerprint's input)."""
+    return {
+        "namespace": spec.namespace,
+        "image": spec.image,
+        "steps": [{
+            "id": s.id, "type": s.type, "params": s.params, "next_step": list(s.next_step),
+            "preferred_next": s.preferred_next, "route": s.route, "replicas": s.replicas,
+            "threads": s.threads, "gpu": s.gpu, "node_selector": s.node_selector,
+            "resources": s.resources.model_dump() if s.resources else None,
+            "volumes": [v.model_dump() for v in s.volumes],
+            "autoscale": s.autoscale.model_dump() if s.autoscale else None,
+        } for s in steps],
+    }
+
+
+def _find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
+    """A cycle of the successor graph as ids (first repeated at the end), or None."""
+    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+    path: list[int] = []
+
+    def visit(node: int) -> list[int] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
