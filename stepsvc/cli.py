@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real missing dependency inside the module: surface it
+            # the command module itself is absent (a trimmed install): skip its commands;
+            # a dependency missing *inside* it is a real error and surfaces
+            if exc.name not in (name, name.partition(".")[0]):
                 raise
             continue
         module.register(sub)
