@@ -5,8 +5,8 @@ Every series is labelled ``pipeline_id``, ``step_id``, ``step_type``:
 - ``stepchain_step_requests_total{grpc_code}`` — finished StepService calls by status code.
 - ``stepchain_step_duration_seconds`` — wall time of each call in this step (includes forward).
 - ``stepchain_step_queue_wait_seconds``, ``stepchain_step_kernel_seconds``,
-  ``stepchain_step_forward_seconds`` — the step's phases, from its own ``StepTiming`` in the
-  response (so only calls that completed).
+  ``stepchain_step_forward_seconds`` — the step's phases, observed by the step's telemetry
+  observer each time a phase ran (also when it failed).
 - ``stepchain_step_in_flight`` — calls being handled now.
 - ``stepchain_step_received_bytes_total``, ``stepchain_step_sent_bytes_total`` — serialized
   request/response sizes.
@@ -63,7 +63,11 @@ class MetricsHTTPServer:
 
 
 class StepMetrics:
-    """The metrics of one step; use :meth:`server_interceptor` on its gRPC server."""
+    """The metrics of one step.
+
+    :meth:`server_interceptor` records calls (count by code, duration, in-flight, bytes);
+    :meth:`observe_phase` records the servicer's phases.
+    """
 
     def __init__(self, pipeline_id: str, step_id: int, step_type: str,
                  registry: CollectorRegistry | None = None) -> None:
@@ -100,6 +104,7 @@ class StepMetrics:
         self.received_bytes = Counter(
             "stepchain_step_received_bytes", "Serialized size of the requests received.",
             LABELS, registry=reg).labels(**labels)
+        self._phases = {"queue": self.queue_wait, "kernel": self.kernel, "forward": self.forward}
         self.sent_bytes = Counter(
             "stepchain_step_sent_bytes", "Serialized size of the responses sent.",
             LABELS, registry=reg).labels(**labels)
@@ -108,14 +113,11 @@ class StepMetrics:
         """Counts one finished call with status `code`."""
         self._requests.labels(**self._labels, grpc_code=code.name).inc()
 
-    def observe_response(self, response: Any) -> None:
-        """Records this step's phases from its ``StepTiming`` in a ProcessResponse."""
-        for timing in getattr(response, "timings", ()):
-            if timing.step_id == self.step_id and timing.pipeline_id == self.pipeline_id:
-                self.queue_wait.observe(timing.queue_wait_ms / 1000.0)
-                self.kernel.observe(timing.kernel_ms / 1000.0)
-                self.forward.observe(timing.forward_ms / 1000.0)
-                return
+    def observe_phase(self, phase: str, seconds: float) -> None:
+        """Records one phase of a request ("queue", "kernel", "forward"; others are ignored)."""
+        histogram = self._phases.get(phase)
+        if histogram is not None:
+            histogram.observe(seconds)
 
     def server_interceptor(self) -> grpc.ServerInterceptor:
         """An interceptor recording every StepService call into these metrics."""
@@ -156,7 +158,6 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                 code = _context_code(context) or grpc.StatusCode.OK
                 if code == grpc.StatusCode.OK and response is not None:
                     metrics.sent_bytes.inc(response.ByteSize())
-                    metrics.observe_response(response)
                 return response
             except BaseException:
                 code = _context_code(context) or grpc.StatusCode.UNKNOWN
