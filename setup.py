@@ -12,7 +12,7 @@ from setuptools import Extension, find_packages, setup
 
 # -fno-wrapv undoes the -fwrapv CPython passes to extensions: with wrapping int arithmetic GCC
 # cannot prove `3 * x`-style indices affine and leaves the hot pixel loops scalar.
-compile_args = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-wrapv", "-Wall", "-Wextra",
+compile_args = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast", "-fno-wrapv", "-Wall", "-Wextra",
                 "-Wno-unused-parameter"]
 arch = os.environ.get("STEPCHAIN_NATIVE_ARCH", "")
 if arch:

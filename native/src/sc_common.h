@@ -53,6 +53,9 @@ static inline uint8_t sc_clamp_u8f(float v)
 
 static inline int sc_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+/* Largest Gaussian radius the kernels accept (the registry's limit for `radius`). */
+#define SC_MAX_RADIUS 300
+
 /* Normalised 1-D Gaussian weights for taps -radius..radius into k[0..2*radius]. */
 void sc_gaussian_weights(float *k, int radius, double sigma);
 
