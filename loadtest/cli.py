@@ -1,0 +1,182 @@
+"""``stepchain loadtest``: run Locust headless with a load curve, show progress, plot the result.
+
+Writes into ``--out DIR``: ``loadtest_stats.csv``, ``loadtest_stats_history.csv``,
+``loadtest_failures.csv``, ``loadtest_exceptions.csv`` (Locust's CSV), ``report.html`` (Locust's
+HTML report), ``loadtest.png`` (``loadtest.plot``) and ``locust.log`` (Locust's own output).
+Exits with Locust's code: 0, or 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from loadtest import options as load_options
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+CSV_PREFIX = "loadtest"
+#: How long Locust may run past the curve's end (start-up, last requests, writing reports).
+GRACE_S = 60.0
+PROGRESS_EVERY_S = 1.0
+#: Without a terminal, print a progress line this often instead of redrawing one.
+PLAIN_PROGRESS_EVERY_S = 5.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``stepchain loadtest``."""
+    parser = sub.add_parser(
+        "loadtest", help="load-test pipelines with Locust (headless) and plot the result",
+        description="Run Locust headless against a pipeline entry with a load curve; write "
+                    "Locust's CSV and HTML plus a PNG (users, RPS, p50/p95, time per step).")
+    parser.add_argument("--users", type=int, default=None,
+                        help="peak concurrent users (default 10)")
+    parser.add_argument("--spawn-rate", type=float, default=None,
+                        help="users started/stopped per second when the curve changes "
+                             "(default: --users, i.e. within a second)")
+    parser.add_argument("--target", action="append", default=None, metavar="HOST:PORT",
+                        help="pipeline entry; repeat to load several pipelines together "
+                             "(default: NodePort Services named *step-0 in Kubernetes)")
+    parser.add_argument("--out", type=Path, default=Path("out/loadtest"),
+                        help="directory for the CSV, HTML and PNG (default out/loadtest)")
+    load_options.add_load_options(parser)
+    parser.set_defaults(func=run_loadtest)
+
+
+def locust_command(args: argparse.Namespace) -> list[str]:
+    """The Locust command line for ``args`` (headless, CSV with full history, HTML)."""
+    out: Path = args.out
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--csv", str(out / CSV_PREFIX), "--csv-full-history", "--html", str(out / "report.html"),
+    ]
+    if args.users is not None:
+        command += ["--users", str(args.users)]
+    if args.spawn_rate is not None:
+        command += ["--spawn-rate", f"{args.spawn_rate:g}"]
+    if args.target:
+        command += ["--host", ",".join(args.target)]
+    return command + load_options.locust_arguments(args)
+
+
+def run_loadtest(args: argparse.Namespace) -> int:
+    """Validate, run Locust with a progress line, then write the plot and print a summary."""
+    from loadtest import payload, targets
+
+    try:
+        curve = load_options.build_curve(args, users=args.users, spawn_rate=args.spawn_rate)
+        payload.build_request(args.image, send_encoded=args.send_encoded, threads=args.threads,
+                              passes=args.passes)
+        for target in args.target or []:
+            targets.parse_hosts(target)
+    except ValueError as exc:
+        print(f"stepchain loadtest: {exc}", file=sys.stderr)
+        return 2
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    history = out / f"{CSV_PREFIX}_stats_history.csv"
+    for stale in out.glob(f"{CSV_PREFIX}_*.csv"):
+        stale.unlink()  # a previous run's history would show up as progress
+    print(f"stepchain loadtest: --curve {curve.name}, peak {curve.peak()} users, "
+          f"{curve.duration:g}s -> {out}", file=sys.stderr)
+
+    log_path = out / "locust.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        code = _run_with_progress(locust_command(args), log, history, curve.duration)
+    print(file=sys.stderr)
+    if code == 2:
+        print(f"stepchain loadtest: Locust refused the run; see {log_path}:", file=sys.stderr)
+        print(_tail(log_path), file=sys.stderr)
+        return code
+    _summarise(out, history)
+    return code
+
+
+def _run_with_progress(command: list[str], log: TextIO, history: Path, duration: float) -> int:
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    last_plain = 0.0
+    try:
+        while process.poll() is None:
+            elapsed = time.monotonic() - started
+            if elapsed > duration + GRACE_S:
+                print(f"\nstepchain loadtest: Locust still running {GRACE_S:g}s after the "
+                      "curve ended; stopping it", file=sys.stderr)
+                _stop(process)
+                break
+            if tty or elapsed - last_plain >= PLAIN_PROGRESS_EVERY_S:
+                last_plain = elapsed
+                line = _progress_line(elapsed, duration, history)
+                print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr,
+                      flush=True)
+            time.sleep(PROGRESS_EVERY_S)
+    except KeyboardInterrupt:
+        # Locust got the same Ctrl-C (same process group) and writes its reports on the way out.
+        _stop(process)
+    if tty:
+        print(f"\r{_progress_line(time.monotonic() - started, duration, history)}", end="",
+              file=sys.stderr)
+    return process.wait()
+
+
+def _progress_line(elapsed: float, duration: float, history: Path) -> str:
+    from loadtest.results import latest_progress, read_history
+
+    done = min(1.0, elapsed / duration)
+    bar = "#" * int(done * 30)
+    progress = latest_progress(read_history(history))
+    stats = ("starting" if progress is None else
+             f"users {progress.users:4d}  RPS {progress.rps:8.1f}  requests "
+             f"{progress.requests}  failures {progress.failures}")
+    return f"[{bar:<30}] {min(elapsed, duration):5.0f}/{duration:g}s  {stats}"
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)  # Locust shuts down cleanly and writes its reports
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _summarise(out: Path, history: Path) -> None:
+    from loadtest.entries import REQUEST_TYPE, STEP_TYPE
+    from loadtest.plot import plot_history
+    from loadtest.results import read_failures, read_stats
+
+    stats_csv = out / f"{CSV_PREFIX}_stats.csv"
+    if stats_csv.exists():
+        rows = read_stats(stats_csv)
+        requests = [row for row in rows if row.type == REQUEST_TYPE]
+        total = sum(row.requests for row in requests)
+        failed = sum(row.failures for row in requests)
+        print(f"requests {total}, failures {failed}", file=sys.stderr)
+        for row in requests + [row for row in rows if row.type == STEP_TYPE]:
+            print(f"  {row.type:5} {row.name:40} n={row.requests:<7} avg {row.average_ms:8.2f} ms"
+                  f"  p50 {_ms(row.p50_ms)}  p95 {_ms(row.p95_ms)}", file=sys.stderr)
+        for failure in read_failures(out / f"{CSV_PREFIX}_failures.csv")[:5]:
+            print(f"  failed {failure.occurrences}x {failure.name}: {failure.error}",
+                  file=sys.stderr)
+    try:
+        png = plot_history(history, out / f"{CSV_PREFIX}.png")
+        print(f"plot: {png}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"stepchain loadtest: no plot: {exc}", file=sys.stderr)
+    print(f"csv: {out / CSV_PREFIX}_*.csv  html: {out / 'report.html'}  "
+          f"log: {out / 'locust.log'}", file=sys.stderr)
+
+
+def _ms(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:6.0f}"
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])

@@ -1,0 +1,126 @@
+"""The Locust user that loads a stepchain pipeline over gRPC (imports Locust and gevent).
+
+Each user owns a channel to one pipeline entry (users are dealt round-robin across the
+targets), sends the plan's ``ProcessRequest`` back to back (or with ``think_time`` between),
+and reports to Locust:
+
+* one ``grpc`` entry per request — response time, response size, and on a non-OK status a
+  failure whose message starts with the status code name (``RESOURCE_EXHAUSTED: ...``);
+* ``step`` entries from the response's per-step timings (see ``loadtest.entries``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import grpc
+from grpc.experimental import gevent as grpc_gevent  # type: ignore[attr-defined]
+from locust import User, task
+from stepchain.v1 import step_pb2, step_pb2_grpc
+
+from loadtest import entries
+from loadtest.targets import Target, parse_hosts
+
+# gRPC's C core must cooperate with Locust's gevent loop, or every blocking call stalls all
+# users; this has to happen before the first channel exists.
+grpc_gevent.init_gevent()
+
+#: Default max message size of the step servers (64 MiB), both ways.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What every user sends and where: built once by the locustfile's init listener."""
+
+    targets: tuple[Target, ...]
+    request: step_pb2.ProcessRequest
+    timeout_s: float = 30.0
+    think_time_s: float = 0.0
+    #: The ``--host`` value the targets came from (None: discovered in Kubernetes).
+    host_spec: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("a load plan needs at least one target")
+        if not self.timeout_s > 0:
+            raise ValueError(f"--request-timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.think_time_s < 0:
+            raise ValueError(f"--think-time must be >= 0 seconds, got {self.think_time_s}")
+
+
+class PipelineUser(User):
+    """Sends images to a pipeline entry through ``stepchain.v1.StepService/Process``."""
+
+    #: Set by the locustfile (``PipelineUser.plan = LoadPlan(...)``) before users start.
+    plan: ClassVar[LoadPlan | None] = None
+    _dealer: ClassVar[itertools.count[int]] = itertools.count()
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self._channel: grpc.Channel | None = None
+        self._stub: step_pb2_grpc.StepServiceStub | None = None
+        self._target: Target | None = None
+        self._label: str | None = None
+
+    def wait_time(self) -> float:
+        """Seconds between two requests of this user (``--think-time``)."""
+        return self.plan.think_time_s if self.plan is not None else 0.0
+
+    def on_start(self) -> None:
+        """Pick this user's target and open its channel."""
+        plan = self._require_plan()
+        targets = plan.targets
+        # The web UI can change the host after the plan was built: follow it.
+        if self.host and plan.host_spec is not None and self.host != plan.host_spec:
+            targets = tuple(parse_hosts(self.host))
+        self._target = targets[next(PipelineUser._dealer) % len(targets)]
+        self._label = self._target.label if len(targets) > 1 else None
+        self._channel = grpc.insecure_channel(self._target.address, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._stub = step_pb2_grpc.StepServiceStub(self._channel)
+
+    def on_stop(self) -> None:
+        """Close this user's channel."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    @task
+    def process(self) -> None:
+        """Send one image and report the request and each step's timings."""
+        plan = self._require_plan()
+        assert self._stub is not None
+        fire = self.environment.events.request.fire
+        name = entries.request_name(self._label)
+        context = {"target": self._target.address if self._target else ""}
+        start = time.perf_counter()
+        try:
+            response = self._stub.Process(plan.request, timeout=plan.timeout_s)
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            details = err.details() if hasattr(err, "details") else str(err)
+            fire(request_type=entries.REQUEST_TYPE, name=name,
+                 response_time=(time.perf_counter() - start) * 1000.0, response_length=0,
+                 exception=entries.GrpcStatusError(code.name if code else "UNKNOWN",
+                                                   details or ""),
+                 context=context)
+            return
+        fire(request_type=entries.REQUEST_TYPE, name=name,
+             response_time=(time.perf_counter() - start) * 1000.0,
+             response_length=response.ByteSize(), exception=None, context=context)
+        for step_name, ms in entries.step_entries(response.timings, self._label):
+            fire(request_type=entries.STEP_TYPE, name=step_name, response_time=ms,
+                 response_length=0, exception=None, context=context)
+
+    def _require_plan(self) -> LoadPlan:
+        if self.plan is None:
+            raise RuntimeError("PipelineUser.plan is not set: run it through "
+                               "loadtest/locustfile.py, or set PipelineUser.plan = LoadPlan(...) "
+                               "in your locustfile's init listener")
+        return self.plan

@@ -1,0 +1,68 @@
+"""Locust entry point for stepchain pipelines.
+
+    locust -f loadtest/locustfile.py --curve spike --users 100 --duration 180 \\
+        --image photo.png --host 127.0.0.1:50051 [--headless]
+
+``--users`` (peak) and ``--spawn-rate`` are Locust's own options; ``--curve``, ``--duration``,
+``--image`` and the curve knobs come from ``loadtest.options``. Without ``--host`` the targets
+are the pipelines' entry Services in Kubernetes (``loadtest.targets``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+# Runnable from a checkout (`locust -f loadtest/locustfile.py`): the repo and the generated proto.
+_REPO = Path(__file__).resolve().parent.parent
+for _path in (_REPO, _REPO / "protos"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from locust import events  # noqa: E402
+
+from loadtest import options as load_options  # noqa: E402
+from loadtest import payload, targets  # noqa: E402
+from loadtest.grpc_user import LoadPlan, PipelineUser  # noqa: E402
+from loadtest.shapes import shape_for  # noqa: E402
+
+__all__ = ["PipelineUser"]
+
+logger = logging.getLogger("stepchain.loadtest")
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any, **_kwargs: Any) -> None:
+    load_options.add_load_options(parser)
+
+
+@events.init.add_listener
+def _configure(environment: Any, **_kwargs: Any) -> None:
+    """Build the curve, the targets and the request from the command line, or stop Locust."""
+    opts = environment.parsed_options
+    if opts is None:  # Locust used as a library without a command line: nothing to configure
+        return
+    try:
+        curve = load_options.build_curve(opts, users=opts.num_users, spawn_rate=opts.spawn_rate)
+        if environment.host:
+            found = targets.parse_hosts(environment.host)
+        else:
+            found = targets.discover_kubernetes_targets(namespace=opts.namespace,
+                                                        node_address=opts.node_address)
+        request = payload.build_request(opts.image, send_encoded=opts.send_encoded,
+                                        threads=opts.threads, passes=opts.passes)
+        PipelineUser.plan = LoadPlan(targets=tuple(found), request=request,
+                                     timeout_s=opts.request_timeout,
+                                     think_time_s=opts.think_time, host_spec=environment.host)
+    except (ValueError, LookupError) as exc:
+        logger.error("stepchain loadtest: %s", exc)
+        sys.exit(2)
+    # The curve decides users over time: it replaces any shape Locust found in this file.
+    shape = shape_for(curve)
+    shape.runner = environment.runner
+    environment.shape_class = shape
+    logger.info("curve %s: %s; peak %d users over %gs at %g users/s; targets: %s",
+                curve.name, type(curve).formula, curve.peak(), curve.duration, curve.rate,
+                ", ".join(f"{t.label}={t.address}" for t in found))

@@ -1,0 +1,142 @@
+"""Reading Locust's CSV output (``--csv PREFIX --csv-full-history``) into typed rows.
+
+* ``PREFIX_stats_history.csv`` — one row per entry per second (``read_history``);
+* ``PREFIX_stats.csv`` — the totals per entry (``read_stats``);
+* ``PREFIX_failures.csv`` — failures by entry and error (``read_failures``).
+
+Entry types are ``grpc`` (whole requests) and ``step`` (per-step timings, ``loadtest.entries``);
+Locust's ``Aggregated`` row mixes both, so request rates and latencies here come from the
+``grpc`` rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.entries import REQUEST_TYPE
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One entry's state at one second of the test (Locust's current-window figures)."""
+
+    timestamp: int
+    users: int
+    type: str
+    name: str
+    rps: float
+    failures_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    total_requests: int
+    total_failures: int
+    total_average_ms: float
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    """One entry's totals over the whole test."""
+
+    type: str
+    name: str
+    requests: int
+    failures: int
+    average_ms: float
+    p50_ms: float | None
+    p95_ms: float | None
+    rps: float
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    """How often one error happened on one entry."""
+
+    method: str
+    name: str
+    error: str
+    occurrences: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The latest second of a running test, for a progress line."""
+
+    users: int
+    rps: float
+    requests: int
+    failures: int
+
+
+def _number(text: str | None) -> float | None:
+    if text in (None, "", "N/A"):
+        return None
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_history(path: Path) -> list[HistoryRow]:
+    """The rows of ``*_stats_history.csv`` (empty when the file is not there yet)."""
+    if not path.exists():
+        return []
+    rows = []
+    for raw in _rows(path):
+        try:
+            rows.append(HistoryRow(
+                timestamp=int(raw["Timestamp"]), users=int(raw["User Count"]),
+                type=raw["Type"], name=raw["Name"],
+                rps=_number(raw["Requests/s"]) or 0.0,
+                failures_per_s=_number(raw["Failures/s"]) or 0.0,
+                p50_ms=_number(raw["50%"]), p95_ms=_number(raw["95%"]),
+                total_requests=int(raw["Total Request Count"]),
+                total_failures=int(raw["Total Failure Count"]),
+                total_average_ms=_number(raw["Total Average Response Time"]) or 0.0))
+        except (KeyError, TypeError, ValueError):
+            continue  # a row Locust is still writing
+    return rows
+
+
+def read_stats(path: Path) -> list[StatsRow]:
+    """The rows of ``*_stats.csv``."""
+    return [
+        StatsRow(type=raw["Type"], name=raw["Name"], requests=int(raw["Request Count"]),
+                 failures=int(raw["Failure Count"]),
+                 average_ms=_number(raw["Average Response Time"]) or 0.0,
+                 p50_ms=_number(raw["50%"]), p95_ms=_number(raw["95%"]),
+                 rps=_number(raw["Requests/s"]) or 0.0)
+        for raw in _rows(path)
+    ]
+
+
+def read_failures(path: Path) -> list[FailureRow]:
+    """The rows of ``*_failures.csv``, most frequent first."""
+    if not path.exists():
+        return []
+    rows = [FailureRow(method=raw["Method"], name=raw["Name"], error=raw["Error"],
+                       occurrences=int(raw["Occurrences"])) for raw in _rows(path)]
+    return sorted(rows, key=lambda row: -row.occurrences)
+
+
+def latest_progress(rows: Iterable[HistoryRow]) -> Progress | None:
+    """Users, request rate and totals at the last second in ``rows`` (``grpc`` entries only)."""
+    rows = list(rows)
+    if not rows:
+        return None
+    last = max(row.timestamp for row in rows)
+    current = [row for row in rows if row.timestamp == last]
+    requests = [row for row in current if row.type == REQUEST_TYPE]
+    return Progress(
+        users=max(row.users for row in current),
+        rps=sum(row.rps for row in requests),
+        requests=sum(row.total_requests for row in requests),
+        failures=sum(row.total_failures for row in requests),
+    )
