@@ -1,0 +1,80 @@
+"""The one interface both topology backends (kubernetes, local) implement, and what they return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from topology.model import Pipeline
+
+
+class BackendError(RuntimeError):
+    """The backend could not do what was asked (API server refused, a step did not start)."""
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """One step as the backend sees it now."""
+
+    step_id: int
+    type: str
+    ready: bool
+    ready_replicas: int
+    replicas: int
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """A deployed pipeline: its steps' readiness and where clients send requests."""
+
+    pipeline_id: str
+    namespace: str
+    fingerprint: str
+    entrypoint: str | None
+    steps: tuple[StepStatus, ...]
+    #: Extra facts for users (e.g. the entry Service's nodePort).
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """Every step has all its replicas ready."""
+        return bool(self.steps) and all(s.ready for s in self.steps)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply created or updated."""
+
+    pipeline_id: str
+    resources: list[dict[str, Any]]
+    entrypoint: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Deploys pipelines somewhere. Every method is idempotent and thread-safe."""
+
+    name: str
+    namespace: str
+
+    def apply(self, pipeline: Pipeline) -> ApplyResult:
+        """Creates or updates the pipeline so that it matches `pipeline` exactly (stale steps
+        removed). Raises BackendError when it cannot."""
+        ...
+
+    def status(self, pipeline_id: str) -> PipelineStatus | None:
+        """The pipeline's current state, or None when it does not exist."""
+        ...
+
+    def list_pipelines(self) -> list[PipelineStatus]:
+        """Every pipeline this backend manages, sorted by id."""
+        ...
+
+    def delete(self, pipeline_id: str) -> bool:
+        """Removes everything of the pipeline; False when there was nothing."""
+        ...
+
+    def close(self) -> None:
+        """Releases what the backend holds (the local backend stops its step processes)."""
+        ...

@@ -1,0 +1,280 @@
+"""Kubernetes backend: applies the rendered manifests with the official client.
+
+Apply is idempotent: objects of the pipeline that exist are server-side-applied (PATCH
+``application/apply-patch+yaml``, field manager ``stepchain-topology``), missing ones created,
+and objects labelled with the pipeline that the new rendering no longer has are deleted — so a
+re-POST or a PUT converges. Objects are always found by listing and checking the labels here
+(never trusting the server's label filtering alone). Status comes from the Deployments' ready
+replicas. Only the verbs in :data:`REQUIRED_PERMISSIONS` are used; the Helm chart's Role grants
+exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
+from topology.model import Pipeline
+from topology.render import (
+    FINGERPRINT_ANNOTATION,
+    GRPC_PORT,
+    MANAGED_BY,
+    STEP_TYPE_ANNOTATION,
+    RenderOptions,
+    render_manifests,
+    step_name,
+)
+
+#: (apiGroup, resource, verbs) — everything this backend calls, nothing more.
+REQUIRED_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("", "configmaps", ("create", "delete", "list", "patch")),
+    ("", "services", ("create", "delete", "list", "patch")),
+    ("apps", "deployments", ("create", "delete", "list", "patch")),
+    ("autoscaling", "horizontalpodautoscalers", ("create", "delete", "list", "patch")),
+)
+FIELD_MANAGER = MANAGED_BY
+PIPELINE_LABEL = "pipeline_id"
+STEP_LABEL = "step_id"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+REQUEST_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How to call the API for one kind: which API class and its method suffix."""
+
+    kind: str
+    api: str  # attribute of kubernetes.client
+    suffix: str  # e.g. "config_map" in create_namespaced_config_map
+
+
+KINDS: tuple[_Kind, ...] = (
+    _Kind("ConfigMap", "CoreV1Api", "config_map"),
+    _Kind("Service", "CoreV1Api", "service"),
+    _Kind("Deployment", "AppsV1Api", "deployment"),
+    _Kind("HorizontalPodAutoscaler", "AutoscalingV2Api", "horizontal_pod_autoscaler"),
+)
+#: Deletion order: entry points and scalers first, ConfigMaps (= discovery) last.
+DELETE_ORDER = ("HorizontalPodAutoscaler", "Service", "Deployment", "ConfigMap")
+
+
+class KubernetesBackend:
+    """Deploys pipelines into one namespace of a Kubernetes cluster."""
+
+    name = "kubernetes"
+
+    def __init__(self, api_client: Any, options: RenderOptions) -> None:
+        from kubernetes import client
+
+        self.namespace = options.namespace
+        self.options = options
+        self._client = api_client
+        self._apis = {name: getattr(client, name)(api_client)
+                      for name in {k.api for k in KINDS}}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls, options: RenderOptions) -> KubernetesBackend:
+        """In-cluster credentials when running in a pod, else the local kubeconfig."""
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            try:
+                config.load_kube_config()
+            except (config.ConfigException, OSError) as exc:
+                raise BackendError(f"no Kubernetes credentials: not in a pod and no usable "
+                                   f"kubeconfig ({exc})") from None
+        return cls(client.ApiClient(), options)
+
+    # -- the Backend protocol ------------------------------------------------------------------
+
+    def apply(self, pipeline: Pipeline) -> ApplyResult:
+        """Creates/updates every object of `pipeline` and deletes its stale ones."""
+        options = self.options if pipeline.namespace in (None, self.namespace) else None
+        if options is None:
+            raise BackendError(f"pipeline namespace {pipeline.namespace!r} is not the managed "
+                               f"namespace {self.namespace!r}")
+        manifests = render_manifests(pipeline, options)
+        with self._lock:
+            existing = self._owned(pipeline.pipeline_id)
+            wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+            for manifest in manifests:
+                key = (manifest["kind"], manifest["metadata"]["name"])
+                if key in existing:
+                    self._call(manifest["kind"], "patch", name=key[1], body=manifest,
+                               field_manager=FIELD_MANAGER, force=True,
+                               _content_type="application/apply-patch+yaml")
+                else:
+                    self._call(manifest["kind"], "create", body=manifest)
+            for kind in DELETE_ORDER:
+                for key in sorted(existing):
+                    if key[0] == kind and key not in wanted:
+                        self._delete(kind, key[1])
+            services = {m["metadata"]["name"]: m for m in self._list("Service")
+                        if _owned_by(m, pipeline.pipeline_id)}
+        entry = step_name(pipeline.pipeline_id, pipeline.entry_step)
+        return ApplyResult(
+            pipeline_id=pipeline.pipeline_id,
+            resources=[{"kind": m["kind"], "name": m["metadata"]["name"],
+                        "namespace": self.namespace} for m in manifests],
+            entrypoint=self._service_address(entry),
+            details=_node_port_details(services.get(entry)),
+        )
+
+    def status(self, pipeline_id: str) -> PipelineStatus | None:
+        """Readiness per step from its Deployment; None when nothing of the pipeline exists."""
+        config_maps = [m for m in self._list("ConfigMap") if _owned_by(m, pipeline_id)]
+        deployments = [m for m in self._list("Deployment") if _owned_by(m, pipeline_id)]
+        if not config_maps and not deployments:
+            return None
+        services = [m for m in self._list("Service") if _owned_by(m, pipeline_id)]
+        return self._status(pipeline_id, config_maps, deployments, services)
+
+    def list_pipelines(self) -> list[PipelineStatus]:
+        """Every pipeline with objects managed by this service in the namespace."""
+        config_maps, deployments, services = (self._list(k)
+                                              for k in ("ConfigMap", "Deployment", "Service"))
+        ids = sorted({_labels(m)[PIPELINE_LABEL] for m in [*config_maps, *deployments]
+                      if _labels(m).get(MANAGED_BY_LABEL) == MANAGED_BY
+                      and PIPELINE_LABEL in _labels(m)})
+        return [self._status(pid, [m for m in config_maps if _owned_by(m, pid)],
+                             [m for m in deployments if _owned_by(m, pid)],
+                             [m for m in services if _owned_by(m, pid)]) for pid in ids]
+
+    def delete(self, pipeline_id: str) -> bool:
+        """Deletes every object labelled with the pipeline; False when there was none."""
+        with self._lock:
+            existing = self._owned(pipeline_id)
+            for kind in DELETE_ORDER:
+                for key in sorted(existing):
+                    if key[0] == kind:
+                        self._delete(kind, key[1])
+        return bool(existing)
+
+    def close(self) -> None:
+        """Closes the HTTP connection pool (the cluster objects stay)."""
+        self._client.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _status(self, pipeline_id: str, config_maps: list[dict[str, Any]],
+                deployments: list[dict[str, Any]],
+                services: list[dict[str, Any]]) -> PipelineStatus:
+        by_step: dict[int, dict[str, Any]] = {}
+        for d in deployments:
+            by_step[int(_labels(d).get(STEP_LABEL, "-1"))] = d
+        steps_ids = sorted({int(_labels(m)[STEP_LABEL]) for m in [*config_maps, *deployments]
+                            if _labels(m).get(STEP_LABEL, "").isdigit()})
+        types = {int(_labels(m)[STEP_LABEL]): _annotations(m).get(STEP_TYPE_ANNOTATION, "")
+                 for m in config_maps if _labels(m).get(STEP_LABEL, "").isdigit()}
+        steps = []
+        for sid in steps_ids:
+            d = by_step.get(sid, {})
+            wanted = int((d.get("spec") or {}).get("replicas", 1) or 0) if d else 0
+            ready = int((d.get("status") or {}).get("readyReplicas") or 0)
+            steps.append(StepStatus(
+                step_id=sid, type=types.get(sid, ""), ready=bool(d) and ready >= max(wanted, 1),
+                ready_replicas=ready, replicas=wanted,
+                address=self._service_address(step_name(pipeline_id, sid))))
+        entry_service = next((s for s in services
+                              if (s.get("spec") or {}).get("type") == "NodePort"), None)
+        fingerprint = next((_annotations(m).get(FINGERPRINT_ANNOTATION, "")
+                            for m in [*config_maps, *deployments]), "")
+        entrypoint = (self._service_address(entry_service["metadata"]["name"])
+                      if entry_service else None)
+        return PipelineStatus(pipeline_id=pipeline_id, namespace=self.namespace,
+                              fingerprint=fingerprint, entrypoint=entrypoint,
+                              steps=tuple(steps), details=_node_port_details(entry_service))
+
+    def _service_address(self, service: str) -> str:
+        # Resolvable inside the cluster; from outside use a node address and the nodePort.
+        return f"{service}.{self.namespace}.svc:{GRPC_PORT}"
+
+    def _owned(self, pipeline_id: str) -> set[tuple[str, str]]:
+        return {(k.kind, m["metadata"]["name"]) for k in KINDS for m in self._list(k.kind)
+                if _owned_by(m, pipeline_id)}
+
+    def _method(self, kind: str, verb: str) -> Callable[..., Any]:
+        spec = next(k for k in KINDS if k.kind == kind)
+        return getattr(self._apis[spec.api], f"{verb}_namespaced_{spec.suffix}")  # type: ignore[no-any-return]
+
+    def _call(self, kind: str, verb: str, **kwargs: Any) -> Any:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            response = self._method(kind, verb)(
+                namespace=self.namespace, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+        except ApiException as exc:
+            raise BackendError(f"Kubernetes refused {verb} {kind} "
+                               f"{kwargs.get('name') or _name_of(kwargs.get('body'))} in "
+                               f"namespace {self.namespace}: {exc.status} "
+                               f"{_reason(exc)}") from None
+        except OSError as exc:  # connection refused, DNS, TLS, timeouts (urllib3 errors)
+            raise BackendError(f"cannot reach the Kubernetes API for {verb} {kind}: {exc}") \
+                from None
+        status = getattr(response, "status", 200)
+        if status >= 400:
+            raise BackendError(f"Kubernetes refused {verb} {kind} in namespace "
+                               f"{self.namespace}: HTTP {status} {_text(response)[:300]}")
+        return response
+
+    def _list(self, kind: str) -> list[dict[str, Any]]:
+        # The label selector narrows the answer on a real API server; the labels are checked
+        # again by the caller because not every server (kmock) applies it.
+        response = self._call(kind, "list", label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}")
+        items = json.loads(_text(response) or "{}").get("items") or []
+        return [i for i in items if isinstance(i, dict)
+                and (i.get("metadata") or {}).get("namespace", self.namespace) == self.namespace]
+
+    def _delete(self, kind: str, name: str) -> None:
+        try:
+            self._call(kind, "delete", name=name, propagation_policy="Background")
+        except BackendError as exc:
+            if " 404 " not in str(exc) and "HTTP 404" not in str(exc):
+                raise
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def _owned_by(obj: dict[str, Any], pipeline_id: str) -> bool:
+    labels = _labels(obj)
+    return labels.get(PIPELINE_LABEL) == pipeline_id \
+        and labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def _node_port_details(service: dict[str, Any] | None) -> dict[str, Any]:
+    if not service:
+        return {}
+    for port in (service.get("spec") or {}).get("ports") or []:
+        if port.get("name") == "grpc" and port.get("nodePort"):
+            return {"node_port": int(port["nodePort"]), "service": service["metadata"]["name"]}
+    return {"service": service["metadata"]["name"]}
+
+
+def _name_of(body: Any) -> str:
+    return ((body or {}).get("metadata") or {}).get("name", "") if isinstance(body, dict) else ""
+
+
+def _text(response: Any) -> str:
+    data = getattr(response, "data", b"")
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
+
+
+def _reason(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message", exc.reason))
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)

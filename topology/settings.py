@@ -1,0 +1,181 @@
+"""Settings of the topology service: command-line flag, else environment variable, else default.
+
+The Helm chart sets the environment variables; the names are part of the product:
+
+=============================  =================================  ==============================
+flag                           environment                        default
+=============================  =================================  ==============================
+``--host``                     ``STEPCHAIN_HOST``                 ``127.0.0.1``
+``--port``                     ``STEPCHAIN_PORT``                 ``8080``
+``--backend``                  ``STEPCHAIN_BACKEND``              ``local``
+``--namespace``                ``STEPCHAIN_NAMESPACE``            the pod's, else ``default``
+``--token-file``               ``STEPCHAIN_TOKEN_FILE``           none (loopback only)
+``--image-allowlist``          ``STEPCHAIN_IMAGE_ALLOWLIST``      ``ghcr.io/stepchain/*``
+``--hostpath-allowlist``       ``STEPCHAIN_HOSTPATH_ALLOWLIST``   none
+``--max-gpus``                 ``STEPCHAIN_MAX_GPUS``             ``8``
+``--step-image``               ``STEPCHAIN_STEP_IMAGE``           ``ghcr.io/stepchain/step:0.1.0``
+``--step-service-account``     ``STEPCHAIN_STEP_SERVICE_ACCOUNT`` none (namespace default)
+``--drain-grace``              ``STEPCHAIN_DRAIN_GRACE``          ``20`` seconds
+``--state-dir``                ``STEPCHAIN_STATE_DIR``            ``$XDG_STATE_HOME/stepchain``
+=============================  =================================  ==============================
+
+``OTEL_*`` variables of the service are passed through to every step it deploys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from topology.render import DEFAULT_DRAIN_GRACE_S, DEFAULT_STEP_IMAGE
+
+DEFAULT_IMAGE_ALLOWLIST = ("ghcr.io/stepchain/*",)
+DEFAULT_MAX_GPUS = 8
+#: Request bodies above this are refused with 413 before parsing.
+MAX_BODY_BYTES = 1 << 20
+BACKENDS = ("local", "kubernetes")
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the topology service is configured with."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backend: str = "local"
+    namespace: str = "default"
+    #: Bearer token required on writes; None = writes allowed only when bound to loopback.
+    token: str | None = None
+    image_allowlist: tuple[str, ...] = DEFAULT_IMAGE_ALLOWLIST
+    hostpath_allowlist: tuple[str, ...] = ()
+    max_gpus: int = DEFAULT_MAX_GPUS
+    step_image: str = DEFAULT_STEP_IMAGE
+    step_service_account: str | None = None
+    drain_grace_s: int = DEFAULT_DRAIN_GRACE_S
+    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    otel_env: Mapping[str, str] = field(default_factory=dict)
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the service listens on a loopback address only."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`; false for wildcards and real interfaces."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """Where the local backend keeps step configs, discovery files and logs."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                         "state")
+    return Path(base) / "stepchain"
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    """`"a, b,,c"` -> `("a", "b", "c")`."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def read_token(path: str) -> str:
+    """The token in `path` (surrounding whitespace removed); ValueError when unusable."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"token file {path} holds {len(token)} characters; use at least 16 "
+                         "(e.g. `openssl rand -hex 32`)")
+    return token
+
+
+def pod_namespace(default: str = "default") -> str:
+    """The namespace of the pod this runs in (service-account mount), else `default`."""
+    try:
+        return NAMESPACE_FILE.read_text(encoding="utf-8").strip() or default
+    except OSError:
+        return default
+
+
+def settings_from(flags: Mapping[str, object | None], environ: Mapping[str, str]) -> Settings:
+    """Builds Settings from parsed flags (None = not given) and the environment.
+
+    Raises ValueError naming the flag/variable when a value is unusable.
+    """
+
+    def pick(flag: str, env: str) -> str | None:
+        value = flags.get(flag)
+        if value is not None:
+            return str(value)
+        return environ.get(env) or None
+
+    def number(flag: str, env: str, default: int, minimum: int) -> int:
+        text = pick(flag, env)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"--{flag.replace('_', '-')} / {env}: {text!r} is not an integer") \
+                from None
+        if value < minimum:
+            raise ValueError(f"--{flag.replace('_', '-')} / {env}: must be >= {minimum}, "
+                             f"got {value}")
+        return value
+
+    backend = pick("backend", "STEPCHAIN_BACKEND") or "local"
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend / STEPCHAIN_BACKEND: {backend!r} is not one of "
+                         f"{', '.join(BACKENDS)}")
+    token_file = pick("token_file", "STEPCHAIN_TOKEN_FILE")
+    images = pick("image_allowlist", "STEPCHAIN_IMAGE_ALLOWLIST")
+    hostpaths = split_list(pick("hostpath_allowlist", "STEPCHAIN_HOSTPATH_ALLOWLIST"))
+    for prefix in hostpaths:
+        if not prefix.startswith("/"):
+            raise ValueError(f"--hostpath-allowlist / STEPCHAIN_HOSTPATH_ALLOWLIST: {prefix!r} "
+                             "must be an absolute path prefix")
+    state_dir = pick("state_dir", "STEPCHAIN_STATE_DIR")
+    settings = Settings(
+        host=pick("host", "STEPCHAIN_HOST") or "127.0.0.1",
+        port=number("port", "STEPCHAIN_PORT", 8080, 0),
+        backend=backend,
+        namespace=pick("namespace", "STEPCHAIN_NAMESPACE") or pod_namespace(),
+        token=read_token(token_file) if token_file else None,
+        image_allowlist=split_list(images) if images is not None else DEFAULT_IMAGE_ALLOWLIST,
+        hostpath_allowlist=tuple(os.path.normpath(p) for p in hostpaths),
+        max_gpus=number("max_gpus", "STEPCHAIN_MAX_GPUS", DEFAULT_MAX_GPUS, 0),
+        step_image=pick("step_image", "STEPCHAIN_STEP_IMAGE") or DEFAULT_STEP_IMAGE,
+        step_service_account=pick("step_service_account", "STEPCHAIN_STEP_SERVICE_ACCOUNT"),
+        drain_grace_s=number("drain_grace", "STEPCHAIN_DRAIN_GRACE", DEFAULT_DRAIN_GRACE_S, 0),
+        state_dir=Path(state_dir) if state_dir else default_state_dir(environ),
+        otel_env={k: v for k, v in environ.items() if k.startswith("OTEL_")},
+    )
+    check_startup(settings)
+    return settings
+
+
+def check_startup(settings: Settings) -> None:
+    """Refuses settings the service must not start with (ValueError saying how to fix them)."""
+    if not settings.loopback_only and settings.token is None:
+        raise ValueError(
+            f"refusing to listen on {settings.host} without a token: anyone who can reach it "
+            "could create pipelines. Give --token-file / STEPCHAIN_TOKEN_FILE, or bind to "
+            "127.0.0.1")
+    from topology.security import image_allowed
+
+    if not image_allowed(settings.step_image, settings.image_allowlist):
+        raise ValueError(
+            f"the default step image {settings.step_image!r} does not match the image "
+            f"allow-list {', '.join(settings.image_allowlist) or '(empty)'}; fix "
+            "--step-image or --image-allowlist")
