@@ -38,7 +38,7 @@ SC_HOT static void rl_ratio(const void *p, int y0, int y1, void *scratch)
     }
 }
 
-/* u *= correction (the correction was blurred into the `t` slot's partner, passed as u2) */
+/* u *= G(ratio), the blurred correction */
 typedef struct {
     rl_ctx base;
     const float *corr;
@@ -58,7 +58,9 @@ SC_HOT static void rl_store(const void *p, int y0, int y1, void *scratch)
     const rl_ctx *r = p;
     const float *restrict u = r->u;
     uint8_t *restrict out = r->dst;
-    for (size_t i = (size_t)y0 * r->row; i < (size_t)y1 * r->row; i++)
+    /* bounds in locals: byte stores may alias *r, which would block vectorising */
+    const size_t i0 = (size_t)y0 * r->row, i1 = (size_t)y1 * r->row;
+    for (size_t i = i0; i < i1; i++)
         out[i] = sc_clamp_u8f(u[i]);
 }
 

@@ -46,9 +46,11 @@ int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const v
 
 static inline uint8_t sc_clamp_u8f(float v)
 {
-    /* round half up after clamping; branch-free so loops stay vectorisable */
-    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-    return (uint8_t)(v + 0.5f);
+    /* round half up after clamping; branch-free (selects + a float->int conversion, which GCC
+     * vectorises when built with -fno-trapping-math as setup.py does) */
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 255.0f ? v : 255.0f;
+    return (uint8_t)(int)(v + 0.5f);
 }
 
 static inline int sc_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
