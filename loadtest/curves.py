@@ -110,16 +110,18 @@ class RampCurve(Curve):
 
 @dataclass(frozen=True)
 class StepCurve(Curve):
-    """``step_count`` equal plateaus (default 4), each ``duration / step_count`` long, each adding
+    """``step_count`` equal plateaus (default 4, at most ``users``), each ``duration / step_count`` long, each adding
     ``users / step_count``; the last plateau is the peak."""
 
     name: ClassVar[str] = "step"
-    formula: ClassVar[str] = "u(t) = ⌈N · (⌊t · K / D⌋ + 1) / K⌉, K = --step-count (default 4)"
+    formula: ClassVar[str] = "u(t) = ⌈N · (⌊t · K / D⌋ + 1) / K⌉, K = --step-count (default min(4, N))"
 
-    step_count: int = 4
+    step_count: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.step_count is None:
+            object.__setattr__(self, "step_count", min(4, self.users))
         k = self.step_count
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.users:
             raise ValueError(
@@ -127,6 +129,7 @@ class StepCurve(Curve):
                 f"({self.users}) so each step adds at least one user, got {k!r}")
 
     def _users(self, t: float) -> int:
+        assert self.step_count is not None
         index = min(self.step_count - 1, int(t * self.step_count / self.duration))
         return math.ceil(self.users * (index + 1) / self.step_count - 1e-9)
 

@@ -22,6 +22,7 @@ for _path in (_REPO, _REPO / "protos"):
         sys.path.insert(0, str(_path))
 
 from locust import events  # noqa: E402
+from locust import stats as locust_stats  # noqa: E402
 
 from loadtest import options as load_options  # noqa: E402
 from loadtest import payload, targets  # noqa: E402
@@ -31,6 +32,10 @@ from loadtest.shapes import shape_for  # noqa: E402
 __all__ = ["PipelineUser"]
 
 logger = logging.getLogger("stepchain.loadtest")
+
+# Locust flushes its CSV every 5 s; `stepchain loadtest` draws its progress line from the
+# history CSV, so flush every second (a few hundred bytes each time).
+locust_stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
 
 
 @events.init_command_line_parser.add_listener

@@ -50,7 +50,7 @@ def add_load_options(parser: Any) -> None:
     parser.add_argument("--ramp-up", type=float, default=None,
                         help="ramp: seconds to reach --users (default duration/2)")
     parser.add_argument("--step-count", type=int, default=None,
-                        help="step: number of equal plateaus (default 4)")
+                        help="step: number of equal plateaus (default 4, at most --users)")
     parser.add_argument("--base-users", type=int, default=None,
                         help="spike, sinus: users outside the spike / at the wave's bottom "
                              "(default ceil(users/10))")

@@ -103,7 +103,9 @@ def plot_history(history_csv: Path, out_png: Path, *, title: str | None = None) 
         ax_kernel.plot([x - t0 for x in kernel_times], means, color=colour,
                        label=name.removesuffix(" kernel"))
         p95 = [(row.timestamp - t0, row.p95_ms) for row in entry if row.p95_ms is not None]
-        ax_kernel.plot([x for x, _ in p95], [y for _, y in p95], "--", color=colour, alpha=0.6)
+        if any(y for _, y in p95):  # Locust keeps whole ms: sub-ms kernels read as a flat 0
+            ax_kernel.plot([x for x, _ in p95], [y for _, y in p95], "--", color=colour,
+                           alpha=0.6)
     for index, (name, entry) in enumerate(queue.items()):
         queue_times, means = interval_means(entry)
         ax_queue.plot([x - t0 for x in queue_times], means, color=colours[index % len(colours)],
