@@ -1,0 +1,184 @@
+"""ConfigMap discovery against kmock's KubernetesEmulator, over real HTTP, official client."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from discovery_fixtures import KubeEmulator, kube, step_configmap
+
+from stepsvc.config import dump_config, parse_config
+from stepsvc.discovery import Discovery
+from stepsvc.discovery_kubernetes import ConfigMapDiscovery, step_service_address
+
+__all__ = ["kube"]  # the fixture, imported so pytest finds it
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Polls `predicate` until it holds or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return predicate()
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def ns(kube: KubeEmulator) -> str:
+    return kube.new_namespace()
+
+
+@pytest.fixture
+def start_discovery(kube: KubeEmulator, ns: str) -> Iterator[Callable[..., ConfigMapDiscovery]]:
+    started: list[ConfigMapDiscovery] = []
+
+    def start(pipeline_id: str = "demo", port: int = 50051) -> ConfigMapDiscovery:
+        d = ConfigMapDiscovery(pipeline_id, namespace=ns, port=port,
+                               api_client=kube.api_client())
+        d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+def addr(step_id: int, ns: str, pipeline_id: str = "demo", port: int = 50051) -> str:
+    return f"{pipeline_id}-step-{step_id}.{ns}.svc:{port}"
+
+
+def test_service_address_format() -> None:
+    assert step_service_address("demo", 3, "prod", 50051) == "demo-step-3.prod.svc:50051"
+
+
+def test_existing_configmaps_are_active_after_start(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 0, ns))
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 2, ns))
+    d = start_discovery(port=6000)
+    assert isinstance(d, Discovery)
+    assert wait_for(lambda: d.active() == {0: addr(0, ns, port=6000), 2: addr(2, ns, port=6000)})
+
+
+def test_configmap_created_after_start_becomes_active_via_watch(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    d = start_discovery()
+    assert wait_for(lambda: d.list_count == 1)
+    assert d.active() == {}
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    assert wait_for(lambda: d.active() == {1: addr(1, ns)})
+    # Seen through the watch: nothing listed again.
+    assert d.list_count == 1
+
+
+def test_deleted_configmap_disappears(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 2, ns))
+    d = start_discovery()
+    assert wait_for(lambda: set(d.active()) == {1, 2})
+    kube.core.delete_namespaced_config_map("demo-step-1-config", ns)
+    assert wait_for(lambda: set(d.active()) == {2})
+
+
+def test_configmap_of_another_pipeline_is_ignored(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    d = start_discovery()
+    kube.core.create_namespaced_config_map(ns, step_configmap("other", 5, ns))
+    kube.core.create_namespaced_config_map(
+        ns, step_configmap("demo", 6, ns, labels={"app.kubernetes.io/part-of": "stepchain"}))
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    # demo's own step arriving after the others proves those were seen and skipped.
+    assert wait_for(lambda: 1 in d.active())
+    assert d.active() == {1: addr(1, ns)}
+
+
+def test_configmap_in_another_namespace_is_ignored(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    other = kube.new_namespace()
+    d = start_discovery()
+    kube.core.create_namespaced_config_map(other, step_configmap("demo", 4, other))
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    assert wait_for(lambda: 1 in d.active())
+    assert d.active() == {1: addr(1, ns)}
+
+
+def test_relabelled_configmap_leaves_the_pipeline(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    d = start_discovery()
+    assert wait_for(lambda: 1 in d.active())
+    kube.core.patch_namespaced_config_map("demo-step-1-config", ns,
+                                          {"metadata": {"labels": {"pipeline_id": "other"}}})
+    assert wait_for(lambda: d.active() == {})
+
+
+def test_step_id_falls_back_to_pipeline_config(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    config = dump_config(parse_config(
+        "pipeline_id: demo\nstep_id: 3\nsteps: [{id: 3, type: identity}]\n"))
+    kube.core.create_namespaced_config_map(
+        ns, step_configmap("demo", 3, ns, labels={"pipeline_id": "demo"}, config=config))
+    # A ConfigMap with neither a step_id label nor a valid config cannot name its step.
+    broken = step_configmap("demo", 4, ns, labels={"pipeline_id": "demo"}, config="steps: [")
+    kube.core.create_namespaced_config_map(ns, broken)
+    d = start_discovery()
+    assert wait_for(lambda: d.active() == {3: addr(3, ns)})
+
+
+def test_relists_after_the_watch_connection_breaks(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 2, ns))
+    d = start_discovery()
+    assert wait_for(lambda: set(d.active()) == {1, 2})
+    # Gone without a DELETED event: only a fresh list can tell.
+    kube.delete_silently(ns, "demo-step-1-config")
+    time.sleep(0.3)
+    assert set(d.active()) == {1, 2}  # the cache answers while the watch is quiet
+    assert kube.drop_connections() >= 1
+    assert wait_for(lambda: set(d.active()) == {2})
+    assert d.list_count >= 2
+    # And it watches again afterwards.
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 7, ns))
+    assert wait_for(lambda: set(d.active()) == {2, 7})
+
+
+def test_relists_when_the_watch_expires_with_410(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="stepsvc.discovery_kubernetes")
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    expired = kube.expire_next_watch(ns)
+    d = start_discovery()
+    assert wait_for(lambda: expired() and d.list_count == 2)
+    assert any("watch expired; listing again" in r.getMessage() for r in caplog.records)
+    assert d.active() == {1: addr(1, ns)}
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 2, ns))
+    assert wait_for(lambda: set(d.active()) == {1, 2})
+
+
+def test_does_not_poll_while_the_watch_is_healthy(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    before = kube.list_requests()
+    d = start_discovery()
+    assert wait_for(lambda: d.list_count == 1)
+    time.sleep(1.0)
+    assert kube.list_requests() - before == 1
+
+
+def test_close_stops_the_watch_promptly(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    d = start_discovery()
+    d.start()  # idempotent: still one watcher
+    assert wait_for(lambda: d.list_count == 1)
+    time.sleep(0.2)  # let the watch open
+    t0 = time.monotonic()
+    d.close()
+    assert time.monotonic() - t0 < 2.0
+    assert d._thread is not None and not d._thread.is_alive()
+    assert d.list_count == 1
