@@ -1,0 +1,340 @@
+"""The topology HTTP API (FastAPI): create, inspect, update and delete pipelines.
+
+``POST /pipeline`` answers 201 when it created the pipeline and 200 when a pipeline with the
+same id and the same definition already existed (it is re-applied, so a re-POST converges); a
+different definition under an existing id is a 409 — change it with ``PUT /pipeline/{id}``.
+Every refused field comes back as 422 with its path in ``detail[].loc``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from topology.backend import Backend, BackendError, PipelineStatus
+from topology.model import (
+    MAX_PIPELINE_NAME,
+    PIPELINE_NAME_RE,
+    Pipeline,
+    PipelineInvalid,
+    PipelineSpec,
+    clean_loc,
+    resolve_pipeline,
+)
+from topology.render import RenderOptions, render_manifests
+from topology.security import check_policy, token_matches
+from topology.settings import Settings, check_startup
+
+PipelineId = Annotated[str, Path(pattern=PIPELINE_NAME_RE.pattern, max_length=MAX_PIPELINE_NAME,
+                                 description="pipeline id (DNS-1035 label)")]
+DryRun = Annotated[bool, Query(description="validate and return the manifests; change nothing")]
+
+
+class StepStatusOut(BaseModel):
+    """One step's readiness."""
+
+    step_id: int
+    type: str
+    ready: bool
+    ready_replicas: int
+    replicas: int
+    address: str | None = None
+
+
+class PipelineStatusOut(BaseModel):
+    """A deployed pipeline."""
+
+    pipeline_id: str
+    namespace: str
+    ready: bool
+    entrypoint: str | None
+    fingerprint: str
+    steps: list[StepStatusOut]
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineList(BaseModel):
+    """Every pipeline of the backend."""
+
+    pipelines: list[PipelineStatusOut]
+
+
+class Applied(BaseModel):
+    """Result of a create or update."""
+
+    pipeline_id: str
+    namespace: str
+    created: bool = Field(description="true: new pipeline (201); false: it existed (200)")
+    resources: list[dict[str, Any]]
+    entrypoint: str = Field(description="host:port of the entry step (gRPC)")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class DryRunResult(BaseModel):
+    """What would be applied."""
+
+    pipeline_id: str
+    namespace: str
+    dry_run: bool = True
+    entry_step: int
+    manifests: list[dict[str, Any]]
+
+
+class Deleted(BaseModel):
+    """Result of a delete."""
+
+    pipeline_id: str
+    deleted: bool
+
+
+class Health(BaseModel):
+    """Liveness of the service."""
+
+    status: str
+    backend: str
+
+
+class ErrorDetail(BaseModel):
+    """An error the caller can act on."""
+
+    detail: Any
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail, "description": "missing or wrong bearer token"},
+    413: {"model": ErrorDetail, "description": "body larger than the limit"},
+    422: {"model": ErrorDetail, "description": "invalid pipeline; detail[].loc names the field"},
+    502: {"model": ErrorDetail, "description": "the backend (Kubernetes, step processes) failed"},
+}
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend the settings ask for."""
+    if settings.backend == "kubernetes":
+        from topology.kubernetes_backend import KubernetesBackend
+
+        return KubernetesBackend.from_environment(render_options(settings))
+    from topology.local_backend import LocalBackend
+
+    return LocalBackend(settings.state_dir, otel_env=settings.otel_env)
+
+
+def render_options(settings: Settings) -> RenderOptions:
+    """Render options from the service settings."""
+    return RenderOptions(namespace=settings.namespace, image=settings.step_image,
+                         otel_env=dict(settings.otel_env), drain_grace_s=settings.drain_grace_s,
+                         service_account=settings.step_service_account)
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+    """The API over `backend` (built from `settings` when not given), closed on shutdown.
+
+    Raises ValueError for settings the service must not run with (see check_startup).
+    """
+    check_startup(settings)
+    backend = backend if backend is not None else make_backend(settings)
+    write_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            # The local backend's step processes must not outlive the service.
+            backend.close()
+
+    app = FastAPI(
+        title="stepchain topology",
+        version="0.1.0",
+        description="Turns pipeline JSON into step servers: ConfigMaps, Deployments and "
+                    "Services on Kubernetes, or local processes.",
+        lifespan=lifespan,
+    )
+    app.state.backend = backend
+    app.state.settings = settings
+
+    def require_writer(
+            authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> None:
+        if settings.token is None:
+            return  # only possible when bound to loopback (check_startup)
+        if not token_matches(authorization, settings.token):
+            raise HTTPException(401, "writes need the header 'Authorization: Bearer <token>' "
+                                     "with the token from --token-file / STEPCHAIN_TOKEN_FILE",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    writer = [Depends(require_writer)]
+
+    def checked(spec: PipelineSpec, name: str | None = None) -> Pipeline:
+        pipeline = resolve_pipeline(spec, name=name)
+        check_policy(pipeline, settings)
+        return pipeline
+
+    def dry_run_result(pipeline: Pipeline) -> DryRunResult:
+        options = render_options(settings)
+        return DryRunResult(pipeline_id=pipeline.pipeline_id, namespace=options.namespace,
+                            entry_step=pipeline.entry_step,
+                            manifests=render_manifests(pipeline, options))
+
+    def applied(pipeline: Pipeline, created: bool) -> Applied:
+        result = backend.apply(pipeline)
+        return Applied(pipeline_id=result.pipeline_id, namespace=backend.namespace,
+                       created=created, resources=result.resources,
+                       entrypoint=result.entrypoint, details=result.details)
+
+    @app.exception_handler(PipelineInvalid)
+    async def _invalid(_: Request, exc: PipelineInvalid) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": [
+            {**e, "loc": ["body", *e["loc"]]} for e in exc.errors]})
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": [
+            {"loc": list(clean_loc(tuple(e.get("loc", ())))), "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", ""))} for e in exc.errors()]})
+
+    @app.exception_handler(BackendError)
+    async def _backend_failed(_: Request, exc: BackendError) -> JSONResponse:
+        return JSONResponse(status_code=502, content={"detail": str(exc)})
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def healthz() -> Health:
+        """Liveness: the service answers."""
+        return Health(status="ok", backend=backend.name)
+
+    @app.post("/pipeline", status_code=201, tags=["pipelines"], dependencies=writer,
+              response_model=Applied | DryRunResult,
+              responses={200: {"model": Applied, "description": "already existed, identical "
+                                                                "(re-applied); or dry run"},
+                         409: {"model": ErrorDetail,
+                               "description": "the id exists with a different definition"},
+                         **ERRORS})
+    def create_pipeline(spec: PipelineSpec, dry_run: DryRun = False) -> Any:
+        """Creates a pipeline (201). Identical re-POST: 200. Same id, other body: 409."""
+        pipeline = checked(spec)
+        if dry_run:
+            return JSONResponse(dry_run_result(pipeline).model_dump(), status_code=200)
+        with write_lock:
+            existing = backend.status(pipeline.pipeline_id)
+            if existing is not None and existing.fingerprint != pipeline.fingerprint:
+                raise HTTPException(409, f"pipeline {pipeline.pipeline_id!r} already exists with "
+                                         "a different definition; change it with PUT "
+                                         f"/pipeline/{pipeline.pipeline_id} or DELETE it first")
+            result = applied(pipeline, created=existing is None)
+        return JSONResponse(result.model_dump(), status_code=201 if result.created else 200)
+
+    @app.get("/pipelines", response_model=PipelineList, tags=["pipelines"])
+    def list_pipelines() -> PipelineList:
+        """Every pipeline with its steps' readiness."""
+        return PipelineList(pipelines=[_status_out(s) for s in backend.list_pipelines()])
+
+    @app.get("/pipeline/{pipeline_id}", response_model=PipelineStatusOut, tags=["pipelines"],
+             responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
+                        502: ERRORS[502]})
+    def get_pipeline(pipeline_id: PipelineId) -> PipelineStatusOut:
+        """A pipeline's steps with readiness and its entrypoint."""
+        status = backend.status(pipeline_id)
+        if status is None:
+            raise _not_found(pipeline_id, backend)
+        return _status_out(status)
+
+    @app.put("/pipeline/{pipeline_id}", response_model=Applied | DryRunResult,
+             tags=["pipelines"], dependencies=writer,
+             responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
+                        **ERRORS})
+    def update_pipeline(pipeline_id: PipelineId, spec: PipelineSpec,
+                        dry_run: DryRun = False) -> Any:
+        """Replaces an existing pipeline's definition; its objects converge to it."""
+        if spec.name is not None and spec.name != pipeline_id:
+            raise PipelineInvalid.single(("name",), f"name {spec.name!r} differs from the "
+                                                    f"pipeline id {pipeline_id!r} in the path")
+        pipeline = checked(spec, name=pipeline_id)
+        if dry_run:
+            return dry_run_result(pipeline)
+        with write_lock:
+            if backend.status(pipeline_id) is None:
+                raise _not_found(pipeline_id, backend)
+            return applied(pipeline, created=False)
+
+    @app.delete("/pipeline/{pipeline_id}", response_model=Deleted, tags=["pipelines"],
+                dependencies=writer,
+                responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
+                           401: ERRORS[401], 502: ERRORS[502]})
+    def delete_pipeline(pipeline_id: PipelineId) -> Deleted:
+        """Removes everything labelled with the pipeline (or stops its processes)."""
+        with write_lock:
+            if not backend.delete(pipeline_id):
+                raise _not_found(pipeline_id, backend)
+        return Deleted(pipeline_id=pipeline_id, deleted=True)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _status_out(status: PipelineStatus) -> PipelineStatusOut:
+    return PipelineStatusOut(
+        pipeline_id=status.pipeline_id, namespace=status.namespace, ready=status.ready,
+        entrypoint=status.entrypoint, fingerprint=status.fingerprint,
+        steps=[StepStatusOut(**asdict(s)) for s in status.steps], details=status.details)
+
+
+def _not_found(pipeline_id: str, backend: Backend) -> HTTPException:
+    return HTTPException(404, f"no pipeline {pipeline_id!r} in {backend.name} namespace "
+                              f"{backend.namespace!r}; GET /pipelines lists them")
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes` with 413 before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        # Chunked or lying bodies: read up to the limit here, then replay them to the app.
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _refuse(self, send: Callable[[Message], Awaitable[None]]) -> None:
+        body = (b'{"detail":"request body is larger than %d bytes"}' % self.max_bytes)
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,121 @@
+"""`stepchain topology serve|render`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+SERVE_FLAGS = ("host", "port", "backend", "namespace", "token_file", "image_allowlist",
+               "hostpath_allowlist", "max_gpus", "step_image", "step_service_account",
+               "drain_grace", "state_dir")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds `topology serve` and `topology render`."""
+    topology = sub.add_parser("topology", help="pipeline JSON -> step servers (API, render)")
+    commands = topology.add_subparsers(dest="topology_command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the topology HTTP API",
+        description="Runs the topology API. Every flag falls back to its STEPCHAIN_* "
+                    "environment variable (e.g. --max-gpus / STEPCHAIN_MAX_GPUS).")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; anything else "
+                                      "needs --token-file)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    serve.add_argument("--backend", choices=("local", "kubernetes"),
+                       help="where pipelines run (default local)")
+    serve.add_argument("--namespace", help="Kubernetes namespace (default: the pod's, else "
+                                           "default)")
+    serve.add_argument("--token-file", help="file holding the bearer token writes need")
+    serve.add_argument("--image-allowlist", help="comma-separated globs step images must match "
+                                                 "(default ghcr.io/stepchain/*)")
+    serve.add_argument("--hostpath-allowlist", help="comma-separated path prefixes allowed as "
+                                                    "hostPath volumes (default: none)")
+    serve.add_argument("--max-gpus", type=int, help="most GPUs one pipeline may use (default 8)")
+    serve.add_argument("--step-image", help="step image when a pipeline names none "
+                                            "(default ghcr.io/stepchain/step:0.1.0)")
+    serve.add_argument("--step-service-account",
+                       help="service account of step pods (needs get/list/watch configmaps)")
+    serve.add_argument("--drain-grace", type=int,
+                       help="seconds a step drains on SIGTERM (Kubernetes; default 20)")
+    serve.add_argument("--state-dir", help="local backend: configs, discovery file, logs")
+    serve.add_argument("--log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(func=_serve)
+
+    render = commands.add_parser(
+        "render", help="print the Kubernetes manifests of a pipeline JSON (like helm template)")
+    render.add_argument("pipeline", help="pipeline JSON file ('-' for stdin)")
+    render.add_argument("--namespace", help="namespace (default: the pipeline's, else default)")
+    render.add_argument("--image", help="step image (default: the pipeline's, else "
+                                        "ghcr.io/stepchain/step:0.1.0)")
+    render.add_argument("--drain-grace", type=int, default=None,
+                        help="seconds a step drains on SIGTERM (default 20)")
+    render.add_argument("--step-service-account", help="service account of the step pods")
+    render.set_defaults(func=_render)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from topology.api import create_app
+    from topology.backend import BackendError
+    from topology.settings import settings_from
+
+    try:
+        settings = settings_from({k: getattr(args, k) for k in SERVE_FLAGS}, os.environ)
+        app = create_app(settings)
+    except (ValueError, BackendError) as exc:
+        print(f"stepchain topology serve: {exc}", file=sys.stderr)
+        return 2
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan:
+    # the local backend stops its step processes there.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from topology.model import PipelineInvalid, parse_pipeline
+    from topology.render import (
+        DEFAULT_DRAIN_GRACE_S,
+        DEFAULT_STEP_IMAGE,
+        RenderOptions,
+        manifests_yaml,
+        render_manifests,
+    )
+
+    try:
+        if args.pipeline == "-":
+            data = json.load(sys.stdin)
+        else:
+            with open(args.pipeline, encoding="utf-8") as fh:
+                data = json.load(fh)
+        pipeline = parse_pipeline(data)
+    except OSError as exc:
+        print(f"stepchain topology render: cannot read {args.pipeline}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"stepchain topology render: {args.pipeline} is not JSON: {exc}", file=sys.stderr)
+        return 2
+    except PipelineInvalid as exc:
+        print(f"stepchain topology render: {args.pipeline} is not a valid pipeline:",
+              file=sys.stderr)
+        from topology.model import format_loc
+
+        for error in exc.errors:
+            print(f"  {format_loc(error['loc'])}: {error['msg']}", file=sys.stderr)
+        return 1
+    options = RenderOptions(
+        namespace=args.namespace or pipeline.namespace or "default",
+        image=args.image or pipeline.image or DEFAULT_STEP_IMAGE,
+        drain_grace_s=args.drain_grace if args.drain_grace is not None else DEFAULT_DRAIN_GRACE_S,
+        service_account=args.step_service_account)
+    if args.image:  # the flag wins over the pipeline's own image
+        from dataclasses import replace
+
+        pipeline = replace(pipeline, image=None)
+    sys.stdout.write(manifests_yaml(render_manifests(pipeline, options)))
+    return 0

@@ -1,0 +1,336 @@
+"""Local backend: one `stepchain step serve` process per step on free loopback ports.
+
+What the Kubernetes backend keeps in ConfigMaps lives on disk under the state directory::
+
+    <state-dir>/<pipeline_id>/step-<N>.yaml     the step's PIPELINE_CONFIG
+    <state-dir>/<pipeline_id>/discovery.json    {"0": "127.0.0.1:PORT", ...} (static discovery)
+    <state-dir>/<pipeline_id>/step-<N>.log      the step's stdout and stderr
+    <state-dir>/<pipeline_id>/processes.json    pids, so a later service can clean up orphans
+
+Readiness is the steps' gRPC health. Processes are stopped (SIGTERM, then SIGKILL after the
+drain grace) on DELETE and when the service shuts down; a service that starts finds the
+processes a crashed predecessor left behind and stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
+from topology.model import Pipeline
+from topology.render import step_config_text, step_name
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATE_FILE = "processes.json"
+DISCOVERY_FILE = "discovery.json"
+#: Seconds a local step drains after SIGTERM before it is killed.
+LOCAL_DRAIN_GRACE_S = 5
+READY_TIMEOUT_S = 60.0
+HEALTH_TIMEOUT_S = 1.0
+
+
+@dataclass
+class _StepProcess:
+    step_id: int
+    type: str
+    port: int
+    process: subprocess.Popen[bytes]
+    config_path: Path
+    config_text: str
+    threads: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class _LocalPipeline:
+    pipeline: Pipeline
+    directory: Path
+    steps: dict[int, _StepProcess]
+
+
+class LocalBackend:
+    """Runs pipelines as local step server processes (the embedded default)."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path, *, otel_env: Mapping[str, str] | None = None,
+                 drain_grace_s: int = LOCAL_DRAIN_GRACE_S,
+                 ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.namespace = "local"
+        self.state_dir = Path(state_dir)
+        self.otel_env = dict(otel_env or {})
+        self.drain_grace_s = drain_grace_s
+        self.ready_timeout_s = ready_timeout_s
+        self._pipelines: dict[str, _LocalPipeline] = {}
+        self._lock = threading.RLock()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.reap_orphans()
+
+    # -- the Backend protocol ------------------------------------------------------------------
+
+    def apply(self, pipeline: Pipeline) -> ApplyResult:
+        """Starts the steps that are new or changed, stops removed ones, waits for readiness.
+
+        If a step does not become ready, the whole pipeline is stopped and BackendError says
+        which step failed and shows the end of its log.
+        """
+        with self._lock:
+            directory = self.state_dir / pipeline.pipeline_id
+            directory.mkdir(parents=True, exist_ok=True)
+            current = self._pipelines.get(pipeline.pipeline_id)
+            old = current.steps if current else {}
+            wanted = {s.id: s for s in pipeline.steps}
+            texts = {s.id: step_config_text(pipeline, s.id) for s in pipeline.steps}
+            keep = {sid: proc for sid, proc in old.items()
+                    if sid in wanted and proc.process.poll() is None
+                    and proc.config_text == texts[sid] and proc.threads == wanted[sid].threads}
+            _stop_all([proc for sid, proc in old.items() if sid not in keep],
+                      self.drain_grace_s)
+            for sid in old:
+                if sid not in wanted:
+                    for suffix in (".yaml", ".log"):
+                        (directory / f"step-{sid}{suffix}").unlink(missing_ok=True)
+            # Every process gets the discovery file, which only lists steps once all are known.
+            discovery = directory / DISCOVERY_FILE
+            new_ids = [sid for sid in sorted(wanted) if sid not in keep]
+            ports = _free_ports(len(new_ids))
+            started = dict(keep)
+            entry = _LocalPipeline(pipeline, directory, started)
+            self._pipelines[pipeline.pipeline_id] = entry
+            for sid, port in zip(new_ids, ports, strict=True):
+                started[sid] = self._start(pipeline, wanted[sid].threads, wanted[sid].type, sid,
+                                           port, texts[sid], directory, discovery)
+            self._write_state(entry)
+            from stepsvc.discovery import write_static_discovery
+
+            write_static_discovery(discovery, {sid: p.address for sid, p in started.items()})
+            try:
+                self._wait_ready(entry, [started[sid] for sid in new_ids])
+            except BackendError:
+                self._remove(pipeline.pipeline_id)
+                raise
+            resources: list[dict[str, Any]] = [
+                {"kind": "Process", "name": step_name(pipeline.pipeline_id, sid),
+                 "pid": p.process.pid, "address": p.address, "config": str(p.config_path)}
+                for sid, p in sorted(started.items())]
+            resources.append({"kind": "DiscoveryFile", "name": str(discovery)})
+            return ApplyResult(pipeline_id=pipeline.pipeline_id, resources=resources,
+                               entrypoint=started[pipeline.entry_step].address,
+                               details={"state_dir": str(directory)})
+
+    def status(self, pipeline_id: str) -> PipelineStatus | None:
+        """Readiness of each step from its gRPC health (and whether its process runs)."""
+        with self._lock:
+            entry = self._pipelines.get(pipeline_id)
+            if entry is None:
+                return None
+            steps = []
+            for sid, proc in sorted(entry.steps.items()):
+                ready = proc.process.poll() is None and _serving(proc.address)
+                steps.append(StepStatus(step_id=sid, type=proc.type, ready=ready,
+                                        ready_replicas=int(ready), replicas=1,
+                                        address=proc.address))
+            entry_step = entry.steps.get(entry.pipeline.entry_step)
+            return PipelineStatus(
+                pipeline_id=pipeline_id, namespace=self.namespace,
+                fingerprint=entry.pipeline.fingerprint,
+                entrypoint=entry_step.address if entry_step else None, steps=tuple(steps),
+                details={"state_dir": str(entry.directory),
+                         "pids": {str(s): p.process.pid for s, p in entry.steps.items()}})
+
+    def list_pipelines(self) -> list[PipelineStatus]:
+        """Every running pipeline, sorted by id."""
+        with self._lock:
+            ids = sorted(self._pipelines)
+            return [s for s in (self.status(pid) for pid in ids) if s is not None]
+
+    def delete(self, pipeline_id: str) -> bool:
+        """Stops the pipeline's processes and removes its state directory."""
+        with self._lock:
+            return self._remove(pipeline_id)
+
+    def close(self) -> None:
+        """Stops every step process this backend started."""
+        with self._lock:
+            for pipeline_id in list(self._pipelines):
+                self._remove(pipeline_id)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _start(self, pipeline: Pipeline, threads: int, kind: str, step_id: int, port: int,
+               text: str, directory: Path, discovery: Path) -> _StepProcess:
+        config_path = directory / f"step-{step_id}.yaml"
+        config_path.write_text(text, encoding="utf-8")
+        name = step_name(pipeline.pipeline_id, step_id)
+        env = {**os.environ, **self.otel_env, "OMP_NUM_THREADS": str(threads),
+               "POD_NAME": name, "OTEL_SERVICE_NAME": name,
+               "PYTHONPATH": os.pathsep.join(
+                   [str(REPO_ROOT), str(REPO_ROOT / "protos"),
+                    *filter(None, [os.environ.get("PYTHONPATH")])])}
+        command = [sys.executable, "-m", "stepsvc.cli", "step", "serve",
+                   "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
+                   "--discovery", f"static:{discovery}", "--metrics-port", "0",
+                   "--grace", str(self.drain_grace_s)]
+        with open(directory / f"step-{step_id}.log", "ab") as log:
+            # A session of its own: a Ctrl-C in the terminal reaches the service, which then
+            # stops its steps in order, instead of killing the steps under it.
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, env=env, cwd=directory,
+                                       start_new_session=True)
+        return _StepProcess(step_id=step_id, type=kind, port=port, process=process,
+                            config_path=config_path, config_text=text, threads=threads)
+
+    def _wait_ready(self, entry: _LocalPipeline, procs: list[_StepProcess]) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        pending = list(procs)
+        while pending:
+            for proc in list(pending):
+                code = proc.process.poll()
+                if code is not None:
+                    raise BackendError(
+                        f"step {proc.step_id} ({proc.type}) of pipeline "
+                        f"{entry.pipeline.pipeline_id} exited with code {code} before it was "
+                        f"ready; its log ends with:\n{_tail(entry.directory, proc.step_id)}")
+                if _serving(proc.address):
+                    pending.remove(proc)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(str(p.step_id) for p in pending)
+                raise BackendError(
+                    f"step(s) {names} of pipeline {entry.pipeline.pipeline_id} were not healthy "
+                    f"within {self.ready_timeout_s:.0f} s; last log lines of step "
+                    f"{pending[0].step_id}:\n{_tail(entry.directory, pending[0].step_id)}")
+            if pending:
+                time.sleep(0.1)
+
+    def _remove(self, pipeline_id: str) -> bool:
+        entry = self._pipelines.pop(pipeline_id, None)
+        if entry is None:
+            return False
+        _stop_all(list(entry.steps.values()), self.drain_grace_s)
+        shutil.rmtree(entry.directory, ignore_errors=True)
+        return True
+
+    def _write_state(self, entry: _LocalPipeline) -> None:
+        state = {"owner_pid": os.getpid(), "pipeline_id": entry.pipeline.pipeline_id,
+                 "steps": {str(sid): {"pid": p.process.pid, "config": str(p.config_path)}
+                           for sid, p in entry.steps.items()}}
+        (entry.directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+    def reap_orphans(self) -> list[int]:
+        """Stops step processes a dead topology service left under the state dir; returns pids.
+
+        A process is only touched if its command line still names the config file recorded
+        for it (pids get reused) and the service that started it is gone.
+        """
+        reaped: list[int] = []
+        for state_file in self.state_dir.glob(f"*/{STATE_FILE}"):
+            try:
+                state = json.loads(state_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            owner = int(state.get("owner_pid", 0))
+            if owner != os.getpid() and _alive(owner):
+                continue  # another running service owns these steps
+            for step in (state.get("steps") or {}).values():
+                pid, config = int(step.get("pid", 0)), str(step.get("config", ""))
+                if pid > 0 and config and config in _cmdline(pid):
+                    _kill(pid, self.drain_grace_s)
+                    reaped.append(pid)
+            shutil.rmtree(state_file.parent, ignore_errors=True)
+        return reaped
+
+
+def _free_ports(count: int) -> list[int]:
+    # Hold every socket until all are chosen so the ports differ.
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _serving(address: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_S)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _stop_all(procs: list[_StepProcess], grace_s: float) -> None:
+    """SIGTERM all (they drain in parallel), then SIGKILL whatever outlives the grace."""
+    for proc in procs:
+        if proc.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s + 2.0
+    for proc in procs:
+        try:
+            proc.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.process.kill()
+            proc.process.wait()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _kill(pid: int, grace_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 2.0
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _tail(directory: Path, step_id: int, lines: int = 15) -> str:
+    try:
+        text = (directory / f"step-{step_id}.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
