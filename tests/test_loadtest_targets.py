@@ -1,0 +1,161 @@
+"""Load-test targets: ``--host`` parsing, and pipeline entries found in Kubernetes.
+
+Discovery runs against kmock's KubernetesEmulator over real HTTP with the official client.
+The emulator runs on its own event loop in a daemon thread (the client is synchronous).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+
+import kmock
+import pytest
+from kubernetes import client
+
+from loadtest.targets import Target, discover_kubernetes_targets, parse_hosts
+
+_namespaces = itertools.count(1)
+
+
+class Emulator:
+    """KubernetesEmulator on 127.0.0.1:<free port>, served from a background event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="kmock-loadtest")
+        self._thread.start()
+        self._emulator, self._server = asyncio.run_coroutine_threadsafe(
+            self._open(), self._loop).result(10)
+        self.core = client.CoreV1Api(client.ApiClient(client.Configuration(
+            host=f"http://127.0.0.1:{self._server.port}")))
+
+    async def _open(self) -> tuple[kmock.KubernetesEmulator, kmock.Server]:
+        emulator = kmock.KubernetesEmulator()
+        await emulator.__aenter__()
+        # Known before the first object exists, else an empty list answers 404.
+        emulator.resources["v1/services"] = kmock.ResourceInfo(kind="Service", namespaced=True)
+        emulator.resources["v1/nodes"] = kmock.ResourceInfo(kind="Node", namespaced=False)
+        server = kmock.Server(emulator)
+        await server.__aenter__()
+        return emulator, server
+
+    def close(self) -> None:
+        async def shut() -> None:
+            await self._server.__aexit__(None, None, None)
+            await self._emulator.__aexit__(None, None, None)
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def kube() -> Iterator[Emulator]:
+    emulator = Emulator()
+    try:
+        yield emulator
+    finally:
+        emulator.close()
+
+
+def namespace() -> str:
+    # kmock ignores label selectors and keeps every object: each test uses its own namespace.
+    return f"loadtest-{next(_namespaces)}"
+
+
+def service(kube: Emulator, ns: str, name: str, kind: str, node_port: int | None = None,
+            port_name: str = "grpc", extra_ports: list[client.V1ServicePort] | None = None
+            ) -> None:
+    ports = [client.V1ServicePort(name=port_name, port=50051, node_port=node_port)]
+    kube.core.create_namespaced_service(ns, client.V1Service(
+        metadata=client.V1ObjectMeta(name=name, namespace=ns),
+        spec=client.V1ServiceSpec(type=kind, ports=(extra_ports or []) + ports)))
+
+
+def node(name: str, ready: bool, **addresses: str) -> client.V1Node:
+    return client.V1Node(
+        metadata=client.V1ObjectMeta(name=name),
+        status=client.V1NodeStatus(
+            addresses=[client.V1NodeAddress(type=k, address=v) for k, v in addresses.items()],
+            conditions=[client.V1NodeCondition(type="Ready",
+                                               status="True" if ready else "False")]))
+
+
+@pytest.fixture(scope="module")
+def nodes(kube: Emulator) -> None:
+    # Not-ready node first by name: discovery must prefer the Ready one.
+    kube.core.create_node(node("a-broken", ready=False, ExternalIP="203.0.113.9"))
+    kube.core.create_node(node("b-worker", ready=True, InternalIP="10.0.0.7",
+                               ExternalIP="198.51.100.7"))
+
+
+def test_only_nodeport_services_named_step_0_are_picked(kube: Emulator, nodes: None) -> None:
+    ns = namespace()
+    service(kube, ns, "shop-step-0", "NodePort", 30100)  # the entry: picked
+    service(kube, ns, "shop-step-1", "ClusterIP")
+    service(kube, ns, "shop-step-10", "NodePort", 30110)  # ends in step-10, not step-0
+    service(kube, ns, "lab-step-0", "ClusterIP")  # right name, not a NodePort
+    service(kube, ns, "web", "NodePort", 30200)  # a NodePort, wrong name
+    service(kube, ns, "photos-step-0", "NodePort", 30300)  # a second pipeline: picked
+    found = discover_kubernetes_targets(namespace=ns, api=kube.core)
+    assert found == [Target("198.51.100.7:30300", "photos"), Target("198.51.100.7:30100", "shop")]
+
+
+def test_node_address_prefers_a_ready_nodes_external_ip_and_can_be_overridden(
+        kube: Emulator, nodes: None) -> None:
+    ns = namespace()
+    service(kube, ns, "p-step-0", "NodePort", 31000)
+    assert discover_kubernetes_targets(namespace=ns, api=kube.core) == [
+        Target("198.51.100.7:31000", "p")]
+    assert discover_kubernetes_targets(namespace=ns, api=kube.core,
+                                       node_address="127.0.0.1") == [
+        Target("127.0.0.1:31000", "p")]
+
+
+def test_the_port_named_grpc_is_used_when_a_service_has_several(kube: Emulator,
+                                                                nodes: None) -> None:
+    ns = namespace()
+    service(kube, ns, "multi-step-0", "NodePort", 32001, extra_ports=[
+        client.V1ServicePort(name="metrics", port=9464, node_port=32002)])
+    assert [t.address for t in discover_kubernetes_targets(namespace=ns, api=kube.core)] == [
+        "198.51.100.7:32001"]
+
+
+def test_all_namespaces_are_searched_without_a_namespace(kube: Emulator, nodes: None) -> None:
+    first, second = namespace(), namespace()
+    service(kube, first, "same-step-0", "NodePort", 30401)
+    service(kube, second, "same-step-0", "NodePort", 30402)
+    found = [t for t in discover_kubernetes_targets(api=kube.core) if t.label.endswith("same")]
+    # The same pipeline id in two namespaces: labels say which is which.
+    assert found == [Target("198.51.100.7:30401", f"{first}/same"),
+                     Target("198.51.100.7:30402", f"{second}/same")]
+
+
+def test_no_entry_service_is_an_error_saying_what_was_searched(kube: Emulator,
+                                                               nodes: None) -> None:
+    ns = namespace()
+    service(kube, ns, "only-step-1", "ClusterIP")
+    with pytest.raises(LookupError, match=rf"no NodePort Service whose name ends in 'step-0' in "
+                                          rf"namespace '{ns}' \(1 Services seen\).*--host"):
+        discover_kubernetes_targets(namespace=ns, api=kube.core)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("127.0.0.1:50051", [Target("127.0.0.1:50051", "127.0.0.1:50051")]),
+    ("grpc://localhost:8080/", [Target("localhost:8080", "localhost:8080")]),
+    ("a:1, b:2", [Target("a:1", "a:1"), Target("b:2", "b:2")]),
+    ("[::1]:50051", [Target("[::1]:50051", "[::1]:50051")]),
+])
+def test_host_accepts_host_port_lists(spec: str, expected: list[Target]) -> None:
+    assert parse_hosts(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["localhost", "localhost:0", "host:99999", ":50051", "a:1,,b:2",
+                                  "host:http"])
+def test_host_without_a_valid_port_is_rejected(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"is not HOST:PORT with a port in 1\.\.65535"):
+        parse_hosts(spec)
