@@ -17,6 +17,7 @@ from pathlib import Path
 COMMAND_MODULES = (
     "native.cli",
     "stepsvc.commands",
+    "stepsvc.trace_cli",
     "topology.cli",
     "loadtest.cli",
 )

@@ -95,9 +95,11 @@ def serve_command(args: argparse.Namespace) -> int:
     from stepsvc.discovery import make_discovery
     from stepsvc.router import is_last_step
     from stepsvc.server import ServerSettings, build_server
+    from stepsvc.step_telemetry import StepTelemetry
 
     try:
         config = load_config(path=args.config) if args.config else load_config(env=args.config_env)
+        telemetry = StepTelemetry.from_env(config)  # OTEL_* env; ValueError names the variable
     except ValueError as exc:
         print(f"stepchain step serve: {exc}", file=sys.stderr)
         return 2
@@ -122,9 +124,15 @@ def serve_command(args: argparse.Namespace) -> int:
         grace=args.grace, forward_timeout=args.forward_timeout, metrics_port=args.metrics_port)
     discovery.start()
     try:
-        server = build_server(config, discovery, settings)
+        server = build_server(config, discovery, settings,
+                              interceptors=telemetry.server_interceptors(),
+                              client_interceptors=telemetry.client_interceptors(),
+                              observer=telemetry)
+        metrics_port = (telemetry.start_metrics_http(settings.metrics_port, args.host)
+                        if settings.metrics_port else 0)
     except (OSError, RuntimeError) as exc:
         discovery.close()
+        telemetry.close()
         print(f"stepchain step serve: {exc}", file=sys.stderr)
         return 1
 
@@ -136,10 +144,13 @@ def serve_command(args: argparse.Namespace) -> int:
     log.info("pipeline %s step %d (%s) serving on %s:%d (next: %s, discovery: %s)",
              config.pipeline_id, step.id, step.type, args.host, server.port,
              step.next_step or "none, last step", spec or "none")
+    log.info("metrics: %s; tracing: %s", f"http://{args.host}:{metrics_port}/metrics"
+             if metrics_port else "off", "on" if telemetry.tracing.enabled else "off")
     while not stop.wait(1.0):
         pass
     log.info("draining: up to %.1f s for in-flight requests", settings.grace)
     finished = server.drain()
+    telemetry.close()  # flushes queued spans before the process exits
     log.info("stopped (%s)", "all requests finished" if finished else "grace period ran out")
     return 0
 
@@ -162,6 +173,7 @@ def submit_command(args: argparse.Namespace) -> int:
     import grpc
 
     from stepsvc import client
+    from stepsvc.telemetry import Tracing, current_trace_id
 
     try:
         encoding = client.output_encoding_for(args.out)
@@ -171,17 +183,32 @@ def submit_command(args: argparse.Namespace) -> int:
         return 2
     request = client.build_request(image, output_encoding=encoding, threads=args.threads,
                                    passes=args.passes)
-    channel = client.connect(args.target)
     try:
-        result = client.submit(channel, request, timeout=args.timeout)
+        tracing = Tracing.from_env("stepchain-submit")
+    except ValueError as exc:
+        print(f"stepchain submit: {exc}", file=sys.stderr)
+        return 2
+    channel = tracing.intercept_channel(client.connect(args.target))
+    trace_id = ""
+    try:
+        # The root span of the request's trace; the channel's interceptor sends its context.
+        with tracing.span("stepchain submit", {"stepchain.target": args.target,
+                                               "stepchain.image": str(args.image)}):
+            trace_id = current_trace_id()
+            result = client.submit(channel, request, timeout=args.timeout)
     except grpc.RpcError as err:
         code = err.code() if hasattr(err, "code") else None
         details = err.details() if hasattr(err, "details") else str(err)
         name = code.name if code is not None else "ERROR"
         print(f"stepchain submit: {args.target}: {name}: {details}", file=sys.stderr)
+        if trace_id:
+            print(f"trace: {trace_id}", file=sys.stderr)
         return 1
     finally:
         channel.close()
+        tracing.shutdown()  # exports the client's spans before exiting
+    if not result.response.trace_id:  # steps without tracing: the client's own trace
+        result.response.trace_id = trace_id
     Path(args.out).write_bytes(result.response.image.data)
     if args.json:
         print(client.dumps(client.summary_json(result, args.out)))
