@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from loadtest_fixtures import ROOT, child_env
 
 from loadtest import curves
 from loadtest.curves import (
@@ -23,8 +24,6 @@ from loadtest.curves import (
     StepCurve,
     make_curve,
 )
-
-from loadtest_fixtures import ROOT, child_env
 
 
 def series(curve: curves.Curve, step: float = 1.0) -> list[int]:
