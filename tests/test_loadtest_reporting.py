@@ -1,0 +1,179 @@
+"""What load-test users send and report, and how results are read and plotted (no servers)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from stepchain.v1 import step_pb2
+
+from loadtest import entries, options, payload
+from loadtest.plot import interval_means, plot_history
+from loadtest.results import HistoryRow, latest_progress, read_history
+
+HISTORY_HEADER = ("Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,"
+                  "95%,98%,99%,99.9%,99.99%,100%,Total Request Count,Total Failure Count,"
+                  "Total Median Response Time,Total Average Response Time,"
+                  "Total Min Response Time,Total Max Response Time,Total Average Content Size")
+
+
+def history_row(ts: int, users: int, kind: str, name: str, rps: float, p50: str, p95: str,
+                total: int, failures: int, average: float) -> str:
+    pct = f"{p50},{p50},{p50},{p50},{p95},{p95},{p95},{p95},{p95},{p95},{p95}"
+    return (f"{ts},{users},{kind},{name},{rps},0.0,{pct},{total},{failures},{average},"
+            f"{average},0,0,0")
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 4), ("P", 3)])
+def test_request_carries_the_image_as_raw_pixels(tmp_path: Path, mode: str,
+                                                 channels: int) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    path = tmp_path / "in.png"
+    Image.fromarray(pixels).convert(mode).save(path)
+    request = payload.build_request(path, threads=2, passes=3)
+    assert (request.image.width, request.image.height, request.image.channels) == (
+        20, 12, channels)
+    assert request.image.encoding == step_pb2.IMAGE_ENCODING_RAW
+    assert len(request.image.data) == 20 * 12 * channels
+    if mode == "RGB":
+        assert request.image.data == pixels.tobytes()
+    assert (request.overrides.threads, request.overrides.passes) == (2, 3)
+    assert request.request_id == ""  # the entry step generates one per request
+
+
+def test_without_an_image_the_built_in_pattern_is_sent() -> None:
+    request = payload.build_request(None)
+    assert (request.image.width, request.image.height, request.image.channels) == (256, 256, 3)
+    assert len(set(request.image.data)) > 100  # a real pattern, not a blank image
+
+
+def test_send_encoded_sends_the_file_bytes_with_their_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "in.jpg"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path, format="JPEG")
+    request = payload.build_request(path, send_encoded=True)
+    assert request.image.encoding == step_pb2.IMAGE_ENCODING_JPEG
+    assert request.image.data == path.read_bytes()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"image": "/nonexistent/x.png"}, "--image /nonexistent/x.png: no such file"),
+    ({"threads": 257}, "--threads must be between 0 (the step's own) and 256, got 257"),
+    ({"passes": -1}, "--passes must be between 0 (the step's own) and 1000, got -1"),
+    ({"send_encoded": True}, "--send-encoded needs --image FILE"),
+])
+def test_bad_request_options_are_rejected_naming_the_option(kwargs: dict[str, object],
+                                                            message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        payload.build_request(**kwargs)  # type: ignore[arg-type]
+    assert message in str(err.value)
+
+
+def test_a_file_that_is_not_an_image_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="not an image Pillow can read"):
+        payload.build_request(path)
+    bmp = tmp_path / "x.bmp"
+    Image.new("RGB", (4, 4)).save(bmp)
+    with pytest.raises(ValueError, match="steps decode only PNG and JPEG"):
+        payload.build_request(bmp, send_encoded=True)
+
+
+def test_step_entries_name_each_step_with_its_kernel_and_queue_time() -> None:
+    timings = [step_pb2.StepTiming(step_id=1, step_type="identity", kernel_ms=0.25,
+                                   queue_wait_ms=0.5),
+               step_pb2.StepTiming(step_id=2, step_type="grayscale", kernel_ms=3.0)]
+    assert entries.step_entries(timings) == [
+        ("step-1:identity kernel", 0.25), ("step-1:identity queue", 0.5),
+        ("step-2:grayscale kernel", 3.0), ("step-2:grayscale queue", 0.0)]
+    assert entries.step_entries(timings[1:], "shop")[0] == ("shop/step-2:grayscale kernel", 3.0)
+    assert entries.request_name(None) == "Process"
+    assert entries.request_name("shop") == "Process shop"
+
+
+def test_grpc_failures_lead_with_the_status_code_name() -> None:
+    error = entries.GrpcStatusError("RESOURCE_EXHAUSTED", "step 1 queue full")
+    assert str(error) == "RESOURCE_EXHAUSTED: step 1 queue full"
+    assert "RESOURCE_EXHAUSTED: step 1 queue full" in repr(error)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("180", 180.0), ("2.5", 2.5), ("90s", 90.0),
+                                               ("3m", 180.0), ("1h30m", 5400.0)])
+def test_duration_takes_seconds_or_locust_time_spans(text: str, seconds: float) -> None:
+    assert options.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "3x", "-5"])
+def test_bad_durations_are_rejected(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid duration"):
+        options.parse_duration(text)
+
+
+def test_command_line_options_round_trip_to_locust_arguments(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    options.add_load_options(parser)
+    parsed = parser.parse_args(["--curve", "spike", "--duration", "3m", "--spike-at", "30",
+                                "--base-users", "2", "--passes", "5"])
+    words = options.locust_arguments(parsed)
+    again = parser.parse_args(words)
+    assert vars(again) == vars(parsed)
+    curve = options.build_curve(again, users=20, spawn_rate=None)
+    assert (curve.name, curve.duration, curve.users_at(30), curve.users_at(29)) == (
+        "spike", 180.0, 20, 2)
+
+
+def test_interval_means_are_exact_per_second_from_running_totals(tmp_path: Path) -> None:
+    rows = history_rows(tmp_path, [
+        history_row(100, 1, "step", "k", 1.0, "0", "0", 10, 0, 0.5),   # 10 x 0.5 ms
+        history_row(101, 1, "step", "k", 1.0, "0", "0", 30, 0, 0.25),  # +20 at 0.125 ms
+        history_row(102, 1, "step", "k", 1.0, "0", "0", 30, 0, 0.25),  # nothing new
+    ])
+    times, means = interval_means(rows)
+    assert times == [100.0, 101.0]
+    assert means == pytest.approx([0.5, 0.125])
+
+
+def history_rows(tmp: Path, lines: list[str]) -> list[HistoryRow]:
+    path = tmp / "h_stats_history.csv"
+    path.write_text("\n".join([HISTORY_HEADER, *lines]) + "\n")
+    return read_history(path)
+
+
+def test_progress_counts_requests_not_step_entries(tmp_path: Path) -> None:
+    rows = history_rows(tmp_path, [
+        history_row(1, 2, "grpc", "Process", 50.0, "3", "9", 100, 1, 3.0),
+        history_row(1, 2, "step", "step-1:identity kernel", 50.0, "0", "0", 100, 0, 0.1),
+        history_row(1, 2, "", "Aggregated", 100.0, "1", "9", 200, 1, 1.5),
+        history_row(2, 4, "grpc", "Process", 80.0, "3", "9", 180, 2, 3.0),
+        history_row(2, 4, "step", "step-1:identity kernel", 80.0, "0", "0", 180, 0, 0.1),
+    ])
+    progress = latest_progress(rows)
+    assert progress is not None
+    assert (progress.users, progress.rps, progress.requests, progress.failures) == (
+        4, 80.0, 180, 2)
+    assert latest_progress([]) is None
+
+
+def test_plot_is_written_from_a_history_csv_and_refuses_an_empty_one(tmp_path: Path) -> None:
+    history = tmp_path / "x_stats_history.csv"
+    history.write_text("\n".join([
+        HISTORY_HEADER,
+        history_row(10, 0, "", "Aggregated", 0.0, "N/A", "N/A", 0, 0, 0.0),
+        history_row(11, 2, "grpc", "Process", 40.0, "3", "8", 40, 0, 3.1),
+        history_row(11, 2, "step", "step-1:grayscale kernel", 40.0, "1", "2", 40, 0, 1.2),
+        history_row(11, 2, "step", "step-1:grayscale queue", 40.0, "0", "0", 40, 0, 0.01),
+        history_row(12, 3, "grpc", "Process", 60.0, "4", "9", 100, 0, 3.5),
+        history_row(12, 3, "step", "step-1:grayscale kernel", 60.0, "1", "2", 100, 0, 1.3),
+        history_row(12, 3, "step", "step-1:grayscale queue", 60.0, "0", "0", 100, 0, 0.02),
+    ]) + "\n")
+    png = plot_history(history, tmp_path / "out.png")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] >= 800
+    empty = tmp_path / "empty_stats_history.csv"
+    empty.write_text(HISTORY_HEADER + "\n")
+    with pytest.raises(ValueError, match="no samples to plot"):
+        plot_history(empty, tmp_path / "never.png")
+    assert not (tmp_path / "never.png").exists()
