@@ -10,6 +10,8 @@ Tolerances (max absolute difference per uint8 sample):
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import pytest
@@ -337,7 +339,7 @@ def test_two_dimensional_input_is_one_channel() -> None:
     assert np.array_equal(native.edges(img), sobel_magnitude(img[:, :, None]))
 
 
-KERNEL_CALLS = {
+KERNEL_CALLS: dict[str, dict[str, Any]] = {
     "identity": {},
     "grayscale": {},
     "gaussian_blur": {"sigma": 2.0},
