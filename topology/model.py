@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from native.registry import canonical_name, validate_params
+from native.registry import KERNELS, canonical_name, validate_params
 
 #: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
 #: and the Service `<name>-step-<N>` are built from it and must stay within 63 characters.
@@ -68,6 +68,8 @@ IMAGE_RE = re.compile(
 RESERVED_VOLUMES = ("tmp",)
 
 Loc = tuple[str | int, ...]
+#: Canonical kernel names and aliases, as the OpenAPI document lists them.
+KERNEL_TYPES = sorted({name for spec in KERNELS.values() for name in (spec.name, *spec.aliases)})
 
 
 class PipelineInvalid(ValueError):
@@ -236,7 +238,8 @@ class StepSpec(BaseModel):
     id: int | None = Field(None, ge=0, le=MAX_STEP_ID,
                            validation_alias=AliasChoices("step_id", "id"),
                            description="step id (`step_id` or `id`); absent: assigned in order")
-    type: str = Field(description="kernel type or alias, e.g. classify, grayscale, blur")
+    type: str = Field(description="kernel type or alias (case-insensitive)",
+                      json_schema_extra={"enum": KERNEL_TYPES})
     params: dict[str, Any] = Field(default_factory=dict, description="kernel parameters")
     next_step: NextStep = None
     preferred_next: int | None = Field(None, ge=0, le=MAX_STEP_ID)

@@ -1,0 +1,213 @@
+"""The manifest renderer: valid Kubernetes objects, the agreed names, labels and settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from stepsvc.config import parse_config
+from topology.model import parse_pipeline
+from topology.render import RenderOptions, manifests_yaml, render_manifests
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
+GOLDEN = ROOT / "tests" / "golden" / "pipeline.yaml"
+#: Set to regenerate the golden file after an intended change: STEPCHAIN_UPDATE_GOLDEN=1.
+UPDATE_GOLDEN = os.environ.get("STEPCHAIN_UPDATE_GOLDEN") == "1"
+KUBERNETES_VERSION = "1.30"
+REQUIRED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of",
+                   "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "pipeline_id",
+                   "step_id")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def render(data: dict[str, Any], **options: Any) -> list[dict[str, Any]]:
+    return render_manifests(parse_pipeline(data), RenderOptions(**options))
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
+
+
+DEMO_WITH_EVERYTHING = {
+    "name": "full",
+    "steps": [
+        {"type": "classify", "next_step": [1, 2], "preferred_next": 1, "route": {"blurry": 2}},
+        {"type": "grayscale", "gpu": 2, "nodeSelector": {"accelerator": "a100"}, "next_step": 3,
+         "volumes": [{"name": "models", "mountPath": "/models", "readOnly": True,
+                      "hostPath": "/srv/models"},
+                     {"name": "cfg", "mountPath": "/etc/extra", "configMap": "extra"}]},
+        {"type": "deblur", "autoscale": {"minReplicas": 1, "maxReplicas": 3}, "next_step": 3},
+        {"type": "resize", "params": {"scale": 0.5}},
+    ],
+}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_renders_objects_valid_against_the_kubernetes_schemas(example: Path) -> None:
+    manifests = render(load(example), namespace="stepchain")
+    assert manifests
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_pipeline_using_every_step_option_renders_valid_objects() -> None:
+    manifests = render(DEMO_WITH_EVERYTHING, otel_env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317"},
+                       service_account="stepchain-step")
+    assert {m["kind"] for m in manifests} == {"ConfigMap", "Service", "Deployment",
+                                             "HorizontalPodAutoscaler"}
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_rendering_examples_pipeline_matches_the_golden_yaml() -> None:
+    text = manifests_yaml(render(load(ROOT / "examples" / "pipeline.json"),
+                                 namespace="stepchain"))
+    if UPDATE_GOLDEN:
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8"), (
+        "rendered manifests changed; if intended, regenerate with STEPCHAIN_UPDATE_GOLDEN=1")
+
+
+def test_each_step_gets_a_configmap_deployment_and_service_named_after_the_pipeline() -> None:
+    manifests = render(load(ROOT / "examples" / "pipeline.json"))
+    assert set(by_kind(manifests, "ConfigMap")) == {f"demo-step-{n}-config" for n in range(4)}
+    assert set(by_kind(manifests, "Deployment")) == {f"demo-step-{n}" for n in range(4)}
+    assert set(by_kind(manifests, "Service")) == {f"demo-step-{n}" for n in range(4)}
+
+
+def test_only_the_entry_step_service_is_a_nodeport() -> None:
+    services = by_kind(render(load(ROOT / "examples" / "pipeline.json")), "Service")
+    types = {name: s["spec"]["type"] for name, s in services.items()}
+    assert types == {"demo-step-0": "NodePort", "demo-step-1": "ClusterIP",
+                     "demo-step-2": "ClusterIP", "demo-step-3": "ClusterIP"}
+    ports = {p["name"]: p["port"] for p in services["demo-step-0"]["spec"]["ports"]}
+    assert ports == {"grpc": 50051, "metrics": 9464}
+
+
+def test_every_object_carries_the_pipeline_and_step_labels() -> None:
+    for manifest in render(DEMO_WITH_EVERYTHING):
+        labels = manifest["metadata"]["labels"]
+        assert all(key in labels for key in REQUIRED_LABELS), manifest["metadata"]["name"]
+        assert labels["pipeline_id"] == "full"
+        assert labels["app.kubernetes.io/part-of"] == "stepchain"
+        assert manifest["metadata"]["name"].startswith(f"full-step-{labels['step_id']}")
+
+
+def test_configmap_holds_the_step_config_the_step_server_parses() -> None:
+    config_maps = by_kind(render(load(ROOT / "examples" / "pipeline.json")), "ConfigMap")
+    cfg = parse_config(config_maps["demo-step-0-config"]["data"]["PIPELINE_CONFIG"])
+    assert cfg.pipeline_id == "demo"
+    assert cfg.step_id == 0
+    entry = cfg.this_step()
+    assert (entry.type, entry.next_step, entry.preferred_next, entry.route) == (
+        "classify", [1, 2], 1, {"blurry": 2})
+    assert parse_config(config_maps["demo-step-2-config"]["data"]["PIPELINE_CONFIG"]).step_id == 2
+
+
+def test_deployment_runs_step_serve_from_the_configmap_with_grpc_probes() -> None:
+    deployment = by_kind(render(load(ROOT / "examples" / "pipeline.json"), image="reg/x:1"),
+                         "Deployment")["demo-step-1"]
+    c = container(deployment)
+    assert c["image"] == "reg/x:1"
+    assert c["args"][:10] == ["step", "serve", "--config-env", "PIPELINE_CONFIG", "--port",
+                              "50051", "--discovery", "kubernetes", "--metrics-port", "9464"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 50051,
+                                                                   "metrics": 9464}
+    assert c["readinessProbe"]["grpc"] == {"port": 50051}
+    assert c["livenessProbe"]["grpc"] == {"port": 50051}
+    env = env_of(deployment)
+    assert env["PIPELINE_CONFIG"] == {"configMapKeyRef": {"name": "demo-step-1-config",
+                                                          "key": "PIPELINE_CONFIG"}}
+    assert env["OMP_NUM_THREADS"] == "2"
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["OTEL_SERVICE_NAME"] == "demo-step-1"
+
+
+def test_otel_settings_of_the_service_pass_through_but_the_service_name_is_per_step() -> None:
+    deployment = by_kind(render(load(ROOT / "examples" / "pipeline.json"), otel_env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317", "OTEL_SERVICE_NAME": "topology",
+        "OTEL_TRACES_SAMPLER": "always_on"}), "Deployment")["demo-step-3"]
+    env = env_of(deployment)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert env["OTEL_TRACES_SAMPLER"] == "always_on"
+    assert env["OTEL_SERVICE_NAME"] == "demo-step-3"
+
+
+def test_pods_run_restricted_non_root_with_a_read_only_root() -> None:
+    deployment = by_kind(render(load(ROOT / "examples" / "pipeline.json")),
+                         "Deployment")["demo-step-0"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(deployment)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable place is an emptyDir at /tmp.
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(deployment)["volumeMounts"]
+
+
+def test_termination_grace_covers_the_step_drain_plus_a_margin() -> None:
+    deployment = by_kind(render(load(ROOT / "examples" / "pipeline.json"), drain_grace_s=25),
+                         "Deployment")["demo-step-0"]
+    assert "--grace" in container(deployment)["args"]
+    assert container(deployment)["args"][-1] == "25"
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 25
+
+
+def test_gpu_volumes_and_node_selector_reach_the_pod() -> None:
+    deployment = by_kind(render(DEMO_WITH_EVERYTHING), "Deployment")["full-step-1"]
+    c = container(deployment)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"accelerator": "a100"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["hostPath"] == {"path": "/srv/models"}
+    assert volumes["cfg"]["configMap"] == {"name": "extra"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+
+
+def test_steps_without_gpu_ask_for_none() -> None:
+    deployment = by_kind(render(DEMO_WITH_EVERYTHING), "Deployment")["full-step-0"]
+    assert "nvidia.com/gpu" not in container(deployment)["resources"]["limits"]
+
+
+def test_autoscale_adds_an_hpa_and_leaves_replicas_to_it() -> None:
+    manifests = render(DEMO_WITH_EVERYTHING)
+    hpas = by_kind(manifests, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"full-step-2"}
+    spec = hpas["full-step-2"]["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                      "name": "full-step-2"}
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (1, 3)
+    assert "replicas" not in by_kind(manifests, "Deployment")["full-step-2"]["spec"]
+    assert by_kind(manifests, "Deployment")["full-step-1"]["spec"]["replicas"] == 1
+
+
+def test_yaml_output_is_one_document_per_object() -> None:
+    manifests = render(load(ROOT / "examples" / "nested.json"))
+    docs = [d for d in yaml.safe_load_all(manifests_yaml(manifests)) if d]
+    assert docs == manifests
