@@ -160,7 +160,11 @@ class StaticDiscovery:
 
 def make_discovery(spec: str, pipeline_id: str, *, namespace: str | None = None,
                    port: int = 50051) -> Discovery:
-    """Builds the discovery backend named by `spec`: ``kubernetes`` or ``static:FILE``."""
+    """Builds the discovery backend named by `spec`: ``kubernetes`` or ``static:FILE``.
+
+    Raises ValueError for an unknown spec, and for ``kubernetes`` when neither an in-cluster
+    service account nor a kubeconfig is available.
+    """
     if spec == "kubernetes":
         # Imported here: the kubernetes client is heavy and unused in local mode.
         from stepsvc.discovery_kubernetes import ConfigMapDiscovery

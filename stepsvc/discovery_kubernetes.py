@@ -11,6 +11,7 @@ poll. The address of step N is its Service: ``<pipeline_id>-step-<N>.<namespace>
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ REQUEST_TIMEOUT_S = 10.0
 #: Backoff between failed resyncs (doubles up to the maximum, reset after a good list).
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
+#: How long start() waits for the first list before letting the server start anyway.
+INITIAL_SYNC_TIMEOUT_S = 5.0
 
 
 def step_service_address(pipeline_id: str, step_id: int, namespace: str, port: int) -> str:
@@ -55,17 +58,24 @@ def current_namespace(default: str = "default") -> str:
 
 
 def load_api_client() -> client.ApiClient:
-    """An ApiClient from the in-cluster service account, else from the local kubeconfig."""
+    """An ApiClient from the in-cluster service account, else from the local kubeconfig.
+
+    Raises ValueError saying both were tried when neither is available.
+    """
+    # A configuration of our own: the client's process-wide default stays untouched.
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException as in_cluster_error:
         try:
-            config.load_kube_config()
+            # KUBECONFIG read now, not at import time as the client's default does.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                    client_configuration=configuration)
         except (config.ConfigException, OSError) as kubeconfig_error:
-            raise RuntimeError(
+            raise ValueError(
                 "kubernetes discovery needs either an in-cluster service account "
                 f"({in_cluster_error}) or a kubeconfig ({kubeconfig_error})") from None
-    return client.ApiClient()
+    return client.ApiClient(configuration)
 
 
 class ConfigMapDiscovery:
@@ -83,19 +93,31 @@ class ConfigMapDiscovery:
         self._by_name: dict[str, int] = {}
         self._snapshot: dict[int, str] = {}
         self._stop = threading.Event()
+        # Set once the first list is cached and its watch is open: from then on nothing is missed.
+        self._synced = threading.Event()
         self._watch: watch.Watch | None = None
         self._thread: threading.Thread | None = None
         #: Number of successful lists so far (the first plus every resync); for observability.
         self.list_count = 0
 
-    def start(self) -> None:
-        """Starts the watching thread; calling it again does nothing."""
+    def start(self, initial_sync_timeout: float = INITIAL_SYNC_TIMEOUT_S) -> None:
+        """Starts the watching thread; calling it again does nothing.
+
+        Waits up to `initial_sync_timeout` seconds for the first list and for its watch to be
+        open, so a server that starts serving right after neither answers UNAVAILABLE for steps
+        that exist nor misses a change made just after start() returns. If the API server does
+        not answer in time, discovery keeps trying in the background.
+        """
         with self._lock:
             if self._thread is not None or self._stop.is_set():
                 return
             self._thread = threading.Thread(
                 target=self._run, name=f"configmap-discovery-{self.pipeline_id}", daemon=True)
             self._thread.start()
+        if not self._synced.wait(initial_sync_timeout):
+            log.warning("configmap discovery %s: no answer from the API server within %.0fs; "
+                        "no step is active until it answers", self.pipeline_id,
+                        initial_sync_timeout)
 
     def active(self) -> dict[int, str]:
         """step_id -> Service address of every step whose ConfigMap exists (cached)."""
@@ -156,7 +178,13 @@ class ConfigMapDiscovery:
         return result.metadata.resource_version if result.metadata else None
 
     def _watch_from(self, resource_version: str | None) -> None:
-        w = watch.Watch()
+        # The return type is given because Watch cannot infer it through the wrapper below.
+        w = watch.Watch(return_type="V1ConfigMap")
+
+        def open_stream(*args: Any, **kw: Any) -> Any:
+            response = self._api.list_namespaced_config_map(*args, **kw)
+            self._synced.set()  # the server answered the watch request: changes flow from here
+            return response
         with self._lock:
             if self._stop.is_set():
                 return
@@ -171,7 +199,7 @@ class ConfigMapDiscovery:
         try:
             while not self._stop.is_set():
                 opened = time.monotonic()
-                for event in w.stream(self._api.list_namespaced_config_map, self.namespace,
+                for event in w.stream(open_stream, self.namespace,
                                       **kwargs):
                     self._apply(event["type"], event["object"])
                 if self._stop.is_set():
@@ -218,6 +246,8 @@ class ConfigMapDiscovery:
         meta = cm.metadata
         if meta is None or not meta.name:
             return None
+        if meta.deletion_timestamp is not None:
+            return None  # being deleted (finalizers pending): the step is on its way out
         labels = meta.labels or {}
         # The API server filters by label, but do not rely on it (and kmock does not).
         if labels.get(PIPELINE_LABEL) != self.pipeline_id:

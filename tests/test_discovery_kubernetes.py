@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 from discovery_fixtures import KubeEmulator, kube, step_configmap
+from kubernetes import client
 
+from stepsvc import discovery_kubernetes
 from stepsvc.config import dump_config, parse_config
-from stepsvc.discovery import Discovery
+from stepsvc.discovery import Discovery, make_discovery
 from stepsvc.discovery_kubernetes import ConfigMapDiscovery, step_service_address
 
 __all__ = ["kube"]  # the fixture, imported so pytest finds it
@@ -24,6 +29,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return predicate()
         time.sleep(0.02)
     return True
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound, read, released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -182,3 +195,77 @@ def test_close_stops_the_watch_promptly(
     assert time.monotonic() - t0 < 2.0
     assert d._thread is not None and not d._thread.is_alive()
     assert d.list_count == 1
+
+
+def test_steps_are_known_as_soon_as_start_returns(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 1, ns))
+    d = start_discovery()
+    assert d.active() == {1: addr(1, ns)}  # no wait: start() waited for the first list
+
+
+def test_configmap_being_deleted_with_finalizers_is_inactive(
+        kube: KubeEmulator, ns: str, start_discovery: Callable[..., ConfigMapDiscovery]) -> None:
+    cm = step_configmap("demo", 1, ns)
+    assert cm.metadata is not None
+    cm.metadata.finalizers = ["example.com/hold"]
+    kube.core.create_namespaced_config_map(ns, cm)
+    d = start_discovery()
+    assert d.active() == {1: addr(1, ns)}
+    kube.core.delete_namespaced_config_map("demo-step-1-config", ns)  # -> deletionTimestamp
+    assert wait_for(lambda: d.active() == {})
+
+
+def test_unreachable_api_server_does_not_block_start(unused_port: int) -> None:
+    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{unused_port}"))
+    d = ConfigMapDiscovery("demo", namespace="default", api_client=api)
+    t0 = time.monotonic()
+    d.start(initial_sync_timeout=0.5)
+    try:
+        assert time.monotonic() - t0 < 3.0
+        assert d.active() == {}
+    finally:
+        d.close()
+    assert d._thread is not None and not d._thread.is_alive()
+
+
+def test_make_discovery_kubernetes_uses_the_kubeconfig(
+        kube: KubeEmulator, ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": kube.url}}],
+        "users": [{"name": "kmock", "user": {"token": "test"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+    }))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    kube.core.create_namespaced_config_map(ns, step_configmap("demo", 2, ns))
+    d = make_discovery("kubernetes", "demo", namespace=ns, port=7000)
+    try:
+        assert isinstance(d, ConfigMapDiscovery)
+        d.start()
+        assert d.active() == {2: addr(2, ns, port=7000)}
+    finally:
+        d.close()
+
+
+def test_make_discovery_kubernetes_without_cluster_access_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    with pytest.raises(ValueError, match=r"needs either an in-cluster service account .* or a "
+                                         r"kubeconfig"):
+        make_discovery("kubernetes", "demo", namespace="default")
+
+
+def test_namespace_defaults_to_the_pod_namespace(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    ns_file = tmp_path / "namespace"
+    monkeypatch.setattr(discovery_kubernetes, "NAMESPACE_FILE", ns_file)
+    assert discovery_kubernetes.current_namespace() == "default"
+    ns_file.write_text("prod\n")
+    assert discovery_kubernetes.current_namespace() == "prod"
+    d = ConfigMapDiscovery("demo", api_client=client.ApiClient(
+        client.Configuration(host="http://127.0.0.1:1")))
+    assert d.namespace == "prod"
