@@ -285,7 +285,7 @@ def span_details(span: SpanRecord, parent_service: str | None) -> str:
         if attrs.get("stepchain.megapixels_per_second"):
             parts.append(f"{float(attrs['stepchain.megapixels_per_second']):.1f} MP/s")
     if span.status == "ERROR":
-        parts.append(f"ERROR {span.status_message}".rstrip())
+        parts.append("ERROR")  # the message gets a line of its own below the row
     return " · ".join(parts)
 
 
@@ -304,8 +304,9 @@ def render_waterfall(spans: Sequence[SpanRecord], width: int = 120, *,
                      ascii_only: bool = False) -> str:
     """The waterfall of one trace as text lines no wider than `width` (min 60).
 
-    Columns: span name indented by depth, duration in ms, a bar placed by start/duration on the
-    trace's time axis, then service / step attributes / error status.
+    One row per span: name indented by depth, duration in ms, a bar placed by start/duration on
+    the trace's time axis, then service / step attributes / ERROR. A failed span's status
+    message follows on an ``error:`` line of its own, so it is never clipped away.
     """
     if not spans:
         return "(no spans)"
@@ -333,7 +334,7 @@ def render_waterfall(spans: Sequence[SpanRecord], width: int = 120, *,
     axis_right = f"{total_ns / 1e6:.2f} ms"
     axis = "0 ms".ljust(bar_w - len(axis_right)) + axis_right
     lines = [header, f"{'span'.ljust(name_w)} {'ms'.rjust(ms_w)} {axis}"]
-    for (_, span), label, detail in zip(rows, labels, details, strict=True):
+    for (depth, span), label, detail in zip(rows, labels, details, strict=True):
         start = (span.start_ns - t0) * bar_w / total_ns
         end = (span.end_ns - t0) * bar_w / total_ns
         left = min(bar_w - 1, int(start))
@@ -343,6 +344,8 @@ def render_waterfall(spans: Sequence[SpanRecord], width: int = 120, *,
         row = (f"{_clip(label, name_w).ljust(name_w)} {span.duration_ms:>{ms_w}.3f} {bar}"
                + (f" {_clip(detail, detail_w)}" if detail_w and detail else ""))
         lines.append(row.rstrip())
+        if span.status == "ERROR" and span.status_message:
+            lines.append(_clip(f"{'  ' * (depth + 1)}error: {span.status_message}", width))
     return "\n".join(lines)
 
 
