@@ -18,6 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "stepchain"
 ALL_OPTIONS_VALUES = CHART / "ci" / "all-options-values.yaml"
+EXTERNAL_IDENTITIES_VALUES = CHART / "ci" / "external-identities-values.yaml"
 FETCH_SCRIPT = ROOT / "helm" / "fetch-helm.sh"
 RELEASE = "demo"
 NAMESPACE = "imaging"
@@ -27,6 +28,11 @@ VALUE_SETS: dict[str, tuple[str, ...]] = {
     "defaults": (),
     "jaeger": ("--set", "jaeger.enabled=true"),
     "all-options": ("--values", str(ALL_OPTIONS_VALUES)),
+}
+#: Plus value sets that switch parts of the chart off (not every test applies to them).
+ALL_VALUE_SETS: dict[str, tuple[str, ...]] = {
+    **VALUE_SETS,
+    "external-identities": ("--values", str(EXTERNAL_IDENTITIES_VALUES)),
 }
 
 
@@ -86,7 +92,7 @@ def render(value_set: str, *extra: str) -> Rendering:
     """`helm template` of the chart with the named value set (plus `extra` arguments), parsed.
     Raises AssertionError with Helm's message when rendering fails."""
     result = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                  *VALUE_SETS[value_set], *extra)
+                  *ALL_VALUE_SETS[value_set], *extra)
     assert result.returncode == 0, f"helm template ({value_set}) failed:\n{result.stderr}"
     docs = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
     return Rendering(value_set, docs)

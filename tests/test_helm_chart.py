@@ -18,10 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 from helm_fixtures import (
+    ALL_VALUE_SETS,
     CHART,
     NAMESPACE,
     RELEASE,
-    VALUE_SETS,
     env_of,
     helm,
     pod_specs,
@@ -37,18 +37,20 @@ def _oldest_supported_kubernetes() -> str:
     return match.group(1)
 
 
-KUBERNETES_VERSIONS = (_oldest_supported_kubernetes(), kubernetes_validate.latest_version())
+#: The oldest Kubernetes the chart supports and the newest kubernetes-validate has schemas for.
+KUBERNETES_VERSIONS = (_oldest_supported_kubernetes(),
+                       ".".join(kubernetes_validate.latest_version().split(".")[:2]))
 
 
-@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+@pytest.mark.parametrize("value_set", list(ALL_VALUE_SETS))
 def test_helm_lint_strict_passes(value_set: str) -> None:
-    result = helm("lint", "--strict", str(CHART), *VALUE_SETS[value_set])
+    result = helm("lint", "--strict", str(CHART), *ALL_VALUE_SETS[value_set])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+@pytest.mark.parametrize("value_set", list(ALL_VALUE_SETS))
 def test_every_rendered_manifest_validates_against_the_kubernetes_schema(
         value_set: str, version: str) -> None:
     rendering = render(value_set)
@@ -141,7 +143,7 @@ def _restricted_violations(where: str, pod: dict[str, Any]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+@pytest.mark.parametrize("value_set", list(ALL_VALUE_SETS))
 def test_every_container_runs_with_the_restricted_security_context(value_set: str) -> None:
     specs = pod_specs(render(value_set))
     assert specs
@@ -286,7 +288,7 @@ def _settings_for(value_set: str, tmp_path: Path) -> Any:
     return settings_from(vars(args), environ)
 
 
-@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+@pytest.mark.parametrize("value_set", list(ALL_VALUE_SETS))
 def test_topology_service_accepts_the_configuration_the_chart_gives_it(
         value_set: str, tmp_path: Path) -> None:
     pytest.importorskip("topology.cli", reason="topology.cli (the serve command) not built yet")
@@ -295,10 +297,9 @@ def test_topology_service_accepts_the_configuration_the_chart_gives_it(
     assert settings.host == "0.0.0.0" and settings.port == 8080
     assert settings.namespace == NAMESPACE
     assert settings.token is not None
-    rendering = render(value_set)
-    step_accounts = [sa["metadata"]["name"] for sa in rendering.of_kind("ServiceAccount")
-                     if sa["metadata"]["labels"]["app.kubernetes.io/component"] == "step"]
-    assert [settings.step_service_account] == step_accounts
+    expected_account = {"defaults": "demo-stepchain-step", "jaeger": "demo-stepchain-step",
+                        "all-options": "pipeline-step", "external-identities": "stepchain-step"}
+    assert settings.step_service_account == expected_account[value_set]
 
 
 def test_all_options_reach_the_topology_service_settings(tmp_path: Path) -> None:
@@ -327,3 +328,13 @@ def test_notes_explain_how_to_post_a_pipeline_and_open_jaeger() -> None:
     assert "POST http://127.0.0.1:8080/pipeline" in notes
     assert "grpcurl -plaintext -d @ $NODE_IP:$NODE_PORT stepchain.v1.StepService/Process" in notes
     assert f"port-forward service/{jaeger} 16686:16686" in notes
+
+
+def test_externally_managed_identities_render_no_accounts_or_roles() -> None:
+    rendering = render("external-identities")
+    assert not rendering.of_kind("ServiceAccount")
+    assert not rendering.of_kind("Role") and not rendering.of_kind("RoleBinding")
+    pod = rendering.one("Deployment", "topology")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "stepchain-topology"
+    env = env_of(pod["containers"][0])
+    assert env["STEPCHAIN_STEP_SERVICE_ACCOUNT"]["value"] == "stepchain-step"
