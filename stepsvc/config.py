@@ -57,6 +57,11 @@ class StepSpec(BaseModel):
     def _canonical_type(cls, value: str) -> str:
         return canonical_name(value)
 
+    @field_validator("params", "route", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
     @field_validator("params")
     @classmethod
     def _kernel_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -209,7 +214,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _describe(exc: pydantic.ValidationError, data: Any) -> str:
+def _describe(exc: pydantic.ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         base = _format_loc(err["loc"])
@@ -230,16 +235,29 @@ def _allowed_fields(loc: tuple[int | str, ...]) -> str:
     return ", ".join(model.model_fields)
 
 
+def _load_yaml_or_json(text: str) -> Any:
+    looks_like_json = text.lstrip().startswith("{")
+    if looks_like_json:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            json_error: json.JSONDecodeError | None = exc
+    else:
+        json_error = None
+    try:
+        # A YAML flow mapping ({a: 1}) also starts with "{": YAML is the fallback either way.
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # JSON's message is the clearer one for text that was meant to be JSON.
+        raise ValueError(f"{SOURCE}: not valid YAML or JSON: {json_error or exc}") from None
+
+
 def parse_config(text: str) -> PipelineConfig:
     """Parses a PIPELINE_CONFIG document (YAML or JSON) into a validated PipelineConfig.
 
     Raises ValueError("PIPELINE_CONFIG: <field path>: <problem>") for anything invalid.
     """
-    try:
-        # JSON first: its error messages are clearer for JSON input than YAML's.
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{SOURCE}: not valid YAML or JSON: {exc}") from None
+    data = _load_yaml_or_json(text)
     if not isinstance(data, dict):
         raise ValueError(
             f"{SOURCE}: must be a mapping with pipeline_id, step_id and steps; "
@@ -247,7 +265,7 @@ def parse_config(text: str) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ValueError(f"{SOURCE}: {_describe(exc, data)}") from None
+        raise ValueError(f"{SOURCE}: {_describe(exc)}") from None
 
 
 def load_config(path: str | None = None, env: str | None = None) -> PipelineConfig:

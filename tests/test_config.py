@@ -57,10 +57,21 @@ def test_parses_json() -> None:
     assert cfg.step(0).next_step == [1]
 
 
+def test_parses_yaml_flow_mapping() -> None:
+    cfg = parse_config("{pipeline_id: p1, step_id: 0, steps: [{id: 0, type: identity}]}")
+    assert cfg.this_step().type == "identity"
+
+
 def test_next_step_accepts_int_or_list() -> None:
     assert parse_config(YAML).step(1).next_step == [2]
     assert parse_config(json.dumps(doc(step1_next_step=[2]))).step(1).next_step == [2]
     assert parse_config(json.dumps(doc(step2_next_step=None))).step(2).next_step == []
+
+
+def test_null_params_route_and_next_step_mean_empty() -> None:
+    data = doc(step2_params=None, step2_route=None, step2_next_step=None)
+    last = parse_config(json.dumps(data)).step(2)
+    assert (last.params, last.route, last.next_step) == ({}, {}, [])
 
 
 def test_dump_parse_round_trip() -> None:
@@ -127,7 +138,7 @@ def test_rejection_names_the_field(data: dict[str, Any], path: str, problem: str
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("steps: [", "not valid YAML or JSON"),
-    ('{"pipeline_id": ', "not valid YAML or JSON"),
+    ('{"pipeline_id": ', "not valid YAML or JSON: Expecting value"),
     ("- 1\n- 2\n", "must be a mapping"),
     ("", "must be a mapping"),
 ])
