@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from native_fixtures import rgba, small_photo
+from native_fixtures import photo, rgba, small_photo
 
 import native
 from native import _native  # type: ignore[attr-defined]
@@ -31,8 +31,9 @@ CALLS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    # odd height so row chunks split unevenly between threads
-    return np.ascontiguousarray(small_photo("coffee", 150)[:97])
+    # big enough that every kernel splits it into several ~64K-sample row chunks (smaller images
+    # run on fewer threads on purpose), odd height so the chunks split unevenly between threads
+    return np.ascontiguousarray(photo("coffee")[:397])
 
 
 @pytest.mark.parametrize("kernel", sorted(CALLS))
@@ -50,6 +51,7 @@ def test_results_are_identical_for_every_thread_count_and_schedule(kernel: str,
 
 
 def test_more_threads_than_rows_gives_the_same_result() -> None:
+    # 3 rows: far fewer row chunks than the 16 threads asked for
     img = rgba(small_photo("astronaut", 40))[:3]
     for kernel, params in CALLS.items():
         one = native.run(kernel, img, threads=1, **params)

@@ -43,5 +43,5 @@ int sc_brightness(const uint8_t *src, uint8_t *dst, sc_shape s, double factor, d
         o = o < 0.0 ? 0.0 : (o > 255.0 ? 255.0 : o);
         b.lut[v] = (uint8_t)floor(o + 0.5);
     }
-    return sc_parallel_rows(ex, s.h, 32, bright_rows, &b, 0);
+    return sc_parallel_rows(ex, s.h, sc_chunk_rows(32, (size_t)s.w * s.c), bright_rows, &b, 0);
 }

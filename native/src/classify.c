@@ -93,9 +93,11 @@ int sc_classify(const uint8_t *src, sc_shape s, sc_measures *out, const sc_exec 
     if (luma == NULL || sums == NULL)
         goto done;
     cls_ctx k = {src, luma, sums, s.h, s.w, s.c};
-    rc = sc_parallel_rows(ex, s.h, 16, cls_luma_rows, &k, 0);
+    const int chunk = sc_chunk_rows(16, (size_t)s.w * s.c);
+    rc = sc_parallel_rows(ex, s.h, chunk, cls_luma_rows, &k, 0);
     if (rc == SC_OK)
-        rc = sc_parallel_rows(ex, s.h, 16, cls_lap_rows, &k, sizeof(float) * (2 * (size_t)s.w + 2));
+        rc = sc_parallel_rows(ex, s.h, chunk, cls_lap_rows, &k,
+                              sizeof(float) * (2 * (size_t)s.w + 2));
     if (rc != SC_OK)
         goto done;
     double t[S_COUNT] = {0};

@@ -79,19 +79,20 @@ int sc_deblur(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, int ra
         goto done;
     sc_gaussian_weights(k, radius, sigma);
     rl_ctx r = {src, u, t, dst, (size_t)s.w * s.c};
+    const int chunk = sc_chunk_rows(16, r.row);
     rl_mul_ctx m = {r, c};
-    rc = sc_parallel_rows(ex, s.h, 16, rl_init, &r, 0);
+    rc = sc_parallel_rows(ex, s.h, chunk, rl_init, &r, 0);
     for (int it = 0; it < iterations && rc == SC_OK; it++) {
         rc = sc_gaussian_f32(u, t, s, k, radius, ex);
         if (rc == SC_OK)
-            rc = sc_parallel_rows(ex, s.h, 16, rl_ratio, &r, 0);
+            rc = sc_parallel_rows(ex, s.h, chunk, rl_ratio, &r, 0);
         if (rc == SC_OK)
             rc = sc_gaussian_f32(t, c, s, k, radius, ex);
         if (rc == SC_OK)
-            rc = sc_parallel_rows(ex, s.h, 16, rl_update, &m, 0);
+            rc = sc_parallel_rows(ex, s.h, chunk, rl_update, &m, 0);
     }
     if (rc == SC_OK)
-        rc = sc_parallel_rows(ex, s.h, 16, rl_store, &r, 0);
+        rc = sc_parallel_rows(ex, s.h, chunk, rl_store, &r, 0);
 done:
     free(k);
     free(u);

@@ -55,5 +55,5 @@ int sc_edges(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex)
 {
     edges_ctx e = {src, dst, s.h, s.w, s.c};
     size_t scratch = 2 * ((size_t)s.w * s.c + 2 * (size_t)s.c) * sizeof(float);
-    return sc_parallel_rows(ex, s.h, 16, edges_rows, &e, scratch);
+    return sc_parallel_rows(ex, s.h, sc_chunk_rows(16, (size_t)s.w * s.c), edges_rows, &e, scratch);
 }

@@ -346,7 +346,8 @@ int sc_gaussian_f32(const float *src, float *dst, sc_shape s, const float *k, in
     if (radius < 1 || radius > SC_MAX_RADIUS)
         return SC_EINVAL;
     blur_ctx b = {src, dst, s.h, s.w, s.c, radius, k, 0.0f, 0, cpu_has_avx2_fma()};
-    return sc_parallel_rows(ex, s.h, 8, blur_rows_f32, &b, blur_scratch(s.w, s.c, radius));
+    return sc_parallel_rows(ex, s.h, sc_chunk_rows(8, (size_t)s.w * s.c * (2 * radius + 1)),
+                            blur_rows_f32, &b, blur_scratch(s.w, s.c, radius));
 }
 
 /* u8 -> u8 Gaussian; with `sharpen` the output is clamp(in + amount * (in - blur)). */
@@ -360,7 +361,8 @@ int sc_gaussian_u8(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, i
         return SC_ENOMEM;
     sc_gaussian_weights(k, radius, sigma);
     blur_ctx b = {src, dst, s.h, s.w, s.c, radius, k, (float)amount, sharpen, cpu_has_avx2_fma()};
-    int rc = sc_parallel_rows(ex, s.h, 8, blur_rows_u8, &b, blur_scratch(s.w, s.c, radius));
+    int rc = sc_parallel_rows(ex, s.h, sc_chunk_rows(8, (size_t)s.w * s.c * (2 * radius + 1)),
+                              blur_rows_u8, &b, blur_scratch(s.w, s.c, radius));
     free(k);
     return rc;
 }

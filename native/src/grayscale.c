@@ -57,5 +57,6 @@ int sc_grayscale(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex
     if (s.c == 1)
         return sc_identity(src, dst, s, ex);
     gray_ctx g = {src, dst, s.w, s.c};
-    return sc_parallel_rows(ex, s.h, 32, s.c == 3 ? gray_rows_rgb : gray_rows_rgba, &g, 0);
+    return sc_parallel_rows(ex, s.h, sc_chunk_rows(32, (size_t)s.w * s.c),
+                            s.c == 3 ? gray_rows_rgb : gray_rows_rgba, &g, 0);
 }

@@ -18,5 +18,5 @@ static void identity_rows(const void *p, int y0, int y1, void *scratch)
 int sc_identity(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex)
 {
     identity_ctx c = {src, dst, (size_t)s.w * s.c};
-    return sc_parallel_rows(ex, s.h, 64, identity_rows, &c, 0);
+    return sc_parallel_rows(ex, s.h, sc_chunk_rows(64, c.row), identity_rows, &c, 0);
 }

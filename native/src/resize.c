@@ -110,7 +110,8 @@ int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int 
     resize_table(s.w, ow, taps, idx, wt);
     resize_table(s.h, oh, taps, idx + nx, wt + nx);
     resize_ctx r = {src, dst, s.h, s.w, s.c, oh, ow, taps, idx, idx + nx, wt, wt + nx};
-    int rc = sc_parallel_rows(ex, oh, 8, resize_rows, &r, sizeof(float) * (size_t)s.w * s.c);
+    int rc = sc_parallel_rows(ex, oh, sc_chunk_rows(8, ((size_t)s.w + ow) * s.c * taps), resize_rows,
+                              &r, sizeof(float) * (size_t)s.w * s.c);
     free(idx);
     free(wt);
     return rc;

@@ -36,6 +36,17 @@ typedef void (*sc_rows_fn)(const void *ctx, int y0, int y1, void *scratch);
 int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const void *ctx,
                      size_t scratch_bytes);
 
+/* Rows per parallel chunk: at least `base`, and enough rows that a chunk holds ~64K samples of
+ * `row_samples` each. sc_parallel_rows never uses more threads than chunks, so a small image
+ * runs on fewer threads (down to one) instead of paying a thread wake-up for microseconds of
+ * work. Depends only on the image size, never on the thread count, so results do not change. */
+static inline int sc_chunk_rows(int base, size_t row_samples)
+{
+    const size_t min_samples = (size_t)1 << 16;
+    size_t rows = row_samples ? (min_samples + row_samples - 1) / row_samples : 1;
+    return rows > (size_t)base ? (rows > (1u << 20) ? (1 << 20) : (int)rows) : base;
+}
+
 /* Hot loops are compiled twice on x86-64 (AVX2+FMA and baseline) and the best one is picked at
  * load time, so a portable build still uses wide vectors where the CPU has them. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SC_NO_CLONES)

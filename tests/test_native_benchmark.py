@@ -1,0 +1,42 @@
+"""The kernel benchmark runs end to end and writes its three result files (timings not checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from native.benchmark import amdahl, amdahl_serial_fraction, main
+
+
+def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--quick", "--threads", "1", "2", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "kernels.json").read_text())
+    assert doc["config"]["sizes"] == ["160x96"]
+    assert doc["config"]["threads"] == [1, 2]
+    labels = {r["label"] for r in doc["results"]}
+    assert labels == {"identity", "grayscale", "gaussian_blur", "sharpen", "edges", "brightness",
+                      "resize (bilinear)", "resize (bicubic)", "deblur", "classify"}
+    row = next(r for r in doc["results"] if r["label"] == "gaussian_blur" and r["threads"] == 2)
+    assert row.keys() >= {"size", "kernel", "threads", "stepchain_ms", "opencv_ms", "pillow_ms",
+                          "vs_opencv", "pillow_speedup", "opencv_op", "pillow_op"}
+    assert row["opencv_ms"] > 0 and row["pillow_ms"] > 0 and row["stepchain_ms"] > 0
+    scaling = doc["scaling"]["160x96"]["gaussian_blur"]
+    assert scaling["threads"] == [1, 2] and scaling["speedup"][0] == pytest.approx(1.0)
+    assert {t["target"].split(" ")[0] for t in doc["targets"]} == {"grayscale", "gaussian_blur",
+                                                                   "Pillow"}
+    md = (tmp_path / "kernels.md").read_text()
+    assert "| kernel | threads | stepchain ms | OpenCV ms |" in md
+    assert "## Targets" in md and "| gaussian_blur | 2 |" in md
+    assert (tmp_path / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote " in capsys.readouterr().out
+
+
+def test_amdahl_fit_recovers_the_serial_fraction() -> None:
+    threads = [1, 2, 4, 8]
+    assert amdahl_serial_fraction(threads, [amdahl(t, 0.1) for t in threads]) == pytest.approx(0.1)
+    assert amdahl_serial_fraction([1, 2], [1.0, 2.0]) == pytest.approx(0.0)
+    assert amdahl_serial_fraction([1, 2], [1.0, 1.0]) == pytest.approx(1.0)
+    assert amdahl_serial_fraction([1], [1.0]) is None
