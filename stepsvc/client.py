@@ -60,6 +60,7 @@ def output_encoding_for(path: str | Path) -> step_pb2.ImageEncoding:
 
 def connect(target: str, *, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:
     """An insecure channel to a step, with the same message limits the steps use."""
+    codec.keep_large_buffers()
     return grpc.insecure_channel(target, options=channel_options(max_message_mb * 1024 * 1024))
 
 

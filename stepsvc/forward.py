@@ -62,6 +62,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
         ("grpc.keepalive_time_ms", 30_000),
+        # A large initial HTTP/2 window: a 6 MB frame then streams without waiting for
+        # window updates (about halved loopback transfer time for 1080p frames here).
+        ("grpc.http2.lookahead_bytes", min(max_message_bytes, 16 * 1024 * 1024)),
     ]
 
 

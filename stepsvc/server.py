@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from native.registry import MAX_PIXELS
+from stepsvc import codec
 from stepsvc.admission import Admission
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import Forwarder
@@ -127,6 +128,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     sees every request's phases and outcome. The server is returned bound but not started.
     """
     settings = settings or ServerSettings()
+    codec.keep_large_buffers()
     admission = Admission(settings.max_inflight, settings.max_queue)
     forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
     servicer = StepServicer(config, discovery, admission, forwarder,
@@ -142,6 +144,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.lookahead_bytes", min(settings.max_message_bytes, 16 * MIB)),
         ],
         maximum_concurrent_rpcs=workers,
     )

@@ -193,16 +193,20 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             out = result
 
         if is_last_step(self.step):
+            response = step_pb2.ProcessResponse(request_id=request_id, labels=labels,
+                                                measures=measures)
             with self._phase("encode", timing, "encode_ms" if request.output_encoding else None):
-                image = codec.encode_image(out, request.output_encoding,
-                                           jpeg_quality=request.jpeg_quality)
-            return step_pb2.ProcessResponse(request_id=request_id, image=image, labels=labels,
-                                            measures=measures)
+                codec.write_image(response.image, out, request.output_encoding,
+                                  jpeg_quality=request.jpeg_quality)
+            return response
 
+        # Fields are filled in place: an image passed as a keyword argument is copied twice.
         forward = step_pb2.ProcessRequest(
-            request_id=request_id, image=codec.raw_image(out),
-            output_encoding=request.output_encoding, jpeg_quality=request.jpeg_quality,
-            overrides=request.overrides, route=[*request.route, self.step.id], labels=labels)
+            request_id=request_id, output_encoding=request.output_encoding,
+            jpeg_quality=request.jpeg_quality, route=[*request.route, self.step.id],
+            labels=labels)
+        forward.overrides.CopyFrom(request.overrides)
+        codec.write_image(forward.image, out, codec.RAW)
         with self._phase("forward", timing, "forward_ms"):
             response = self._forward(forward, context, timing, labels)
         for key, value in measures.items():

@@ -1,0 +1,456 @@
+"""Benchmark: what a gRPC hop costs, and a step chain against one process and HTTP+JPEG hops.
+
+Side by side in one run, on one 1920x1080 RGB image (``--width/--height`` to change):
+
+(a) hop overhead: round trip through an ``identity`` step minus a direct in-process
+    ``native.identity`` call — for a step server inside this process (loopback) and for a
+    separate ``stepchain step serve`` process; the same for an HTTP step that receives a JPEG,
+    decodes, runs identity, re-encodes and answers a JPEG (what Flask-style pipelines do).
+(b) throughput at saturation (``--clients`` concurrent callers) of a 3-step chain of step
+    processes (gaussian_blur -> sharpen -> edges, raw pixels between steps) against the same
+    three kernels called one after another in this process.
+(c) the same 3-step chain as HTTP servers that POST the image re-encoded to JPEG at every hop.
+
+Prints a table and writes ``bench/results/chain.json`` and ``chain.md``. Targets: hop
+overhead <= 3 ms at 1080p; chain >= 0.85 of in-process throughput; >= 10x less per-hop overhead
+than JPEG/HTTP. The numbers depend on the machine (cores, load): they are measurements, not
+assertions.
+
+Usage: ``python bench/chain.py [--requests 30] [--clients 4] [--threads 1]``
+(``PYTHONPATH=.:protos`` from a checkout, or ``stepchain bench chain``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import http.server
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "protos"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+from stepchain.v1 import step_pb2, step_pb2_grpc  # noqa: E402
+
+import native  # noqa: E402
+from stepsvc import codec  # noqa: E402
+from stepsvc.config import parse_config  # noqa: E402
+from stepsvc.forward import channel_options  # noqa: E402
+from stepsvc.server import ServerSettings, build_server  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("gaussian_blur", {"sigma": 2.0}), ("sharpen", {"amount": 1.0}), ("edges", {}))
+JPEG_QUALITY = 90
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], Any], n: int, warmup: int = 3) -> dict[str, float]:
+    """Median / p90 / min of `n` calls in milliseconds (after `warmup` calls)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    samples.sort()
+    return {"median_ms": round(statistics.median(samples), 3),
+            "p90_ms": round(samples[min(len(samples) - 1, int(0.9 * len(samples)))], 3),
+            "min_ms": round(samples[0], 3), "n": n}
+
+
+def throughput(fn: Callable[[], Any], clients: int, requests: int) -> dict[str, float]:
+    """Requests per second with `clients` concurrent callers doing `requests` calls in all."""
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: fn(), range(clients)))  # warm every client's path
+        start = time.perf_counter()
+        list(pool.map(lambda _: fn(), range(requests)))
+        elapsed = time.perf_counter() - start
+    return {"rps": round(requests / elapsed, 3), "seconds": round(elapsed, 3),
+            "requests": requests, "clients": clients}
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["STEPCHAIN_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+@contextmanager
+def processes(commands: Sequence[Sequence[str]], threads: int) -> Iterator[None]:
+    procs = [subprocess.Popen(list(cmd), cwd=ROOT, env=child_env(threads),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for cmd in commands]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def wait_grpc(address: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise RuntimeError(f"step at {address} did not become SERVING in {timeout} s")
+
+
+def wait_tcp(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"HTTP step on port {port} did not start in {timeout} s")
+
+
+def step_commands(tmp: Path, kernels: Sequence[tuple[str, dict[str, Any]]],
+                  threads: int) -> tuple[list[list[str]], list[str]]:
+    """`stepchain step serve` command lines for a linear chain, and their addresses."""
+    ports = [free_port() for _ in kernels]
+    steps = [{"id": i + 1, "type": name, "params": {**params, "threads": threads},
+              **({"next_step": i + 2} if i + 1 < len(kernels) else {})}
+             for i, (name, params) in enumerate(kernels)]
+    discovery = tmp / "discovery.json"
+    discovery.write_text(json.dumps({str(i + 1): f"127.0.0.1:{p}" for i, p in enumerate(ports)}))
+    commands = []
+    for i, port in enumerate(ports):
+        cfg = tmp / f"step-{i + 1}.json"
+        cfg.write_text(json.dumps({"pipeline_id": "bench", "step_id": i + 1, "steps": steps}))
+        commands.append([sys.executable, "-m", "stepsvc.cli", "step", "serve", "--config",
+                         str(cfg), "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
+                         "0", "--discovery", f"static:{discovery}"])
+    return commands, [f"127.0.0.1:{p}" for p in ports]
+
+
+def http_commands(kernels: Sequence[tuple[str, dict[str, Any]]],
+                  threads: int) -> tuple[list[list[str]], list[int]]:
+    """HTTP+JPEG step command lines (this script in --http-step mode) for a linear chain."""
+    ports = [free_port() for _ in kernels]
+    commands = []
+    for i, (name, params) in enumerate(kernels):
+        nxt = f"http://127.0.0.1:{ports[i + 1]}/" if i + 1 < len(kernels) else ""
+        commands.append([sys.executable, str(Path(__file__).resolve()), "--http-step", name,
+                         "--http-port", str(ports[i]), "--http-params",
+                         json.dumps({**params, "threads": threads}), "--http-next", nxt])
+    return commands, ports
+
+
+# -- the HTTP + JPEG baseline step --------------------------------------------------------------
+
+def jpeg_encode(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    src = img[:, :, 0] if img.shape[2] == 1 else img
+    PILImage.fromarray(src).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def jpeg_decode(data: bytes) -> np.ndarray:
+    arr = np.asarray(PILImage.open(io.BytesIO(data)).convert("RGB"))
+    return arr
+
+
+def serve_http_step(kernel: str, port: int, params: dict[str, Any], next_url: str) -> None:
+    """The common Flask-style step: JPEG in, decode, kernel, JPEG out, POST to the next step."""
+    local = threading.local()
+
+    def post_next(body: bytes) -> bytes:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            host, _, _path = next_url.removeprefix("http://").partition("/")
+            hostname, _, p = host.partition(":")
+            conn = local.conn = http.client.HTTPConnection(hostname, int(p), timeout=120)
+        conn.request("POST", "/", body=body, headers={"Content-Type": "image/jpeg"})
+        reply = conn.getresponse()
+        return reply.read()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            img = jpeg_decode(body)
+            out = native.run(kernel, img, **params)
+            data = jpeg_encode(out)
+            if next_url:
+                data = post_next(data)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+
+
+class HttpClient:
+    """One keep-alive HTTP connection per calling thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def post(self, body: bytes) -> bytes:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                                timeout=120)
+        conn.request("POST", "/", body=body, headers={"Content-Type": "image/jpeg"})
+        return conn.getresponse().read()
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+def grpc_caller(address: str, request: step_pb2.ProcessRequest) -> Callable[[], np.ndarray]:
+    channel = grpc.insecure_channel(address, options=channel_options(MAX_MESSAGE))
+    stub = step_pb2_grpc.StepServiceStub(channel)
+
+    def call() -> np.ndarray:
+        return codec.decode_image(stub.Process(request, timeout=120).image)
+    return call
+
+
+def bench_image(width: int, height: int) -> tuple[np.ndarray, str]:
+    """A real photograph (scikit-image's astronaut) resized to width x height, or noise."""
+    try:
+        from skimage import data
+        photo = np.ascontiguousarray(data.astronaut())
+        return native.resize(photo, width=width, height=height, method="bicubic"), "astronaut"
+    except ImportError:  # scikit-image is a test extra; noise is the worst case for JPEG
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "noise"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    img, source = bench_image(args.width, args.height)
+    threads = args.threads
+    raw_request = step_pb2.ProcessRequest(image=codec.raw_image(img))
+    jpeg_input = jpeg_encode(img)
+    n = args.requests
+    out: dict[str, Any] = {
+        "image": f"{args.width}x{args.height}x3", "image_source": source,
+        "bytes": int(img.nbytes), "jpeg_bytes": len(jpeg_input),
+        "threads_per_kernel": threads, "cpu_count": os.cpu_count(),
+        "machine": platform.platform(), "python": platform.python_version(),
+        "grpc": grpc.__version__, "load_average_before": list(os.getloadavg()),
+    }
+
+    # (a) hop overhead -----------------------------------------------------------------------
+    direct = timed(lambda: native.identity(img, threads=threads), n)
+    identity_cfg = parse_config(json.dumps({"pipeline_id": "bench", "step_id": 1, "steps": [
+        {"id": 1, "type": "identity", "params": {"threads": threads}}]}))
+
+    class _NoSteps:
+        def active(self) -> dict[int, str]:
+            return {}
+
+    server = build_server(identity_cfg, _NoSteps(), ServerSettings(host="127.0.0.1", port=0))
+    server.start()
+    try:
+        inproc = timed(grpc_caller(server.address, raw_request), n)
+    finally:
+        server.stop(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds, addrs = step_commands(Path(tmp), [("identity", {})], threads)
+        with processes(cmds, threads):
+            wait_grpc(addrs[0])
+            separate = timed(grpc_caller(addrs[0], raw_request), n)
+        hcmds, hports = http_commands([("identity", {})], threads)
+        with processes(hcmds, threads):
+            wait_tcp(hports[0])
+            client = HttpClient(hports[0])
+            http_hop = timed(lambda: jpeg_decode(client.post(jpeg_input)), n)
+    overhead = {
+        "direct_identity": direct,
+        "grpc_in_process": {**inproc, "overhead_ms": round(inproc["median_ms"] - direct["median_ms"], 3)},
+        "grpc_separate_process": {**separate, "overhead_ms": round(separate["median_ms"] - direct["median_ms"], 3)},
+        "http_jpeg_separate_process": {**http_hop, "overhead_ms": round(http_hop["median_ms"] - direct["median_ms"], 3)},
+    }
+    out["hop_overhead"] = overhead
+
+    # (b) chain vs one process, (c) HTTP+JPEG chain --------------------------------------------
+    clients, requests = args.clients, args.chain_requests
+
+    def in_process() -> np.ndarray:
+        x = img
+        for name, params in CHAIN:
+            x = native.run(name, x, threads=threads, **params)
+        return x
+
+    single = throughput(in_process, clients, requests)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds, addrs = step_commands(Path(tmp), CHAIN, threads)
+        with processes(cmds, threads):
+            for a in addrs:
+                wait_grpc(a)
+            call = grpc_caller(addrs[0], raw_request)
+            np.testing.assert_array_equal(call(), in_process())  # same work, same result
+            chain = throughput(call, clients, requests)
+            chain_latency = timed(call, max(5, n // 3))
+        hcmds, hports = http_commands(CHAIN, threads)
+        with processes(hcmds, threads):
+            for p in hports:
+                wait_tcp(p)
+            client = HttpClient(hports[0])
+            http_chain = throughput(lambda: jpeg_decode(client.post(jpeg_input)), clients, requests)
+            http_latency = timed(lambda: jpeg_decode(client.post(jpeg_input)), max(5, n // 3))
+    in_proc_latency = timed(in_process, max(5, n // 3))
+    out["chain"] = {
+        "kernels": [name for name, _ in CHAIN],
+        "in_process": {**single, "latency": in_proc_latency},
+        "grpc_chain": {**chain, "latency": chain_latency},
+        "http_jpeg_chain": {**http_chain, "latency": http_latency},
+    }
+    g_over = overhead["grpc_separate_process"]["overhead_ms"]
+    h_over = overhead["http_jpeg_separate_process"]["overhead_ms"]
+    out["summary"] = {
+        "hop_overhead_ms_in_process": overhead["grpc_in_process"]["overhead_ms"],
+        "hop_overhead_ms_separate_process": g_over,
+        "http_jpeg_hop_overhead_ms": h_over,
+        "http_over_grpc_hop_overhead": round(h_over / g_over, 2) if g_over > 0 else None,
+        "chain_vs_in_process_throughput": round(chain["rps"] / single["rps"], 3),
+        "grpc_chain_vs_http_chain_throughput": round(chain["rps"] / http_chain["rps"], 3),
+        "targets": {"hop_overhead_ms_max": 3.0, "chain_ratio_min": 0.85,
+                    "http_over_grpc_min": 10.0},
+    }
+    out["load_average_after"] = list(os.getloadavg())
+    return out
+
+
+def table(res: dict[str, Any]) -> str:
+    """The Markdown table printed and written to chain.md."""
+    h = res["hop_overhead"]
+    c = res["chain"]
+    s = res["summary"]
+    lines = [
+        f"# Chain benchmark ({res['image']} RGB '{res['image_source']}', JPEG q{JPEG_QUALITY} "
+        f"{res['jpeg_bytes'] // 1024} KiB, {res['threads_per_kernel']} thread(s) per kernel, "
+        f"{res['cpu_count']} CPUs, load {res['load_average_before'][0]:.1f})",
+        "",
+        "## (a) Hop overhead: identity step round trip minus direct `native.identity`",
+        "",
+        "| path | median ms | p90 ms | min ms | overhead ms (median) |",
+        "|---|---:|---:|---:|---:|",
+        f"| direct `native.identity` | {h['direct_identity']['median_ms']:.2f} | "
+        f"{h['direct_identity']['p90_ms']:.2f} | {h['direct_identity']['min_ms']:.2f} | - |",
+    ]
+    for key, label in (("grpc_in_process", "gRPC, step in this process (loopback)"),
+                       ("grpc_separate_process", "gRPC, `stepchain step serve` process"),
+                       ("http_jpeg_separate_process", "HTTP POST + JPEG re-encode, process")):
+        r = h[key]
+        lines.append(f"| {label} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['min_ms']:.2f} "
+                     f"| {r['overhead_ms']:.2f} |")
+    lines += [
+        "",
+        f"## (b, c) 3-step chain ({' -> '.join(c['kernels'])}), {c['in_process']['clients']} "
+        f"concurrent clients, {c['in_process']['requests']} requests",
+        "",
+        "| path | throughput req/s | single-request latency median ms |",
+        "|---|---:|---:|",
+    ]
+    for key, label in (("in_process", "same 3 kernels in one process"),
+                       ("grpc_chain", "gRPC chain of 3 step processes (raw pixels)"),
+                       ("http_jpeg_chain", "HTTP chain of 3 processes (JPEG every hop)")):
+        r = c[key]
+        lines.append(f"| {label} | {r['rps']:.2f} | {r['latency']['median_ms']:.1f} |")
+    lines += [
+        "",
+        "| figure | measured | target |",
+        "|---|---:|---:|",
+        f"| hop overhead, separate process (ms) | {s['hop_overhead_ms_separate_process']:.2f} | <= 3 |",
+        f"| hop overhead, in-process server (ms) | {s['hop_overhead_ms_in_process']:.2f} | <= 3 |",
+        f"| chain / in-process throughput | {s['chain_vs_in_process_throughput']:.2f} | >= 0.85 |",
+        f"| JPEG/HTTP hop overhead / gRPC hop overhead | {s['http_over_grpc_hop_overhead']} | >= 10 |",
+        f"| gRPC chain / HTTP+JPEG chain throughput | {s['grpc_chain_vs_http_chain_throughput']:.2f} | - |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--requests", type=int, default=30, help="samples per latency figure")
+    parser.add_argument("--chain-requests", type=int, default=40,
+                        help="requests per throughput figure")
+    parser.add_argument("--clients", type=int, default=max(2, 2 * (os.cpu_count() or 1)),
+                        help="concurrent callers for throughput (default 2 x CPUs)")
+    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads per kernel call")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    # internal: run one HTTP+JPEG baseline step
+    parser.add_argument("--http-step", help=argparse.SUPPRESS)
+    parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--http-params", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--http-next", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.http_step:
+        serve_http_step(args.http_step, args.http_port, json.loads(args.http_params),
+                        args.http_next)
+        return 0
+    res = run(args)
+    text = table(res)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "chain.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "chain.md").write_text(text)
+    print(f"wrote {args.out / 'chain.json'} and {args.out / 'chain.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
