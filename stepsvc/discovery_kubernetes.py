@@ -36,9 +36,11 @@ CONFIG_KEY = "PIPELINE_CONFIG"
 WATCH_TIMEOUT_S = 300
 #: Connect / read timeouts of list calls, and of reads on the watch stream (server timeout + slack).
 REQUEST_TIMEOUT_S = 10.0
-#: Backoff between failed resyncs (doubles up to the maximum, reset after a good list).
+#: Backoff between failed resyncs: doubles while failures repeat, back to the start once a
+#: watch has stayed open for HEALTHY_WATCH_S (so a broken RBAC rule cannot turn into a poll).
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
+HEALTHY_WATCH_S = 5.0
 #: How long start() waits for the first list before letting the server start anyway.
 INITIAL_SYNC_TIMEOUT_S = 5.0
 
@@ -95,6 +97,7 @@ class ConfigMapDiscovery:
         self._stop = threading.Event()
         # Set once the first list is cached and its watch is open: from then on nothing is missed.
         self._synced = threading.Event()
+        self._watch_opened_at: float | None = None
         self._watch: watch.Watch | None = None
         self._thread: threading.Thread | None = None
         #: Number of successful lists so far (the first plus every resync); for observability.
@@ -148,17 +151,20 @@ class ConfigMapDiscovery:
         while not self._stop.is_set():
             try:
                 resource_version = self._list()
-                backoff = BACKOFF_INITIAL_S
                 self._watch_from(resource_version)
             except Exception as exc:  # any failure means the cache may be stale: resync
                 if self._stop.is_set():
                     break
+                if self._watch_opened_at is not None \
+                        and time.monotonic() - self._watch_opened_at >= HEALTHY_WATCH_S:
+                    # The watch had been working: a fresh problem, not the same one repeating.
+                    backoff = BACKOFF_INITIAL_S
                 if isinstance(exc, ApiException) and exc.status == 410:
                     log.info("configmap discovery %s: watch expired; listing again",
                              self.pipeline_id)
-                    continue  # expected on long-running watches; resync at once
-                log.warning("configmap discovery %s in %s: %s; resyncing in %.1fs",
-                            self.pipeline_id, self.namespace, _describe(exc), backoff)
+                else:
+                    log.warning("configmap discovery %s in %s: %s; resyncing in %.1fs",
+                                self.pipeline_id, self.namespace, _describe(exc), backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
@@ -183,6 +189,7 @@ class ConfigMapDiscovery:
 
         def open_stream(*args: Any, **kw: Any) -> Any:
             response = self._api.list_namespaced_config_map(*args, **kw)
+            self._watch_opened_at = time.monotonic()
             self._synced.set()  # the server answered the watch request: changes flow from here
             return response
         with self._lock:

@@ -109,9 +109,17 @@ class KubeEmulator:
         self.emulator[first_watch] << (json.dumps(gone).encode() + b"\n")
         return lambda: bool(expired)
 
-    def list_requests(self) -> int:
-        """How many LIST (not WATCH) requests the emulator has served."""
-        return len(self.emulator[kmock.action.LIST])
+    def forbid_watches(self, namespace: str) -> None:
+        """Every watch in `namespace` answers 403 (lists still work): an RBAC rule without watch."""
+        def watch_here(request: kmock.Request) -> bool:
+            return request.action == kmock.action.WATCH and request.namespace == namespace
+
+        self.emulator[watch_here] << 403
+
+    def list_requests(self, namespace: str | None = None) -> int:
+        """How many LIST (not WATCH) requests the emulator has served (in `namespace`)."""
+        return sum(1 for request in self.emulator[kmock.action.LIST]
+                   if namespace is None or request.namespace == namespace)
 
     def close(self) -> None:
         """Stops the server and the loop (after dropping streams that would block shutdown)."""
