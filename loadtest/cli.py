@@ -76,6 +76,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stepchain loadtest: {exc}", file=sys.stderr)
         return 2
+    args.duration = curve.duration  # Locust gets the resolved length, not its own default
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     history = out / f"{CSV_PREFIX}_stats_history.csv"

@@ -3,8 +3,9 @@
     locust -f loadtest/locustfile.py --curve spike --users 100 --duration 180 \\
         --image photo.png --host 127.0.0.1:50051 [--headless]
 
-``--users`` (peak) and ``--spawn-rate`` are Locust's own options; ``--curve``, ``--duration``,
-``--image`` and the curve knobs come from ``loadtest.options``. Without ``--host`` the targets
+``--users`` (peak), ``--spawn-rate`` and ``--run-time`` (stop early; the curve's length when
+``--duration`` is absent) are Locust's own options; ``--curve``, ``--duration``, ``--image`` and
+the curve knobs come from ``loadtest.options``. Without ``--host`` the targets
 are the pipelines' entry Services in Kubernetes (``loadtest.targets``).
 """
 
@@ -50,7 +51,8 @@ def _configure(environment: Any, **_kwargs: Any) -> None:
     if opts is None:  # Locust used as a library without a command line: nothing to configure
         return
     try:
-        curve = load_options.build_curve(opts, users=opts.num_users, spawn_rate=opts.spawn_rate)
+        curve = load_options.build_curve(opts, users=opts.num_users, spawn_rate=opts.spawn_rate,
+                                         run_time=opts.run_time)
         if environment.host:
             found = targets.parse_hosts(environment.host)
         else:
@@ -65,7 +67,7 @@ def _configure(environment: Any, **_kwargs: Any) -> None:
         logger.error("stepchain loadtest: %s", exc)
         sys.exit(2)
     # The curve decides users over time: it replaces any shape Locust found in this file.
-    shape = shape_for(curve)
+    shape = shape_for(curve, stop_after=opts.run_time)
     shape.runner = environment.runner
     environment.shape_class = shape
     logger.info("curve %s: %s; peak %d users over %gs at %g users/s; targets: %s",

@@ -36,9 +36,9 @@ def add_load_options(parser: Any) -> None:
         "--curve", choices=list(curves.CURVES), default="flat",
         help="load curve: " + ", ".join(curves.CURVES) + " (default flat)")
     parser.add_argument(
-        "--duration", type=parse_duration, default=curves.DEFAULT_DURATION_S,
-        help="test length: seconds or a time span like 3m (default 60); the curve stops the "
-             "test at the end")
+        "--duration", type=parse_duration, default=None,
+        help="the curve's length: seconds or a time span like 3m (default: Locust's "
+             "--run-time if given, else 60); the curve stops the test at its end")
     parser.add_argument(
         "--image", default=None,
         help="image file sent with every request (PNG/JPEG/...; default: a built-in 256x256 "
@@ -84,15 +84,22 @@ def knob_values(options: Any) -> dict[str, Any]:
     return {field: getattr(options, field, None) for field in curves.KNOB_OPTIONS}
 
 
-def build_curve(options: Any, *, users: int | None, spawn_rate: float | None) -> curves.Curve:
-    """The curve the options ask for; ``ValueError`` with the offending option otherwise."""
-    return curves.make_curve(options.curve, users=users, duration=options.duration,
+def build_curve(options: Any, *, users: int | None, spawn_rate: float | None,
+                run_time: float | None = None) -> curves.Curve:
+    """The curve the options ask for; ``ValueError`` with the offending option otherwise.
+
+    ``run_time`` (Locust's ``--run-time``) is the curve's length when ``--duration`` is absent.
+    """
+    duration = options.duration if options.duration is not None else run_time
+    return curves.make_curve(options.curve, users=users, duration=duration,
                              spawn_rate=spawn_rate, **knob_values(options))
 
 
 def locust_arguments(options: Any) -> list[str]:
     """The locustfile options from ``options`` as command-line words for a Locust process."""
-    words = ["--curve", options.curve, "--duration", f"{options.duration:g}"]
+    words = ["--curve", options.curve]
+    if options.duration is not None:
+        words += ["--duration", f"{options.duration:g}"]
     if options.image is not None:
         words += ["--image", str(Path(options.image).resolve())]
     if options.send_encoded:

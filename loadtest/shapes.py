@@ -37,16 +37,21 @@ class CurveShape(LoadTestShape):
     #: We read --users/--spawn-rate ourselves, so Locust should not warn they are ignored.
     use_common_options: ClassVar[bool] = True
 
-    def __init__(self, curve: Curve | None = None) -> None:
+    def __init__(self, curve: Curve | None = None, *, stop_after: float | None = None) -> None:
         super().__init__()
         if curve is not None and not isinstance(curve, self.curve_class):
             raise TypeError(f"{type(self).__name__} needs a {self.curve_class.__name__}, "
                             f"got {type(curve).__name__}")
         self.curve: Curve = curve if curve is not None else self.curve_class()
+        #: Locust's --run-time: Locust applies it only after a shape ends, so the shape does.
+        self.stop_after = stop_after
 
     def tick(self) -> tuple[int, float] | None:
         """``(users, spawn_rate)`` for the current second; ``None`` ends the test."""
-        return self.curve.tick_at(self.get_run_time())
+        t = self.get_run_time()
+        if self.stop_after is not None and t >= self.stop_after:
+            return None
+        return self.curve.tick_at(t)
 
 
 class RampShape(CurveShape):
@@ -86,6 +91,6 @@ SHAPES: dict[str, type[CurveShape]] = {
 }
 
 
-def shape_for(curve: Curve) -> CurveShape:
-    """The ``LoadTestShape`` that follows ``curve``."""
-    return SHAPES[curve.name](curve)
+def shape_for(curve: Curve, *, stop_after: float | None = None) -> CurveShape:
+    """The ``LoadTestShape`` that follows ``curve`` (cut short at ``stop_after`` seconds)."""
+    return SHAPES[curve.name](curve, stop_after=stop_after)

@@ -172,6 +172,11 @@ for name in SHAPES:
         shape.get_run_time = lambda t=t: t
         ticks.append(shape.tick())
     out[name] = ticks
+cut = shape_for(make_curve("flat", users=3, duration=20), stop_after=5)
+out["cut"] = []
+for t in [0, 4.9, 5, 6]:
+    cut.get_run_time = lambda t=t: t
+    out["cut"].append(cut.tick())
 out["default_flat"] = FlatShape().curve.users
 out["abstract"] = CurveShape.abstract and not FlatShape.abstract
 json.dump(out, sys.stdout)
@@ -186,6 +191,8 @@ json.dump(out, sys.stdout)
         expected = [list(tick) if tick else None for tick in map(curve.tick_at, times)]
         assert ticks[name] == expected, name
         assert ticks[name][-2:] == [None, None]
+    # Locust's --run-time cuts the curve short (Locust itself would wait for the shape).
+    assert ticks["cut"] == [[3, 3.0], [3, 3.0], None, None]
     assert ticks["default_flat"] == curves.DEFAULT_USERS
     assert ticks["abstract"] is True
 
