@@ -1,0 +1,165 @@
+"""The Kubernetes backend against kmock's emulator over real HTTP (one namespace per test)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
+
+from topology.api import create_app
+from topology.kubernetes_backend import REQUIRED_PERMISSIONS, KubernetesBackend
+from topology.model import parse_pipeline
+from topology.render import RenderOptions
+from topology.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = json.loads((ROOT / "examples" / "pipeline.json").read_text())
+KINDS = ("configmaps", "deployments", "services", "horizontalpodautoscalers")
+
+
+@pytest.fixture()
+def namespace() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture()
+def backend(kmock_server: RunningKmock, namespace: str) -> KubernetesBackend:  # noqa: F811
+    return KubernetesBackend(kmock_server.api_client(), RenderOptions(namespace=namespace))
+
+
+def objects(kmock: RunningKmock, namespace: str) -> dict[str, set[str]]:
+    return {plural: kmock.names(plural, namespace) for plural in KINDS}
+
+
+def demo_names(*step_ids: int) -> dict[str, set[str]]:
+    return {"configmaps": {f"demo-step-{n}-config" for n in step_ids},
+            "deployments": {f"demo-step-{n}" for n in step_ids},
+            "services": {f"demo-step-{n}" for n in step_ids},
+            "horizontalpodautoscalers": set()}
+
+
+def test_apply_creates_exactly_a_configmap_deployment_and_service_per_step(
+        backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
+    result = backend.apply(parse_pipeline(DEMO))
+    assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)
+    assert result.entrypoint == f"demo-step-0.{namespace}.svc:50051"
+    assert len(result.resources) == 12
+    stored = kmock_server.object("configmaps", namespace, "demo-step-2-config")
+    assert stored["metadata"]["labels"]["pipeline_id"] == "demo"
+    assert "step_id: 2" in stored["data"]["PIPELINE_CONFIG"]
+
+
+def test_reapplying_the_same_pipeline_converges_without_duplicates(
+        backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
+    backend.apply(parse_pipeline(DEMO))
+    backend.apply(parse_pipeline(DEMO))
+    assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)
+    assert [s.pipeline_id for s in backend.list_pipelines()] == ["demo"]
+
+
+def test_changed_pipeline_updates_objects_and_removes_stale_steps(
+        backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
+    backend.apply(parse_pipeline(DEMO))
+    changed = copy.deepcopy(DEMO)
+    changed["steps"] = [
+        {"step_id": 0, "type": "classify", "next_step": [1]},
+        {"step_id": 1, "type": "grayscale", "threads": 4, "replicas": 3,
+         "autoscale": {"maxReplicas": 5}},
+    ]
+    backend.apply(parse_pipeline(changed))
+    expected = demo_names(0, 1)
+    expected["horizontalpodautoscalers"] = {"demo-step-1"}
+    assert objects(kmock_server, namespace) == expected
+    deployment = kmock_server.object("deployments", namespace, "demo-step-1")
+    env = {e["name"]: e.get("value") for e in
+           deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == "4"
+    # Back again: the HPA goes away with the autoscale field.
+    backend.apply(parse_pipeline(DEMO))
+    assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)
+
+
+def test_delete_removes_every_object_of_the_pipeline_and_nothing_else(
+        backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
+    backend.apply(parse_pipeline(DEMO))
+    other = {"name": "other", "steps": [{"type": "edges"}]}
+    backend.apply(parse_pipeline(other))
+    assert backend.delete("demo") is True
+    left = objects(kmock_server, namespace)
+    assert left["configmaps"] == {"other-step-0-config"}
+    assert left["deployments"] == {"other-step-0"}
+    assert left["services"] == {"other-step-0"}
+    assert backend.status("demo") is None
+    assert backend.delete("demo") is False
+
+
+def test_status_reports_ready_replicas_of_each_deployment(
+        backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
+    backend.apply(parse_pipeline(DEMO))
+    status = backend.status("demo")
+    assert status is not None
+    assert [s.step_id for s in status.steps] == [0, 1, 2, 3]
+    assert not status.ready
+    # What the Deployment controller would report once pods pass their gRPC probes.
+    for n in range(4):
+        kmock_server.emulator.objects["apps/v1/deployments", namespace, f"demo-step-{n}"].patch(
+            {"status": {"readyReplicas": 1}})
+    status = backend.status("demo")
+    assert status is not None and status.ready
+    assert [s.type for s in status.steps] == ["classify", "grayscale", "deblur", "resize"]
+
+
+def test_backend_uses_only_the_api_calls_in_required_permissions(
+        kmock_server: RunningKmock) -> None:  # noqa: F811
+    namespace = f"rbac-{uuid.uuid4().hex[:8]}"
+    backend = KubernetesBackend(kmock_server.api_client(), RenderOptions(namespace=namespace))
+    before = len(kmock_server.calls())
+    with_hpa = copy.deepcopy(DEMO)
+    with_hpa["steps"][1]["autoscale"] = {"maxReplicas": 2}
+    backend.apply(parse_pipeline(with_hpa))  # creates
+    backend.apply(parse_pipeline(with_hpa))  # patches everything
+    backend.apply(parse_pipeline(DEMO))  # deletes the stale HPA
+    backend.status("demo")
+    backend.list_pipelines()
+    backend.delete("demo")
+    used = set(kmock_server.calls()[before:])
+    granted = {(group, resource, verb) for group, resource, verbs in REQUIRED_PERMISSIONS
+               for verb in verbs}
+    assert used <= granted, f"calls outside REQUIRED_PERMISSIONS: {sorted(used - granted)}"
+    # ... and every permission is needed by at least one of those calls.
+    assert used == granted, f"permissions never used: {sorted(granted - used)}"
+    for _, _, verbs in REQUIRED_PERMISSIONS:
+        assert list(verbs) == sorted(verbs)
+
+
+def test_api_on_kubernetes_answers_201_then_200_then_409(
+        backend: KubernetesBackend, namespace: str) -> None:
+    app = create_app(Settings(namespace=namespace), backend)
+    with TestClient(app) as client:
+        created = client.post("/pipeline", json=DEMO)
+        assert created.status_code == 201, created.text
+        body: dict[str, Any] = created.json()
+        assert body["created"] is True
+        assert body["entrypoint"] == f"demo-step-0.{namespace}.svc:50051"
+        assert {r["kind"] for r in body["resources"]} == {"ConfigMap", "Deployment", "Service"}
+        again = client.post("/pipeline", json=DEMO)
+        assert again.status_code == 200
+        assert again.json()["created"] is False
+        different = copy.deepcopy(DEMO)
+        different["steps"][3]["params"] = {"scale": 0.25}
+        conflict = client.post("/pipeline", json=different)
+        assert conflict.status_code == 409
+        assert "PUT /pipeline/demo" in conflict.json()["detail"]
+        updated = client.put("/pipeline/demo", json=different)
+        assert updated.status_code == 200
+        assert client.post("/pipeline", json=different).status_code == 200
+        listed = client.get("/pipelines").json()["pipelines"]
+        assert [p["pipeline_id"] for p in listed] == ["demo"]
+        assert client.delete("/pipeline/demo").status_code == 200
+        assert client.get("/pipeline/demo").status_code == 404
