@@ -1,0 +1,112 @@
+"""`stepchain step serve`, `submit` and `request`: arguments and the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from PIL import Image as PILImage
+from step_fixtures import noisy_image
+
+from stepchain.v1 import step_pb2
+from stepsvc import codec
+from stepsvc.cli import main
+
+TWO_STEPS = {"pipeline_id": "p1", "step_id": 1,
+             "steps": [{"id": 1, "type": "blur", "next_step": 2}, {"id": 2, "type": "grayscale"}]}
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    PILImage.fromarray(noisy_image(10, 12, 3)).save(path)
+    return path
+
+
+def test_serve_needs_discovery_when_the_step_has_next_steps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TWO_STEPS))
+    assert main(["step", "serve", "--config", str(cfg), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "step 1 forwards to [2]" in err and "--discovery static:FILE" in err
+
+
+def test_serve_reads_the_config_from_the_named_environment_variable(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("PIPELINE_CONFIG", json.dumps(TWO_STEPS))
+    assert main(["step", "serve", "--config-env", "PIPELINE_CONFIG", "--port", "0"]) == 2
+    assert "step 1 forwards to [2]" in capsys.readouterr().err  # parsed from the variable
+    monkeypatch.delenv("PIPELINE_CONFIG")
+    assert main(["step", "serve", "--config-env", "PIPELINE_CONFIG", "--port", "0"]) == 2
+    assert "PIPELINE_CONFIG is not set or empty" in capsys.readouterr().err
+
+
+def test_serve_rejects_a_bad_config_naming_the_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("pipeline_id: p1\nstep_id: 1\nsteps:\n  - {id: 1, type: nosuchkernel}\n")
+    assert main(["step", "serve", "--config", str(cfg), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "PIPELINE_CONFIG" in err and "nosuchkernel" in err
+
+
+def test_serve_rejects_an_unknown_discovery_backend(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TWO_STEPS))
+    assert main(["step", "serve", "--config", str(cfg), "--port", "0",
+                 "--discovery", "consul"]) == 2
+    assert "unknown discovery 'consul'" in capsys.readouterr().err
+
+
+def test_serve_reports_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"pipeline_id": "p1", "step_id": 1,
+                               "steps": [{"id": 1, "type": "identity"}]}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = main(["step", "serve", "--config", str(cfg), "--host", "127.0.0.1",
+                     "--port", str(port), "--metrics-port", "0"])
+    assert code == 1
+    assert str(port) in capsys.readouterr().err
+
+
+def test_request_prints_grpcurl_json_with_the_file_and_png_output(
+        photo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["request", str(photo), "--threads", "2"]) == 0
+    req = json_format.Parse(capsys.readouterr().out, step_pb2.ProcessRequest())
+    assert req.image.encoding == codec.PNG and req.image.data == photo.read_bytes()
+    assert req.output_encoding == codec.PNG and req.overrides.threads == 2
+
+
+def test_request_raw_sends_pixels_with_their_size(
+        photo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["request", str(photo), "--raw", "--output-encoding", "raw"]) == 0
+    req = json_format.Parse(capsys.readouterr().out, step_pb2.ProcessRequest())
+    assert (req.image.width, req.image.height, req.image.channels) == (12, 10, 3)
+    np.testing.assert_array_equal(codec.decode_image(req.image), np.asarray(PILImage.open(photo)))
+
+
+def test_request_reports_an_unreadable_image(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    assert main(["request", str(bad)]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+
+
+def test_submit_refuses_an_output_suffix_it_cannot_encode(
+        photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", str(photo), "--target", "127.0.0.1:1",
+                 "--out", str(tmp_path / "out.gif")]) == 2
+    assert "must be .png, .jpg or .jpeg" in capsys.readouterr().err
