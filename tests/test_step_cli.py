@@ -11,8 +11,8 @@ import pytest
 from google.protobuf import json_format
 from PIL import Image as PILImage
 from step_fixtures import noisy_image
-
 from stepchain.v1 import step_pb2
+
 from stepsvc import codec
 from stepsvc.cli import main
 
