@@ -299,6 +299,7 @@ def _stop_all(procs: list[_StepProcess], grace_s: float) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has exited; only its parent has not reaped it yet)."""
     if pid <= 0:
         return False
     try:
@@ -307,7 +308,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _cmdline(pid: int) -> str:

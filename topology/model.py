@@ -32,6 +32,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     Tag,
     ValidationInfo,
     WithJsonSchema,
@@ -69,7 +70,8 @@ RESERVED_VOLUMES = ("tmp",)
 
 Loc = tuple[str | int, ...]
 #: Canonical kernel names and aliases, as the OpenAPI document lists them.
-KERNEL_TYPES = sorted({name for spec in KERNELS.values() for name in (spec.name, *spec.aliases)})
+KERNEL_TYPES: list[JsonValue] = [*sorted(
+    {name for spec in KERNELS.values() for name in (spec.name, *spec.aliases)})]
 
 
 class PipelineInvalid(ValueError):

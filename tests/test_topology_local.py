@@ -1,0 +1,135 @@
+"""The local backend end to end: real step processes on loopback, a real photograph through
+the entrypoint, then nothing left running."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from skimage import data
+
+from stepsvc import client as step_client
+from stepsvc import codec
+from topology.api import create_app
+from topology.local_backend import LocalBackend
+from topology.model import parse_pipeline
+from topology.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = json.loads((ROOT / "examples" / "pipeline.json").read_text())
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def submit_photo(entrypoint: str) -> step_client.SubmitResult:
+    photo = data.astronaut()  # a real 512x512 RGB photograph
+    request = step_client.build_request(codec.raw_image(photo))
+    with step_client.connect(entrypoint) as channel:
+        return step_client.submit(channel, request, timeout=60)
+
+
+def test_post_submit_delete_runs_the_pipeline_and_leaves_no_process(tmp_path: Path) -> None:
+    app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
+    with TestClient(app) as api:
+        created = api.post("/pipeline", json=DEMO)
+        assert created.status_code == 201, created.text
+        body = created.json()
+        pids = [r["pid"] for r in body["resources"] if r["kind"] == "Process"]
+        assert len(pids) == 4 and all(running(pid) for pid in pids)
+        assert body["entrypoint"].startswith("127.0.0.1:")
+
+        status = api.get("/pipeline/demo").json()
+        assert status["ready"] is True
+        assert [s["type"] for s in status["steps"]] == ["classify", "grayscale", "deblur",
+                                                        "resize"]
+
+        result = submit_photo(body["entrypoint"])
+        timings = result.response.timings
+        # A sharp colour photo takes the preferred successor (grayscale), then resize.
+        assert [(t.step_id, t.step_type) for t in timings] == [
+            (0, "classify"), (1, "grayscale"), (3, "resize")]
+        assert all(t.pipeline_id == "demo" and t.total_ms > 0 for t in timings)
+        assert {t.host for t in timings} == {"demo-step-0", "demo-step-1", "demo-step-3"}
+        image = result.image_array()
+        assert image.shape == (256, 256, 1)
+        assert image.dtype == np.uint8 and image.std() > 10
+
+        deleted = api.delete("/pipeline/demo")
+        assert deleted.status_code == 200
+        assert not any(running(pid) for pid in pids)
+        assert not (tmp_path / "demo").exists()
+        assert api.get("/pipeline/demo").status_code == 404
+
+
+def test_service_shutdown_stops_every_step_process(tmp_path: Path) -> None:
+    app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
+    with TestClient(app) as api:
+        created = api.post("/pipeline", json={"name": "one", "steps": [{"type": "identity"}]})
+        assert created.status_code == 201, created.text
+        pids = [r["pid"] for r in created.json()["resources"] if r["kind"] == "Process"]
+        assert pids and all(running(pid) for pid in pids)
+    # Leaving the context runs the app's shutdown (lifespan), as SIGTERM to uvicorn does.
+    assert not any(running(pid) for pid in pids)
+
+
+def test_update_restarts_only_changed_steps_and_stops_removed_ones(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path)
+    try:
+        first = backend.apply(parse_pipeline(
+            {"name": "upd", "steps": [{"type": "identity"}, {"type": "edges"}]}))
+        pids = {r["name"]: r["pid"] for r in first.resources if r["kind"] == "Process"}
+        second = backend.apply(parse_pipeline(
+            {"name": "upd", "steps": [{"type": "identity", "next_step": []}]}))
+        after = {r["name"]: r["pid"] for r in second.resources if r["kind"] == "Process"}
+        assert set(after) == {"upd-step-0"}
+        assert not running(pids["upd-step-1"])
+        # Step 0's config changed (it no longer forwards): it was restarted.
+        assert after["upd-step-0"] != pids["upd-step-0"]
+        assert json.loads((tmp_path / "upd" / "discovery.json").read_text()) == {
+            "0": second.entrypoint}
+    finally:
+        backend.close()
+
+
+def test_restarted_service_stops_steps_its_crashed_predecessor_left(tmp_path: Path) -> None:
+    crashed = LocalBackend(tmp_path)
+    result = crashed.apply(parse_pipeline({"name": "orphan", "steps": [{"type": "identity"}]}))
+    pids = [r["pid"] for r in result.resources if r["kind"] == "Process"]
+    try:
+        # A new service on the same state dir (the old one "crashed" without cleanup).
+        successor = LocalBackend(tmp_path)
+        assert not any(running(pid) for pid in pids)
+        assert successor.list_pipelines() == []
+    finally:
+        crashed.close()
+
+
+def test_step_that_cannot_start_is_reported_with_its_log(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A step process that exits at once (a broken interpreter environment).
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setattr("topology.local_backend.REPO_ROOT", tmp_path / "no-such-checkout")
+    monkeypatch.chdir(tmp_path)
+    backend = LocalBackend(tmp_path / "state")
+    try:
+        from topology.backend import BackendError
+
+        with pytest.raises(BackendError, match="exited with code"):
+            backend.apply(parse_pipeline({"name": "broken", "steps": [{"type": "identity"}]}))
+        assert backend.list_pipelines() == []
+    finally:
+        backend.close()
