@@ -87,6 +87,24 @@ def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
 
 
 @pytest.mark.slow
+def test_several_targets_are_loaded_together_with_users_spread_across_them(
+        pipeline: StepServers, photo: Path, tmp_path: Path) -> None:
+    # Step 2 alone is a complete (one-step) pipeline: two entries, two pipelines.
+    first, second = pipeline.address(1), pipeline.address(2)
+    out = tmp_path / "out"
+    result = run_stepchain(
+        ["loadtest", "--curve", "flat", "--users", "2", "--duration", "4", "--image", str(photo),
+         "--target", first, "--target", second, "--out", str(out)], timeout=RUN_BOUND_S)
+    assert result.returncode == 0, result.stderr
+    stats = {row["Name"]: row for row in read_csv(out / "loadtest_stats.csv")}
+    assert int(stats[f"Process {first}"]["Request Count"]) > 0
+    assert int(stats[f"Process {second}"]["Request Count"]) > 0
+    assert int(stats[f"{first}/step-1:identity kernel"]["Request Count"]) > 0
+    assert int(stats[f"{second}/step-2:grayscale kernel"]["Request Count"]) > 0
+    assert f"{second}/step-1:identity kernel" not in stats  # that pipeline has no step 1
+
+
+@pytest.mark.slow
 def test_locust_runs_the_locustfile_from_outside_the_checkout_with_the_issue_command_line(
         pipeline: StepServers, tmp_path: Path) -> None:
     # The README's command line verbatim, stopped early by Locust's own --run-time.
