@@ -69,6 +69,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
     try:
         curve = load_options.build_curve(args, users=args.users, spawn_rate=args.spawn_rate)
+        load_options.check_request_settings(args)
         payload.build_request(args.image, send_encoded=args.send_encoded, threads=args.threads,
                               passes=args.passes)
         for target in args.target or []:

@@ -46,10 +46,9 @@ class LoadPlan:
     def __post_init__(self) -> None:
         if not self.targets:
             raise ValueError("a load plan needs at least one target")
-        if not self.timeout_s > 0:
-            raise ValueError(f"--request-timeout must be > 0 seconds, got {self.timeout_s}")
-        if self.think_time_s < 0:
-            raise ValueError(f"--think-time must be >= 0 seconds, got {self.think_time_s}")
+        if not self.timeout_s > 0 or not self.think_time_s >= 0:
+            raise ValueError(f"a load plan needs timeout_s > 0 and think_time_s >= 0, got "
+                             f"{self.timeout_s} and {self.think_time_s}")
 
 
 class PipelineUser(User):

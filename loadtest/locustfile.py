@@ -53,6 +53,7 @@ def _configure(environment: Any, **_kwargs: Any) -> None:
     try:
         curve = load_options.build_curve(opts, users=opts.num_users, spawn_rate=opts.spawn_rate,
                                          run_time=opts.run_time)
+        load_options.check_request_settings(opts)
         if environment.host:
             found = targets.parse_hosts(environment.host)
         else:

@@ -37,8 +37,8 @@ def add_load_options(parser: Any) -> None:
         help="load curve: " + ", ".join(curves.CURVES) + " (default flat)")
     parser.add_argument(
         "--duration", type=parse_duration, default=None,
-        help="the curve's length: seconds or a time span like 3m (default: Locust's "
-             "--run-time if given, else 60); the curve stops the test at its end")
+        help="the curve's length: seconds or a time span like 3m (default 60, or Locust's "
+             "--run-time when given); the curve stops the test at its end")
     parser.add_argument(
         "--image", default=None,
         help="image file sent with every request (PNG/JPEG/...; default: a built-in 256x256 "
@@ -77,6 +77,14 @@ def add_load_options(parser: Any) -> None:
     parser.add_argument("--node-address", default=None,
                         help="without a host: address to reach NodePorts on (default: a node's "
                              "ExternalIP, else its InternalIP)")
+
+
+def check_request_settings(options: Any) -> None:
+    """``ValueError`` naming the option when a request setting is out of range."""
+    if not options.request_timeout > 0:
+        raise ValueError(f"--request-timeout must be > 0 seconds, got {options.request_timeout}")
+    if not options.think_time >= 0:
+        raise ValueError(f"--think-time must be >= 0 seconds, got {options.think_time}")
 
 
 def knob_values(options: Any) -> dict[str, Any]:

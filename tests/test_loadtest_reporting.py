@@ -177,3 +177,16 @@ def test_plot_is_written_from_a_history_csv_and_refuses_an_empty_one(tmp_path: P
     with pytest.raises(ValueError, match="no samples to plot"):
         plot_history(empty, tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--request-timeout", "0"], "--request-timeout must be > 0 seconds, got 0.0"),
+    (["--think-time", "-1"], "--think-time must be >= 0 seconds, got -1.0"),
+])
+def test_bad_request_settings_are_rejected_naming_the_option(argv: list[str],
+                                                             message: str) -> None:
+    parser = argparse.ArgumentParser()
+    options.add_load_options(parser)
+    with pytest.raises(ValueError) as err:
+        options.check_request_settings(parser.parse_args(argv))
+    assert str(err.value) == message
