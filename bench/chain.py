@@ -254,6 +254,49 @@ class HttpClient:
         return conn.getresponse().read()
 
 
+# -- the loopback floor -------------------------------------------------------------------------
+
+@contextmanager
+def tcp_echo() -> Iterator[Callable[[bytes], bytes]]:
+    """A plain-socket echo server in a thread: what moving the bytes both ways costs at least."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while True:
+                head = conn.recv(8, socket.MSG_WAITALL)
+                if len(head) < 8:
+                    return
+                size = int.from_bytes(head, "big")
+                buf = bytearray(size)
+                view, got = memoryview(buf), 0
+                while got < size:
+                    got += conn.recv_into(view[got:])
+                conn.sendall(buf)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = socket.create_connection(listener.getsockname())
+
+    def echo(data: bytes) -> bytes:
+        client.sendall(len(data).to_bytes(8, "big") + data)
+        buf = bytearray(len(data))
+        view, got = memoryview(buf), 0
+        while got < len(data):
+            got += client.recv_into(view[got:])
+        return bytes(buf)
+
+    try:
+        yield echo
+    finally:
+        client.close()
+        listener.close()
+        thread.join(5)
+
+
 # -- the benchmark ------------------------------------------------------------------------------
 
 def grpc_caller(address: str, request: step_pb2.ProcessRequest) -> Callable[[], np.ndarray]:
@@ -292,6 +335,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # (a) hop overhead -----------------------------------------------------------------------
     direct = timed(lambda: native.identity(img, threads=threads), n)
+    pixels = img.tobytes()
+    with tcp_echo() as echo:
+        floor = timed(lambda: echo(pixels), n)
     identity_cfg = parse_config(json.dumps({"pipeline_id": "bench", "step_id": 1, "steps": [
         {"id": 1, "type": "identity", "params": {"threads": threads}}]}))
 
@@ -317,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             http_hop = timed(lambda: jpeg_decode(client.post(jpeg_input)), n)
     overhead = {
         "direct_identity": direct,
+        "tcp_echo_floor": {**floor, "overhead_ms": round(floor["median_ms"], 3)},
         "grpc_in_process": {**inproc, "overhead_ms": round(inproc["median_ms"] - direct["median_ms"], 3)},
         "grpc_separate_process": {**separate, "overhead_ms": round(separate["median_ms"] - direct["median_ms"], 3)},
         "http_jpeg_separate_process": {**http_hop, "overhead_ms": round(http_hop["median_ms"] - direct["median_ms"], 3)},
@@ -389,7 +436,8 @@ def table(res: dict[str, Any]) -> str:
         f"| direct `native.identity` | {h['direct_identity']['median_ms']:.2f} | "
         f"{h['direct_identity']['p90_ms']:.2f} | {h['direct_identity']['min_ms']:.2f} | - |",
     ]
-    for key, label in (("grpc_in_process", "gRPC, step in this process (loopback)"),
+    for key, label in (("tcp_echo_floor", "floor: plain TCP echo of the raw pixels, no gRPC"),
+                       ("grpc_in_process", "gRPC, step in this process (loopback)"),
                        ("grpc_separate_process", "gRPC, `stepchain step serve` process"),
                        ("http_jpeg_separate_process", "HTTP POST + JPEG re-encode, process")):
         r = h[key]

@@ -117,7 +117,10 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                                 f"{type(exc).__name__}: {exc}")
         timing.total_ms = _ms(time.perf_counter() - started)
         code = failure.code if failure else grpc.StatusCode.OK
-        self.observer.finished(code=code, timing=timing, request=request, response=response)
+        try:
+            self.observer.finished(code=code, timing=timing, request=request, response=response)
+        except Exception:  # telemetry must never turn an answer into a failure
+            log.exception("step %s: observer.finished failed", self.step.id)
         if failure is not None:
             if failure.trailers:
                 context.set_trailing_metadata(failure.trailers)
