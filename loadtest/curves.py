@@ -186,8 +186,8 @@ class SinusCurve(Curve):
         _resolve_base_users(self)
         if self.period is None:
             object.__setattr__(self, "period", self.duration / 2)
-        assert self.period is not None
-        _require_positive(self.name, "--period", self.period)
+        _require_in(self.name, "--period", self.period, 0.0, 2 * self.duration, open_low=True,
+                    open_high=True, why="the wave must reach --users before --duration")
 
     def _users(self, t: float) -> int:
         assert self.period is not None and self.base_users is not None

@@ -129,7 +129,9 @@ def test_spawn_rate_given_is_the_rate_every_tick_uses() -> None:
     ("spike", {"duration": 10, "spike_at": 10}, "--spike-at must be in [0, 10)"),
     ("spike", {"duration": 10, "spike_at": 8, "spike_length": 3},
      "--spike-length must be in (0, 2] seconds (the spike must end by --duration)"),
-    ("sinus", {"period": 0}, "--period must be a finite number > 0, got 0"),
+    ("sinus", {"period": 0}, "--period must be in (0, 120) seconds (the wave must reach "
+                             "--users before --duration), got 0"),
+    ("sinus", {"duration": 10, "period": 20}, "--period must be in (0, 20)"),
     ("sinus", {"base_users": -1}, "--base-users must be a whole number between 0"),
 ])
 def test_bad_parameters_are_rejected_naming_the_option(name: str, kwargs: dict[str, float],
