@@ -9,13 +9,38 @@
 
 #include "sc_common.h"
 
+
 typedef struct {
     const uint8_t *src;
     uint8_t *dst;
     int h, w, c, oh, ow, taps;
-    const int *xi, *yi;   /* taps source indices per output column / row (clamped) */
-    const float *wx, *wy; /* matching weights */
+    const int *yi;        /* taps source rows per output row (clamped) */
+    const float *wy;      /* matching weights */
+    const int32_t *xs;    /* taps planes of ow source sample offsets (pixel index * C) */
+    const float *xw;      /* taps planes of ow weights */
 } resize_ctx;
+
+/* Horizontal pass for one row: out pixel x blends pixels at sample offsets xs[k][x] (already
+ * times C) with weights xw[k][x]. Inlined with literal C and taps (see resize_rows) so the
+ * channel and tap loops unroll and each table entry is loaded once per pixel, not per sample.
+ * (AVX2 gathers were measured slower than this on AMD Zen.) */
+static inline __attribute__((always_inline)) void horizontal(const float *restrict row,
+                                                             uint8_t *restrict out, int ow, int c,
+                                                             int taps, const int32_t *restrict xs,
+                                                             const float *restrict xw)
+{
+    for (int x = 0; x < ow; x++) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < taps; k++) {
+            const float *src = row + xs[(size_t)k * ow + x];
+            const float w = xw[(size_t)k * ow + x];
+            for (int ch = 0; ch < c; ch++)
+                acc[ch] += w * src[ch];
+        }
+        for (int ch = 0; ch < c; ch++)
+            out[(size_t)x * c + ch] = sc_clamp_u8f(acc[ch]);
+    }
+}
 
 /* Fills taps indices and weights for `out` positions mapped onto `in` source positions. */
 static void resize_table(int in, int out, int taps, int *idx, float *wt)
@@ -53,17 +78,17 @@ static void resize_table(int in, int out, int taps, int *idx, float *wt)
 SC_HOT static void resize_rows(const void *p, int y0, int y1, void *scratch)
 {
     const resize_ctx *r = p;
-    const int c = r->c, taps = r->taps;
-    const size_t n = (size_t)r->w * c, on = (size_t)r->ow * c;
+    const int taps = r->taps;
+    const size_t n = (size_t)r->w * r->c, on = (size_t)r->ow * r->c;
     float *restrict row = scratch;
     for (int y = y0; y < y1; y++) {
         const int *yi = r->yi + (size_t)y * taps;
         const float *wy = r->wy + (size_t)y * taps;
         {
             const uint8_t *restrict s0 = r->src + (size_t)yi[0] * n;
-            const float w0 = wy[0];
+            const float k0 = wy[0];
             for (size_t i = 0; i < n; i++)
-                row[i] = w0 * (float)s0[i];
+                row[i] = k0 * (float)s0[i];
         }
         for (int k = 1; k < taps; k++) {
             const uint8_t *restrict sk = r->src + (size_t)yi[k] * n;
@@ -72,23 +97,14 @@ SC_HOT static void resize_rows(const void *p, int y0, int y1, void *scratch)
                 row[i] += wk * (float)sk[i];
         }
         uint8_t *restrict out = r->dst + (size_t)y * on;
-        if (taps == 2) {
-            for (int x = 0; x < r->ow; x++) {
-                const float *a = row + (size_t)r->xi[2 * x] * c, *b = row + (size_t)r->xi[2 * x + 1] * c;
-                const float wa = r->wx[2 * x], wb = r->wx[2 * x + 1];
-                for (int ch = 0; ch < c; ch++)
-                    out[(size_t)x * c + ch] = sc_clamp_u8f(wa * a[ch] + wb * b[ch]);
-            }
-        } else {
-            for (int x = 0; x < r->ow; x++) {
-                const int *xi = r->xi + 4 * (size_t)x;
-                const float *wx = r->wx + 4 * (size_t)x;
-                const float *a = row + (size_t)xi[0] * c, *b = row + (size_t)xi[1] * c;
-                const float *d = row + (size_t)xi[2] * c, *e = row + (size_t)xi[3] * c;
-                for (int ch = 0; ch < c; ch++)
-                    out[(size_t)x * c + ch] =
-                        sc_clamp_u8f(wx[0] * a[ch] + wx[1] * b[ch] + wx[2] * d[ch] + wx[3] * e[ch]);
-            }
+        const int ow = r->ow;
+        switch (r->c * 10 + taps) {
+        case 12: horizontal(row, out, ow, 1, 2, r->xs, r->xw); break;
+        case 14: horizontal(row, out, ow, 1, 4, r->xs, r->xw); break;
+        case 32: horizontal(row, out, ow, 3, 2, r->xs, r->xw); break;
+        case 34: horizontal(row, out, ow, 3, 4, r->xs, r->xw); break;
+        case 42: horizontal(row, out, ow, 4, 2, r->xs, r->xw); break;
+        default: horizontal(row, out, ow, 4, 4, r->xs, r->xw); break;
         }
     }
 }
@@ -98,21 +114,30 @@ int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int 
 {
     if (oh < 1 || ow < 1 || method < 0 || method > 1)
         return SC_EINVAL;
-    const int taps = method == 0 ? 2 : 4;
+    const int taps = method == 0 ? 2 : 4, c = s.c;
     const size_t nx = (size_t)ow * taps, ny = (size_t)oh * taps;
     int *idx = malloc(sizeof(int) * (nx + ny));
     float *wt = malloc(sizeof(float) * (nx + ny));
-    if (idx == NULL || wt == NULL) {
-        free(idx);
-        free(wt);
-        return SC_ENOMEM;
-    }
+    int32_t *xs = malloc(sizeof(int32_t) * nx);
+    float *xw = malloc(sizeof(float) * nx);
+    int rc = SC_ENOMEM;
+    if (idx == NULL || wt == NULL || xs == NULL || xw == NULL)
+        goto done;
     resize_table(s.w, ow, taps, idx, wt);
     resize_table(s.h, oh, taps, idx + nx, wt + nx);
-    resize_ctx r = {src, dst, s.h, s.w, s.c, oh, ow, taps, idx, idx + nx, wt, wt + nx};
-    int rc = sc_parallel_rows(ex, oh, sc_chunk_rows(8, ((size_t)s.w + ow) * s.c * taps), resize_rows,
-                              &r, sizeof(float) * (size_t)s.w * s.c);
+    /* column table as tap-major planes of sample offsets */
+    for (int k = 0; k < taps; k++)
+        for (int x = 0; x < ow; x++) {
+            xs[(size_t)k * ow + x] = idx[(size_t)x * taps + k] * c;
+            xw[(size_t)k * ow + x] = wt[(size_t)x * taps + k];
+        }
+    resize_ctx r = {src, dst, s.h, s.w, c, oh, ow, taps, idx + nx, wt + nx, xs, xw};
+    rc = sc_parallel_rows(ex, oh, sc_chunk_rows(8, ((size_t)s.w + ow) * c * taps), resize_rows,
+                          &r, sizeof(float) * (size_t)s.w * c);
+done:
     free(idx);
     free(wt);
+    free(xs);
+    free(xw);
     return rc;
 }
