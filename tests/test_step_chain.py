@@ -213,7 +213,7 @@ def test_sigterm_drains_inflight_requests_refuses_new_ones_and_exits_zero(
         pipe.wait_serving()
         img = noisy_image(512, 512, 3)
         slow = step_pb2.ProcessRequest(image=codec.raw_image(img), overrides=step_pb2.Overrides(
-            passes=passes_lasting(1.5, img, sigma=5.0), threads=1))
+            passes=passes_lasting(2.5, img, sigma=5.0), threads=1))
         channel = grpc.insecure_channel(proc.address)
         stub = pipe.stub(1)
         health = health_pb2_grpc.HealthStub(channel)
