@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
 
 from topology.api import create_app
+from topology.backend import BackendError
 from topology.kubernetes_backend import REQUIRED_PERMISSIONS, KubernetesBackend
 from topology.model import parse_pipeline
 from topology.render import RenderOptions
@@ -163,3 +164,30 @@ def test_api_on_kubernetes_answers_201_then_200_then_409(
         assert [p["pipeline_id"] for p in listed] == ["demo"]
         assert client.delete("/pipeline/demo").status_code == 200
         assert client.get("/pipeline/demo").status_code == 404
+
+
+def test_pipeline_for_another_namespace_is_refused(backend: KubernetesBackend,
+                                                   namespace: str) -> None:
+    app = create_app(Settings(backend="kubernetes", namespace=namespace), backend)
+    with TestClient(app) as client:
+        refused = client.post("/pipeline", json=DEMO | {"namespace": "kube-system"})
+        assert refused.status_code == 422
+        assert ["body", "namespace"] in [d["loc"] for d in refused.json()["detail"]]
+        same = client.post("/pipeline", params={"dry_run": "true"},
+                           json=DEMO | {"namespace": namespace})
+        assert same.status_code == 200
+
+
+def test_unreachable_api_server_is_a_502_naming_the_problem(namespace: str) -> None:
+    from kubernetes import client as k8s
+
+    configuration = k8s.Configuration()
+    configuration.host = "http://127.0.0.1:9"  # discard port: nothing listens
+    configuration.retries = 0
+    backend = KubernetesBackend(k8s.ApiClient(configuration), RenderOptions(namespace=namespace))
+    with pytest.raises(BackendError, match="cannot reach the Kubernetes API"):
+        backend.apply(parse_pipeline(DEMO))
+    with TestClient(create_app(Settings(namespace=namespace), backend)) as api:
+        response = api.post("/pipeline", json=DEMO)
+        assert response.status_code == 502
+        assert "Kubernetes" in response.json()["detail"]

@@ -62,6 +62,14 @@ KINDS: tuple[_Kind, ...] = (
 DELETE_ORDER = ("HorizontalPodAutoscaler", "Service", "Deployment", "ConfigMap")
 
 
+class KubernetesRefused(BackendError):
+    """The API server answered with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class KubernetesBackend:
     """Deploys pipelines into one namespace of a Kubernetes cluster."""
 
@@ -205,24 +213,24 @@ class KubernetesBackend:
         return getattr(self._apis[spec.api], f"{verb}_namespaced_{spec.suffix}")  # type: ignore[no-any-return]
 
     def _call(self, kind: str, verb: str, **kwargs: Any) -> Any:
+        import urllib3
         from kubernetes.client.rest import ApiException
 
+        what = f"{verb} {kind} {kwargs.get('name') or _name_of(kwargs.get('body'))}".rstrip()
         try:
             response = self._method(kind, verb)(
                 namespace=self.namespace, _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
         except ApiException as exc:
-            raise BackendError(f"Kubernetes refused {verb} {kind} "
-                               f"{kwargs.get('name') or _name_of(kwargs.get('body'))} in "
-                               f"namespace {self.namespace}: {exc.status} "
-                               f"{_reason(exc)}") from None
-        except OSError as exc:  # connection refused, DNS, TLS, timeouts (urllib3 errors)
-            raise BackendError(f"cannot reach the Kubernetes API for {verb} {kind}: {exc}") \
+            raise KubernetesRefused(f"Kubernetes refused {what} in namespace {self.namespace}: "
+                                    f"{exc.status} {_reason(exc)}", int(exc.status or 0)) \
                 from None
-        status = getattr(response, "status", 200)
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused, DNS, TLS, timeouts
+            raise BackendError(f"cannot reach the Kubernetes API for {what}: {exc}") from None
+        status = int(getattr(response, "status", 200))
         if status >= 400:
-            raise BackendError(f"Kubernetes refused {verb} {kind} in namespace "
-                               f"{self.namespace}: HTTP {status} {_text(response)[:300]}")
+            raise KubernetesRefused(f"Kubernetes refused {what} in namespace {self.namespace}: "
+                                    f"HTTP {status} {_text(response)[:300]}", status)
         return response
 
     def _list(self, kind: str) -> list[dict[str, Any]]:
@@ -236,8 +244,8 @@ class KubernetesBackend:
     def _delete(self, kind: str, name: str) -> None:
         try:
             self._call(kind, "delete", name=name, propagation_policy="Background")
-        except BackendError as exc:
-            if " 404 " not in str(exc) and "HTTP 404" not in str(exc):
+        except KubernetesRefused as exc:
+            if exc.status != 404:  # already gone is what we wanted
                 raise
 
 
