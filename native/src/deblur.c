@@ -3,8 +3,9 @@
  *   u_0 = d;  u_{k+1} = u_k * G(d / max(G(u_k), eps))
  *
  * G is the normalised separable Gaussian with replicate border (sc_gaussian_f32); the PSF is
- * symmetric, so its adjoint is G itself. The element-wise steps run through the same parallel
- * row driver as the convolutions, so every stage uses this call's threads and schedule. */
+ * symmetric, so its adjoint is G itself. The division and the multiplication are fused into
+ * the blurs' per-row output (sc_gaussian_f32 epilogues), so an iteration is two passes over the
+ * image, all with this call's threads and schedule. */
 #include <stdlib.h>
 
 #include "sc_common.h"
@@ -24,33 +25,6 @@ SC_HOT static void rl_init(const void *p, int y0, int y1, void *scratch)
     const rl_ctx *r = p;
     for (size_t i = (size_t)y0 * r->row; i < (size_t)y1 * r->row; i++)
         r->u[i] = (float)r->obs[i];
-}
-
-/* t = d / max(t, eps), in place on the re-blurred estimate */
-SC_HOT static void rl_ratio(const void *p, int y0, int y1, void *scratch)
-{
-    const rl_ctx *r = p;
-    float *restrict t = r->t;
-    const uint8_t *restrict d = r->obs;
-    for (size_t i = (size_t)y0 * r->row; i < (size_t)y1 * r->row; i++) {
-        const float b = t[i] > RL_EPS ? t[i] : RL_EPS;
-        t[i] = (float)d[i] / b;
-    }
-}
-
-/* u *= G(ratio), the blurred correction */
-typedef struct {
-    rl_ctx base;
-    const float *corr;
-} rl_mul_ctx;
-
-SC_HOT static void rl_update(const void *p, int y0, int y1, void *scratch)
-{
-    const rl_mul_ctx *m = p;
-    float *restrict u = m->base.u;
-    const float *restrict c = m->corr;
-    for (size_t i = (size_t)y0 * m->base.row; i < (size_t)y1 * m->base.row; i++)
-        u[i] *= c[i];
 }
 
 SC_HOT static void rl_store(const void *p, int y0, int y1, void *scratch)
@@ -73,23 +47,18 @@ int sc_deblur(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, int ra
     float *k = malloc(sizeof(float) * (size_t)(2 * radius + 1));
     float *u = malloc(sizeof(float) * n);
     float *t = malloc(sizeof(float) * n);
-    float *c = malloc(sizeof(float) * n);
     int rc = SC_ENOMEM;
-    if (k == NULL || u == NULL || t == NULL || c == NULL)
+    if (k == NULL || u == NULL || t == NULL)
         goto done;
     sc_gaussian_weights(k, radius, sigma);
     rl_ctx r = {src, u, t, dst, (size_t)s.w * s.c};
     const int chunk = sc_chunk_rows(16, r.row);
-    rl_mul_ctx m = {r, c};
     rc = sc_parallel_rows(ex, s.h, chunk, rl_init, &r, 0);
     for (int it = 0; it < iterations && rc == SC_OK; it++) {
-        rc = sc_gaussian_f32(u, t, s, k, radius, ex);
+        /* t = d / max(G(u), eps), then u *= G(t): the element-wise steps ride on the blurs */
+        rc = sc_gaussian_f32(u, t, s, k, radius, SC_F32_RL_RATIO, src, RL_EPS, ex);
         if (rc == SC_OK)
-            rc = sc_parallel_rows(ex, s.h, chunk, rl_ratio, &r, 0);
-        if (rc == SC_OK)
-            rc = sc_gaussian_f32(t, c, s, k, radius, ex);
-        if (rc == SC_OK)
-            rc = sc_parallel_rows(ex, s.h, chunk, rl_update, &m, 0);
+            rc = sc_gaussian_f32(t, u, s, k, radius, SC_F32_MUL_INTO, NULL, 0.0f, ex);
     }
     if (rc == SC_OK)
         rc = sc_parallel_rows(ex, s.h, chunk, rl_store, &r, 0);
@@ -97,6 +66,5 @@ done:
     free(k);
     free(u);
     free(t);
-    free(c);
     return rc;
 }

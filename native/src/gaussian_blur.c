@@ -47,10 +47,13 @@ typedef struct {
     float amount;   /* sharpen strength */
     int sharpen;    /* u8 only: out = in + amount * (in - blur) */
     int avx2;       /* use the AVX2+FMA row passes */
+    int epilogue;   /* f32 only: sc_f32_epilogue */
+    const uint8_t *obs;
+    float eps;
 } blur_ctx;
 
 /* Scratch per thread: one row of (W + 2r) * C floats replicate-padded by r pixels, then an
- * accumulator row of W * C floats (portable path only). */
+ * accumulator row of W * C floats (portable path and float epilogues). */
 static size_t blur_scratch(int w, int c, int r)
 {
     return ((size_t)(w + 2 * r) * c + (size_t)w * c) * sizeof(float);
@@ -313,6 +316,22 @@ static void blur_rows_u8(const void *p, int y0, int y1, void *scratch)
     }
 }
 
+/* What the float Gaussian does with each blurred row g (see sc_common.h). Runs on a row that
+ * is still in L1, which saves deblur two passes over whole float images per iteration. */
+SC_HOT static void f32_epilogue(const blur_ctx *b, const float *restrict g, float *restrict out,
+                                size_t y, size_t n)
+{
+    if (b->epilogue == SC_F32_RL_RATIO) {
+        const uint8_t *restrict d = b->obs + y * n;
+        const float eps = b->eps;
+        for (size_t i = 0; i < n; i++)
+            out[i] = (float)d[i] / (g[i] > eps ? g[i] : eps);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            out[i] *= g[i];
+    }
+}
+
 static void blur_rows_f32(const void *p, int y0, int y1, void *scratch)
 {
     const blur_ctx *b = p;
@@ -321,31 +340,37 @@ static void blur_rows_f32(const void *p, int y0, int y1, void *scratch)
     const float *kc = b->k + r;
     float *pad = scratch;
     float *row = pad + (size_t)r * c;
+    float *acc = pad + (size_t)(b->w + 2 * r) * c;
     const float *rows[2 * SC_MAX_RADIUS + 1];
     for (int y = y0; y < y1; y++) {
         for (int j = -r; j <= r; j++)
             rows[j + r] = (const float *)b->src + (size_t)sc_clampi(y + j, 0, b->h - 1) * n;
         float *out = (float *)b->dst + (size_t)y * n;
+        float *g = b->epilogue == SC_F32_STORE ? out : acc;
 #if SC_HAVE_AVX2_PATH
         if (b->avx2) {
             vertical_f32_avx2(rows + r, row, n, r, kc);
             replicate_margins(pad, b->w, c, r);
-            output_f32_avx2(row, out, n, c, r, kc);
-            continue;
-        }
+            output_f32_avx2(row, g, n, c, r, kc);
+        } else
 #endif
-        vertical_f32(rows + r, row, n, r, kc);
-        replicate_margins(pad, b->w, c, r);
-        horizontal(row, out, n, c, r, kc);
+        {
+            vertical_f32(rows + r, row, n, r, kc);
+            replicate_margins(pad, b->w, c, r);
+            horizontal(row, g, n, c, r, kc);
+        }
+        if (b->epilogue != SC_F32_STORE)
+            f32_epilogue(b, g, out, (size_t)y, n);
     }
 }
 
 int sc_gaussian_f32(const float *src, float *dst, sc_shape s, const float *k, int radius,
-                    const sc_exec *ex)
+                    int epilogue, const uint8_t *obs, float eps, const sc_exec *ex)
 {
     if (radius < 1 || radius > SC_MAX_RADIUS)
         return SC_EINVAL;
-    blur_ctx b = {src, dst, s.h, s.w, s.c, radius, k, 0.0f, 0, cpu_has_avx2_fma()};
+    blur_ctx b = {src, dst, s.h, s.w, s.c, radius, k, 0.0f, 0, cpu_has_avx2_fma(),
+                  epilogue, obs, eps};
     return sc_parallel_rows(ex, s.h, sc_chunk_rows(8, (size_t)s.w * s.c * (2 * radius + 1)),
                             blur_rows_f32, &b, blur_scratch(s.w, s.c, radius));
 }
@@ -360,7 +385,8 @@ int sc_gaussian_u8(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, i
     if (k == NULL)
         return SC_ENOMEM;
     sc_gaussian_weights(k, radius, sigma);
-    blur_ctx b = {src, dst, s.h, s.w, s.c, radius, k, (float)amount, sharpen, cpu_has_avx2_fma()};
+    blur_ctx b = {src, dst, s.h, s.w, s.c, radius, k, (float)amount, sharpen, cpu_has_avx2_fma(),
+                  SC_F32_STORE, NULL, 0.0f};
     int rc = sc_parallel_rows(ex, s.h, sc_chunk_rows(8, (size_t)s.w * s.c * (2 * radius + 1)),
                               blur_rows_u8, &b, blur_scratch(s.w, s.c, radius));
     free(k);

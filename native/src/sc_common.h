@@ -72,10 +72,15 @@ static inline int sc_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > h
 /* Normalised 1-D Gaussian weights for taps -radius..radius into k[0..2*radius]. */
 void sc_gaussian_weights(float *k, int radius, double sigma);
 
-/* Float image Gaussian (separable, replicate border) used by blur, sharpen and deblur.
- * src and dst are H x W x C float planes (interleaved); they may not alias. */
+/* What sc_gaussian_f32 does with each blurred value g: store it (dst = g), store the
+ * Richardson-Lucy ratio dst = obs / max(g, eps) (obs: uint8 image of the same shape), or
+ * multiply it into dst (dst *= g). */
+typedef enum { SC_F32_STORE = 0, SC_F32_RL_RATIO = 1, SC_F32_MUL_INTO = 2 } sc_f32_epilogue;
+
+/* Float image Gaussian (separable, replicate border) used by deblur; `k` holds 2*radius+1
+ * weights. src and dst are H x W x C float planes (interleaved); they may not alias. */
 int sc_gaussian_f32(const float *src, float *dst, sc_shape s, const float *k, int radius,
-                    const sc_exec *ex);
+                    int epilogue, const uint8_t *obs, float eps, const sc_exec *ex);
 
 /* uint8 Gaussian (blur, and sharpen when `sharpen` != 0: clamp(in + amount * (in - blur))). */
 int sc_gaussian_u8(const uint8_t *src, uint8_t *dst, sc_shape s, double sigma, int radius,
