@@ -56,7 +56,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StepServers]:
 def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
         curve: str, pipeline: StepServers, photo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    knobs = {"spike": ["--spike-at", "2", "--spike-length", "2"], "sinus": ["--period", "3"]}
+    knobs = {"spike": ["--spike-at", "2", "--spike-length", "2"], "sinus": ["--period", "4"]}
     result = run_stepchain(
         ["loadtest", "--curve", curve, "--users", str(USERS), "--duration", str(DURATION_S),
          "--image", str(photo), "--target", pipeline.address(1), "--out", str(out),
