@@ -133,3 +133,35 @@ def test_step_that_cannot_start_is_reported_with_its_log(tmp_path: Path,
         assert backend.list_pipelines() == []
     finally:
         backend.close()
+
+
+def test_step_whose_port_was_taken_is_started_again_on_another_port(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import topology.local_backend as local
+
+    # Someone else listens on the first "free" port before the step binds it.
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real_free_ports = local._free_ports
+    offered: list[list[int]] = []
+
+    def free_ports(count: int) -> list[int]:
+        ports = [taken] * count if not offered else real_free_ports(count)
+        offered.append(ports)
+        return ports
+
+    monkeypatch.setattr(local, "_free_ports", free_ports)
+    backend = LocalBackend(tmp_path)
+    try:
+        result = backend.apply(parse_pipeline({"name": "port", "steps": [{"type": "identity"}]}))
+        assert len(offered) == 2
+        assert result.entrypoint != f"127.0.0.1:{taken}"
+        status = backend.status("port")
+        assert status is not None and status.ready
+    finally:
+        backend.close()
+        squatter.close()

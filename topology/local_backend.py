@@ -39,7 +39,19 @@ DISCOVERY_FILE = "discovery.json"
 #: Seconds a local step drains after SIGTERM before it is killed.
 LOCAL_DRAIN_GRACE_S = 5
 READY_TIMEOUT_S = 60.0
+#: Tries to start a step whose free port was taken before it could bind.
+PORT_ATTEMPTS = 3
+#: What a step's log says when its port is in use (the step server's and gRPC's words).
+PORT_TAKEN_SIGNS = ("cannot listen", "Failed to bind", "Address already in use")
 HEALTH_TIMEOUT_S = 1.0
+
+
+class _PortTaken(BackendError):
+    """A step exited because its port was in use."""
+
+    def __init__(self, step_id: int, message: str) -> None:
+        super().__init__(message)
+        self.step_id = step_id
 
 
 @dataclass
@@ -109,22 +121,32 @@ class LocalBackend:
             # Every process gets the discovery file, which only lists steps once all are known.
             discovery = directory / DISCOVERY_FILE
             new_ids = [sid for sid in sorted(wanted) if sid not in keep]
-            ports = _free_ports(len(new_ids))
             started = dict(keep)
             entry = _LocalPipeline(pipeline, directory, started)
             self._pipelines[pipeline.pipeline_id] = entry
-            for sid, port in zip(new_ids, ports, strict=True):
-                started[sid] = self._start(pipeline, wanted[sid].threads, wanted[sid].type, sid,
-                                           port, texts[sid], directory, discovery)
-            self._write_state(entry)
             from stepsvc.discovery import write_static_discovery
 
-            write_static_discovery(discovery, {sid: p.address for sid, p in started.items()})
-            try:
-                self._wait_ready(entry, [started[sid] for sid in new_ids])
-            except BackendError:
-                self._remove(pipeline.pipeline_id)
-                raise
+            to_start, attempt = new_ids, 1
+            while True:
+                for sid, port in zip(to_start, _free_ports(len(to_start)), strict=True):
+                    started[sid] = self._start(pipeline, wanted[sid].threads, wanted[sid].type,
+                                               sid, port, texts[sid], directory, discovery)
+                self._write_state(entry)
+                write_static_discovery(discovery,
+                                       {sid: p.address for sid, p in started.items()})
+                try:
+                    self._wait_ready(entry, [started[sid] for sid in new_ids])
+                    break
+                except _PortTaken as exc:
+                    # Another process took the free port between our check and the step's
+                    # bind: start that step again on another port.
+                    if attempt >= PORT_ATTEMPTS:
+                        self._remove(pipeline.pipeline_id)
+                        raise BackendError(str(exc)) from None
+                    to_start, attempt = [exc.step_id], attempt + 1
+                except BackendError:
+                    self._remove(pipeline.pipeline_id)
+                    raise
             resources: list[dict[str, Any]] = [
                 {"kind": "Process", "name": step_name(pipeline.pipeline_id, sid),
                  "pid": p.process.pid, "address": p.address, "config": str(p.config_path)}
@@ -187,7 +209,7 @@ class LocalBackend:
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", "0",
                    "--grace", str(self.drain_grace_s)]
-        with open(directory / f"step-{step_id}.log", "ab") as log:
+        with open(directory / f"step-{step_id}.log", "wb") as log:
             # A session of its own: a Ctrl-C in the terminal reaches the service, which then
             # stops its steps in order, instead of killing the steps under it.
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
@@ -203,10 +225,13 @@ class LocalBackend:
             for proc in list(pending):
                 code = proc.process.poll()
                 if code is not None:
-                    raise BackendError(
-                        f"step {proc.step_id} ({proc.type}) of pipeline "
-                        f"{entry.pipeline.pipeline_id} exited with code {code} before it was "
-                        f"ready; its log ends with:\n{_tail(entry.directory, proc.step_id)}")
+                    tail = _tail(entry.directory, proc.step_id)
+                    message = (f"step {proc.step_id} ({proc.type}) of pipeline "
+                               f"{entry.pipeline.pipeline_id} exited with code {code} before it "
+                               f"was ready; its log ends with:\n{tail}")
+                    if any(sign in tail for sign in PORT_TAKEN_SIGNS):
+                        raise _PortTaken(proc.step_id, message)
+                    raise BackendError(message)
                 if _serving(proc.address):
                     pending.remove(proc)
             if pending and time.monotonic() > deadline:
