@@ -150,8 +150,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _interleaved_medians(fns: Sequence[Fn | None], repeat: int) -> list[float | None]:
-    """Median seconds of each function over `repeat` rounds, one call of each per round."""
+def _interleaved_times(fns: Sequence[Fn | None], repeat: int) -> list[list[float]]:
+    """Seconds of each call of each function over `repeat` rounds, one call of each per round."""
     for warm in fns:  # warm-up: first-touch page faults, lazy init, caches
         if warm is not None:
             warm()
@@ -163,7 +163,11 @@ def _interleaved_medians(fns: Sequence[Fn | None], repeat: int) -> list[float | 
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) if t else None for t in times]
+    return times
+
+
+def _ms(times: list[float], stat: Callable[[list[float]], float]) -> float | None:
+    return stat(times) * 1e3 if times else None
 
 
 def amdahl_serial_fraction(threads: Sequence[int], speedup: Sequence[float]) -> float | None:
@@ -210,16 +214,18 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
                     cv2.setNumThreads(t)
                     ours, ocv, pil_fn = case.build(img, pil, t)
                     # Pillow is single-threaded: measure it with the first thread count only
-                    med = _interleaved_medians([ours, ocv, pil_fn if pillow_ms is None else None],
-                                               repeat)
-                    if pillow_ms is None and med[2] is not None:
-                        pillow_ms = med[2] * 1e3
-                    ours_ms = (med[0] or 0.0) * 1e3
-                    ocv_ms = med[1] * 1e3 if med[1] is not None else None
+                    times = _interleaved_times(
+                        [ours, ocv, pil_fn if pillow_ms is None else None], repeat)
+                    if pillow_ms is None:
+                        pillow_ms = _ms(times[2], statistics.median)
+                    ours_ms = _ms(times[0], statistics.median) or 0.0
+                    ocv_ms = _ms(times[1], statistics.median)
                     row = {
                         "size": size, "kernel": case.kernel, "label": case_label(case),
                         "params": case.params, "threads": t,
                         "stepchain_ms": ours_ms, "opencv_ms": ocv_ms, "pillow_ms": pillow_ms,
+                        # best-of-repeat: the least disturbed run on a shared machine
+                        "stepchain_min_ms": _ms(times[0], min), "opencv_min_ms": _ms(times[1], min),
                         "opencv_op": case.opencv_op, "pillow_op": case.pillow_op,
                         "vs_opencv": ours_ms / ocv_ms if ocv_ms else None,
                         "pillow_speedup": pillow_ms / ours_ms if pillow_ms and ours_ms else None,
@@ -263,14 +269,18 @@ def _scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per size and kernel: speed-up over one thread and the Amdahl serial fraction."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
-        out.setdefault(r["size"], {}).setdefault(r["label"], {"threads": [], "ms": []})
+        out.setdefault(r["size"], {}).setdefault(r["label"],
+                                                 {"threads": [], "ms": [], "min_ms": []})
         entry = out[r["size"]][r["label"]]
         entry["threads"].append(r["threads"])
         entry["ms"].append(r["stepchain_ms"])
+        entry["min_ms"].append(r["stepchain_min_ms"])
     for per_size in out.values():
         for entry in per_size.values():
-            base = entry["ms"][entry["threads"].index(min(entry["threads"]))]
+            first = entry["threads"].index(min(entry["threads"]))
+            base, base_min = entry["ms"][first], entry["min_ms"][first]
             entry["speedup"] = [base / m if m else None for m in entry["ms"]]
+            entry["speedup_best"] = [base_min / m if m else None for m in entry["min_ms"]]
             entry["serial_fraction"] = amdahl_serial_fraction(
                 entry["threads"], [s or 0.0 for s in entry["speedup"]])
     return out
@@ -317,23 +327,27 @@ def markdown(doc: dict[str, Any]) -> str:
         "`ours/OpenCV` < 1 means stepchain is faster; `Pillow/ours` is how many times faster "
         "stepchain is than Pillow (single-threaded). OpenCV runs with `cv2.setNumThreads` = "
         "threads. Equivalents are the nearest operation, not always the same maths (see the "
-        "notes column).",
+        "second table). `speed-up` is the median time at 1 thread over the median at N; "
+        "`speed-up (best-of)` uses the fastest of the runs instead, which on a shared machine "
+        "is the run least disturbed by other processes.",
         "",
     ]
     for size in cfg["sizes"]:
         lines += [f"## {size} RGB", "",
                   "| kernel | threads | stepchain ms | OpenCV ms | ours/OpenCV | Pillow ms | "
-                  "Pillow/ours | MP/s | speed-up |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "Pillow/ours | MP/s | speed-up | speed-up (best-of) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         scaling = doc["scaling"].get(size, {})
         for r in (r for r in doc["results"] if r["size"] == size):
             sc = scaling.get(r["label"], {})
-            speedup = sc.get("speedup", [None])[sc.get("threads", [r["threads"]]).index(r["threads"])]
+            at = sc.get("threads", [r["threads"]]).index(r["threads"])
+            speedup = sc.get("speedup", [None])[at]
+            best = sc.get("speedup_best", [None])[at]
             lines.append(
                 f"| {r['label']} | {r['threads']} | {_f(r['stepchain_ms'])} | {_f(r['opencv_ms'])} | "
                 f"{_f(r['vs_opencv'], 2, 'x')} | {_f(r['pillow_ms'])} | "
                 f"{_f(r['pillow_speedup'], 1, 'x')} | {_f(r['megapixels_per_s'], 0)} | "
-                f"{_f(speedup, 2, 'x')} |")
+                f"{_f(speedup, 2, 'x')} | {_f(best, 2, 'x')} |")
         lines.append("")
         lines += ["| kernel | Amdahl serial fraction | OpenCV equivalent | Pillow equivalent |",
                   "|---|---:|---|---|"]
@@ -372,7 +386,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     sizes = doc["config"]["sizes"]
     threads = doc["config"]["threads"]
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(9.0 * len(sizes), 5.2), squeeze=False)
     t_fine = np.linspace(1, max(threads), 50)
     colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     for ax, size in zip(axes[0], sizes, strict=True):
@@ -389,9 +403,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("speed-up over 1 thread")
         ax.set_xticks(threads)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    load = doc["machine"].get("load_average_before")
     fig.suptitle(f"stepchain kernels on {doc['machine']['cpu_count']} cores "
-                 f"(median of {doc['config']['repeat']})")
+                 f"(median of {doc['config']['repeat']}; load average at start "
+                 f"{_load(load[:1] if load else None)})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,7 +2,9 @@
 
 Every function takes a NumPy ``uint8`` array of shape H x W x C (C in 1, 3, 4; H x W is read as
 one channel; non-contiguous views are copied once) and returns a new array. Keyword arguments
-``threads``, ``schedule`` and ``passes`` apply to this call only.
+``threads``, ``schedule`` and ``passes`` apply to this call only. ``threads`` is the largest
+OpenMP team the call may use: an image too small to give each thread ~64K samples of work runs
+on fewer threads (results are identical for every thread count and schedule either way).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def identity(img: Image, **params: Any) -> Image:
 
 
 def grayscale(img: Image, **params: Any) -> Image:
-    """BT.601 luma (bit-identical to OpenCV's RGB2GRAY); returns H x W x 1."""
+    """BT.601 luma (15-bit fixed point, bit-identical to OpenCV 5's RGB2GRAY); returns H x W x 1."""
     return _simple("grayscale", img, 1, params)
 
 
@@ -102,7 +104,11 @@ def brightness(img: Image, **params: Any) -> Image:
 
 
 def gaussian_blur(img: Image, **params: Any) -> Image:
-    """Separable Gaussian blur with replicate border; `sigma` and/or `radius`."""
+    """Separable Gaussian blur with replicate border; `sigma` and/or `radius`.
+
+    Radius defaults to ceil(3 sigma); sigma alone defaults to 2, radius alone gives OpenCV's
+    sigma = 0.3 (radius - 1) + 0.8. Matches cv2.GaussianBlur(ksize=2r+1, BORDER_REPLICATE)
+    within 1."""
     p = validate_params("gaussian_blur", params)
     sigma = _sigma_from(p, 2.0)
     return _simple("gaussian_blur", img, None, params, sigma, _radius(p, sigma))
@@ -116,7 +122,10 @@ def sharpen(img: Image, **params: Any) -> Image:
 
 
 def deblur(img: Image, **params: Any) -> Image:
-    """Richardson-Lucy deconvolution with a Gaussian PSF of `sigma` for `iterations` rounds."""
+    """Richardson-Lucy deconvolution with a Gaussian PSF of `sigma` for `iterations` rounds.
+
+    Per channel in float: u0 = img; u <- u * G(img / max(G(u), 1e-6)) with G the normalised
+    Gaussian (replicate border); the result is rounded and clamped to uint8."""
     p = validate_params("deblur", params)
     sigma = float(p["sigma"])
     return _simple("deblur", img, None, params, sigma, _radius(p, sigma), int(p["iterations"]))
