@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from stepsvc.cli import main as stepchain
-from topology.model import parse_pipeline
+from topology.pipeline import parse_pipeline
 from topology.render import RenderOptions, render_manifests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture
 from topology.api import create_app
 from topology.backend import BackendError
 from topology.kubernetes_backend import REQUIRED_PERMISSIONS, KubernetesBackend
-from topology.model import parse_pipeline
+from topology.pipeline import parse_pipeline
 from topology.render import RenderOptions
 from topology.settings import Settings
 

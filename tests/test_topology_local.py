@@ -16,7 +16,7 @@ from stepsvc import client as step_client
 from stepsvc import codec
 from topology.api import create_app
 from topology.local_backend import LocalBackend
-from topology.model import parse_pipeline
+from topology.pipeline import parse_pipeline
 from topology.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stepsvc.config import parse_config
-from topology.model import parse_pipeline
+from topology.pipeline import parse_pipeline
 from topology.render import RenderOptions, manifests_yaml, render_manifests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,12 +24,11 @@ from topology.backend import Backend, BackendError, PipelineStatus
 from topology.model import (
     MAX_PIPELINE_NAME,
     PIPELINE_NAME_RE,
-    Pipeline,
     PipelineInvalid,
     PipelineSpec,
     clean_loc,
-    resolve_pipeline,
 )
+from topology.pipeline import Pipeline, resolve_pipeline
 from topology.render import RenderOptions, render_manifests
 from topology.security import check_policy, token_matches
 from topology.settings import Settings, check_startup

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from topology.model import Pipeline
+from topology.pipeline import Pipeline
 
 
 class BackendError(RuntimeError):

@@ -77,7 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from topology.model import PipelineInvalid, parse_pipeline
+    from topology.model import PipelineInvalid
+    from topology.pipeline import parse_pipeline
     from topology.render import (
         DEFAULT_DRAIN_GRACE_S,
         DEFAULT_STEP_IMAGE,

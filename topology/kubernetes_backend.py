@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
-from topology.model import Pipeline
+from topology.pipeline import Pipeline
 from topology.render import (
     FINGERPRINT_ANNOTATION,
     GRPC_PORT,

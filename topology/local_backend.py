@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
-from topology.model import Pipeline
+from topology.pipeline import Pipeline
 from topology.render import step_config_text, step_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The one model of a pipeline JSON: parse it, flatten groups of alternatives, check the graph.
+"""The one model of a pipeline JSON, as written: the pydantic schema the API and CLI parse.
 
 The format is the one existing Flask-based step pipelines use::
 
@@ -8,20 +8,15 @@ The format is the one existing Flask-based step pipelines use::
         {"type": "deblur", "params": {"sigma": 1.5}, "next_step": 3},
         {"type": "resize", "params": {"scale": 0.5}}]}
 
-A nested list inside ``steps`` is a group of alternatives: the item before it points to every
-member, every member points to the item after it. Ids are assigned in order when absent, and a
-step without ``next_step`` links to the next item of the list, so a sequential pipeline needs
-neither. :func:`resolve_pipeline` turns the parsed :class:`PipelineSpec` into a flat, checked
-:class:`Pipeline`; every problem is reported with the field path a user wrote (``loc``).
+A nested list inside ``steps`` is a group of alternatives. Field-level checks (types, ranges,
+kernel names and parameters, DNS names) live here; :mod:`topology.pipeline` flattens the groups
+and checks the graph. Every problem carries the field path a user wrote (``loc``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import re
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -367,206 +362,3 @@ class PipelineSpec(BaseModel):
             raise ValueError(f"{value!r} is not an image reference "
                              "(registry/repository[:tag][@sha256:digest], lowercase repository)")
         return value
-
-
-@dataclass(frozen=True)
-class Step:
-    """A step after flattening: id assigned, successors resolved, where it was written."""
-
-    id: int
-    type: str
-    params: dict[str, Any]
-    next_step: tuple[int, ...]
-    preferred_next: int | None
-    route: dict[str, int]
-    replicas: int
-    threads: int
-    resources: ResourcesSpec | None
-    gpu: int
-    volumes: tuple[VolumeSpec, ...]
-    node_selector: dict[str, str]
-    autoscale: AutoscaleSpec | None
-    #: Field path of this step in the pipeline JSON, e.g. ("steps", 2, 1).
-    loc: Loc = field(compare=False)
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """A checked, flat pipeline: what the renderer and the backends work from."""
-
-    pipeline_id: str
-    namespace: str | None
-    image: str | None
-    steps: tuple[Step, ...]
-    entry_step: int
-    #: sha256 of the canonical resolved pipeline: equal iff two submissions deploy the same.
-    fingerprint: str
-
-    def step(self, step_id: int) -> Step:
-        """The step with `step_id` (KeyError if none)."""
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
-
-
-def parse_pipeline(data: Any, *, name: str | None = None) -> Pipeline:
-    """Validates a pipeline JSON document (already decoded) and resolves it.
-
-    `name` overrides the document's name (PUT /pipeline/{id}). Raises PipelineInvalid.
-    """
-    try:
-        spec = PipelineSpec.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise PipelineInvalid.from_validation_error(exc) from None
-    return resolve_pipeline(spec, name=name)
-
-
-def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None) -> Pipeline:
-    """Flattens groups, assigns ids, links implicit successors and checks the graph.
-
-    Raises PipelineInvalid naming each offending field: duplicate ids, successors that do not
-    exist, preferred_next/route targets that are not successors, cycles, not exactly one entry.
-    """
-    errors: list[dict[str, Any]] = []
-
-    def fail(loc: Loc, msg: str) -> None:
-        errors.append({"loc": list(loc), "msg": msg, "type": "value_error"})
-
-    # 1. Flatten: items are single steps or groups; remember each step's path.
-    items: list[list[tuple[Loc, StepSpec]]] = []
-    for i, item in enumerate(spec.steps):
-        if isinstance(item, list):
-            if not item:
-                fail(("steps", i), "a group of alternatives needs at least one step")
-            items.append([(("steps", i, j), s) for j, s in enumerate(item)])
-        else:
-            items.append([(("steps", i), item)])
-
-    # 2. Ids: explicit ones kept, absent ones one past the largest id so far.
-    ids: list[list[int]] = []
-    where: dict[int, Loc] = {}
-    next_auto = 0
-    for members in items:
-        member_ids = []
-        for loc, s in members:
-            sid = s.id if s.id is not None else next_auto
-            if sid > MAX_STEP_ID:
-                fail((*loc, "step_id"), f"assigned id {sid} is above {MAX_STEP_ID}")
-            next_auto = max(next_auto, sid + 1)
-            if sid in where:
-                fail((*loc, "step_id"), f"duplicate step id {sid} (also {format_loc(where[sid])})")
-            else:
-                where[sid] = loc
-            member_ids.append(sid)
-        ids.append(member_ids)
-    if errors:
-        raise PipelineInvalid(errors)
-
-    # 3. Successors: explicit next_step, else every member of the next item.
-    steps: list[Step] = []
-    for n, members in enumerate(items):
-        implicit = tuple(ids[n + 1]) if n + 1 < len(items) else ()
-        for (loc, s), sid in zip(members, ids[n], strict=True):
-            nxt = tuple(s.next_step) if s.next_step is not None else implicit
-            _check_successors(loc, sid, s, nxt, where, fail)
-            steps.append(Step(
-                id=sid, type=s.type, params=dict(s.params), next_step=nxt,
-                preferred_next=s.preferred_next, route=dict(s.route), replicas=s.replicas,
-                threads=s.threads, resources=s.resources, gpu=s.gpu,
-                volumes=tuple(s.volumes), node_selector=dict(s.nodeSelector),
-                autoscale=s.autoscale, loc=loc))
-    if errors:
-        raise PipelineInvalid(errors)
-
-    # 4. The graph: no cycles, exactly one entry step.
-    by_id = {s.id: s for s in steps}
-    cycle = _find_cycle({s.id: list(s.next_step) for s in steps})
-    if cycle:
-        closing = by_id[cycle[-2]]
-        path = " -> ".join(str(c) for c in cycle)
-        fail((*closing.loc, "next_step"), f"next_step forms a cycle {path}; a request would "
-                                          "never reach a last step")
-        raise PipelineInvalid(errors)
-    pointed_to = {t for s in steps for t in s.next_step}
-    entries = [s.id for s in steps if s.id not in pointed_to]
-    if len(entries) != 1:
-        fail(("steps",), f"a pipeline needs exactly one entry step (one no other step points "
-                         f"to); steps {entries} are all entry steps")
-        raise PipelineInvalid(errors)
-
-    ordered = tuple(sorted(steps, key=lambda s: s.id))
-    body = _canonical(spec, ordered, name)
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    pipeline_id = name or spec.name or f"pipeline-{digest[:10]}"
-    body["pipeline_id"] = pipeline_id
-    fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    return Pipeline(pipeline_id=pipeline_id, namespace=spec.namespace, image=spec.image,
-                    steps=ordered, entry_step=entries[0], fingerprint=fingerprint)
-
-
-def _check_successors(loc: Loc, sid: int, s: StepSpec, nxt: tuple[int, ...],
-                      where: dict[int, Loc], fail: Any) -> None:
-    known = sorted(where)
-    missing = [t for t in nxt if t not in where]
-    if missing:
-        fail((*loc, "next_step"), f"step id(s) {missing} do not exist; steps are {known}")
-    dup = sorted({t for t in nxt if nxt.count(t) > 1})
-    if dup:
-        fail((*loc, "next_step"), f"lists step id(s) {dup} more than once")
-    if s.preferred_next is not None:
-        if s.preferred_next not in where:
-            fail((*loc, "preferred_next"),
-                 f"step id {s.preferred_next} does not exist; steps are {known}")
-        elif s.preferred_next not in nxt:
-            fail((*loc, "preferred_next"),
-                 f"{s.preferred_next} is not one of this step's next_step {list(nxt)}")
-    for label, target in s.route.items():
-        if target not in where:
-            fail((*loc, "route", label), f"step id {target} does not exist; steps are {known}")
-        elif target not in nxt:
-            fail((*loc, "route", label),
-                 f"{target} is not one of this step's next_step {list(nxt)}")
-
-
-def _canonical(spec: PipelineSpec, steps: tuple[Step, ...], name: str | None) -> dict[str, Any]:
-    """What determines the deployment, as plain JSON (the fingerprint's input)."""
-    return {
-        "namespace": spec.namespace,
-        "image": spec.image,
-        "steps": [{
-            "id": s.id, "type": s.type, "params": s.params, "next_step": list(s.next_step),
-            "preferred_next": s.preferred_next, "route": s.route, "replicas": s.replicas,
-            "threads": s.threads, "gpu": s.gpu, "node_selector": s.node_selector,
-            "resources": s.resources.model_dump() if s.resources else None,
-            "volumes": [v.model_dump() for v in s.volumes],
-            "autoscale": s.autoscale.model_dump() if s.autoscale else None,
-        } for s in steps],
-    }
-
-
-def _find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
-    """A cycle of the successor graph as ids (first repeated at the end), or None."""
-    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
-    path: list[int] = []
-
-    def visit(node: int) -> list[int] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, []):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None

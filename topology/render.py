@@ -18,7 +18,7 @@ import yaml
 
 from stepsvc.config import PipelineConfig, dump_config
 from stepsvc.config import StepSpec as ConfigStep
-from topology.model import Pipeline, Step
+from topology.pipeline import Pipeline, Step
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464

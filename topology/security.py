@@ -15,7 +15,8 @@ import hmac
 import posixpath
 from typing import Any
 
-from topology.model import Pipeline, PipelineInvalid
+from topology.model import PipelineInvalid
+from topology.pipeline import Pipeline
 from topology.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""The pipeline model: Flask-era JSON accepted, groups flattened, ids and links filled in."""
+"""Pipeline JSON -> checked graph: Flask-era JSON, groups flattened, ids and links filled in."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from topology.model import PipelineInvalid, parse_pipeline
+from topology.model import PipelineInvalid
+from topology.pipeline import parse_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
