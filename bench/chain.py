@@ -61,37 +61,63 @@ from stepsvc.forward import channel_options  # noqa: E402
 from stepsvc.server import ServerSettings, build_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("gaussian_blur", {"sigma": 2.0}), ("sharpen", {"amount": 1.0}), ("edges", {}))
+Kernels = tuple[tuple[str, dict[str, Any]], ...]
+#: "light": ~15 ms of kernels per 1080p frame, transport dominates; "heavy": Richardson-Lucy
+#: deblur makes the kernels dominate, as in a real restoration pipeline.
+CHAINS: dict[str, Kernels] = {
+    "light": (("gaussian_blur", {"sigma": 2.0}), ("sharpen", {"amount": 1.0}), ("edges", {})),
+    "heavy": (("deblur", {"sigma": 1.5, "iterations": 10}), ("sharpen", {"amount": 1.0}),
+              ("edges", {})),
+}
 JPEG_QUALITY = 90
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
 # -- measuring --------------------------------------------------------------------------------
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 3) -> dict[str, float]:
-    """Median / p90 / min of `n` calls in milliseconds (after `warmup` calls)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    samples.sort()
+def stats(samples: list[float]) -> dict[str, float]:
+    """Median / p90 / min of millisecond samples."""
+    samples = sorted(samples)
     return {"median_ms": round(statistics.median(samples), 3),
             "p90_ms": round(samples[min(len(samples) - 1, int(0.9 * len(samples)))], 3),
-            "min_ms": round(samples[0], 3), "n": n}
+            "min_ms": round(samples[0], 3), "n": len(samples)}
 
 
-def throughput(fn: Callable[[], Any], clients: int, requests: int) -> dict[str, float]:
-    """Requests per second with `clients` concurrent callers doing `requests` calls in all."""
+def interleaved(paths: dict[str, Callable[[], Any]], n: int, warmup: int = 3
+                ) -> dict[str, dict[str, float]]:
+    """Times every path `n` times, taking turns, so load changes on a shared machine hit all
+    paths alike; returns stats() per path."""
+    for fn in paths.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(n):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: stats(values) for name, values in samples.items()}
+
+
+def throughput_rounds(paths: dict[str, Callable[[], Any]], clients: int, requests: int,
+                      rounds: int) -> dict[str, dict[str, float]]:
+    """Requests per second per path with `clients` concurrent callers, `requests` calls in all,
+    split into `rounds` turns that alternate between the paths."""
+    per_round = max(clients, requests // rounds)
+    done = dict.fromkeys(paths, 0)
+    elapsed = dict.fromkeys(paths, 0.0)
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(lambda _: fn(), range(clients)))  # warm every client's path
-        start = time.perf_counter()
-        list(pool.map(lambda _: fn(), range(requests)))
-        elapsed = time.perf_counter() - start
-    return {"rps": round(requests / elapsed, 3), "seconds": round(elapsed, 3),
-            "requests": requests, "clients": clients}
+        for fn in paths.values():
+            list(pool.map(lambda _, f=fn: f(), range(clients)))  # warm every client's path
+        for _ in range(rounds):
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                list(pool.map(lambda _, f=fn: f(), range(per_round)))
+                elapsed[name] += time.perf_counter() - start
+                done[name] += per_round
+    return {name: {"rps": round(done[name] / elapsed[name], 3),
+                   "seconds": round(elapsed[name], 3), "requests": done[name],
+                   "clients": clients} for name in paths}
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -319,6 +345,42 @@ def bench_image(width: int, height: int) -> tuple[np.ndarray, str]:
         return rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "noise"
 
 
+def run_chain(kernels: Kernels, img: np.ndarray, raw_request: step_pb2.ProcessRequest,
+              jpeg_input: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """(b) and (c) for one chain: in-process kernels, gRPC step processes, HTTP+JPEG processes,
+    all started at once and measured in alternating turns."""
+    threads = args.threads
+
+    def in_process() -> np.ndarray:
+        x = img
+        for name, params in kernels:
+            x = native.run(name, x, threads=threads, **params)
+        return x
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds, addrs = step_commands(Path(tmp), kernels, threads)
+        hcmds, hports = http_commands(kernels, threads)
+        with processes(cmds + hcmds, threads):
+            for a in addrs:
+                wait_grpc(a)
+            for p in hports:
+                wait_tcp(p)
+            grpc_chain = grpc_caller(addrs[0], raw_request)
+            np.testing.assert_array_equal(grpc_chain(), in_process())  # same work, same result
+            http_client = HttpClient(hports[0])
+
+            def http_chain() -> np.ndarray:
+                return jpeg_decode(http_client.post(jpeg_input))
+
+            paths = {"in_process": in_process, "grpc_chain": grpc_chain,
+                     "http_jpeg_chain": http_chain}
+            rates = throughput_rounds(paths, args.clients, args.chain_requests, args.rounds)
+            latency = interleaved(paths, max(5, args.requests // 3))
+    return {"kernels": [f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
+                        for name, params in kernels],
+            **{k: {**rates[k], "latency": latency[k]} for k in paths}}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     img, source = bench_image(args.width, args.height)
     threads = args.threads
@@ -333,11 +395,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grpc": grpc.__version__, "load_average_before": list(os.getloadavg()),
     }
 
-    # (a) hop overhead -----------------------------------------------------------------------
-    direct = timed(lambda: native.identity(img, threads=threads), n)
+    # (a) hop overhead: every path up at once, timed in turns --------------------------------
     pixels = img.tobytes()
-    with tcp_echo() as echo:
-        floor = timed(lambda: echo(pixels), n)
     identity_cfg = parse_config(json.dumps({"pipeline_id": "bench", "step_id": 1, "steps": [
         {"id": 1, "type": "identity", "params": {"threads": threads}}]}))
 
@@ -347,62 +406,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     server = build_server(identity_cfg, _NoSteps(), ServerSettings(host="127.0.0.1", port=0))
     server.start()
-    try:
-        inproc = timed(grpc_caller(server.address, raw_request), n)
-    finally:
-        server.stop(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tcp_echo() as echo:
         cmds, addrs = step_commands(Path(tmp), [("identity", {})], threads)
-        with processes(cmds, threads):
-            wait_grpc(addrs[0])
-            separate = timed(grpc_caller(addrs[0], raw_request), n)
         hcmds, hports = http_commands([("identity", {})], threads)
-        with processes(hcmds, threads):
+        with processes(cmds + hcmds, threads):
+            wait_grpc(addrs[0])
             wait_tcp(hports[0])
-            client = HttpClient(hports[0])
-            http_hop = timed(lambda: jpeg_decode(client.post(jpeg_input)), n)
-    overhead = {
-        "direct_identity": direct,
-        "tcp_echo_floor": {**floor, "overhead_ms": round(floor["median_ms"], 3)},
-        "grpc_in_process": {**inproc, "overhead_ms": round(inproc["median_ms"] - direct["median_ms"], 3)},
-        "grpc_separate_process": {**separate, "overhead_ms": round(separate["median_ms"] - direct["median_ms"], 3)},
-        "http_jpeg_separate_process": {**http_hop, "overhead_ms": round(http_hop["median_ms"] - direct["median_ms"], 3)},
-    }
+            http_client = HttpClient(hports[0])
+            hop = interleaved({
+                "direct_identity": lambda: native.identity(img, threads=threads),
+                "tcp_echo_floor": lambda: echo(pixels),
+                "grpc_in_process": grpc_caller(server.address, raw_request),
+                "grpc_separate_process": grpc_caller(addrs[0], raw_request),
+                "http_jpeg_separate_process": lambda: jpeg_decode(http_client.post(jpeg_input)),
+            }, n)
+    server.stop(0)
+    direct = hop["direct_identity"]
+    overhead: dict[str, Any] = {"direct_identity": direct}
+    for key, value in hop.items():
+        if key != "direct_identity":
+            base = 0.0 if key == "tcp_echo_floor" else 1.0
+            overhead[key] = {
+                **value,
+                "overhead_ms": round(value["median_ms"] - base * direct["median_ms"], 3),
+                "overhead_min_ms": round(value["min_ms"] - base * direct["min_ms"], 3)}
     out["hop_overhead"] = overhead
 
-    # (b) chain vs one process, (c) HTTP+JPEG chain --------------------------------------------
-    clients, requests = args.clients, args.chain_requests
-
-    def in_process() -> np.ndarray:
-        x = img
-        for name, params in CHAIN:
-            x = native.run(name, x, threads=threads, **params)
-        return x
-
-    single = throughput(in_process, clients, requests)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmds, addrs = step_commands(Path(tmp), CHAIN, threads)
-        with processes(cmds, threads):
-            for a in addrs:
-                wait_grpc(a)
-            call = grpc_caller(addrs[0], raw_request)
-            np.testing.assert_array_equal(call(), in_process())  # same work, same result
-            chain = throughput(call, clients, requests)
-            chain_latency = timed(call, max(5, n // 3))
-        hcmds, hports = http_commands(CHAIN, threads)
-        with processes(hcmds, threads):
-            for p in hports:
-                wait_tcp(p)
-            client = HttpClient(hports[0])
-            http_chain = throughput(lambda: jpeg_decode(client.post(jpeg_input)), clients, requests)
-            http_latency = timed(lambda: jpeg_decode(client.post(jpeg_input)), max(5, n // 3))
-    in_proc_latency = timed(in_process, max(5, n // 3))
-    out["chain"] = {
-        "kernels": [name for name, _ in CHAIN],
-        "in_process": {**single, "latency": in_proc_latency},
-        "grpc_chain": {**chain, "latency": chain_latency},
-        "http_jpeg_chain": {**http_chain, "latency": http_latency},
-    }
+    # (b) chain vs one process, (c) HTTP+JPEG chain ------------------------------------------
+    out["chains"] = {name: run_chain(CHAINS[name], img, raw_request, jpeg_input, args)
+                     for name in args.chains}
     g_over = overhead["grpc_separate_process"]["overhead_ms"]
     h_over = overhead["http_jpeg_separate_process"]["overhead_ms"]
     out["summary"] = {
@@ -410,8 +442,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hop_overhead_ms_separate_process": g_over,
         "http_jpeg_hop_overhead_ms": h_over,
         "http_over_grpc_hop_overhead": round(h_over / g_over, 2) if g_over > 0 else None,
-        "chain_vs_in_process_throughput": round(chain["rps"] / single["rps"], 3),
-        "grpc_chain_vs_http_chain_throughput": round(chain["rps"] / http_chain["rps"], 3),
+        "http_over_grpc_hop_overhead_min": round(
+            overhead["http_jpeg_separate_process"]["overhead_min_ms"]
+            / overhead["grpc_separate_process"]["overhead_min_ms"], 2),
+        **{f"chain_vs_in_process_throughput_{name}": round(
+            c["grpc_chain"]["rps"] / c["in_process"]["rps"], 3) for name, c in out["chains"].items()},
+        **{f"grpc_chain_vs_http_chain_throughput_{name}": round(
+            c["grpc_chain"]["rps"] / c["http_jpeg_chain"]["rps"], 3)
+           for name, c in out["chains"].items()},
         "targets": {"hop_overhead_ms_max": 3.0, "chain_ratio_min": 0.85,
                     "http_over_grpc_min": 10.0},
     }
@@ -422,19 +460,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(res: dict[str, Any]) -> str:
     """The Markdown table printed and written to chain.md."""
     h = res["hop_overhead"]
-    c = res["chain"]
     s = res["summary"]
     lines = [
         f"# Chain benchmark ({res['image']} RGB '{res['image_source']}', JPEG q{JPEG_QUALITY} "
         f"{res['jpeg_bytes'] // 1024} KiB, {res['threads_per_kernel']} thread(s) per kernel, "
         f"{res['cpu_count']} CPUs, load {res['load_average_before'][0]:.1f})",
         "",
-        "## (a) Hop overhead: identity step round trip minus direct `native.identity`",
+        "## (a) Hop overhead: identity step round trip minus direct `native.identity` "
+        "(paths timed in turns)",
         "",
-        "| path | median ms | p90 ms | min ms | overhead ms (median) |",
-        "|---|---:|---:|---:|---:|",
+        "| path | median ms | p90 ms | min ms | overhead ms (median) | overhead ms (min) |",
+        "|---|---:|---:|---:|---:|---:|",
         f"| direct `native.identity` | {h['direct_identity']['median_ms']:.2f} | "
-        f"{h['direct_identity']['p90_ms']:.2f} | {h['direct_identity']['min_ms']:.2f} | - |",
+        f"{h['direct_identity']['p90_ms']:.2f} | {h['direct_identity']['min_ms']:.2f} | - | - |",
     ]
     for key, label in (("tcp_echo_floor", "floor: plain TCP echo of the raw pixels, no gRPC"),
                        ("grpc_in_process", "gRPC, step in this process (loopback)"),
@@ -442,29 +480,34 @@ def table(res: dict[str, Any]) -> str:
                        ("http_jpeg_separate_process", "HTTP POST + JPEG re-encode, process")):
         r = h[key]
         lines.append(f"| {label} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['min_ms']:.2f} "
-                     f"| {r['overhead_ms']:.2f} |")
-    lines += [
-        "",
-        f"## (b, c) 3-step chain ({' -> '.join(c['kernels'])}), {c['in_process']['clients']} "
-        f"concurrent clients, {c['in_process']['requests']} requests",
-        "",
-        "| path | throughput req/s | single-request latency median ms |",
-        "|---|---:|---:|",
-    ]
-    for key, label in (("in_process", "same 3 kernels in one process"),
-                       ("grpc_chain", "gRPC chain of 3 step processes (raw pixels)"),
-                       ("http_jpeg_chain", "HTTP chain of 3 processes (JPEG every hop)")):
-        r = c[key]
-        lines.append(f"| {label} | {r['rps']:.2f} | {r['latency']['median_ms']:.1f} |")
+                     f"| {r['overhead_ms']:.2f} | {r['overhead_min_ms']:.2f} |")
+    for name, c in res["chains"].items():
+        lines += [
+            "",
+            f"## (b, c) {name} 3-step chain ({' -> '.join(c['kernels'])}), "
+            f"{c['in_process']['clients']} concurrent clients, {c['in_process']['requests']} "
+            "requests per path in alternating turns",
+            "",
+            "| path | throughput req/s | single-request latency median ms |",
+            "|---|---:|---:|",
+        ]
+        for key, label in (("in_process", "same 3 kernels in one process"),
+                           ("grpc_chain", "gRPC chain of 3 step processes (raw pixels)"),
+                           ("http_jpeg_chain", "HTTP chain of 3 processes (JPEG every hop)")):
+            r = c[key]
+            lines.append(f"| {label} | {r['rps']:.2f} | {r['latency']['median_ms']:.1f} |")
     lines += [
         "",
         "| figure | measured | target |",
         "|---|---:|---:|",
         f"| hop overhead, separate process (ms) | {s['hop_overhead_ms_separate_process']:.2f} | <= 3 |",
         f"| hop overhead, in-process server (ms) | {s['hop_overhead_ms_in_process']:.2f} | <= 3 |",
-        f"| chain / in-process throughput | {s['chain_vs_in_process_throughput']:.2f} | >= 0.85 |",
-        f"| JPEG/HTTP hop overhead / gRPC hop overhead | {s['http_over_grpc_hop_overhead']} | >= 10 |",
-        f"| gRPC chain / HTTP+JPEG chain throughput | {s['grpc_chain_vs_http_chain_throughput']:.2f} | - |",
+        *[f"| {name} chain / in-process throughput | "
+          f"{s[f'chain_vs_in_process_throughput_{name}']:.2f} | >= 0.85 |" for name in res["chains"]],
+        f"| JPEG/HTTP hop overhead / gRPC hop overhead (medians) | {s['http_over_grpc_hop_overhead']} | >= 10 |",
+        f"| JPEG/HTTP hop overhead / gRPC hop overhead (minimums) | {s['http_over_grpc_hop_overhead_min']} | >= 10 |",
+        *[f"| {name} gRPC chain / HTTP+JPEG chain throughput | "
+          f"{s[f'grpc_chain_vs_http_chain_throughput_{name}']:.2f} | - |" for name in res["chains"]],
     ]
     return "\n".join(lines) + "\n"
 
@@ -474,8 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--requests", type=int, default=30, help="samples per latency figure")
-    parser.add_argument("--chain-requests", type=int, default=40,
+    parser.add_argument("--chain-requests", type=int, default=48,
                         help="requests per throughput figure")
+    parser.add_argument("--chains", nargs="+", choices=sorted(CHAINS), default=["light", "heavy"],
+                        help="which 3-step chains to measure (default both)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="turns the throughput paths take (evens out load changes)")
     parser.add_argument("--clients", type=int, default=max(2, 2 * (os.cpu_count() or 1)),
                         help="concurrent callers for throughput (default 2 x CPUs)")
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads per kernel call")
