@@ -128,12 +128,20 @@ def serve_command(args: argparse.Namespace) -> int:
                               interceptors=telemetry.server_interceptors(),
                               client_interceptors=telemetry.client_interceptors(),
                               observer=telemetry)
-        metrics_port = (telemetry.start_metrics_http(settings.metrics_port, args.host)
-                        if settings.metrics_port else 0)
     except (OSError, RuntimeError) as exc:
         discovery.close()
         telemetry.close()
-        print(f"stepchain step serve: {exc}", file=sys.stderr)
+        print(f"stepchain step serve: --host {args.host} --port {args.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    try:
+        metrics_port = (telemetry.start_metrics_http(settings.metrics_port, args.host)
+                        if settings.metrics_port else 0)
+    except OSError as exc:
+        server.stop()
+        telemetry.close()
+        print(f"stepchain step serve: --metrics-port {settings.metrics_port}: {exc}; give each "
+              "step on this host its own port, or 0 to turn metrics off", file=sys.stderr)
         return 1
 
     stop = threading.Event()

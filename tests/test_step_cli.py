@@ -110,3 +110,19 @@ def test_submit_refuses_an_output_suffix_it_cannot_encode(
     assert main(["submit", str(photo), "--target", "127.0.0.1:1",
                  "--out", str(tmp_path / "out.gif")]) == 2
     assert "must be .png, .jpg or .jpeg" in capsys.readouterr().err
+
+
+def test_serve_reports_a_metrics_port_in_use(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"pipeline_id": "p1", "step_id": 1,
+                               "steps": [{"id": 1, "type": "identity"}]}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = main(["step", "serve", "--config", str(cfg), "--host", "127.0.0.1",
+                     "--port", "0", "--metrics-port", str(port)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"--metrics-port {port}" in err and "0 to turn metrics off" in err
