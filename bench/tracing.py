@@ -23,6 +23,7 @@ Usage: ``python bench/tracing.py [--rounds 5] [--requests 20] [--clients 2]``
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
@@ -56,9 +58,15 @@ from stepchain.v1 import step_pb2, step_pb2_grpc  # noqa: E402
 from stepsvc import codec  # noqa: E402
 from stepsvc.discovery import write_static_discovery  # noqa: E402
 from stepsvc.forward import channel_options  # noqa: E402
+from stepsvc.telemetry import (  # noqa: E402
+    Tracing,
+    annotate_current_span,
+    current_trace_id,
+    step_attributes,
+)
 
 RESULTS = ROOT / "bench" / "results"
-CHAIN = (("brightness", {"factor": 1.2}), ("edges", {}), ("identity", {}))
+CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("brightness", {"factor": 1.2}), ("edges", {}), ("identity", {}))
 MODES = ("off", "otlp", "file")
 TARGET_LOSS = 0.05
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -154,6 +162,71 @@ def wait_serving(proc: subprocess.Popen[bytes], address: str, timeout: float = 6
     raise RuntimeError(f"step at {address} not serving after {timeout} s")
 
 
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _FakeServerContext:
+    """Just what the server interceptor reads from a ServicerContext."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),)
+
+    def code(self) -> None:
+        return None
+
+    def details(self) -> None:
+        return None
+
+
+class _DoneCall:
+    """A completed call, as grpc's interceptor continuation returns for a blocking call."""
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    def details(self) -> str:
+        return ""
+
+
+def instrumentation_cpu_us(tracing: Tracing, iterations: int = 3000) -> float:
+    """CPU microseconds the tracing code costs one step for one request, export included.
+
+    Runs the real interceptors and phase spans around empty work (server span, queue, decode,
+    kernel, forward with a client call, attributes, trace id): what a step adds per request.
+    """
+    attrs = step_attributes(pipeline_id="bench", step_id=1, step_type="edges", threads=1,
+                            pixels=2_073_600, kernel_seconds=0.02, request_id="r" * 32)
+
+    def body(request: Any, context: Any) -> Any:
+        for phase in ("queue", "decode", "kernel"):
+            with tracing.span(phase):
+                pass
+        with tracing.span("forward"):
+            client.intercept_unary_unary(lambda details, req: _DoneCall(), call_details, request)
+        annotate_current_span(attrs)
+        return current_trace_id()
+
+    handler = grpc.unary_unary_rpc_method_handler(body)
+    details: Any = types.SimpleNamespace(method="/stepchain.v1.StepService/Process")
+    traced: Any = tracing.server_interceptors()[0].intercept_service(lambda _: handler, details)
+    client: Any = tracing.client_interceptors()[0]
+    call_details = _CallDetails("/stepchain.v1.StepService/Process", 10.0, None, None, None, None)
+    context = _FakeServerContext()
+    start = time.process_time()
+    for done in range(1, iterations + 1):
+        traced.unary_unary(None, context)
+        if done % 200 == 0:  # stay below the batch queue (2048 spans): nothing is dropped
+            tracing.force_flush()
+    tracing.force_flush()
+    return (time.process_time() - start) * 1e6 / iterations
+
+
 def load_round(stub: step_pb2_grpc.StepServiceStub, request: step_pb2.ProcessRequest,
                requests: int, clients: int) -> dict[str, float]:
     """`requests` calls from `clients` threads; requests/s and latency percentiles."""
@@ -232,6 +305,17 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(6.0)  # the batch processors export every 5 s (OTEL_BSP_SCHEDULE_DELAY)
         otlp_spans = receiver.spans
         file_bytes = trace_file.stat().st_size if trace_file.exists() else 0
+        micro = {}
+        for mode, tracing in (
+                ("off", Tracing.disabled()),
+                ("otlp", Tracing.from_env("bench", env={
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx_port}",
+                    "OTEL_TRACES_SAMPLER": "always_on"})),
+                ("file", Tracing.from_env("bench", env={
+                    "STEPCHAIN_TRACE_FILE": str(tmp / "micro.jsonl"),
+                    "OTEL_TRACES_SAMPLER": "always_on"}))):
+            micro[mode] = instrumentation_cpu_us(tracing)
+            tracing.shutdown()
     rx_server.stop(0)
 
     summary: dict[str, Any] = {}
@@ -263,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]},
         "modes": summary,
+        "instrumentation_cpu_us_per_step_request": micro,
         "otlp_spans_received": otlp_spans,
         "otlp_spans_per_request": otlp_spans / sent,
         "file_bytes_written": file_bytes,
@@ -304,6 +389,15 @@ def render(report: Mapping[str, Any]) -> str:
                      f"| {m['p50_ms_median']:.1f} | {m['p95_ms_median']:.1f} | {loss} "
                      f"| {m['cpu_ms_per_request_median']:.1f} | {cpu} |")
     lines += [
+        "",
+        "Tracing code alone, in this process (real interceptors and phase spans around empty "
+        "work, export included; the OTLP figure includes the receiver decoding): CPU per step "
+        "per request " + ", ".join(f"{mode} {us:.0f} µs" for mode, us in
+                                   report["instrumentation_cpu_us_per_step_request"].items())
+        + f"; for the {len(report['chain'])} steps that is "
+        + ", ".join(f"{mode} {us * len(report['chain']) / 1000 / modes['off']['cpu_ms_per_request_median'] * 100:.1f} %"
+                    for mode, us in report["instrumentation_cpu_us_per_step_request"].items())
+        + " of the chain's CPU per request with tracing off.",
         "",
         f"OTLP receiver got {report['otlp_spans_received']} spans "
         f"({report['otlp_spans_per_request']:.1f} per request sent); the file mode wrote "
