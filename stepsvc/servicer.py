@@ -107,7 +107,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         response: step_pb2.ProcessResponse | None = None
         failure: StepAbort | None = None
         try:
-            response = self._process(request, context, timing, started)
+            response = self._process(request, context, timing)
         except StepAbort as abort:
             failure = abort
         except Exception as exc:  # never crash the server; report and keep serving
@@ -134,7 +134,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         return response
 
     def _process(self, request: step_pb2.ProcessRequest, context: grpc.ServicerContext,
-                 timing: step_pb2.StepTiming, started: float) -> step_pb2.ProcessResponse:
+                 timing: step_pb2.StepTiming) -> step_pb2.ProcessResponse:
         if self.admission.closed:
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"step {self.step.id} ({self.step.type}) is draining (shutting down) "
@@ -144,7 +144,9 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"routing loop: step {self.step.id} already ran for this request "
                             f"(route {list(request.route)}); check next_step in the pipeline")
+        # Cheap checks before taking a slot: a malformed request never waits in the queue.
         threads, passes, schedule = self._exec_settings(request)
+        self._check_output(request)
         timing.threads = threads
         request_id = request.request_id or uuid.uuid4().hex
         deadline = self._remaining(context)
@@ -170,7 +172,6 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
     def _run(self, request: step_pb2.ProcessRequest, context: grpc.ServicerContext,
              timing: step_pb2.StepTiming, request_id: str, threads: int, passes: int,
              schedule: str) -> step_pb2.ProcessResponse:
-        self._check_output(request)
         with self._phase("decode", timing, "decode_ms" if request.image.encoding else None):
             try:
                 img = codec.decode_image(request.image, max_pixels=self.max_pixels)
