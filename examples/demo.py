@@ -5,7 +5,9 @@
 3. submits a real photograph (scikit-image's astronaut) and a blurred copy of it with
    `stepchain submit`: the sharp one goes to grayscale (preferred_next), the blurry one is
    routed to deblur (route "blurry") — each prints its per-step timing table,
-4. DELETEs the pipeline, stops the service and checks no step process is left.
+4. draws the last request's trace as a waterfall (spans in out/demo/traces.jsonl; with
+   OTEL_EXPORTER_OTLP_ENDPOINT set they go to that collector or Jaeger instead),
+5. DELETEs the pipeline, stops the service and checks no step process is left.
 
 Exits non-zero on any failure. Outputs land in out/demo/.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +54,12 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(ROOT / "protos"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # Spans go to the user's collector/Jaeger when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to a
+    # local OTLP JSON file (steps and client append to it) that the demo draws as a waterfall.
+    trace_file = None if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") else OUT / "traces.jsonl"
+    if trace_file is not None:
+        trace_file.unlink(missing_ok=True)
+        env.update(STEPCHAIN_TRACE_FILE=str(trace_file), OTEL_BSP_SCHEDULE_DELAY="200")
     images = write_photographs()
     pipeline = ensure_pipeline()
     port = free_port()
@@ -82,11 +92,10 @@ def main() -> int:
                 out = OUT / f"output{'' if label == 'sharp' else '-' + label}.png"
                 print(f"\n== submit the {label} photograph {image.relative_to(ROOT)} -> "
                       f"{entrypoint}")
-                submit(image, entrypoint, out, env)
+                printed = submit(image, entrypoint, out, env)
                 print(f"   output image: {out.relative_to(ROOT)}")
             # ---- telemetry: trace file / waterfall --------------------------------------------
-            # (filled in by the telemetry engineer: print where the trace file is written and
-            #  draw the per-step waterfall, e.g. with `stepchain trace show FILE`)
+            show_trace(trace_file, printed, env)
             # -----------------------------------------------------------------------------------
             status = api.get(f"/pipeline/{created['pipeline_id']}").json()
             ready = sum(1 for s in status["steps"] if s["ready"])
@@ -158,7 +167,7 @@ def wait_healthy(api: httpx.Client, service: subprocess.Popen[bytes], log_path: 
     raise DemoFailed(f"the topology service was not healthy within {START_TIMEOUT_S:.0f} s")
 
 
-def submit(image: Path, entrypoint: str, out: Path, env: dict[str, str]) -> None:
+def submit(image: Path, entrypoint: str, out: Path, env: dict[str, str]) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "stepsvc.cli", "submit", str(image), "--target", entrypoint,
          "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -166,6 +175,33 @@ def submit(image: Path, entrypoint: str, out: Path, env: dict[str, str]) -> None
     if result.returncode != 0:
         raise DemoFailed(f"stepchain submit exited with {result.returncode}: "
                          f"{result.stderr.strip()}")
+    return result.stdout
+
+
+def show_trace(trace_file: Path | None, submitted: str, env: dict[str, str]) -> None:
+    """Draws the last request's trace with `stepchain trace show` (or says where it went)."""
+    trace_id = re.search(r"^trace: ([0-9a-f]{32})$", submitted, re.MULTILINE)
+    steps = re.search(r": (\d+) step\(s\)", submitted)
+    if trace_id is None or steps is None:
+        raise DemoFailed(f"stepchain submit printed no trace id:\n{submitted}")
+    if trace_file is None:
+        print(f"\n== trace {trace_id[1]} exported to {env['OTEL_EXPORTER_OTLP_ENDPOINT']}; "
+              f"draw it with: stepchain trace show {trace_id[1]} --jaeger http://JAEGER:16686")
+        return
+    print(f"\n== trace of the last request: stepchain trace show {trace_id[1]} "
+          f"--file {trace_file.relative_to(ROOT)}")
+    width = shutil.get_terminal_size((120, 24)).columns - 3
+    command = [sys.executable, "-m", "stepsvc.cli", "trace", "show", trace_id[1], "--file",
+               str(trace_file), "--width", str(width)]
+    for _ in range(40):  # each step exports its spans in a batch every 200 ms
+        shown = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                               timeout=60)
+        if shown.returncode == 0 and shown.stdout.count("(server)") >= int(steps[1]):
+            break
+        time.sleep(0.25)
+    if shown.returncode != 0:
+        raise DemoFailed(f"stepchain trace show failed: {shown.stderr.strip()}")
+    print("   " + shown.stdout.rstrip().replace("\n", "\n   "))
 
 
 def stop(service: subprocess.Popen[bytes]) -> int:

@@ -273,7 +273,9 @@ def span_details(span: SpanRecord, parent_service: str | None) -> str:
     """The right-hand column: service when it changes, step attributes, error status."""
     attrs = span.attributes
     parts: list[str] = []
-    if span.service != parent_service:
+    # A step's default service name says what "step N" says already.
+    step_service = f"{attrs.get('stepchain.pipeline_id')}-step-{attrs.get('stepchain.step_id')}"
+    if span.service not in (parent_service, step_service):
         parts.append(span.service)
     if "stepchain.step_id" in attrs:
         parts.append(f"step {attrs['stepchain.step_id']} {attrs.get('stepchain.step_type', '')}"
@@ -321,7 +323,7 @@ def render_waterfall(spans: Sequence[SpanRecord], width: int = 120, *,
     details = [span_details(span, by_id[span.parent_id].service
                             if span.parent_id in by_id else None) for _, span in rows]
     # The bar gets at least a third of the width; long details are clipped, not the bars.
-    name_w = min(max(len(label) for label in labels), max(24, width * 3 // 10))
+    name_w = min(max(len(label) for label in labels), max(24, width * 2 // 5))
     ms_w = 10
     min_bar = max(20, width // 3)
     detail_w = min(max(len(d) for d in details), max(0, width - name_w - ms_w - min_bar - 3))

@@ -269,7 +269,8 @@ def test_submit_prints_the_trace_id_and_trace_show_draws_its_waterfall_from_the_
         indent = len(line) - len(line.lstrip())
         # depth 2 (root > client > server), then 3 more per hop (forward > client > server)
         assert indent == 2 * (2 + 3 * step_id)
-        assert f"tel-step-{step_id} · step {step_id} {TYPES[step_id]}" in line
+        assert f" step {step_id} {TYPES[step_id]} · " in line
+        assert "tel-step-" not in line  # the step's service name would only repeat "step N"
     latest = _cli("trace", "show", str(trace_file), "--width", "140", env=env)
     assert latest.returncode == 0 and latest.stdout.splitlines()[0] == lines[0]
 
