@@ -8,7 +8,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from stepsvc.telemetry import TRACE_FILE_ENV
+#: Same as stepsvc.telemetry.TRACE_FILE_ENV, spelled out so `stepchain --help` does not import
+#: grpc and OpenTelemetry just to register this command.
+TRACE_FILE_ENV = "STEPCHAIN_TRACE_FILE"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from stepsvc import trace_cli
 from stepsvc.cli import main
-from stepsvc.telemetry import Tracing, current_trace_id
+from stepsvc.telemetry import TRACE_FILE_ENV, Tracing, current_trace_id
 from stepsvc.trace_show import SpanRecord, render_waterfall
 
 MS = 1_000_000  # nanoseconds
@@ -105,11 +106,12 @@ def test_show_trace_id_picks_that_trace_from_the_file(trace_file: tuple[Path, li
     assert out.startswith(f"trace {ids[0]} · 2 spans") and "\nfirst " in out
 
 
-def test_show_reads_the_trace_file_from_the_environment(
+def test_show_reads_the_trace_file_from_the_environment_the_steps_write_to(
         trace_file: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     path, ids = trace_file
-    monkeypatch.setenv("STEPCHAIN_TRACE_FILE", str(path))
+    assert trace_cli.TRACE_FILE_ENV == TRACE_FILE_ENV == "STEPCHAIN_TRACE_FILE"
+    monkeypatch.setenv(TRACE_FILE_ENV, str(path))
     assert main(["trace", "show", ids[0]]) == 0
     assert capsys.readouterr().out.startswith(f"trace {ids[0]}")
 
