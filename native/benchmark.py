@@ -3,9 +3,9 @@
 For every kernel, image size and OpenMP thread count (1..N, N = cores) the median wall time of
 `repeat` calls is measured for stepchain, for the nearest OpenCV operation (with
 ``cv2.setNumThreads`` set to the same thread count) and for the nearest Pillow operation
-(single-threaded, measured once per size). The calls of the three libraries are interleaved
-repetition by repetition, so load from other processes hits them alike and the ratios are
-taken within one run.
+(single-threaded, measured once). The calls of the three libraries and all thread counts are
+interleaved repetition by repetition, so load from other processes hits them alike and the
+ratios and speed-ups are taken within one run.
 
 Writes ``kernels.json`` (every measurement, scaling and the target verdicts), ``kernels.md``
 (Markdown tables) and ``kernels.png`` (speed-up vs threads per kernel with an Amdahl fit; the
@@ -150,18 +150,26 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _interleaved_times(fns: Sequence[Fn | None], repeat: int) -> list[list[float]]:
-    """Seconds of each call of each function over `repeat` rounds, one call of each per round."""
-    for warm in fns:  # warm-up: first-touch page faults, lazy init, caches
-        if warm is not None:
-            warm()
-    times: list[list[float]] = [[] for _ in fns]
+Call = tuple[Callable[[], None], Fn]  # (untimed preparation, timed call)
+
+
+def _interleaved_times(calls: Sequence[Call | None], repeat: int) -> list[list[float]]:
+    """Seconds of each call over `repeat` rounds, one call of each per round.
+
+    Interleaving every library and thread count round by round means a burst of load from
+    other processes hits all of them alike, so ratios and speed-ups stay comparable."""
+    for call in calls:  # warm-up: first-touch page faults, lazy init, caches
+        if call is not None:
+            call[0]()
+            call[1]()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            if fn is None:
+        for i, call in enumerate(calls):
+            if call is None:
                 continue
+            call[0]()
             t0 = time.perf_counter()
-            fn()
+            call[1]()
             times[i].append(time.perf_counter() - t0)
     return times
 
@@ -209,23 +217,26 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
             pil = Image.fromarray(img)
             size = f"{w}x{h}"
             for case in cases:
-                pillow_ms: float | None = None
-                for t in threads:
-                    cv2.setNumThreads(t)
+                calls: list[Call | None] = []
+                for i, t in enumerate(threads):
+                    def prepare(t: int = t) -> None:
+                        cv2.setNumThreads(t)
                     ours, ocv, pil_fn = case.build(img, pil, t)
-                    # Pillow is single-threaded: measure it with the first thread count only
-                    times = _interleaved_times(
-                        [ours, ocv, pil_fn if pillow_ms is None else None], repeat)
-                    if pillow_ms is None:
-                        pillow_ms = _ms(times[2], statistics.median)
-                    ours_ms = _ms(times[0], statistics.median) or 0.0
-                    ocv_ms = _ms(times[1], statistics.median)
+                    calls += [(prepare, ours), (prepare, ocv) if ocv else None,
+                              # Pillow is single-threaded: measured with the first count only
+                              (prepare, pil_fn) if pil_fn and i == 0 else None]
+                times = _interleaved_times(calls, repeat)
+                pillow_ms = _ms(times[2], statistics.median)
+                for i, t in enumerate(threads):
+                    ours_t, ocv_t = times[3 * i], times[3 * i + 1]
+                    ours_ms = _ms(ours_t, statistics.median) or 0.0
+                    ocv_ms = _ms(ocv_t, statistics.median)
                     row = {
                         "size": size, "kernel": case.kernel, "label": case_label(case),
                         "params": case.params, "threads": t,
                         "stepchain_ms": ours_ms, "opencv_ms": ocv_ms, "pillow_ms": pillow_ms,
                         # best-of-repeat: the least disturbed run on a shared machine
-                        "stepchain_min_ms": _ms(times[0], min), "opencv_min_ms": _ms(times[1], min),
+                        "stepchain_min_ms": _ms(ours_t, min), "opencv_min_ms": _ms(ocv_t, min),
                         "opencv_op": case.opencv_op, "pillow_op": case.pillow_op,
                         "vs_opencv": ours_ms / ocv_ms if ocv_ms else None,
                         "pillow_speedup": pillow_ms / ours_ms if pillow_ms and ours_ms else None,
