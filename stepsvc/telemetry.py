@@ -417,8 +417,9 @@ def step_attributes(*, pipeline_id: str, step_id: int, step_type: str, threads: 
         ATTR_STEP_TYPE: step_type,
         ATTR_THREADS: threads,
         ATTR_PIXELS: pixels,
-        ATTR_REQUEST_ID: request_id,
     }
+    if request_id:  # a request refused before the step generated its id has none
+        attributes[ATTR_REQUEST_ID] = request_id
     if kernel_seconds > 0:
         attributes[ATTR_MEGAPIXELS_PER_SECOND] = round(pixels / 1e6 / kernel_seconds, 3)
     return attributes

@@ -115,3 +115,24 @@ def test_http_protobuf_protocol_posts_spans_to_the_v1_traces_path(http_receiver:
     assert resource["deployment.environment"] == "test"
     (span,) = resource_spans.scope_spans[0].spans
     assert (span.name, span.trace_id.hex()) == ("over http", trace_id)
+
+
+def test_requests_succeed_and_carry_a_trace_id_while_the_collector_is_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # keep the final flush attempt short
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # nobody listens
+    cfg = pipeline(3, FAILOVER)
+    telemetry = StepTelemetry(cfg, Tracing.from_env("lonely", env=env))
+    server = build_server(cfg, MutableDiscovery(), ServerSettings(host="127.0.0.1", port=0),
+                          interceptors=telemetry.server_interceptors(), observer=telemetry)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = step_pb2_grpc.StepServiceStub(channel)
+            replies = [stub.Process(raw_request(noisy_image(seed=i)), timeout=10)
+                       for i in range(3)]
+    finally:
+        server.stop(0)
+        telemetry.close()
+    assert all(len(r.trace_id) == 32 for r in replies)
+    assert len({r.trace_id for r in replies}) == 3  # one trace per request
