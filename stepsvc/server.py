@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
 #: Threads beyond the admitted requests, so health checks and reflection answer under load.
 SPARE_THREADS = 8
 MIB = 1024 * 1024
+#: Seconds the last responses get to be written after drain saw every request finish.
+RESPONSE_FLUSH_S = 5.0
 
 
 @dataclass
@@ -92,13 +95,16 @@ class StepServer:
         requests, then stops the server. Returns True if everything finished in time.
         """
         grace = self.settings.grace if grace is None else grace
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
         self.servicer.admission.close()
         finished = self.servicer.admission.wait_idle(grace)
         if not finished:
             log.warning("drain: %d request(s) still running after %.1f s grace; cancelling",
                         self.servicer.admission.inflight, grace)
-        self.stop(0.5)
+        # A request leaves admission just before its response is written: give the last
+        # responses time to go out (stop returns as soon as no RPC is active).
+        self.stop(max(RESPONSE_FLUSH_S, deadline - time.monotonic()) if finished else 0.0)
         return finished
 
     def stop(self, grace: float | None = 0.0) -> None:
