@@ -92,8 +92,12 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         self.observer = observer or StepObserver()
         self.host = host_name()
         self._types = {s.id: s.type for s in config.steps}
+        # the step's own exec settings are defaults that per-request overrides replace, so they
+        # are split from the kernel's parameters once, here
         params = dict(self.step.params)
         self._step_threads: int | None = params.pop("threads", None)
+        self._step_passes = int(params.pop("passes", 1))
+        self._step_schedule = str(params.pop("schedule", "static"))
         self._kernel_params = params
 
     # -- the RPC -------------------------------------------------------------------------------
@@ -284,8 +288,8 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                             f"overrides.schedule must be one of {', '.join(SCHEDULES)} "
                             f"(empty = the step's own setting), got {ov.schedule!r}")
         threads = ov.threads or self._step_threads or default_threads()
-        passes = ov.passes or int(self._kernel_params.get("passes", 1))
-        schedule = ov.schedule or str(self._kernel_params.get("schedule", "static"))
+        passes = ov.passes or self._step_passes
+        schedule = ov.schedule or self._step_schedule
         return threads, passes, schedule
 
     def _check_output(self, request: step_pb2.ProcessRequest) -> None:

@@ -207,6 +207,18 @@ def test_threads_come_from_overrides_then_step_params(pipe: InProcessPipeline) -
     np.testing.assert_array_equal(result(resp), img)
 
 
+def test_step_params_passes_and_schedule_are_defaults_that_overrides_replace(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, [{"id": 1, "type": "gaussian_blur",
+                  "params": {"sigma": 1.0, "passes": 2, "schedule": "guided"}}])
+    img = noisy_image()
+    expected = native.gaussian_blur(img, sigma=1.0)
+    resp = pipe.stub(1).Process(raw_request(img), timeout=10)
+    np.testing.assert_array_equal(result(resp), expected)
+    req = raw_request(img, overrides=step_pb2.Overrides(passes=3, schedule="dynamic"))
+    np.testing.assert_array_equal(result(pipe.stub(1).Process(req, timeout=10)), expected)
+
+
 # -- bad input: right status, clear message, and the server keeps answering -----------------
 
 def _unknown_override_request() -> step_pb2.ProcessRequest:
