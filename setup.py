@@ -26,15 +26,15 @@ if sys.platform == "darwin":  # Apple clang needs libomp; kept for contributors 
 
 kernels = Extension(
     "native._native",
-    sources=sorted(glob("native/src/*.c")) + ["native/_native.c"],
+    sources=[*sorted(glob("native/src/*.c")), "native/_native.c"],
     include_dirs=["native/src"],
     extra_compile_args=compile_args,
     extra_link_args=["-fopenmp"],
 )
 
 setup(
-    packages=find_packages(include=["native*", "stepsvc*", "topology*", "loadtest*"])
-    + ["stepchain", "stepchain.v1"],
+    packages=[*find_packages(include=["native*", "stepsvc*", "topology*", "loadtest*"]),
+              "stepchain", "stepchain.v1"],
     package_dir={"stepchain": "protos/stepchain"},
     ext_modules=[kernels],
 )
