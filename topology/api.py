@@ -8,6 +8,7 @@ Every refused field comes back as 422 with its path in ``detail[].loc``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,11 +17,19 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from topology.backend import Backend, BackendError, PipelineStatus
+from topology.metrics import (
+    METRICS_CONTENT_TYPE,
+    METRICS_PATH,
+    MeteredBackend,
+    RequestMetrics,
+    RunsStepProcesses,
+    TopologyMetrics,
+)
 from topology.model import (
     MAX_PIPELINE_NAME,
     PIPELINE_NAME_RE,
@@ -32,6 +41,8 @@ from topology.pipeline import Pipeline, resolve_pipeline
 from topology.render import RenderOptions, render_manifests
 from topology.security import check_policy, token_matches
 from topology.settings import Settings, check_startup
+
+log = logging.getLogger(__name__)
 
 PipelineId = Annotated[str, Path(pattern=PIPELINE_NAME_RE.pattern, max_length=MAX_PIPELINE_NAME,
                                  description="pipeline id (DNS-1035 label)")]
@@ -140,11 +151,20 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     Raises ValueError for settings the service must not run with (see check_startup).
     """
     check_startup(settings)
-    backend = backend if backend is not None else make_backend(settings)
+    inner = backend if backend is not None else make_backend(settings)
+    metrics = TopologyMetrics(inner.name)
+    if isinstance(inner, RunsStepProcesses):
+        metrics.watch_step_processes(inner)
+    backend = MeteredBackend(inner, metrics)
     write_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Count the pipelines a previous service left, so the gauge is right from the start.
+        try:
+            backend.list_pipelines()
+        except BackendError as exc:
+            log.warning("cannot list the pipelines at startup (the service runs on): %s", exc)
         try:
             yield
         finally:
@@ -160,6 +180,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     )
     app.state.backend = backend
     app.state.settings = settings
+    app.state.metrics = metrics
 
     def require_writer(
             authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -204,6 +225,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     @app.exception_handler(BackendError)
     async def _backend_failed(_: Request, exc: BackendError) -> JSONResponse:
         return JSONResponse(status_code=502, content={"detail": str(exc)})
+
+    # Reads are open like every GET; out of the OpenAPI document: it is not part of the API.
+    @app.get(METRICS_PATH, include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """The service's Prometheus metrics (text exposition format)."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     def healthz() -> Health:
@@ -276,6 +303,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         return Deleted(pipeline_id=pipeline_id, deleted=True)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Added last = outermost: it also records the 413s BodyLimit answers.
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
     return app
 
 

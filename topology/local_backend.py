@@ -187,6 +187,14 @@ class LocalBackend:
         with self._lock:
             return self._remove(pipeline_id)
 
+    def running_step_processes(self) -> int:
+        """How many step processes of this backend run now (crashed ones excluded)."""
+        # No lock: an apply holds it while steps start (up to READY_TIMEOUT_S) and a metrics
+        # scrape must not wait for that; copying the dicts is atomic under the GIL.
+        pipelines = list(self._pipelines.values())
+        return sum(proc.process.poll() is None
+                   for entry in pipelines for proc in list(entry.steps.values()))
+
     def close(self) -> None:
         """Stops every step process this backend started."""
         with self._lock:
