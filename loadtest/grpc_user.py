@@ -23,6 +23,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from loadtest import entries
 from loadtest.targets import Target, parse_hosts
+from stepsvc.forward import channel_options
 
 # gRPC's C core must cooperate with Locust's gevent loop, or every blocking call stalls all
 # users; this has to happen before the first channel exists.
@@ -78,10 +79,8 @@ class PipelineUser(User):
             targets = tuple(parse_hosts(self.host))
         self._target = targets[next(PipelineUser._dealer) % len(targets)]
         self._label = self._target.label if len(targets) > 1 else None
-        self._channel = grpc.insecure_channel(self._target.address, options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self._channel = grpc.insecure_channel(self._target.address,
+                                              options=channel_options(MAX_MESSAGE_BYTES))
         self._stub = step_pb2_grpc.StepServiceStub(self._channel)
 
     def on_stop(self) -> None:

@@ -24,7 +24,7 @@ from native.registry import MAX_PIXELS
 from stepsvc import codec
 from stepsvc.admission import Admission
 from stepsvc.config import PipelineConfig
-from stepsvc.forward import Forwarder
+from stepsvc.forward import Forwarder, transport_options
 from stepsvc.servicer import (
     DEFAULT_FORWARD_TIMEOUT_S,
     ActiveSteps,
@@ -146,12 +146,8 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step"),
         interceptors=list(interceptors),
-        options=[
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            ("grpc.http2.lookahead_bytes", min(settings.max_message_bytes, 16 * MIB)),
-        ],
+        # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
+        options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=workers,
     )
     step_pb2_grpc.add_StepServiceServicer_to_server(servicer, server)
