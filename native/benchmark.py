@@ -33,6 +33,10 @@ import native
 DEFAULT_SIZES = ("1920x1080", "3840x2160")
 QUICK_SIZES = ("160x96",)
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "bench" / "results"
+#: Untimed pause before each timed call. Worker threads of the previous call (libgomp's team,
+#: OpenCV's pthreads pool) busy-wait for a while after their work; without the pause they take
+#: a core from the next call and a 2-thread call of the other library loses its second core.
+SETTLE_S = 0.005
 
 Fn = Callable[[], Any]
 
@@ -221,6 +225,7 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
                 for i, t in enumerate(threads):
                     def prepare(t: int = t) -> None:
                         cv2.setNumThreads(t)
+                        time.sleep(SETTLE_S)
                     ours, ocv, pil_fn = case.build(img, pil, t)
                     calls += [(prepare, ours), (prepare, ocv) if ocv else None,
                               # Pillow is single-threaded: measured with the first count only
