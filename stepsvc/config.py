@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from native.registry import canonical_name, validate_params
+from stepsvc.graph import find_cycle
 
 #: Prefix of every error message: the ConfigMap key / env var the text came from.
 SOURCE = "PIPELINE_CONFIG"
@@ -152,7 +153,7 @@ class PipelineConfig(BaseModel):
                     f"step id(s) {missing} do not exist; steps are {sorted(index)}")
         if self.step_id not in index:
             raise _FieldError("step_id", f"{self.step_id} is not one of the steps {sorted(index)}")
-        cycle = _find_cycle({s.id: s.next_step for s in self.steps})
+        cycle = find_cycle({s.id: s.next_step for s in self.steps})
         if cycle:
             path = " -> ".join(str(s) for s in cycle)
             raise _FieldError("steps", f"next_step forms a cycle {path}; a request would never end")
@@ -178,33 +179,6 @@ class _FieldError(ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
-
-
-def _find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
-    """A cycle in the successor graph as a list of ids (first id repeated at the end), or None."""
-    state: dict[int, int] = {}  # 1 = on the current path, 2 = fully explored
-    path: list[int] = []
-
-    def visit(node: int) -> list[int] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, []):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pydantic
 
+from stepsvc.graph import find_cycle
 from topology.model import (
     MAX_STEP_ID,
     AutoscaleSpec,
@@ -141,7 +142,7 @@ def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None) -> Pipeline
 
     # 4. The graph: no cycles, exactly one entry step.
     by_id = {s.id: s for s in steps}
-    cycle = _find_cycle({s.id: list(s.next_step) for s in steps})
+    cycle = find_cycle({s.id: list(s.next_step) for s in steps})
     if cycle:
         closing = by_id[cycle[-2]]
         path = " -> ".join(str(c) for c in cycle)
@@ -204,29 +205,3 @@ def _canonical(spec: PipelineSpec, steps: tuple[Step, ...], name: str | None) ->
         } for s in steps],
     }
 
-
-def _find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
-    """A cycle of the successor graph as ids (first repeated at the end), or None."""
-    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
-    path: list[int] = []
-
-    def visit(node: int) -> list[int] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, []):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None

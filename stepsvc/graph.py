@@ -1,0 +1,38 @@
+"""The successor graph of a pipeline (step id -> the ids it may forward to), as pure checks.
+
+Both the step's config loader (:mod:`stepsvc.config`) and the topology service
+(:mod:`topology.pipeline`) refuse a pipeline whose ``next_step`` links form a cycle: a request
+would never reach a last step. Each words the error for its own input format.
+"""
+
+from __future__ import annotations
+
+
+def find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
+    """A cycle in the successor graph as a list of ids (first id repeated at the end), or None.
+
+    Nodes are visited in ascending id order, so the same graph always yields the same cycle.
+    """
+    state: dict[int, int] = {}  # 1 = on the current path, 2 = fully explored
+    path: list[int] = []
+
+    def visit(node: int) -> list[int] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
