@@ -41,6 +41,28 @@ SOURCE = "PIPELINE_CONFIG"
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def written_params(kernel: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` checked and normalised for `kernel`, keeping only the keys the user wrote.
+
+    Raises ValueError (from :func:`native.registry.validate_params`) naming a bad parameter.
+    """
+    checked = validate_params(kernel, params, allow_exec=True)
+    # Keep only what the user wrote (normalised), so a dumped config stays faithful to the
+    # input; the kernel fills its own defaults at call time.
+    return {k: checked[k] for k in params if k in checked}
+
+
+def check_route_keys(route: dict[str, int]) -> dict[str, int]:
+    """`route` unchanged if every key is a classify label or ``facet=label``; else ValueError."""
+    for key in route:
+        facet, sep, label = key.partition("=")
+        if not key.strip() or (sep and (not facet.strip() or not label.strip())):
+            raise ValueError(
+                f"route key {key!r} must be a classify label (e.g. 'blurry') "
+                "or facet=label (e.g. 'sharpness=blurry')")
+    return route
+
+
 class StepSpec(BaseModel):
     """One step of the pipeline: its kernel, parameters and where it may forward to."""
 
@@ -69,10 +91,7 @@ class StepSpec(BaseModel):
         kernel = info.data.get("type")
         if kernel is None:  # the type itself was invalid and is reported on its own
             return value
-        checked = validate_params(kernel, value, allow_exec=True)
-        # Keep only what the user wrote (normalised), so dump_config stays faithful to the
-        # input; the kernel fills its own defaults at call time.
-        return {k: checked[k] for k in value if k in checked}
+        return written_params(kernel, value)
 
     @field_validator("next_step", mode="before")
     @classmethod
@@ -98,13 +117,7 @@ class StepSpec(BaseModel):
     @field_validator("route")
     @classmethod
     def _route_keys(cls, value: dict[str, int]) -> dict[str, int]:
-        for key in value:
-            facet, sep, label = key.partition("=")
-            if not key.strip() or (sep and (not facet.strip() or not label.strip())):
-                raise ValueError(
-                    f"route key {key!r} must be a classify label (e.g. 'blurry') "
-                    "or facet=label (e.g. 'sharpness=blurry')")
-        return value
+        return check_route_keys(value)
 
     @model_validator(mode="after")
     def _successors(self) -> StepSpec:

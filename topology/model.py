@@ -35,7 +35,8 @@ from pydantic import (
     model_validator,
 )
 
-from native.registry import KERNELS, canonical_name, validate_params
+from native.registry import KERNELS, canonical_name
+from stepsvc.config import check_route_keys, written_params
 
 #: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
 #: and the Service `<name>-step-<N>` are built from it and must stay within 63 characters.
@@ -274,19 +275,12 @@ class StepSpec(BaseModel):
         kernel = info.data.get("type")
         if kernel is None:  # the type itself was invalid and is reported on its own
             return value
-        checked = validate_params(kernel, value, allow_exec=True)
-        # Keep what the user wrote (normalised); the kernel fills its own defaults.
-        return {k: checked[k] for k in value if k in checked}
+        return written_params(kernel, value)
 
     @field_validator("route")
     @classmethod
     def _route_keys(cls, value: dict[str, int]) -> dict[str, int]:
-        for key in value:
-            facet, sep, label = key.partition("=")
-            if not key.strip() or (sep and (not facet.strip() or not label.strip())):
-                raise ValueError(f"route key {key!r} must be a classify label (e.g. 'blurry') "
-                                 "or facet=label (e.g. 'sharpness=blurry')")
-        return value
+        return check_route_keys(value)
 
     @field_validator("nodeSelector")
     @classmethod
