@@ -43,6 +43,18 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    5.0, 10.0, 30.0, float("inf"))
 
 
+def new_registry() -> CollectorRegistry:
+    """A registry of one's own, with the process and platform metrics the global one has.
+
+    Per-instance registries let several servers live in one process (tests, the benchmark)
+    without their series colliding.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
 @dataclass
 class MetricsHTTPServer:
     """The ``/metrics`` HTTP endpoint of one registry."""
@@ -71,13 +83,9 @@ class StepMetrics:
 
     def __init__(self, pipeline_id: str, step_id: int, step_type: str,
                  registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else new_registry()
         self.pipeline_id = pipeline_id
         self.step_id = step_id
-        if registry is None:
-            # Per-instance registry: give it the process metrics the global one would have.
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
         labels = {"pipeline_id": pipeline_id, "step_id": str(step_id), "step_type": step_type}
         reg = self.registry
         self._requests = Counter(

@@ -30,18 +30,15 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
     generate_latest,
 )
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepsvc.metrics import LATENCY_BUCKETS
+from stepsvc.metrics import LATENCY_BUCKETS, new_registry
 from topology.backend import ApplyResult, Backend, PipelineStatus
 from topology.pipeline import Pipeline
 
@@ -71,10 +68,7 @@ class TopologyMetrics:
     """The metrics of one topology service: requests, rejections, backend calls, pipelines."""
 
     def __init__(self, backend_name: str) -> None:
-        self.registry = CollectorRegistry()
-        # A per-instance registry lacks the process metrics the global one has: add them.
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.registry = new_registry()
         reg = self.registry
         self.backend_name = backend_name
         self._requests = Counter(
