@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from topology.local_backend import process_alive
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "demo"
 PIPELINE = ROOT / "examples" / "pipeline.json"
@@ -110,7 +112,7 @@ def main() -> int:
         stop(service)
         return 1
     code = stop(service)
-    left = [pid for pid in step_pids if alive(pid)]
+    left = [pid for pid in step_pids if process_alive(pid)]
     if left:
         print(f"demo FAILED: step processes {left} are still running", file=sys.stderr)
         return 1
@@ -213,20 +215,6 @@ def stop(service: subprocess.Popen[bytes]) -> int:
     except subprocess.TimeoutExpired:
         service.kill()
         return service.wait()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is gone for our purpose (its parent has not reaped it yet).
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

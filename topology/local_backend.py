@@ -278,7 +278,7 @@ class LocalBackend:
             except (OSError, ValueError):
                 continue
             owner = int(state.get("owner_pid", 0))
-            if owner != os.getpid() and _alive(owner):
+            if owner != os.getpid() and process_alive(owner):
                 continue  # another running service owns these steps
             for step in (state.get("steps") or {}).values():
                 pid, config = int(step.get("pid", 0)), str(step.get("config", ""))
@@ -331,7 +331,7 @@ def _stop_all(procs: list[_StepProcess], grace_s: float) -> None:
             proc.process.wait()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie has exited; only its parent has not reaped it yet)."""
     if pid <= 0:
         return False
@@ -359,9 +359,9 @@ def _kill(pid: int, grace_s: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s + 2.0
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
