@@ -143,15 +143,14 @@ def discover_kubernetes_targets(*, namespace: str | None = None,
 
 
 def _core_api() -> Any:
-    from kubernetes import client, config
+    from kubernetes import client
+
+    from stepsvc.discovery_kubernetes import load_api_client
 
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise LookupError(
-                "no --host given and no Kubernetes configuration found (in-cluster, KUBECONFIG "
-                f"or ~/.kube/config): {exc}; pass --host HOST:PORT") from exc
-    return client.CoreV1Api()
+        api_client = load_api_client("finding the pipeline entry")
+    except ValueError as exc:
+        raise LookupError(
+            "no --host given and no Kubernetes configuration found (in-cluster, KUBECONFIG "
+            f"or ~/.kube/config): {exc}; pass --host HOST:PORT") from exc
+    return client.CoreV1Api(api_client)

@@ -59,10 +59,12 @@ def current_namespace(default: str = "default") -> str:
     return namespace or default
 
 
-def load_api_client() -> client.ApiClient:
+def load_api_client(user: str = "kubernetes discovery") -> client.ApiClient:
     """An ApiClient from the in-cluster service account, else from the local kubeconfig.
 
-    Raises ValueError saying both were tried when neither is available.
+    The one place stepchain finds its Kubernetes credentials (discovery, the topology service's
+    kubernetes backend, the load test's target lookup). Raises ValueError saying that `user`
+    (what needs the cluster) tried both, and why each failed, when neither is available.
     """
     # A configuration of our own: the client's process-wide default stays untouched.
     configuration = client.Configuration()
@@ -75,7 +77,7 @@ def load_api_client() -> client.ApiClient:
                                     client_configuration=configuration)
         except (config.ConfigException, OSError) as kubeconfig_error:
             raise ValueError(
-                "kubernetes discovery needs either an in-cluster service account "
+                f"{user} needs either an in-cluster service account "
                 f"({in_cluster_error}) or a kubeconfig ({kubeconfig_error})") from None
     return client.ApiClient(configuration)
 

@@ -88,17 +88,13 @@ class KubernetesBackend:
     @classmethod
     def from_environment(cls, options: RenderOptions) -> KubernetesBackend:
         """In-cluster credentials when running in a pod, else the local kubeconfig."""
-        from kubernetes import client, config
+        from stepsvc.discovery_kubernetes import load_api_client
 
         try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as exc:
-                raise BackendError(f"no Kubernetes credentials: not in a pod and no usable "
-                                   f"kubeconfig ({exc})") from None
-        return cls(client.ApiClient(), options)
+            api_client = load_api_client("the kubernetes backend")
+        except ValueError as exc:
+            raise BackendError(f"no Kubernetes credentials: {exc}") from None
+        return cls(api_client, options)
 
     # -- the Backend protocol ------------------------------------------------------------------
 
