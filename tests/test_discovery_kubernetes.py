@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from discovery_fixtures import KubeEmulator, kube, step_configmap
+from discovery_fixtures import KubeEmulator, kube, step_configmap, wait_for
 from kubernetes import client
+from step_fixtures import free_port
 
 from stepsvc import discovery_kubernetes
 from stepsvc.config import dump_config, parse_config
@@ -21,22 +21,10 @@ from stepsvc.discovery_kubernetes import ConfigMapDiscovery, step_service_addres
 __all__ = ["kube"]  # the fixture, imported so pytest finds it
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Polls `predicate` until it holds or `timeout` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return predicate()
-        time.sleep(0.02)
-    return True
-
-
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port nothing listens on (bound, read, released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 @pytest.fixture

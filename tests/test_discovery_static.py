@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from discovery_fixtures import wait_for
 
 from stepsvc.discovery import (
     Discovery,
@@ -17,16 +18,6 @@ from stepsvc.discovery import (
     parse_static_mapping,
     write_static_discovery,
 )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Polls `predicate` until it holds or `timeout` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return predicate()
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture
