@@ -216,6 +216,10 @@ class ProcessPipeline:
                                         stderr=subprocess.STDOUT)
             self.procs[i] = StepProcess(i, self.ports[i], proc, log)
 
+    def address(self, step_id: int) -> str:
+        """``127.0.0.1:<port>`` of step `step_id`."""
+        return self.procs[step_id].address
+
     def wait_serving(self, timeout: float = 60.0) -> None:
         for proc in self.procs.values():
             wait_serving(proc, timeout)

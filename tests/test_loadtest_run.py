@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loadtest_fixtures import StepServers, run_locust, run_stepchain
+from loadtest_fixtures import run_locust, run_stepchain
 from PIL import Image
+from step_fixtures import ProcessPipeline
 
 from loadtest.curves import CURVES
 
@@ -39,8 +40,8 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StepServers]:
-    servers = StepServers(tmp_path_factory.mktemp("pipeline"), [
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessPipeline]:
+    servers = ProcessPipeline(tmp_path_factory.mktemp("pipeline"), [
         {"id": 1, "type": "identity", "next_step": 2},
         {"id": 2, "type": "grayscale"},
     ])
@@ -54,7 +55,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StepServers]:
 @pytest.mark.slow
 @pytest.mark.parametrize("curve", list(CURVES))
 def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
-        curve: str, pipeline: StepServers, photo: Path, tmp_path: Path) -> None:
+        curve: str, pipeline: ProcessPipeline, photo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     knobs = {"spike": ["--spike-at", "2", "--spike-length", "2"], "sinus": ["--period", "4"]}
     result = run_stepchain(
@@ -88,7 +89,7 @@ def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
 
 @pytest.mark.slow
 def test_several_targets_are_loaded_together_with_users_spread_across_them(
-        pipeline: StepServers, photo: Path, tmp_path: Path) -> None:
+        pipeline: ProcessPipeline, photo: Path, tmp_path: Path) -> None:
     # Step 2 alone is a complete (one-step) pipeline: two entries, two pipelines.
     first, second = pipeline.address(1), pipeline.address(2)
     out = tmp_path / "out"
@@ -106,7 +107,7 @@ def test_several_targets_are_loaded_together_with_users_spread_across_them(
 
 @pytest.mark.slow
 def test_locust_runs_the_locustfile_from_outside_the_checkout_with_the_issue_command_line(
-        pipeline: StepServers, tmp_path: Path) -> None:
+        pipeline: ProcessPipeline, tmp_path: Path) -> None:
     # The README's command line verbatim, stopped early by Locust's own --run-time.
     result = run_locust(
         ["--curve", "spike", "--users", "100", "--duration", "180", "--headless",
@@ -159,7 +160,7 @@ def test_overloaded_step_answers_resource_exhausted_counted_as_failures_not_hang
         photo: Path, tmp_path: Path) -> None:
     # One slot, no queue, a kernel made heavy with passes (the --passes request override):
     # concurrent users must be turned away at once.
-    servers = StepServers(tmp_path, [
+    servers = ProcessPipeline(tmp_path, [
         {"id": 1, "type": "gaussian_blur", "params": {"sigma": 2.0}},
     ], extra_args={1: ["--max-inflight", "1", "--max-queue", "0"]})
     try:
