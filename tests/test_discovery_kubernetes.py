@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from discovery_fixtures import KubeEmulator, kube, step_configmap, wait_for
+from discovery_fixtures import kube, step_configmap, wait_for
+from kube_fixtures import KubeEmulator
 from kubernetes import client
 from step_fixtures import free_port
 
@@ -234,13 +234,7 @@ def test_unreachable_api_server_does_not_block_start(unused_port: int) -> None:
 
 def test_make_discovery_kubernetes_uses_the_kubeconfig(
         kube: KubeEmulator, ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": kube.url}}],
-        "users": [{"name": "kmock", "user": {"token": "test"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-    }))
+    kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     kube.core.create_namespaced_config_map(ns, step_configmap("demo", 2, ns))

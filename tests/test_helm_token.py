@@ -7,21 +7,18 @@ lookup against a cluster; the cluster here is kmock's KubernetesEmulator over re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import threading
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kmock
 import pytest
 import yaml
 from helm_fixtures import CHART, NAMESPACE, RELEASE, helm, render
-
-T = TypeVar("T")
+from kube_fixtures import KubeEmulator
 
 #: Kinds the chart renders; Helm maps each manifest through API discovery before rendering.
 CHART_RESOURCES = {
@@ -35,16 +32,12 @@ CHART_RESOURCES = {
 }
 
 
-class EmulatedCluster:
-    """kmock's KubernetesEmulator on 127.0.0.1:<free port>, served from a background loop."""
+class EmulatedCluster(KubeEmulator):
+    """kmock's emulator knowing the chart's kinds, patched to look like an API server to Helm."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kmock-helm",
-                                        daemon=True)
-        self._thread.start()
-        self.emulator, self._server = self._call(self._open())
-        self.url = f"http://127.0.0.1:{self._server.port}"
+        super().__init__({resource: kmock.ResourceInfo(kind=kind, namespaced=True)
+                          for resource, kind in CHART_RESOURCES.items()})
         # Two gaps between kmock 0.8 and what Helm's client-go expects of an API server:
         # /version says 1.26 (below the chart's kubeVersion), and the core group's discovery
         # document says groupVersion "/v1" instead of "v1" (Helm then maps no core kind).
@@ -55,18 +48,6 @@ class EmulatedCluster:
         core["groupVersion"] = "v1"
         self.emulator["get /api/v1"] << core
 
-    async def _open(self) -> tuple[kmock.KubernetesEmulator, kmock.Server]:
-        emulator = kmock.KubernetesEmulator()
-        await emulator.__aenter__()
-        for resource, kind in CHART_RESOURCES.items():
-            emulator.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True)
-        server = kmock.Server(emulator)
-        await server.__aenter__()
-        return emulator, server
-
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
     def create(self, path: str, body: dict[str, Any]) -> None:
         """POSTs `body` to `path` as a client would (JSON over HTTP)."""
         request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
@@ -74,28 +55,6 @@ class EmulatedCluster:
                                          method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status in (200, 201), response.status
-
-    def kubeconfig(self, path: Path) -> Path:
-        """Writes a kubeconfig pointing at this emulator and returns its path."""
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "unused"}}],
-            "contexts": [{"name": "emulator",
-                          "context": {"cluster": "emulator", "user": "tester"}}],
-        }), encoding="utf-8")
-        return path
-
-    def close(self) -> None:
-        """Stops the server and the loop."""
-        async def shut() -> None:
-            await self._server.__aexit__(None, None, None)
-            await self.emulator.__aexit__(None, None, None)
-        try:
-            self._call(shut(), timeout=5.0)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5.0)
 
 
 @pytest.fixture

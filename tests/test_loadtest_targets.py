@@ -1,18 +1,17 @@
 """Load-test targets: ``--host`` parsing, and pipeline entries found in Kubernetes.
 
-Discovery runs against kmock's KubernetesEmulator over real HTTP with the official client.
-The emulator runs on its own event loop in a daemon thread (the client is synchronous).
+Discovery runs against kmock's KubernetesEmulator over real HTTP with the official client
+(:class:`kube_fixtures.KubeEmulator`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import threading
 from collections.abc import Iterator
 
 import kmock
 import pytest
+from kube_fixtures import KubeEmulator
 from kubernetes import client
 
 from loadtest.targets import Target, discover_kubernetes_targets, parse_hosts
@@ -20,42 +19,11 @@ from loadtest.targets import Target, discover_kubernetes_targets, parse_hosts
 _namespaces = itertools.count(1)
 
 
-class Emulator:
-    """KubernetesEmulator on 127.0.0.1:<free port>, served from a background event loop."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="kmock-loadtest")
-        self._thread.start()
-        self._emulator, self._server = asyncio.run_coroutine_threadsafe(
-            self._open(), self._loop).result(10)
-        self.core = client.CoreV1Api(client.ApiClient(client.Configuration(
-            host=f"http://127.0.0.1:{self._server.port}")))
-
-    async def _open(self) -> tuple[kmock.KubernetesEmulator, kmock.Server]:
-        emulator = kmock.KubernetesEmulator()
-        await emulator.__aenter__()
-        # Known before the first object exists, else an empty list answers 404.
-        emulator.resources["v1/services"] = kmock.ResourceInfo(kind="Service", namespaced=True)
-        emulator.resources["v1/nodes"] = kmock.ResourceInfo(kind="Node", namespaced=False)
-        server = kmock.Server(emulator)
-        await server.__aenter__()
-        return emulator, server
-
-    def close(self) -> None:
-        async def shut() -> None:
-            await self._server.__aexit__(None, None, None)
-            await self._emulator.__aexit__(None, None, None)
-
-        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
 @pytest.fixture(scope="module")
-def kube() -> Iterator[Emulator]:
-    emulator = Emulator()
+def kube() -> Iterator[KubeEmulator]:
+    emulator = KubeEmulator({
+        "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True),
+        "v1/nodes": kmock.ResourceInfo(kind="Node", namespaced=False)})
     try:
         yield emulator
     finally:
@@ -67,7 +35,7 @@ def namespace() -> str:
     return f"loadtest-{next(_namespaces)}"
 
 
-def service(kube: Emulator, ns: str, name: str, kind: str, node_port: int | None = None,
+def service(kube: KubeEmulator, ns: str, name: str, kind: str, node_port: int | None = None,
             port_name: str = "grpc", extra_ports: list[client.V1ServicePort] | None = None
             ) -> None:
     ports = [client.V1ServicePort(name=port_name, port=50051, node_port=node_port)]
@@ -86,14 +54,14 @@ def node(name: str, ready: bool, **addresses: str) -> client.V1Node:
 
 
 @pytest.fixture(scope="module")
-def nodes(kube: Emulator) -> None:
+def nodes(kube: KubeEmulator) -> None:
     # Not-ready node first by name: discovery must prefer the Ready one.
     kube.core.create_node(node("a-broken", ready=False, ExternalIP="203.0.113.9"))
     kube.core.create_node(node("b-worker", ready=True, InternalIP="10.0.0.7",
                                ExternalIP="198.51.100.7"))
 
 
-def test_only_nodeport_services_named_step_0_are_picked(kube: Emulator, nodes: None) -> None:
+def test_only_nodeport_services_named_step_0_are_picked(kube: KubeEmulator, nodes: None) -> None:
     ns = namespace()
     service(kube, ns, "shop-step-0", "NodePort", 30100)  # the entry: picked
     service(kube, ns, "shop-step-1", "ClusterIP")
@@ -106,7 +74,7 @@ def test_only_nodeport_services_named_step_0_are_picked(kube: Emulator, nodes: N
 
 
 def test_node_address_prefers_a_ready_nodes_external_ip_and_can_be_overridden(
-        kube: Emulator, nodes: None) -> None:
+        kube: KubeEmulator, nodes: None) -> None:
     ns = namespace()
     service(kube, ns, "p-step-0", "NodePort", 31000)
     assert discover_kubernetes_targets(namespace=ns, api=kube.core) == [
@@ -116,7 +84,7 @@ def test_node_address_prefers_a_ready_nodes_external_ip_and_can_be_overridden(
         Target("127.0.0.1:31000", "p")]
 
 
-def test_the_port_named_grpc_is_used_when_a_service_has_several(kube: Emulator,
+def test_the_port_named_grpc_is_used_when_a_service_has_several(kube: KubeEmulator,
                                                                 nodes: None) -> None:
     ns = namespace()
     service(kube, ns, "multi-step-0", "NodePort", 32001, extra_ports=[
@@ -125,7 +93,7 @@ def test_the_port_named_grpc_is_used_when_a_service_has_several(kube: Emulator,
         "198.51.100.7:32001"]
 
 
-def test_all_namespaces_are_searched_without_a_namespace(kube: Emulator, nodes: None) -> None:
+def test_all_namespaces_are_searched_without_a_namespace(kube: KubeEmulator, nodes: None) -> None:
     first, second = namespace(), namespace()
     service(kube, first, "same-step-0", "NodePort", 30401)
     service(kube, second, "same-step-0", "NodePort", 30402)
@@ -135,7 +103,7 @@ def test_all_namespaces_are_searched_without_a_namespace(kube: Emulator, nodes: 
                      Target("198.51.100.7:30402", f"{second}/same")]
 
 
-def test_no_entry_service_is_an_error_saying_what_was_searched(kube: Emulator,
+def test_no_entry_service_is_an_error_saying_what_was_searched(kube: KubeEmulator,
                                                                nodes: None) -> None:
     ns = namespace()
     service(kube, ns, "only-step-1", "ClusterIP")
