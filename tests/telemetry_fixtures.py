@@ -23,9 +23,32 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
-from step_fixtures import ROOT, StepProcess, free_port, step_env, wait_serving
+from step_fixtures import (
+    ROOT,
+    MutableDiscovery,
+    StepProcess,
+    free_port,
+    step_env,
+    wait_serving,
+)
 
+from stepsvc.config import PipelineConfig
 from stepsvc.discovery import write_static_discovery
+from stepsvc.server import ServerSettings, StepServer, build_server
+from stepsvc.step_telemetry import StepTelemetry
+
+
+def serve_traced(cfg: PipelineConfig, discovery: MutableDiscovery,
+                 telemetry: StepTelemetry) -> StepServer:
+    """Starts step `cfg.step_id` in this process on a free loopback port, wired to `telemetry`
+    as ``stepchain step serve`` wires it, and makes it active in `discovery`."""
+    server = build_server(cfg, discovery, ServerSettings(host="127.0.0.1", port=0),
+                          interceptors=telemetry.server_interceptors(),
+                          client_interceptors=telemetry.client_interceptors(),
+                          observer=telemetry)
+    server.start()
+    discovery.mapping[cfg.step_id] = server.address
+    return server
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from step_fixtures import MutableDiscovery, noisy_image, pipeline, raw_request
 from stepchain.v1 import step_pb2_grpc
+from telemetry_fixtures import serve_traced
 
 import native
 from stepsvc.metrics import StepMetrics
-from stepsvc.server import ServerSettings, StepServer, build_server
+from stepsvc.server import StepServer
 from stepsvc.step_telemetry import StepTelemetry
 from stepsvc.telemetry import (
     TelemetryConfigError,
@@ -108,12 +109,7 @@ def two_steps(tracing_first: Tracing, tracing_second: Tracing
         for step_id, tracing in ((2, tracing_second), (1, tracing_first)):
             cfg = pipeline(step_id, TWO_STEPS)
             telemetry = StepTelemetry(cfg, tracing, StepMetrics("p1", step_id, "x"))
-            server = build_server(cfg, discovery, ServerSettings(host="127.0.0.1", port=0),
-                                  interceptors=telemetry.server_interceptors(),
-                                  client_interceptors=telemetry.client_interceptors(),
-                                  observer=telemetry)
-            server.start()
-            discovery.mapping[step_id] = server.address
+            server = serve_traced(cfg, discovery, telemetry)
             servers.append(server)
             telemetries.append(telemetry)
         yield servers[::-1], telemetries[::-1]

@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from step_fixtures import MutableDiscovery, free_port, noisy_image, pipeline, raw_request
 from stepchain.v1 import step_pb2_grpc
+from telemetry_fixtures import serve_traced
 
 from stepsvc.server import ServerSettings, build_server
 from stepsvc.step_telemetry import StepTelemetry
@@ -34,12 +35,7 @@ def test_a_failed_over_attempt_is_an_error_client_span_beside_the_one_that_worke
         for step_id in (3, 1):
             cfg = pipeline(step_id, FAILOVER)
             telemetry = StepTelemetry(cfg, Tracing.from_env(f"step-{step_id}", env=env))
-            server = build_server(cfg, discovery, ServerSettings(host="127.0.0.1", port=0),
-                                  interceptors=telemetry.server_interceptors(),
-                                  client_interceptors=telemetry.client_interceptors(),
-                                  observer=telemetry)
-            server.start()
-            discovery.mapping[step_id] = server.address
+            server = serve_traced(cfg, discovery, telemetry)
             servers.append(server)
             telemetries.append(telemetry)
         with grpc.insecure_channel(discovery.mapping[1]) as channel:
