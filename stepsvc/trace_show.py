@@ -252,7 +252,11 @@ def fetch_jaeger_trace(base_url: str, trace_id: str, *, timeout_s: float = 10.0)
 
 
 def _tree_order(spans: Sequence[SpanRecord]) -> list[tuple[int, SpanRecord]]:
-    """(depth, span) in depth-first order, siblings by start time; orphans become roots."""
+    """(depth, span) in depth-first order, siblings by start time.
+
+    Orphans become roots, and so does any span no root reaches (a corrupt file whose parent
+    links form a cycle), so every span is drawn exactly once.
+    """
     ids = {s.span_id for s in spans}
     children: dict[str | None, list[SpanRecord]] = {}
     for span in spans:
@@ -261,11 +265,16 @@ def _tree_order(spans: Sequence[SpanRecord]) -> list[tuple[int, SpanRecord]]:
     for group in children.values():
         group.sort(key=lambda s: (s.start_ns, -s.end_ns))
     ordered: list[tuple[int, SpanRecord]] = []
-    stack = [(0, s) for s in reversed(children.get(None, []))]
-    while stack:
-        depth, span = stack.pop()
-        ordered.append((depth, span))
-        stack.extend((depth + 1, c) for c in reversed(children.get(span.span_id, [])))
+    seen: set[int] = set()
+    for root in [*children.get(None, []), *sorted(spans, key=lambda s: s.start_ns)]:
+        stack = [(0, root)]
+        while stack:
+            depth, span = stack.pop()
+            if id(span) in seen:
+                continue
+            seen.add(id(span))
+            ordered.append((depth, span))
+            stack.extend((depth + 1, c) for c in reversed(children.get(span.span_id, [])))
     return ordered
 
 

@@ -291,7 +291,6 @@ def _settings_for(value_set: str, tmp_path: Path) -> Any:
 @pytest.mark.parametrize("value_set", list(ALL_VALUE_SETS))
 def test_topology_service_accepts_the_configuration_the_chart_gives_it(
         value_set: str, tmp_path: Path) -> None:
-    pytest.importorskip("topology.cli", reason="topology.cli (the serve command) not built yet")
     settings = _settings_for(value_set, tmp_path)
     assert settings.backend == "kubernetes"
     assert settings.host == "0.0.0.0" and settings.port == 8080
@@ -303,7 +302,6 @@ def test_topology_service_accepts_the_configuration_the_chart_gives_it(
 
 
 def test_all_options_reach_the_topology_service_settings(tmp_path: Path) -> None:
-    pytest.importorskip("topology.cli", reason="topology.cli (the serve command) not built yet")
     settings = _settings_for("all-options", tmp_path)
     assert settings.step_image == "registry.example.com:5000/stepchain/step:0.1.0-rc1"
     assert settings.image_allowlist == ("registry.example.com:5000/stepchain/*",

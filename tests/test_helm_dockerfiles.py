@@ -154,7 +154,6 @@ def test_step_image_command_is_a_valid_step_serve_with_kubernetes_discovery() ->
 
 
 def test_topology_image_command_serves_the_kubernetes_backend_on_all_interfaces() -> None:
-    pytest.importorskip("topology.cli", reason="topology.cli (the serve command) not built yet")
     from stepsvc.cli import build_parser
 
     (cmd,) = _stages("topology")[-1].args("CMD")

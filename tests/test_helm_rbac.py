@@ -1,17 +1,18 @@
 """The chart's RBAC is least privilege: exactly what the code calls, in one namespace.
 
 The topology service's Role must grant exactly the (apiGroup, resource, verb) triples its
-Kubernetes backend declares in `topology.kubernetes_backend.REQUIRED_PERMISSIONS`; the step pods'
+Kubernetes backend declares in `topology.kubernetes_REQUIRED_PERMISSIONS`; the step pods'
 Role exactly what ConfigMap discovery calls (list + watch). Nothing cluster-wide is rendered.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pytest
 from helm_fixtures import NAMESPACE, VALUE_SETS, Rendering, render
+
+from topology.kubernetes_backend import REQUIRED_PERMISSIONS
 
 Triple = tuple[str, str, str]
 
@@ -39,14 +40,8 @@ def _role(rendering: Rendering, component: str) -> dict[str, Any]:
 
 
 def _backend_permissions() -> set[Triple]:
-    try:
-        backend = importlib.import_module("topology.kubernetes_backend")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("topology", "topology.kubernetes_backend"):
-            raise  # a dependency of the backend is missing: that is a real failure
-        pytest.skip("topology/kubernetes_backend.py (REQUIRED_PERMISSIONS) does not exist yet")
     return {(group, resource, verb)
-            for group, resource, verbs in backend.REQUIRED_PERMISSIONS for verb in verbs}
+            for group, resource, verbs in REQUIRED_PERMISSIONS for verb in verbs}
 
 
 @pytest.mark.parametrize("value_set", list(VALUE_SETS))

@@ -70,6 +70,14 @@ def test_a_span_whose_parent_is_missing_is_shown_as_a_root_not_dropped() -> None
     assert lines[2].startswith("orphan ")
 
 
+def test_spans_whose_parent_links_form_a_cycle_are_each_drawn_once_not_a_crash() -> None:
+    spans = [span("a", "a", "self-parented", 0, 2), span("b", "c", "loop-1", 1, 3),
+             span("c", "b", "loop-2", 2, 4)]
+    lines = render_waterfall(spans, width=100).splitlines()
+    names = sorted(line.split()[0] for line in lines[2:])
+    assert names == ["loop-1", "loop-2", "self-parented"]
+
+
 @pytest.fixture
 def trace_file(tmp_path: Path) -> tuple[Path, list[str]]:
     """Two traces written by the real file exporter; returns (file, [older id, newer id])."""
