@@ -204,13 +204,14 @@ def amdahl(t: float, f: float) -> float:
 
 
 def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measures every case; returns the JSON-ready result document."""
+        log: Callable[[str], None] = print,
+        kernels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measures every case (or those of `kernels`); returns the JSON-ready result document."""
     import cv2
     import PIL
     from PIL import Image
 
-    cases = _cases()
+    cases = [c for c in _cases() if not kernels or c.kernel in kernels]
     cv_threads_before = cv2.getNumThreads()
     rows: list[dict[str, Any]] = []
     started = time.time()
@@ -440,7 +441,8 @@ def write(doc: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python bench/kernels.py [--sizes WxH ...] [--threads N ...] [--repeat R] [--quick]`."""
+    """`python bench/kernels.py [--sizes WxH ...] [--threads N ...] [--repeat R] [--kernels K ...]
+    [--quick] [--out DIR]`."""
     parser = argparse.ArgumentParser(
         prog="stepchain bench kernels",
         description="Time every native kernel against OpenCV and Pillow; write JSON, Markdown "
@@ -452,8 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=9, help="timed runs per cell (median)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: {QUICK_SIZES[0]}, 2 repeats")
+    parser.add_argument("--kernels", nargs="+", metavar="NAME",
+                        help="only these kernels (canonical names or aliases; default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     args = parser.parse_args(argv)
+    try:
+        kernels = [native.canonical_name(k) for k in args.kernels or ()]
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     sizes = args.sizes or [parse_size(s) for s in (QUICK_SIZES if args.quick else DEFAULT_SIZES)]
@@ -461,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = args.threads or list(range(1, (os.cpu_count() or 1) + 1))
     if any(t < 1 for t in threads):
         parser.error("--threads must be >= 1")
-    doc = run(sizes, sorted(set(threads)), repeat)
+    doc = run(sizes, sorted(set(threads)), repeat, kernels=kernels)
     paths = write(doc, args.out)
     print()
     print(markdown(doc))

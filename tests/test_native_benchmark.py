@@ -40,3 +40,16 @@ def test_amdahl_fit_recovers_the_serial_fraction() -> None:
     assert amdahl_serial_fraction([1, 2], [1.0, 2.0]) == pytest.approx(0.0)
     assert amdahl_serial_fraction([1, 2], [1.0, 1.0]) == pytest.approx(1.0)
     assert amdahl_serial_fraction([1], [1.0]) is None
+
+
+def test_benchmark_can_run_a_subset_of_kernels_by_alias(tmp_path: Path) -> None:
+    assert main(["--quick", "--threads", "1", "--kernels", "blur", "grayscale",
+                 "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "kernels.json").read_text())
+    assert {r["label"] for r in doc["results"]} == {"gaussian_blur", "grayscale"}
+
+
+def test_benchmark_rejects_unknown_kernel_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--quick", "--kernels", "sepia"])
+    assert "unknown kernel type 'sepia'" in capsys.readouterr().err
