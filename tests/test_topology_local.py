@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +121,14 @@ def test_restarted_service_stops_steps_its_crashed_predecessor_left(tmp_path: Pa
 
 def test_step_that_cannot_start_is_reported_with_its_log(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    # A step process that exits at once (a broken interpreter environment).
-    monkeypatch.setenv("PYTHONPATH", "")
-    monkeypatch.setattr("topology.local_backend.REPO_ROOT", tmp_path / "no-such-checkout")
-    monkeypatch.chdir(tmp_path)
+    # A step process that exits at once, as a broken installation would.
+    monkeypatch.setattr("topology.local_backend.STEP_LAUNCHER",
+                        (sys.executable, "-c", "import sys; print('cannot start'); sys.exit(3)"))
     backend = LocalBackend(tmp_path / "state")
     try:
         from topology.backend import BackendError
 
-        with pytest.raises(BackendError, match="exited with code"):
+        with pytest.raises(BackendError, match=r"(?s)exited with code 3.*cannot start"):
             backend.apply(parse_pipeline({"name": "broken", "steps": [{"type": "identity"}]}))
         assert backend.list_pipelines() == []
     finally:

@@ -34,6 +34,8 @@ from topology.pipeline import Pipeline
 from topology.render import step_config_text, step_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: How a step server process is launched: this interpreter running the stepchain CLI.
+STEP_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "stepsvc.cli")
 STATE_FILE = "processes.json"
 DISCOVERY_FILE = "discovery.json"
 #: Seconds a local step drains after SIGTERM before it is killed.
@@ -213,7 +215,7 @@ class LocalBackend:
                "PYTHONPATH": os.pathsep.join(
                    [str(REPO_ROOT), str(REPO_ROOT / "protos"),
                     *filter(None, [os.environ.get("PYTHONPATH")])])}
-        command = [sys.executable, "-m", "stepsvc.cli", "step", "serve",
+        command = [*STEP_LAUNCHER, "step", "serve",
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", "0",
                    "--grace", str(self.drain_grace_s)]
