@@ -8,6 +8,7 @@ bad value is rejected with the same message wherever it enters.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,12 @@ MAX_PIXELS = 1 << 28
 MAX_THREADS = 256
 MAX_PASSES = 1000
 SCHEDULES = ("static", "dynamic", "guided")
+
+
+def _short(value: Any) -> str:
+    """repr() cut to a readable length: a hostile 400-digit number stays one line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -46,23 +53,27 @@ class Param:
             if self.choices and value not in self.choices:
                 raise ValueError(f"{where} must be one of {', '.join(self.choices)}; got {value!r}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+        # numbers.Real admits NumPy scalars too; bool (and numpy.bool_) is no number here
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{where} must be a number, got {type(value).__name__} {_short(value)}")
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int too large for a double
+            raise ValueError(f"{where} is out of range, got {_short(value)}") from None
+        if not math.isfinite(as_float):
+            raise ValueError(f"{where} must be a finite number, got {_short(value)}")
         if self.kind is int:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise ValueError(f"{where} must be an integer, got {value!r}")
-                value = int(value)
+            if not as_float.is_integer():
+                raise ValueError(f"{where} must be an integer, got {_short(value)}")
+            value = int(value)
         else:
-            value = float(value)
-            if not math.isfinite(value):
-                raise ValueError(f"{where} must be a finite number, got {value!r}")
+            value = as_float
         lo, hi = self.minimum, self.maximum
         if lo is not None and (value <= lo if self.exclusive_minimum else value < lo):
             op = ">" if self.exclusive_minimum else ">="
-            raise ValueError(f"{where} must be {op} {lo:g}, got {value!r}")
+            raise ValueError(f"{where} must be {op} {lo:g}, got {_short(value)}")
         if hi is not None and value > hi:
-            raise ValueError(f"{where} must be <= {hi:g}, got {value!r}")
+            raise ValueError(f"{where} must be <= {hi:g}, got {_short(value)}")
         return value
 
     def json_schema(self) -> dict[str, Any]:

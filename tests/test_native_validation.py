@@ -150,3 +150,28 @@ def test_params_json_schema_states_types_ranges_and_defaults() -> None:
         "maximum": 500, "default": 10}
     assert schema["properties"]["sigma"]["exclusiveMinimum"] == 0.0
     assert schema["properties"]["schedule"]["enum"] == ["static", "dynamic", "guided"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"sigma": 10**400}, "gaussian_blur.sigma is out of range, got 1000000000"),
+    ({"radius": -(10**400)}, "gaussian_blur.radius is out of range"),
+    ({"sigma": np.bool_(True)}, "gaussian_blur.sigma must be a number, got bool"),
+])
+def test_hostile_numbers_are_value_errors_with_a_short_message(params: dict[str, Any],
+                                                               message: str) -> None:
+    with raises(message) as info:
+        native.gaussian_blur(IMG, **params)
+    assert len(str(info.value)) < 120
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers() -> None:
+    img = np.arange(8 * 9 * 3, dtype=np.uint8).reshape(8, 9, 3)
+    np.testing.assert_array_equal(native.gaussian_blur(img, sigma=np.float32(1.5)),
+                                  native.gaussian_blur(img, sigma=1.5))
+    assert native.resize(img, width=np.int64(18)).shape == (16, 18, 3)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian_blur", "sharpen", "deblur"])
+def test_a_vanishing_sigma_is_the_identity_not_a_black_image(kernel: str) -> None:
+    img = np.arange(8 * 9 * 3, dtype=np.uint8).reshape(8, 9, 3)
+    np.testing.assert_array_equal(native.run(kernel, img, sigma=1e-300, radius=2), img)

@@ -31,12 +31,15 @@
 
 void sc_gaussian_weights(float *k, int radius, double sigma)
 {
-    /* summed and divided in double so the float weights add up to 1 within rounding */
+    /* summed and divided in double so the float weights add up to 1 within rounding. The
+     * centre weight is exactly 1 before normalising: for a sigma so small that 2 sigma^2
+     * underflows to 0, exp(-0/0) would be NaN, while the limit is the identity kernel. */
+    const double two_s2 = 2.0 * sigma * sigma;
     double sum = 0.0;
     for (int i = -radius; i <= radius; i++)
-        sum += exp(-(double)i * i / (2.0 * sigma * sigma));
+        sum += i == 0 ? 1.0 : exp(-(double)i * i / two_s2);
     for (int i = -radius; i <= radius; i++)
-        k[i + radius] = (float)(exp(-(double)i * i / (2.0 * sigma * sigma)) / sum);
+        k[i + radius] = (float)((i == 0 ? 1.0 : exp(-(double)i * i / two_s2)) / sum);
 }
 
 typedef struct {
