@@ -65,7 +65,7 @@ class Param:
         if self.kind is int:
             if not as_float.is_integer():
                 raise ValueError(f"{where} must be an integer, got {_short(value)}")
-            value = int(value)
+            value = int(value) if isinstance(value, numbers.Integral) else int(as_float)
         else:
             value = as_float
         lo, hi = self.minimum, self.maximum
