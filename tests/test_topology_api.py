@@ -231,5 +231,15 @@ def test_too_many_gpus_are_refused(tmp_path: Path) -> None:
         assert ["body", "steps", 0, "gpu"] in refused_at(replicas)
 
 
-def test_local_backend_ignores_the_pipeline_namespace(client: TestClient) -> None:
-    assert dry_run(client, DEMO | {"namespace": "imaging"}).status_code == 200
+def test_pipeline_namespace_other_than_the_managed_one_is_refused_not_ignored(
+        client: TestClient) -> None:
+    other = client.post("/pipeline", json=DEMO | {"namespace": "kube-system"})
+    assert refused_at(other) == [["body", "namespace"]]
+    assert "'default'" in other.json()["detail"][0]["msg"]
+    assert refused_at(dry_run(client, DEMO | {"namespace": "kube-system"})) == [
+        ["body", "namespace"]]
+    for body in (DEMO | {"namespace": "default"}, DEMO):
+        accepted = dry_run(client, body)
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["namespace"] == "default"
+        assert {m["metadata"]["namespace"] for m in accepted.json()["manifests"]} == {"default"}

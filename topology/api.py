@@ -135,7 +135,8 @@ def make_backend(settings: Settings) -> Backend:
         return KubernetesBackend.from_environment(render_options(settings))
     from topology.local_backend import LocalBackend
 
-    return LocalBackend(settings.state_dir, otel_env=settings.otel_env)
+    return LocalBackend(settings.state_dir, namespace=settings.namespace,
+                        otel_env=settings.otel_env)
 
 
 def render_options(settings: Settings) -> RenderOptions:

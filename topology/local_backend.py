@@ -83,10 +83,13 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, state_dir: Path, *, otel_env: Mapping[str, str] | None = None,
+    def __init__(self, state_dir: Path, *, namespace: str = "default",
+                 otel_env: Mapping[str, str] | None = None,
                  drain_grace_s: int = LOCAL_DRAIN_GRACE_S,
                  ready_timeout_s: float = READY_TIMEOUT_S) -> None:
-        self.namespace = "local"
+        # Local processes have no namespace; this is the one the service says it manages, so
+        # that answers name the namespace a pipeline was checked against.
+        self.namespace = namespace
         self.state_dir = Path(state_dir)
         self.otel_env = dict(otel_env or {})
         self.drain_grace_s = drain_grace_s

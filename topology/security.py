@@ -47,9 +47,9 @@ def check_policy(pipeline: Pipeline, settings: Settings) -> None:
         fail(("image",), f"image {image!r} is not allowed; allowed images match "
                          f"{', '.join(settings.image_allowlist) or '(nothing)'} "
                          "(--image-allowlist / STEPCHAIN_IMAGE_ALLOWLIST)")
-    # The local backend has no namespaces; on Kubernetes the service's Role covers one.
-    if settings.backend == "kubernetes" and pipeline.namespace is not None \
-            and pipeline.namespace != settings.namespace:
+    # The service manages exactly one namespace (its Role covers only that one; the local
+    # backend reports it too): a pipeline naming another is refused, never silently moved.
+    if pipeline.namespace is not None and pipeline.namespace != settings.namespace:
         fail(("namespace",), f"this topology service manages namespace {settings.namespace!r}; "
                              f"got {pipeline.namespace!r} (leave namespace out or use that one)")
     total_gpus = 0
