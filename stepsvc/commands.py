@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from stepsvc import cli_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds `step serve`, `submit` and `request` to the `stepchain` command."""
@@ -24,27 +26,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     source.add_argument("--config", metavar="FILE", help="PIPELINE_CONFIG file (YAML or JSON)")
     source.add_argument("--config-env", metavar="VAR",
                         help="environment variable holding the config (e.g. PIPELINE_CONFIG)")
-    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 = any)")
+    serve.add_argument("--port", type=cli_args.port, default=50051,
+                       help="gRPC port, 0..65535 (default 50051; 0 = any)")
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     serve.add_argument(
         "--discovery", metavar="kubernetes|static:FILE",
         help="how to find the next steps (default: kubernetes inside a cluster; required "
              "elsewhere when the step has next steps)")
     serve.add_argument("--namespace", help="Kubernetes namespace to watch (default: the pod's)")
-    serve.add_argument("--metrics-port", type=int, default=9464,
-                       help="Prometheus metrics port (default 9464; 0 = off)")
-    serve.add_argument("--max-inflight", type=_positive, default=16,
+    serve.add_argument("--metrics-port", type=cli_args.port, default=9464,
+                       help="Prometheus metrics port, 0..65535 (default 9464; 0 = off)")
+    serve.add_argument("--max-inflight", type=cli_args.positive_int, default=16,
                        help="requests processed at once (default 16)")
-    serve.add_argument("--max-queue", type=_non_negative, default=64,
+    serve.add_argument("--max-queue", type=cli_args.non_negative_int, default=64,
                        help="requests waiting for a slot before RESOURCE_EXHAUSTED (default 64)")
-    serve.add_argument("--max-message-mb", type=_positive, default=64,
-                       help="largest gRPC message in or out, MiB (default 64)")
-    serve.add_argument("--max-pixels", type=_positive, default=None,
-                       help="largest image accepted, in pixels (default 268435456)")
-    serve.add_argument("--grace", type=float, default=30.0,
-                       help="seconds in-flight requests get to finish on SIGTERM (default 30)")
-    serve.add_argument("--forward-timeout", type=float, default=60.0,
-                       help="deadline for the next hop when the caller set none (default 60 s)")
+    serve.add_argument("--max-message-mb", type=cli_args.message_mb, default=64,
+                       help=f"largest gRPC message in or out, MiB, 1..{cli_args.MAX_MESSAGE_MB} "
+                            "(default 64)")
+    serve.add_argument(
+        "--max-pixels", type=cli_args.int_range(1, cli_args.native_limit("MAX_PIXELS")),
+        default=None, help="largest image accepted, in pixels (default 268435456)")
+    serve.add_argument("--grace", type=cli_args.non_negative_seconds, default=30.0,
+                       help="seconds in-flight requests get to finish on SIGTERM; then the "
+                            "process exits anyway (default 30)")
+    serve.add_argument("--forward-timeout", type=cli_args.positive_seconds, default=60.0,
+                       help="deadline for the next hop when the caller set none, > 0 "
+                            "(default 60 s)")
     serve.set_defaults(func=serve_command)
 
     submit = sub.add_parser("submit", help="send an image through a pipeline, print timings")
@@ -53,37 +60,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     submit.add_argument("--out", required=True, metavar="OUT.png",
                         help="where to write the result (.png, .jpg or .jpeg)")
     submit.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    submit.add_argument("--threads", type=_non_negative, default=0,
+    submit.add_argument("--threads", type=_threads, default=0,
                         help="OpenMP threads for every step (default: each step's own)")
-    submit.add_argument("--passes", type=_non_negative, default=0,
+    submit.add_argument("--passes", type=_passes, default=0,
                         help="repeat every kernel N times (heavier on purpose)")
     submit.add_argument("--raw", action="store_true", help="decode locally and send raw pixels")
-    submit.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    submit.add_argument("--timeout", type=cli_args.positive_seconds, default=60.0,
+                        help="deadline in seconds, > 0 (default 60)")
     submit.set_defaults(func=submit_command)
 
     request = sub.add_parser("request", help="print a grpcurl-ready JSON ProcessRequest")
     request.add_argument("image", help="input image")
     request.add_argument("--raw", action="store_true",
                          help="send raw pixels instead of the PNG/JPEG file")
-    request.add_argument("--threads", type=_non_negative, default=0, help="overrides.threads")
-    request.add_argument("--passes", type=_non_negative, default=0, help="overrides.passes")
+    request.add_argument("--threads", type=_threads, default=0, help="overrides.threads")
+    request.add_argument("--passes", type=_passes, default=0, help="overrides.passes")
     request.add_argument("--output-encoding", choices=("raw", "png", "jpeg"), default="png",
                          help="encoding of the result image (default png)")
     request.set_defaults(func=request_command)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+#: Per-request overrides: 0 = the step's own setting, else what the kernels accept.
+_threads = cli_args.int_range(0, cli_args.native_limit("MAX_THREADS"))
+_passes = cli_args.int_range(0, cli_args.native_limit("MAX_PASSES"))
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -126,3 +126,36 @@ def test_serve_reports_a_metrics_port_in_use(tmp_path: Path,
     assert code == 1
     err = capsys.readouterr().err
     assert f"--metrics-port {port}" in err and "0 to turn metrics off" in err
+
+
+@pytest.mark.parametrize(("argv", "flag", "allowed"), [
+    (["step", "serve", "--port", "70000"], "--port", "0..65535"),
+    (["step", "serve", "--port", "-1"], "--port", "0..65535"),
+    (["step", "serve", "--metrics-port", "70000"], "--metrics-port", "0..65535"),
+    (["step", "serve", "--max-message-mb", "5000"], "--max-message-mb", "1..2047"),
+    (["step", "serve", "--max-message-mb", "0"], "--max-message-mb", "1..2047"),
+    (["step", "serve", "--max-pixels", "0"], "--max-pixels", "1..268435456"),
+    (["step", "serve", "--max-inflight", "0"], "--max-inflight", ">= 1"),
+    (["step", "serve", "--grace", "-1"], "--grace", ">= 0"),
+    (["step", "serve", "--grace", "nan"], "--grace", ">= 0"),
+    (["step", "serve", "--forward-timeout", "-3"], "--forward-timeout", "> 0"),
+    (["step", "serve", "--forward-timeout", "0"], "--forward-timeout", "> 0"),
+    (["submit", "in.png", "--target", "h:1", "--out", "o.png", "--timeout", "-1"],
+     "--timeout", "> 0"),
+    (["submit", "in.png", "--target", "h:1", "--out", "o.png", "--threads", "999"],
+     "--threads", "0..256"),
+    (["submit", "in.png", "--target", "h:1", "--out", "o.png", "--passes", "5000"],
+     "--passes", "0..1000"),
+    (["request", "in.png", "--passes", "-2"], "--passes", "0..1000"),
+    (["topology", "serve", "--port", "70000"], "--port", "0..65535"),
+])
+def test_out_of_range_flags_are_usage_errors_naming_the_flag_and_range(
+        argv: list[str], flag: str, allowed: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if argv[:2] == ["step", "serve"]:
+        argv = [*argv, "--config", str(tmp_path / "cfg.json")]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and allowed in err, err

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from stepsvc import cli_args
+
 SERVE_FLAGS = ("host", "port", "backend", "namespace", "token_file", "image_allowlist",
                "hostpath_allowlist", "max_gpus", "step_image", "step_service_account",
                "drain_grace", "state_dir")
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "environment variable (e.g. --max-gpus / STEPCHAIN_MAX_GPUS).")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; anything else "
                                       "needs --token-file)")
-    serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    serve.add_argument("--port", type=cli_args.port, help="HTTP port, 0..65535 (default 8080)")
     serve.add_argument("--backend", choices=("local", "kubernetes"),
                        help="where pipelines run (default local)")
     serve.add_argument("--namespace", help="Kubernetes namespace (default: the pod's, else "
