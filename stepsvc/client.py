@@ -6,6 +6,7 @@ Used by ``stepchain submit`` / ``stepchain request``, the demo and the benchmark
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,25 @@ def output_encoding_for(path: str | Path) -> step_pb2.ImageEncoding:
     if suffix not in OUTPUT_ENCODINGS:
         raise ValueError(f"--out {path}: the suffix must be .png, .jpg or .jpeg, got {suffix!r}")
     return OUTPUT_ENCODINGS[suffix]
+
+
+def check_output_path(path: str | Path) -> None:
+    """Raises ValueError unless `path` can be written: its directory exists and is writable.
+
+    Checked before a request is sent, so a typo in --out fails at once instead of after the
+    whole pipeline ran.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ValueError(f"--out {path} is a directory; give a file name such as "
+                         f"{target / 'out.png'}")
+    if not directory.is_dir():
+        raise ValueError(f"--out {path}: directory {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: directory {directory} is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"--out {path}: the file exists and is not writable")
 
 
 def connect(target: str, *, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:

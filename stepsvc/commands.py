@@ -184,6 +184,7 @@ def submit_command(args: argparse.Namespace) -> int:
 
     try:
         encoding = client.output_encoding_for(args.out)
+        client.check_output_path(args.out)
         image = client.image_message(args.image, raw=args.raw)
     except (ValueError, OSError) as exc:
         print(f"stepchain submit: {exc}", file=sys.stderr)
@@ -216,7 +217,11 @@ def submit_command(args: argparse.Namespace) -> int:
         tracing.shutdown()  # exports the client's spans before exiting
     if not result.response.trace_id:  # steps without tracing: the client's own trace
         result.response.trace_id = trace_id
-    Path(args.out).write_bytes(result.response.image.data)
+    try:
+        Path(args.out).write_bytes(result.response.image.data)
+    except OSError as exc:  # checked before sending; the directory may have changed since
+        print(f"stepchain submit: --out {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
     if args.json:
         print(client.dumps(client.summary_json(result, args.out)))
     else:

@@ -159,3 +159,19 @@ def test_out_of_range_flags_are_usage_errors_naming_the_flag_and_range(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and allowed in err, err
+
+
+@pytest.mark.parametrize(("out", "problem"), [
+    ("missing/dir/o.png", "directory"),
+    ("folder.png", "is a directory"),
+])
+def test_submit_refuses_an_output_it_cannot_write_before_sending(
+        photo: Path, tmp_path: Path, out: str, problem: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "folder.png").mkdir()
+    target = tmp_path / out
+    # port 1 refuses connections: reaching it would be exit 1 with UNAVAILABLE, not a usage error
+    assert main(["submit", str(photo), "--target", "127.0.0.1:1", "--timeout", "5",
+                 "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {target}" in err and problem in err and "UNAVAILABLE" not in err
