@@ -16,6 +16,16 @@ MAX_PORT = 65_535
 #: gRPC keeps message sizes in a signed 32-bit int: 2048 MiB would overflow it.
 MAX_MESSAGE_MB = 2047
 
+# Defaults of the step server's limits (`stepchain step serve` flags and ServerSettings). They
+# live here, not in the servicer, so building the command line stays free of gRPC and NumPy.
+
+#: Largest image a step accepts or produces by default: 40 megapixels, about 8K x 5K. A 40 MP
+#: RGBA image is 160 MB and a step holds a few copies of it (request, decoded, kernel output,
+#: forward), which fits a default 1 GiB pod; native.registry.MAX_PIXELS (2^28, 16K x 16K) takes
+#: a step to several GB.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
 def native_limit(name: str) -> Callable[[], int]:
     """`native.registry.<name>` (e.g. "MAX_PIXELS"), looked up only when a value is checked."""
     def limit() -> int:

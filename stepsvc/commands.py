@@ -45,7 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                             "(default 64)")
     serve.add_argument(
         "--max-pixels", type=cli_args.int_range(1, cli_args.native_limit("MAX_PIXELS")),
-        default=None, help="largest image accepted, in pixels (default 268435456)")
+        default=cli_args.DEFAULT_MAX_PIXELS,
+        help=f"largest image accepted or produced, in pixels (default "
+             f"{cli_args.DEFAULT_MAX_PIXELS}, about 8K x 5K, sized for a 1 GiB pod; at most "
+             "native's MAX_PIXELS, 16K x 16K, which needs several GB)")
     serve.add_argument("--grace", type=cli_args.non_negative_seconds, default=30.0,
                        help="seconds in-flight requests get to finish on SIGTERM; then the "
                             "process exits anyway (default 30)")
@@ -89,7 +92,6 @@ def serve_command(args: argparse.Namespace) -> int:
     """`stepchain step serve`: run until SIGTERM/SIGINT, then drain and exit 0."""
     logging.basicConfig(level=os.environ.get("STEPCHAIN_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from native.registry import MAX_PIXELS
     from stepsvc.config import load_config
     from stepsvc.discovery import make_discovery
     from stepsvc.router import is_last_step
@@ -119,7 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     settings = ServerSettings(
         host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
-        max_message_mb=args.max_message_mb, max_pixels=args.max_pixels or MAX_PIXELS,
+        max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
         grace=args.grace, forward_timeout=args.forward_timeout, metrics_port=args.metrics_port)
     discovery.start()
     try:

@@ -20,9 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from native.registry import MAX_PIXELS
 from stepsvc import codec
 from stepsvc.admission import Admission
+from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import Forwarder, transport_options
 from stepsvc.servicer import (
@@ -51,7 +51,7 @@ class ServerSettings:
     max_inflight: int = 16
     max_queue: int = 64
     max_message_mb: int = 64
-    max_pixels: int = MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     grace: float = 30.0
     forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S
     #: Prometheus port; 0 = off. Served by the telemetry module when it is wired in.

@@ -20,9 +20,10 @@ import grpc
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 import native
-from native.registry import MAX_PASSES, MAX_PIXELS, MAX_THREADS, SCHEDULES, default_threads
+from native.registry import MAX_PASSES, MAX_THREADS, SCHEDULES, default_threads
 from stepsvc import codec
 from stepsvc.admission import Admission, Draining, QueueFull, QueueTimeout
+from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import (
     DRAINING_KEY,
@@ -79,7 +80,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
     """Runs one pipeline step; forwards to the next step found through `discovery`."""
 
     def __init__(self, config: PipelineConfig, discovery: ActiveSteps, admission: Admission,
-                 forwarder: Forwarder, *, max_pixels: int = MAX_PIXELS,
+                 forwarder: Forwarder, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S,
                  observer: StepObserver | None = None) -> None:
         self.config = config
@@ -99,6 +100,10 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         self._step_passes = int(params.pop("passes", 1))
         self._step_schedule = str(params.pop("schedule", "static"))
         self._kernel_params = params
+        # resize is the one kernel whose output is larger than its input: its parameters are
+        # fixed per step, so they are validated once for sizing outputs before allocating them
+        self._resize_params = (native.validate_params("resize", params)
+                               if self.step.type == "resize" else None)
 
     # -- the RPC -------------------------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             except codec.ImageError as exc:
                 raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
+        self._check_output_size(img.shape[0], img.shape[1])
         labels = dict(request.labels)
         measures: dict[str, float] = {}
         with self._phase("kernel", timing, "kernel_ms"):
@@ -291,6 +297,23 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         passes = ov.passes or self._step_passes
         schedule = ov.schedule or self._step_schedule
         return threads, passes, schedule
+
+    def _check_output_size(self, height: int, width: int) -> None:
+        """Refuses (RESOURCE_EXHAUSTED) before the kernel allocates an output over --max-pixels."""
+        if self._resize_params is None:
+            return  # every other kernel's output is the size of its input, already checked
+        where = f"step {self.step.id} ({self.step.type})"
+        try:
+            out_h, out_w = native.resize_shape(height, width, self._resize_params)
+        except ValueError as exc:  # beyond what any kernel may produce
+            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{where}: {exc}; this step produces at most {self.max_pixels} "
+                            "pixels (--max-pixels)") from None
+        try:
+            codec.check_pixels(out_w, out_h, self.max_pixels,
+                               where=f"{where}: the output for a {width}x{height} input")
+        except codec.PixelLimitError as exc:
+            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
     def _check_output(self, request: step_pb2.ProcessRequest) -> None:
         if request.output_encoding not in codec.ENCODING_NAMES:

@@ -14,7 +14,8 @@ from step_fixtures import noisy_image
 from stepchain.v1 import step_pb2
 
 from stepsvc import codec
-from stepsvc.cli import main
+from stepsvc.cli import build_parser, main
+from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 
 TWO_STEPS = {"pipeline_id": "p1", "step_id": 1,
              "steps": [{"id": 1, "type": "blur", "next_step": 2}, {"id": 2, "type": "grayscale"}]}
@@ -175,3 +176,14 @@ def test_submit_refuses_an_output_it_cannot_write_before_sending(
                  "--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert f"--out {target}" in err and problem in err and "UNAVAILABLE" not in err
+
+
+def test_serve_defaults_to_a_pixel_limit_a_default_pod_can_hold(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["step", "serve", "--config", "cfg.json"])
+    assert args.max_pixels == DEFAULT_MAX_PIXELS == 40_000_000
+    assert build_parser().parse_args(["step", "serve", "--config", "c", "--max-pixels",
+                                      str(1 << 28)]).max_pixels == 1 << 28
+    with pytest.raises(SystemExit):
+        main(["step", "serve", "--help"])
+    assert "about 8K x 5K" in " ".join(capsys.readouterr().out.split())

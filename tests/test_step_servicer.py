@@ -28,6 +28,7 @@ from stepchain.v1 import step_pb2
 
 import native
 from stepsvc import codec
+from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 from stepsvc.servicer import StepObserver
 
 LINEAR = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}, "next_step": 2},
@@ -376,3 +377,39 @@ def test_drain_turns_health_not_serving_refuses_new_work_and_finishes_inflight(
         drainer.join(20)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "draining" in message
     assert drained == [True]
+
+
+# -- pixel limits: input and output, at default settings ---------------------------------------
+
+def test_default_pixel_limit_refuses_a_48_megapixel_image_encoded_or_raw(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, SINGLE)  # default settings, as `stepchain step serve` starts a step
+    stub = pipe.stub(1)
+    for image in (step_pb2.Image(data=bomb_png(8000, 6000), encoding=codec.PNG),
+                  step_pb2.Image(width=8000, height=6000, channels=4, data=b"\x00" * 64)):
+        code, message = status_of(
+            lambda image=image: stub.Process(step_pb2.ProcessRequest(image=image), timeout=10))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        assert "8000x6000 = 48000000 pixels" in message
+        assert f"at most {DEFAULT_MAX_PIXELS} pixels (--max-pixels)" in message
+    assert stub.Process(raw_request(noisy_image()), timeout=10).timings
+
+
+def test_resize_output_over_the_pixel_limit_is_refused_before_the_kernel(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, [{"id": 1, "type": "resize", "params": {"scale": 16}}], max_pixels=1_000_000)
+    code, message = status_of(
+        lambda: pipe.stub(1).Process(raw_request(noisy_image(100, 100, 3)), timeout=10))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    assert message.startswith("step 1 (resize): the output for a 100x100 input is 1600x1600")
+    assert "at most 1000000 pixels (--max-pixels)" in message
+
+
+def test_resize_output_beyond_any_kernel_limit_is_resource_exhausted(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, [{"id": 1, "type": "resize", "params": {"scale": 16}}])
+    img = noisy_image(2500, 4000, 1)  # 10 MP in, 2.56 GP out
+    code, message = status_of(lambda: pipe.stub(1).Process(raw_request(img), timeout=30))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    assert message.startswith("step 1 (resize): resize output is 64000x40000")
+    assert f"at most {DEFAULT_MAX_PIXELS} pixels (--max-pixels)" in message
