@@ -38,9 +38,9 @@ from topology.model import (
     clean_loc,
 )
 from topology.pipeline import Pipeline, resolve_pipeline
-from topology.render import RenderOptions, render_manifests
+from topology.render import render_manifests
 from topology.security import check_policy, token_matches
-from topology.settings import Settings, check_startup
+from topology.settings import Settings, check_startup, render_options
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,6 @@ def make_backend(settings: Settings) -> Backend:
 
     return LocalBackend(settings.state_dir, namespace=settings.namespace,
                         otel_env=settings.otel_env)
-
-
-def render_options(settings: Settings) -> RenderOptions:
-    """Render options from the service settings."""
-    return RenderOptions(namespace=settings.namespace, image=settings.step_image,
-                         otel_env=dict(settings.otel_env), drain_grace_s=settings.drain_grace_s,
-                         service_account=settings.step_service_account)
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:

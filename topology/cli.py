@@ -6,6 +6,10 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from topology.model import PipelineInvalid
 
 from stepsvc import cli_args
 
@@ -48,14 +52,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_serve)
 
     render = commands.add_parser(
-        "render", help="print the Kubernetes manifests of a pipeline JSON (like helm template)")
+        "render", help="print the Kubernetes manifests of a pipeline JSON (like helm template)",
+        description="Prints what `topology serve` would apply: the same policy checks (image and "
+                    "hostPath allow-lists, GPU bound, namespace) from the same flags and "
+                    "STEPCHAIN_* variables. Exit 1: invalid pipeline; 2: refused by the policy "
+                    "or unusable settings.")
     render.add_argument("pipeline", help="pipeline JSON file ('-' for stdin)")
-    render.add_argument("--namespace", help="namespace (default: the pipeline's, else default)")
-    render.add_argument("--image", help="step image (default: the pipeline's, else "
-                                        "ghcr.io/stepchain/step:0.1.0)")
+    render.add_argument("--namespace", help="the namespace the service manages (default: "
+                                            "STEPCHAIN_NAMESPACE, else the pipeline's, else "
+                                            "default); a pipeline naming another is refused")
+    render.add_argument("--image", help="step image overriding the pipeline's own (checked "
+                                        "against the image allow-list)")
+    render.add_argument("--step-image", help="step image when the pipeline names none "
+                                             "(default ghcr.io/stepchain/step:0.1.0)")
+    render.add_argument("--image-allowlist", help="comma-separated globs step images must "
+                                                  "match (default ghcr.io/stepchain/*)")
+    render.add_argument("--hostpath-allowlist", help="comma-separated path prefixes allowed as "
+                                                     "hostPath volumes (default: none)")
+    render.add_argument("--max-gpus", type=int, help="most GPUs one pipeline may use "
+                                                     "(default 8)")
     render.add_argument("--drain-grace", type=int, default=None,
                         help="seconds a step drains on SIGTERM (default 20)")
-    render.add_argument("--step-service-account", help="service account of the step pods")
+    render.add_argument("--step-service-account",
+                        help="service account of the step pods; needs list/watch on configmaps "
+                             "(default stepchain-step, what the Helm chart creates)")
     render.set_defaults(func=_render)
 
 
@@ -79,15 +99,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from topology.model import PipelineInvalid
     from topology.pipeline import parse_pipeline
-    from topology.render import (
-        DEFAULT_DRAIN_GRACE_S,
-        DEFAULT_STEP_IMAGE,
-        RenderOptions,
-        manifests_yaml,
-        render_manifests,
-    )
+    from topology.render import manifests_yaml, render_manifests
+    from topology.security import check_policy
+    from topology.settings import RENDER_FLAGS, render_options, render_settings_from
 
     try:
         if args.pipeline == "-":
@@ -104,21 +122,31 @@ def _render(args: argparse.Namespace) -> int:
         print(f"stepchain topology render: {args.pipeline} is not JSON: {exc}", file=sys.stderr)
         return 2
     except PipelineInvalid as exc:
-        print(f"stepchain topology render: {args.pipeline} is not a valid pipeline:",
-              file=sys.stderr)
-        from topology.model import format_loc
-
-        for error in exc.errors:
-            print(f"  {format_loc(error['loc'])}: {error['msg']}", file=sys.stderr)
+        _print_errors(f"{args.pipeline} is not a valid pipeline:", exc)
         return 1
-    options = RenderOptions(
-        namespace=args.namespace or pipeline.namespace or "default",
-        image=args.image or pipeline.image or DEFAULT_STEP_IMAGE,
-        drain_grace_s=args.drain_grace if args.drain_grace is not None else DEFAULT_DRAIN_GRACE_S,
-        service_account=args.step_service_account)
-    if args.image:  # the flag wins over the pipeline's own image
-        from dataclasses import replace
-
+    flags = {k: getattr(args, k) for k in RENDER_FLAGS}
+    # Without a service that manages a namespace, the pipeline's own is the one it targets.
+    if flags["namespace"] is None and not os.environ.get("STEPCHAIN_NAMESPACE"):
+        flags["namespace"] = pipeline.namespace
+    if args.image:  # the flag replaces the pipeline's image (and is checked like it)
+        flags["step_image"] = args.image
         pipeline = replace(pipeline, image=None)
-    sys.stdout.write(manifests_yaml(render_manifests(pipeline, options)))
+    try:
+        settings = render_settings_from(flags, os.environ)
+        check_policy(pipeline, settings)
+    except PipelineInvalid as exc:
+        _print_errors(f"{args.pipeline} is refused by the topology service's policy:", exc)
+        return 2
+    except ValueError as exc:
+        print(f"stepchain topology render: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(manifests_yaml(render_manifests(pipeline, render_options(settings))))
     return 0
+
+
+def _print_errors(headline: str, exc: PipelineInvalid) -> None:
+    from topology.model import format_loc
+
+    print(f"stepchain topology render: {headline}", file=sys.stderr)
+    for error in exc.errors:
+        print(f"  {format_loc(error['loc'])}: {error['msg']}", file=sys.stderr)

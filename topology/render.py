@@ -24,6 +24,10 @@ GRPC_PORT = 50051
 METRICS_PORT = 9464
 CONFIG_KEY = "PIPELINE_CONFIG"
 DEFAULT_STEP_IMAGE = "ghcr.io/stepchain/step:0.1.0"
+#: Service account of the step pods unless configured: what the Helm chart creates for a
+#: release named `stepchain` (`<fullname>-step`). It needs list and watch on configmaps
+#: (Kubernetes discovery); the namespace's `default` account has neither, so steps would get 403.
+DEFAULT_STEP_SERVICE_ACCOUNT = "stepchain-step"
 #: Seconds a step drains in-flight requests after SIGTERM (`step serve --grace`).
 DEFAULT_DRAIN_GRACE_S = 20
 #: Extra seconds Kubernetes waits beyond the drain before SIGKILL.
@@ -46,8 +50,8 @@ class RenderOptions:
     #: OTEL_* settings passed through to every step (OTEL_SERVICE_NAME is set per step).
     otel_env: Mapping[str, str] = field(default_factory=dict)
     drain_grace_s: int = DEFAULT_DRAIN_GRACE_S
-    #: Steps watch ConfigMaps for discovery: this account needs get/list/watch on them.
-    service_account: str | None = None
+    #: Steps watch ConfigMaps for discovery: this account needs list/watch on them.
+    service_account: str = DEFAULT_STEP_SERVICE_ACCOUNT
 
 
 def step_name(pipeline_id: str, step_id: int) -> str:
@@ -255,8 +259,8 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
         "containers": [container],
         "volumes": volumes,
     }
-    if options.service_account:
-        pod_spec["serviceAccountName"] = options.service_account
+    # Always explicit: the namespace's default account cannot list/watch the ConfigMaps.
+    pod_spec["serviceAccountName"] = options.service_account
     if step.node_selector:
         pod_spec["nodeSelector"] = dict(step.node_selector)
     spec: dict[str, Any] = {

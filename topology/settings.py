@@ -14,23 +14,31 @@ flag                           environment                        default
 ``--hostpath-allowlist``       ``STEPCHAIN_HOSTPATH_ALLOWLIST``   none
 ``--max-gpus``                 ``STEPCHAIN_MAX_GPUS``             ``8``
 ``--step-image``               ``STEPCHAIN_STEP_IMAGE``           ``ghcr.io/stepchain/step:0.1.0``
-``--step-service-account``     ``STEPCHAIN_STEP_SERVICE_ACCOUNT`` none (namespace default)
+``--step-service-account``     ``STEPCHAIN_STEP_SERVICE_ACCOUNT`` ``stepchain-step``
 ``--drain-grace``              ``STEPCHAIN_DRAIN_GRACE``          ``20`` seconds
 ``--state-dir``                ``STEPCHAIN_STATE_DIR``            ``$XDG_STATE_HOME/stepchain``
 =============================  =================================  ==============================
 
 ``OTEL_*`` variables of the service are passed through to every step it deploys.
+``stepchain topology render`` reads the same flags and variables for what it renders and the
+policy it checks (:func:`render_settings_from`), and ignores those about listening and state.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topology.render import DEFAULT_DRAIN_GRACE_S, DEFAULT_STEP_IMAGE
+from topology.render import (
+    DEFAULT_DRAIN_GRACE_S,
+    DEFAULT_STEP_IMAGE,
+    DEFAULT_STEP_SERVICE_ACCOUNT,
+    RenderOptions,
+)
 
 DEFAULT_IMAGE_ALLOWLIST = ("ghcr.io/stepchain/*",)
 DEFAULT_MAX_GPUS = 8
@@ -38,6 +46,14 @@ DEFAULT_MAX_GPUS = 8
 MAX_BODY_BYTES = 1 << 20
 BACKENDS = ("local", "kubernetes")
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: Settings only a running service uses (listening, auth, state): `render` ignores them.
+SERVICE_ONLY_ENV = ("STEPCHAIN_HOST", "STEPCHAIN_PORT", "STEPCHAIN_BACKEND",
+                    "STEPCHAIN_TOKEN_FILE", "STEPCHAIN_STATE_DIR")
+#: Flags `topology render` shares with `topology serve`.
+RENDER_FLAGS = ("namespace", "image_allowlist", "hostpath_allowlist", "max_gpus", "step_image",
+                "step_service_account", "drain_grace")
+#: A Kubernetes object name (DNS-1123 subdomain), e.g. a service account.
+DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,7 @@ class Settings:
     hostpath_allowlist: tuple[str, ...] = ()
     max_gpus: int = DEFAULT_MAX_GPUS
     step_image: str = DEFAULT_STEP_IMAGE
-    step_service_account: str | None = None
+    step_service_account: str = DEFAULT_STEP_SERVICE_ACCOUNT
     drain_grace_s: int = DEFAULT_DRAIN_GRACE_S
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
     otel_env: Mapping[str, str] = field(default_factory=dict)
@@ -146,6 +162,13 @@ def settings_from(flags: Mapping[str, object | None], environ: Mapping[str, str]
             raise ValueError(f"--hostpath-allowlist / STEPCHAIN_HOSTPATH_ALLOWLIST: {prefix!r} "
                              "must be an absolute path prefix")
     state_dir = pick("state_dir", "STEPCHAIN_STATE_DIR")
+    account = pick("step_service_account", "STEPCHAIN_STEP_SERVICE_ACCOUNT")
+    if account is None:
+        account = DEFAULT_STEP_SERVICE_ACCOUNT
+    elif len(account) > 253 or not DNS1123_SUBDOMAIN_RE.match(account):
+        raise ValueError(f"--step-service-account / STEPCHAIN_STEP_SERVICE_ACCOUNT: {account!r} "
+                         "is not a service account name (DNS-1123 subdomain); give the account "
+                         "with list/watch on configmaps, or `default` for the namespace's own")
     settings = Settings(
         host=pick("host", "STEPCHAIN_HOST") or "127.0.0.1",
         port=number("port", "STEPCHAIN_PORT", 8080, 0),
@@ -156,13 +179,28 @@ def settings_from(flags: Mapping[str, object | None], environ: Mapping[str, str]
         hostpath_allowlist=tuple(os.path.normpath(p) for p in hostpaths),
         max_gpus=number("max_gpus", "STEPCHAIN_MAX_GPUS", DEFAULT_MAX_GPUS, 0),
         step_image=pick("step_image", "STEPCHAIN_STEP_IMAGE") or DEFAULT_STEP_IMAGE,
-        step_service_account=pick("step_service_account", "STEPCHAIN_STEP_SERVICE_ACCOUNT"),
+        step_service_account=account,
         drain_grace_s=number("drain_grace", "STEPCHAIN_DRAIN_GRACE", DEFAULT_DRAIN_GRACE_S, 0),
         state_dir=Path(state_dir) if state_dir else default_state_dir(environ),
         otel_env={k: v for k, v in environ.items() if k.startswith("OTEL_")},
     )
     check_startup(settings)
     return settings
+
+
+def render_settings_from(flags: Mapping[str, object | None],
+                         environ: Mapping[str, str]) -> Settings:
+    """Settings for `topology render`: the service's policy and render settings from the same
+    flags and variables, ignoring those about listening, auth and state (it serves nothing)."""
+    return settings_from({k: v for k, v in flags.items() if k in RENDER_FLAGS},
+                         {k: v for k, v in environ.items() if k not in SERVICE_ONLY_ENV})
+
+
+def render_options(settings: Settings) -> RenderOptions:
+    """What the manifests depend on besides the pipeline, from the service settings."""
+    return RenderOptions(namespace=settings.namespace, image=settings.step_image,
+                         otel_env=dict(settings.otel_env), drain_grace_s=settings.drain_grace_s,
+                         service_account=settings.step_service_account)
 
 
 def check_startup(settings: Settings) -> None:
