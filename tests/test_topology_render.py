@@ -100,8 +100,25 @@ def test_only_the_entry_step_service_is_a_nodeport() -> None:
     types = {name: s["spec"]["type"] for name, s in services.items()}
     assert types == {"demo-step-0": "NodePort", "demo-step-1": "ClusterIP",
                      "demo-step-2": "ClusterIP", "demo-step-3": "ClusterIP"}
-    ports = {p["name"]: p["port"] for p in services["demo-step-0"]["spec"]["ports"]}
-    assert ports == {"grpc": 50051, "metrics": 9464}
+
+
+
+def test_step_services_carry_only_grpc_so_the_nodeport_does_not_expose_metrics() -> None:
+    services = by_kind(render(DEMO_WITH_EVERYTHING), "Service")
+    assert len(services) == 4
+    for name, service in services.items():
+        assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            ("grpc", 50051, "grpc")], name
+
+
+def test_every_step_pod_announces_its_metrics_port_to_prometheus() -> None:
+    for name, deployment in by_kind(render(DEMO_WITH_EVERYTHING), "Deployment").items():
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert {k: annotations[k] for k in annotations if k.startswith("prometheus.io/")} == {
+            "prometheus.io/scrape": "true", "prometheus.io/port": "9464",
+            "prometheus.io/path": "/metrics"}, name
+        assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in \
+            container(deployment)["ports"]
 
 
 def test_every_object_carries_the_pipeline_and_step_labels() -> None:

@@ -1,8 +1,9 @@
 """Pipeline -> Kubernetes manifests: a pure function of the pipeline and the render options.
 
 Per step: a ConfigMap ``<pipeline_id>-step-<N>-config`` (key ``PIPELINE_CONFIG``, what the step
-server and Kubernetes discovery read), a Deployment, a Service ``<pipeline_id>-step-<N>``
-(NodePort for the entry step, ClusterIP otherwise) and, when the step asks for ``autoscale``, a
+server and Kubernetes discovery read), a Deployment whose pods announce their metrics port with
+``prometheus.io/*`` annotations, a Service ``<pipeline_id>-step-<N>`` carrying only the gRPC
+port (NodePort for the entry step, ClusterIP otherwise) and, when the step asks for ``autoscale``, a
 HorizontalPodAutoscaler. Every object carries the same labels so a pipeline is found and
 deleted by ``pipeline_id`` alone.
 """
@@ -163,10 +164,10 @@ def _service(pipeline: Pipeline, step: Step, namespace: str) -> dict[str, Any]:
             # The entry step is reachable from outside the cluster (clients, Locust).
             "type": "NodePort" if entry else "ClusterIP",
             "selector": selector_labels(pipeline.pipeline_id, step.id),
+            # gRPC only: a NodePort opens every listed port on every node, and /metrics is for
+            # in-cluster scrapers, which find the pods by their prometheus.io/* annotations.
             "ports": [
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics",
-                 "protocol": "TCP"},
             ],
         },
     }
@@ -273,8 +274,10 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
                 "annotations": {
                     # Env from a ConfigMap is read at start: roll the pods when it changes.
                     CONFIG_HASH_ANNOTATION: hashlib.sha256(config_text.encode()).hexdigest(),
+                    # How Prometheus finds /metrics: pod annotations, never a Service port.
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(METRICS_PORT),
+                    "prometheus.io/path": "/metrics",
                 },
             },
             "spec": pod_spec,
