@@ -92,6 +92,41 @@ REJECTIONS = [
 ]
 
 
+def volume(**fields: Any) -> dict[str, Any]:
+    return steps({"type": "blur", "volumes": [{"name": "v", **fields}]})
+
+
+VOLUME_REJECTIONS = [
+    *[(f"emptyDir at {path}", volume(mountPath=path, emptyDir={}), "mountPath")
+      for path in ("/", "/proc", "/sys/fs", "/dev", "/etc", "/etc/ssl", "/bin", "/sbin",
+                   "/usr/local/bin", "/lib", "/lib64", "/libx32/x", "/var/run", "/var/run/secrets",
+                   "/run", "/tmp")],
+    *[(f"unnormalised {path}", volume(mountPath=path, emptyDir={}), "mountPath")
+      for path in ("/data/", "//etc", "/data//x", "/data/./x", "/data/../etc")],
+    ("unnormalised hostPath", volume(mountPath="/data", hostPath="/srv//images"), "hostPath"),
+    *[(f"configMap {name}", volume(mountPath="/cfg", configMap=name), "configMap")
+      for name in ("demo-step-0-config", "other-pipeline-step-12-config")],
+]
+REJECTIONS += [(name, body, ["body", "steps", 0, "volumes", 0, field])
+               for name, body, field in VOLUME_REJECTIONS]
+
+
+@pytest.mark.parametrize("body", [
+    volume(mountPath="/data", emptyDir={}), volume(mountPath="/tmp/cache", emptyDir={}),
+    volume(mountPath="/models/library", configMap="model-config"),
+    volume(mountPath="/opt/run", configMap="demo-step-0-settings")])
+def test_volumes_outside_system_paths_and_step_configs_are_accepted(
+        client: TestClient, body: Any) -> None:
+    assert dry_run(client, body).status_code == 200, body
+
+
+def test_step_config_maps_of_the_renderer_are_the_names_volumes_may_not_mount() -> None:
+    from topology.model import STEP_CONFIG_MAP_RE
+    from topology.render import config_map_name
+
+    assert STEP_CONFIG_MAP_RE.search(config_map_name("any-pipeline", 9999))
+
+
 @pytest.mark.parametrize(("body", "loc"), [(b, loc) for _, b, loc in REJECTIONS],
                          ids=[name for name, _, _ in REJECTIONS])
 def test_refused_pipeline_is_a_422_naming_the_offending_field(client: TestClient, body: Any,

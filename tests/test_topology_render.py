@@ -55,7 +55,7 @@ DEMO_WITH_EVERYTHING = {
         {"type": "grayscale", "gpu": 2, "nodeSelector": {"accelerator": "a100"}, "next_step": 3,
          "volumes": [{"name": "models", "mountPath": "/models", "readOnly": True,
                       "hostPath": "/srv/models"},
-                     {"name": "cfg", "mountPath": "/etc/extra", "configMap": "extra"}]},
+                     {"name": "cfg", "mountPath": "/config/extra", "configMap": "extra"}]},
         {"type": "deblur", "autoscale": {"minReplicas": 1, "maxReplicas": 3}, "next_step": 3},
         {"type": "resize", "params": {"scale": 0.5}},
     ],

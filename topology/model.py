@@ -63,6 +63,16 @@ IMAGE_RE = re.compile(
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
 #: Volume names the renderer uses itself.
 RESERVED_VOLUMES = ("tmp",)
+#: Mount paths the renderer uses itself (the step's writable emptyDir); below them is fine.
+RESERVED_MOUNT_PATHS = ("/tmp",)
+#: Where a volume must not be mounted, nor below: it would replace the step's root, the system
+#: binaries and libraries, or kernel and runtime interfaces. `/lib*` covers lib32, lib64, ...
+SYSTEM_MOUNT_PATHS = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/var/run",
+                      "/run", "/boot", "/root")
+SYSTEM_MOUNT_RE = re.compile(r"^/lib[^/]*(/|$)")
+#: ConfigMap names of stepchain step configs (`<pipeline_id>-step-<N>-config`, see
+#: topology.render.config_map_name): no pipeline may mount another's (or its own) routing.
+STEP_CONFIG_MAP_RE = re.compile(r"-step-[0-9]+-config$")
 
 Loc = tuple[str | int, ...]
 #: Canonical kernel names and aliases, as the OpenAPI document lists them.
@@ -193,7 +203,38 @@ class VolumeSpec(BaseModel):
             return value
         if not value.startswith("/") or ".." in value.split("/") or "\x00" in value:
             raise ValueError(f"{value!r} must be an absolute path without '..'")
-        return posixpath.normpath(value)
+        # Checks below compare paths as written: `/etc/` or `//etc` must not slip past `/etc`.
+        clean = "/" + posixpath.normpath(value).lstrip("/")
+        if clean != value:
+            raise ValueError(f"{value!r} is not a normalised path; write {clean!r}")
+        return value
+
+    @field_validator("mountPath")
+    @classmethod
+    def _not_system_path(cls, value: str) -> str:
+        if value == "/":
+            raise ValueError("mountPath '/' would replace the step's whole filesystem; mount "
+                             "below a directory of your own, e.g. /data")
+        for path in SYSTEM_MOUNT_PATHS:
+            if value == path or value.startswith(path + "/"):
+                raise ValueError(f"mountPath {value!r} is inside the system path {path}; mount "
+                                 "below a directory of your own, e.g. /data")
+        if SYSTEM_MOUNT_RE.match(value):
+            raise ValueError(f"mountPath {value!r} is inside the system libraries (/lib*); "
+                             "mount below a directory of your own, e.g. /data")
+        if value in RESERVED_MOUNT_PATHS:
+            raise ValueError(f"mountPath {value!r} is already the step's writable emptyDir; "
+                             "mount below it or elsewhere")
+        return value
+
+    @field_validator("configMap")
+    @classmethod
+    def _not_step_config(cls, value: str | None) -> str | None:
+        if value is not None and STEP_CONFIG_MAP_RE.search(value):
+            raise ValueError(f"configMap {value!r} is named like a stepchain step config "
+                             "(<pipeline>-step-<N>-config); those hold pipelines' routing and "
+                             "are not mountable")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -301,8 +342,6 @@ class StepSpec(BaseModel):
             dup = sorted({x for x in values if values.count(x) > 1})
             if dup:
                 raise ValueError(f"volumes: {what} {', '.join(dup)} used more than once")
-        if "/tmp" in mounts:
-            raise ValueError("volumes: /tmp is already the step's writable emptyDir")
         return self
 
 
