@@ -82,6 +82,8 @@ REJECTIONS = [
     ("bad replicas", steps({"type": "blur", "replicas": -1}), ["body", "steps", 0, "replicas"]),
     ("bad resources", steps({"type": "blur", "resources": {"limits": {"memory": "lots"}}}),
      ["body", "steps", 0, "resources", "limits"]),
+    ("memory limit too small for a step", steps({"type": "blur", "resources": {
+        "limits": {"memory": "32Mi"}}}), ["body", "steps", 0, "resources", "limits"]),
     ("unknown step field", steps({"type": "blur", "colour": "red"}),
      ["body", "steps", 0, "colour"]),
     ("namespace not DNS-1123", {"namespace": "Bad NS", "steps": [{"type": "blur"}]},

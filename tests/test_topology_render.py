@@ -189,8 +189,8 @@ def test_pods_run_restricted_non_root_with_a_read_only_root() -> None:
 def test_termination_grace_covers_the_step_drain_plus_a_margin() -> None:
     deployment = by_kind(render(load(ROOT / "examples" / "pipeline.json"), drain_grace_s=25),
                          "Deployment")["demo-step-0"]
-    assert "--grace" in container(deployment)["args"]
-    assert container(deployment)["args"][-1] == "25"
+    args = container(deployment)["args"]
+    assert args[args.index("--grace") + 1] == "25"
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 25
 
 
@@ -228,3 +228,41 @@ def test_yaml_output_is_one_document_per_object() -> None:
     manifests = render(load(ROOT / "examples" / "nested.json"))
     docs = [d for d in yaml.safe_load_all(manifests_yaml(manifests)) if d]
     assert docs == manifests
+
+
+@pytest.mark.parametrize(("quantity", "value"), [
+    ("1Gi", 1 << 30), ("256Mi", 256 << 20), ("64Ki", 64 << 10), ("1.5Gi", 3 << 29),
+    ("1G", 10**9), ("300M", 3 * 10**8), ("2k", 2000), ("500m", 0.5), ("3", 3), (2, 2)])
+def test_kubernetes_quantities_parse_to_numbers(quantity: str | int, value: float) -> None:
+    from topology.model import parse_quantity
+
+    assert parse_quantity(quantity) == value
+
+
+@pytest.mark.parametrize("quantity", ["lots", "1GB", "1 Gi", "-1Gi", "", True])
+def test_text_that_is_no_quantity_is_refused(quantity: Any) -> None:
+    from topology.model import parse_quantity
+
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        parse_quantity(quantity)
+
+
+@pytest.mark.parametrize(("memory", "max_pixels"), [
+    (None, (1 << 30) // 40),          # the default 1Gi limit
+    ("512Mi", (512 << 20) // 40),
+    ("300M", 7_500_000),
+    ("2G", 40_000_000),               # capped at the step server's default
+    ("16Gi", 40_000_000),
+])
+def test_each_step_refuses_images_beyond_what_its_memory_limit_holds(
+        memory: str | None, max_pixels: int) -> None:
+    from stepsvc.cli import build_parser
+
+    step: dict[str, Any] = {"type": "blur"}
+    if memory is not None:
+        step["resources"] = {"limits": {"memory": memory}}
+    (deployment,) = by_kind(render({"name": "p", "steps": [step]}), "Deployment").values()
+    args = container(deployment)["args"]
+    assert args[args.index("--max-pixels") + 1] == str(max_pixels)
+    # The step server takes the flag as rendered.
+    assert build_parser().parse_args(args).max_pixels == max_pixels

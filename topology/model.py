@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -52,6 +53,15 @@ MAX_GPU_FIELD = 64
 #: Kubernetes resource quantity (e.g. 500m, 1.5, 256Mi, 1G).
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+#: What each quantity suffix multiplies by (decimal SI and binary IEC).
+QUANTITY_FACTORS: dict[str, Decimal] = {
+    "": Decimal(1), "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+#: Smallest memory limit a step may have: the step server (Python, gRPC, NumPy) needs about
+#: this much before it holds an image, and its pixel budget is derived from the limit.
+MIN_STEP_MEMORY = "64Mi"
 #: Label keys: optional DNS subdomain prefix and a name of at most 63 characters.
 LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -120,6 +130,19 @@ def format_loc(loc: Any) -> str:
     return out or "(top level)"
 
 
+def parse_quantity(value: str | int | float) -> Decimal:
+    """A Kubernetes resource quantity as a number: `1Gi` -> 1073741824, `500m` -> 0.5.
+
+    The one quantity parser of the topology service. Raises ValueError for anything else.
+    """
+    text = str(value)
+    match = QUANTITY_RE.match(text) if not isinstance(value, bool) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 256Mi, 1Gi)")
+    suffix = match.group(2) or ""
+    return Decimal(text[:len(text) - len(suffix)]) * QUANTITY_FACTORS[suffix]
+
+
 def _int_to_list(value: Any) -> Any:
     # The Flask-era format writes a single successor as a bare int.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -168,9 +191,19 @@ class ResourcesSpec(BaseModel):
                 hint = " (use the step's `gpu` field for GPUs)" if "gpu" in name else ""
                 raise ValueError(f"unknown resource {name!r}; allowed: "
                                  f"{', '.join(RESOURCE_NAMES)}{hint}")
-            if isinstance(quantity, bool) or not QUANTITY_RE.match(str(quantity)):
-                raise ValueError(f"{name}: {quantity!r} is not a Kubernetes quantity "
-                                 "(e.g. 500m, 2, 256Mi, 1Gi)")
+            try:
+                parse_quantity(quantity)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return value
+
+    @field_validator("limits")
+    @classmethod
+    def _memory_limit(cls, value: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        if "memory" in value and parse_quantity(value["memory"]) < parse_quantity(
+                MIN_STEP_MEMORY):
+            raise ValueError(f"memory: {value['memory']!r} is below the {MIN_STEP_MEMORY} a "
+                             "step server needs")
         return value
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig, dump_config
 from stepsvc.config import StepSpec as ConfigStep
+from topology.model import parse_quantity
 from topology.pipeline import Pipeline, Step
 
 GRPC_PORT = 50051
@@ -40,6 +42,11 @@ MANAGED_BY = "stepchain-topology"
 FINGERPRINT_ANNOTATION = "stepchain.io/pipeline-sha256"
 STEP_TYPE_ANNOTATION = "stepchain.io/step-type"
 CONFIG_HASH_ANNOTATION = "stepchain.io/config-sha256"
+#: Memory a step needs per pixel of its largest image: a few RGBA copies (request, decoded,
+#: kernel output, forward) plus working buffers. A step's --max-pixels is its memory limit
+#: divided by this, so an oversized (or decompression-bomb) image is refused with
+#: RESOURCE_EXHAUSTED instead of getting the pod OOM-killed.
+BYTES_PER_PIXEL = 40
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,12 @@ def _service(pipeline: Pipeline, step: Step, namespace: str) -> dict[str, Any]:
     }
 
 
+def max_pixels_for(memory_limit: str) -> int:
+    """A step's `--max-pixels` for its memory limit (a Kubernetes quantity): the limit divided
+    by BYTES_PER_PIXEL, at most the step server's default."""
+    return max(1, min(DEFAULT_MAX_PIXELS, int(parse_quantity(memory_limit)) // BYTES_PER_PIXEL))
+
+
 def _resources(step: Step) -> dict[str, dict[str, Any]]:
     requests: dict[str, Any] = {"cpu": str(step.threads), "memory": "256Mi"}
     limits: dict[str, Any] = {"cpu": str(step.threads), "memory": "1Gi"}
@@ -220,6 +233,7 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
                 options: RenderOptions) -> dict[str, Any]:
     name = step_name(pipeline.pipeline_id, step.id)
     volumes, mounts = _volumes(step)
+    resources = _resources(step)
     container: dict[str, Any] = {
         "name": "step",
         "image": image,
@@ -227,11 +241,12 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
         "command": ["stepchain"],
         "args": ["step", "serve", "--config-env", CONFIG_KEY, "--port", str(GRPC_PORT),
                  "--discovery", "kubernetes", "--metrics-port", str(METRICS_PORT),
-                 "--grace", str(options.drain_grace_s)],
+                 "--grace", str(options.drain_grace_s),
+                 "--max-pixels", str(max_pixels_for(resources["limits"]["memory"]))],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "env": _env(pipeline, step, options),
-        "resources": _resources(step),
+        "resources": resources,
         "readinessProbe": {"grpc": {"port": GRPC_PORT}, "periodSeconds": 5,
                            "failureThreshold": 2},
         "livenessProbe": {"grpc": {"port": GRPC_PORT}, "initialDelaySeconds": 10,
