@@ -24,6 +24,9 @@ MAX_MESSAGE_MB = 2047
 #: forward), which fits a default 1 GiB pod; native.registry.MAX_PIXELS (2^28, 16K x 16K) takes
 #: a step to several GB.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Most kernel passes one request may ask for (overrides.passes) by default: passes make a
+#: kernel heavier on purpose, and any client may send them.
+DEFAULT_MAX_PASSES = 100
 
 
 def native_limit(name: str) -> Callable[[], int]:

@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help=f"largest image accepted or produced, in pixels (default "
              f"{cli_args.DEFAULT_MAX_PIXELS}, about 8K x 5K, sized for a 1 GiB pod; at most "
              "native's MAX_PIXELS, 16K x 16K, which needs several GB)")
+    serve.add_argument(
+        "--max-passes", type=cli_args.int_range(1, cli_args.native_limit("MAX_PASSES")),
+        default=cli_args.DEFAULT_MAX_PASSES,
+        help=f"most kernel passes one request may ask for with overrides.passes (default "
+             f"{cli_args.DEFAULT_MAX_PASSES}; more is INVALID_ARGUMENT)")
     serve.add_argument("--grace", type=cli_args.non_negative_seconds, default=30.0,
                        help="seconds in-flight requests get to finish on SIGTERM; then the "
                             "process exits anyway (default 30)")
@@ -122,7 +127,7 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
         max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
-        grace=args.grace, forward_timeout=args.forward_timeout, metrics_port=args.metrics_port)
+        max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout, metrics_port=args.metrics_port)
     discovery.start()
     try:
         server = build_server(config, discovery, settings,
@@ -160,8 +165,17 @@ def serve_command(args: argparse.Namespace) -> int:
     log.info("draining: up to %.1f s for in-flight requests", settings.grace)
     finished = server.drain()
     telemetry.close()  # flushes queued spans before the process exits
-    log.info("stopped (%s)", "all requests finished" if finished else "grace period ran out")
-    return 0
+    if finished:
+        log.info("stopped (all requests finished)")
+        return 0
+    # A kernel call cannot be interrupted, and Python waits for every worker thread before it
+    # exits: without this a long kernel would keep a drained step alive past --grace.
+    log.warning("stopped: grace period (%.1f s) ran out; %d request(s) cut off; exiting without "
+                "waiting for their kernels", settings.grace, server.cut_off)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class _NoDiscovery:

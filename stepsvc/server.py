@@ -22,7 +22,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from stepsvc import codec
 from stepsvc.admission import Admission
-from stepsvc.cli_args import DEFAULT_MAX_PIXELS
+from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import Forwarder, transport_options
 from stepsvc.servicer import (
@@ -52,6 +52,7 @@ class ServerSettings:
     max_queue: int = 64
     max_message_mb: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_passes: int = DEFAULT_MAX_PASSES
     grace: float = 30.0
     forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S
     #: Prometheus port; 0 = off. Served by the telemetry module when it is wired in.
@@ -75,6 +76,8 @@ class StepServer:
         self.discovery = discovery
         self.settings = settings
         self._stopped = threading.Event()
+        #: Requests still running or queued when the last drain's grace period ran out.
+        self.cut_off = 0
 
     @property
     def address(self) -> str:
@@ -100,8 +103,9 @@ class StepServer:
         self.servicer.admission.close()
         finished = self.servicer.admission.wait_idle(grace)
         if not finished:
-            log.warning("drain: %d request(s) still running after %.1f s grace; cancelling",
-                        self.servicer.admission.inflight, grace)
+            self.cut_off = self.servicer.admission.inflight + self.servicer.admission.queued
+            log.warning("drain: %d request(s) still running or queued after %.1f s grace; "
+                        "cancelling", self.cut_off, grace)
         # A request leaves admission just before its response is written: give the last
         # responses time to go out (stop returns as soon as no RPC is active).
         self.stop(max(RESPONSE_FLUSH_S, deadline - time.monotonic()) if finished else 0.0)
@@ -138,7 +142,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     admission = Admission(settings.max_inflight, settings.max_queue)
     forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
     servicer = StepServicer(config, discovery, admission, forwarder,
-                            max_pixels=settings.max_pixels,
+                            max_pixels=settings.max_pixels, max_passes=settings.max_passes,
                             forward_timeout=settings.forward_timeout, observer=observer)
     # Queued requests hold a thread while they wait, so the pool covers in-flight + queue; the
     # spare threads keep health checks answering when every admitted request is busy.

@@ -20,10 +20,10 @@ import grpc
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 import native
-from native.registry import MAX_PASSES, MAX_THREADS, SCHEDULES, default_threads
+from native.registry import MAX_THREADS, SCHEDULES, default_threads
 from stepsvc import codec
 from stepsvc.admission import Admission, Draining, QueueFull, QueueTimeout
-from stepsvc.cli_args import DEFAULT_MAX_PIXELS
+from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import (
     DRAINING_KEY,
@@ -81,6 +81,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
 
     def __init__(self, config: PipelineConfig, discovery: ActiveSteps, admission: Admission,
                  forwarder: Forwarder, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_passes: int = DEFAULT_MAX_PASSES,
                  forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S,
                  observer: StepObserver | None = None) -> None:
         self.config = config
@@ -89,6 +90,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         self.admission = admission
         self.forwarder = forwarder
         self.max_pixels = max_pixels
+        self.max_passes = max_passes
         self.forward_timeout = forward_timeout
         self.observer = observer or StepObserver()
         self.host = host_name()
@@ -193,12 +195,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         labels = dict(request.labels)
         measures: dict[str, float] = {}
         with self._phase("kernel", timing, "kernel_ms"):
-            try:
-                result = native.run(self.step.type, img, threads=threads, passes=passes,
-                                    schedule=schedule, **self._kernel_params)
-            except ValueError as exc:
-                raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"step {self.step.id} ({self.step.type}): {exc}") from None
+            result = self._run_kernel(img, context, threads, passes, schedule)
         if native.output_kind(self.step.type) == "measure":
             labels.update(result["labels"])
             measures.update(result["measures"])
@@ -227,6 +224,39 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             if key not in response.measures:  # a later classify step's measures win
                 response.measures[key] = value
         return response
+
+    def _run_kernel(self, img: Any, context: grpc.ServicerContext, threads: int, passes: int,
+                    schedule: str) -> Any:
+        """Runs the kernel `passes` times, one native call per pass.
+
+        A native call cannot be interrupted, so passes are looped here: when the caller gave up
+        (deadline passed, cancelled, or the server stopped after its drain grace) the request
+        ends between two passes instead of burning CPU and an in-flight slot to the end.
+        Every pass computes the same result from the same input.
+        """
+        result: Any = None
+        for done in range(passes):
+            if done:
+                self._check_still_wanted(context, done, passes)
+            try:
+                result = native.run(self.step.type, img, threads=threads, passes=1,
+                                    schedule=schedule, **self._kernel_params)
+            except ValueError as exc:
+                raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"step {self.step.id} ({self.step.type}): {exc}") from None
+        return result
+
+    def _check_still_wanted(self, context: grpc.ServicerContext, done: int, passes: int) -> None:
+        where = f"step {self.step.id} ({self.step.type})"
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise StepAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"{where}: the request's deadline passed after kernel pass {done} of "
+                            f"{passes}; stopped there")
+        if not context.is_active():
+            raise StepAbort(grpc.StatusCode.CANCELLED,
+                            f"{where}: the request was cancelled (caller gone or server "
+                            f"stopping) after kernel pass {done} of {passes}; stopped there")
 
     def _forward(self, forward: step_pb2.ProcessRequest, context: grpc.ServicerContext,
                  timing: step_pb2.StepTiming, labels: Mapping[str, str]) -> step_pb2.ProcessResponse:
@@ -285,9 +315,10 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"overrides.threads must be 1..{MAX_THREADS} (0 = the step's own "
                             f"setting), got {ov.threads}")
-        if ov.passes and not 1 <= ov.passes <= MAX_PASSES:
+        if ov.passes and not 1 <= ov.passes <= self.max_passes:
             raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"overrides.passes must be 1..{MAX_PASSES} (0 = 1 pass), "
+                            f"overrides.passes must be 1..{self.max_passes} (this step's "
+                            f"--max-passes {self.max_passes}; 0 = the step's own setting), "
                             f"got {ov.passes}")
         if ov.schedule and ov.schedule not in SCHEDULES:
             raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -155,7 +155,9 @@ def passes_lasting(seconds: float, img: np.ndarray, **params: Any) -> int:
 
 def test_killing_the_preferred_middle_step_mid_flight_fails_over_and_nothing_hangs(
         tmp_path: Path) -> None:
-    pipe = ProcessPipeline(tmp_path, BRANCH)
+    # passes_lasting may ask for up to 1000 passes: above the default --max-passes
+    pipe = ProcessPipeline(tmp_path, BRANCH,
+                           extra_args={s["id"]: ["--max-passes", "1000"] for s in BRANCH})
     try:
         pipe.wait_serving()
         img = noisy_image(128, 128, 3)
@@ -207,7 +209,7 @@ def test_killing_the_preferred_middle_step_mid_flight_fails_over_and_nothing_han
 def test_sigterm_drains_inflight_requests_refuses_new_ones_and_exits_zero(
         tmp_path: Path) -> None:
     steps = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 5.0}}]
-    pipe = ProcessPipeline(tmp_path, steps, extra_args={1: ["--grace", "60"]})
+    pipe = ProcessPipeline(tmp_path, steps, extra_args={1: ["--grace", "60", "--max-passes", "1000"]})
     proc = pipe.procs[1]
     try:
         pipe.wait_serving()
@@ -236,5 +238,34 @@ def test_sigterm_drains_inflight_requests_refuses_new_ones_and_exits_zero(
             np.testing.assert_array_equal(codec.decode_image(resp.image), expected)
         assert proc.proc.wait(timeout=30) == 0, proc.log_text()
         channel.close()
+    finally:
+        pipe.stop()
+
+
+def test_a_kernel_still_running_after_the_grace_period_is_cut_off_and_the_step_exits_zero(
+        tmp_path: Path) -> None:
+    img = noisy_image(1024, 1024, 3)
+    native.deblur(img, iterations=1, sigma=20.0, threads=1)  # warm up before timing
+    start = time.perf_counter()
+    native.deblur(img, iterations=2, sigma=20.0, threads=1)
+    per_iteration = (time.perf_counter() - start) / 2
+    # one native call (one pass) of ~40 s: nothing can interrupt it between passes
+    iterations = max(1, min(500, round(40.0 / per_iteration)))
+    steps = [{"id": 1, "type": "deblur", "params": {"iterations": iterations, "sigma": 20.0}}]
+    pipe = ProcessPipeline(tmp_path, steps, extra_args={1: ["--grace", "1"]})
+    proc = pipe.procs[1]
+    try:
+        pipe.wait_serving()
+        request = step_pb2.ProcessRequest(image=codec.raw_image(img),
+                                          overrides=step_pb2.Overrides(threads=1))
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(pipe.stub(1).Process, request, timeout=120)
+            time.sleep(1.0)  # the request is inside its kernel by now
+            assert not call.done(), "kernel too fast to outlast the grace period"
+            proc.signal(signal.SIGTERM)
+            assert proc.proc.wait(timeout=20) == 0, proc.log_text()
+            with pytest.raises(grpc.RpcError):
+                call.result(timeout=10)
+        assert "1 request(s) cut off" in proc.log_text()
     finally:
         pipe.stop()

@@ -18,9 +18,11 @@ from PIL import Image as PILImage
 from step_fixtures import (
     BlockingObserver,
     InProcessPipeline,
+    MutableDiscovery,
     bomb_png,
     in_process,
     noisy_image,
+    pipeline,
     raw_request,
     smooth_image,
 )
@@ -28,8 +30,10 @@ from stepchain.v1 import step_pb2
 
 import native
 from stepsvc import codec
+from stepsvc.admission import Admission
 from stepsvc.cli_args import DEFAULT_MAX_PIXELS
-from stepsvc.servicer import StepObserver
+from stepsvc.forward import Forwarder
+from stepsvc.servicer import StepObserver, StepServicer
 
 LINEAR = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}, "next_step": 2},
           {"id": 2, "type": "grayscale"}]
@@ -254,8 +258,9 @@ BAD_REQUESTS = {
                   grpc.StatusCode.INVALID_ARGUMENT, "width >= 1 and height >= 1"),
     "negative threads": (raw_request(noisy_image(), overrides=step_pb2.Overrides(threads=-1)),
                          grpc.StatusCode.INVALID_ARGUMENT, "overrides.threads must be 1..256"),
-    "too many passes": (raw_request(noisy_image(), overrides=step_pb2.Overrides(passes=5000)),
-                        grpc.StatusCode.INVALID_ARGUMENT, "overrides.passes must be 1..1000"),
+    "too many passes": (raw_request(noisy_image(), overrides=step_pb2.Overrides(passes=101)),
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "overrides.passes must be 1..100 (this step's --max-passes 100"),
     "bad schedule": (raw_request(noisy_image(), overrides=step_pb2.Overrides(schedule="fast")),
                      grpc.StatusCode.INVALID_ARGUMENT, "static, dynamic, guided"),
     "unknown overrides": (_unknown_override_request(), grpc.StatusCode.INVALID_ARGUMENT,
@@ -413,3 +418,81 @@ def test_resize_output_beyond_any_kernel_limit_is_resource_exhausted(
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
     assert message.startswith("step 1 (resize): resize output is 64000x40000")
     assert f"at most {DEFAULT_MAX_PIXELS} pixels (--max-pixels)" in message
+
+
+# -- passes: capped per step, and stopped when the caller is gone ------------------------------
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class _FakeContext:
+    """A ServicerContext whose caller leaves after the first kernel pass."""
+
+    def __init__(self, remaining: list[float | None], active: bool) -> None:
+        self.remaining = remaining
+        self.active = active
+
+    def time_remaining(self) -> float | None:
+        return self.remaining.pop(0) if len(self.remaining) > 1 else self.remaining[0]
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def set_trailing_metadata(self, _: Any) -> None:
+        pass
+
+    def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise _Aborted(code, message)
+
+
+def _blur_servicer() -> StepServicer:
+    cfg = pipeline(1, [{"id": 1, "type": "gaussian_blur"}])
+    return StepServicer(cfg, MutableDiscovery(), Admission(1, 0), Forwarder(1 << 20))
+
+
+@pytest.mark.parametrize(("remaining", "active", "code", "words"), [
+    ([None], False, grpc.StatusCode.CANCELLED, "was cancelled"),
+    ([10.0, -0.5], True, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed"),
+])
+def test_kernel_passes_stop_when_the_caller_is_gone_naming_step_and_pass(
+        remaining: list[float | None], active: bool, code: grpc.StatusCode, words: str) -> None:
+    servicer = _blur_servicer()
+    request = raw_request(noisy_image(), overrides=step_pb2.Overrides(passes=5))
+    with pytest.raises(_Aborted) as info:
+        servicer.Process(request, _FakeContext(remaining, active))  # type: ignore[arg-type]
+    assert info.value.code == code
+    assert info.value.message.startswith("step 1 (gaussian_blur): ")
+    assert words in info.value.message and "after kernel pass 1 of 5" in info.value.message
+    assert servicer.admission.inflight == 0
+
+
+class _Outcomes(StepObserver):
+    def __init__(self) -> None:
+        self.codes: list[grpc.StatusCode] = []
+        self.done = threading.Event()
+
+    def finished(self, *, code: grpc.StatusCode, **_: Any) -> None:
+        self.codes.append(code)
+        self.done.set()
+
+
+def test_an_expired_deadline_frees_the_slot_without_running_the_remaining_passes(
+        pipe: InProcessPipeline) -> None:
+    steps = [{"id": 1, "type": "deblur", "params": {"iterations": 100}}]
+    img = noisy_image(256, 256, 3)
+    native.deblur(img, iterations=1, threads=1)  # warm up before timing a pass
+    start = time.perf_counter()
+    native.deblur(img, iterations=100, threads=1, passes=2)
+    per_pass = (time.perf_counter() - start) / 2
+    passes = max(2, min(1000, round(12.0 / per_pass)))  # ~12 s of kernel if nothing stops it
+    outcomes = _Outcomes()
+    server = pipe.add(1, steps, observer=outcomes, max_passes=1000)
+    request = raw_request(img, overrides=step_pb2.Overrides(passes=passes, threads=1))
+    code, _ = status_of(lambda: pipe.stub(1).Process(request, timeout=0.5))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert outcomes.done.wait(6), f"{passes} passes kept running after the deadline"
+    assert outcomes.codes[0] in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+    assert server.servicer.admission.inflight == 0
