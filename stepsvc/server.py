@@ -27,6 +27,7 @@ from stepsvc.config import PipelineConfig
 from stepsvc.forward import Forwarder, transport_options
 from stepsvc.servicer import (
     DEFAULT_FORWARD_TIMEOUT_S,
+    MIB,
     ActiveSteps,
     StepObserver,
     StepServicer,
@@ -37,7 +38,6 @@ log = logging.getLogger("stepchain.step")
 SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
 #: Threads beyond the admitted requests, so health checks and reflection answer under load.
 SPARE_THREADS = 8
-MIB = 1024 * 1024
 #: Seconds the last responses get to be written after drain saw every request finish.
 RESPONSE_FLUSH_S = 5.0
 
@@ -143,6 +143,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
     servicer = StepServicer(config, discovery, admission, forwarder,
                             max_pixels=settings.max_pixels, max_passes=settings.max_passes,
+                            max_message_bytes=settings.max_message_bytes,
                             forward_timeout=settings.forward_timeout, observer=observer)
     # Queued requests hold a thread while they wait, so the pool covers in-flight + queue; the
     # spare threads keep health checks answering when every admitted request is busy.

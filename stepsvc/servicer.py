@@ -39,6 +39,12 @@ log = logging.getLogger("stepchain.step")
 #: Deadline given to the next hop when the caller set none, so a stuck step never hangs us.
 DEFAULT_FORWARD_TIMEOUT_S = 60.0
 _NO_DEADLINE = 1e8  # grpc reports a huge remaining time when the caller set no deadline
+MIB = 1024 * 1024
+#: Largest gRPC message by default (`--max-message-mb 64`), both ways.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
+#: Room left in the last step's response for the timings every step appends on the way back
+#: (~150 bytes each).
+RESPONSE_HEADROOM = 4096
 
 
 class ActiveSteps(Protocol):
@@ -82,6 +88,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
     def __init__(self, config: PipelineConfig, discovery: ActiveSteps, admission: Admission,
                  forwarder: Forwarder, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_passes: int = DEFAULT_MAX_PASSES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S,
                  observer: StepObserver | None = None) -> None:
         self.config = config
@@ -91,6 +98,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         self.forwarder = forwarder
         self.max_pixels = max_pixels
         self.max_passes = max_passes
+        self.max_message_bytes = max_message_bytes
         self.forward_timeout = forward_timeout
         self.observer = observer or StepObserver()
         self.host = host_name()
@@ -209,6 +217,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             with self._phase("encode", timing, "encode_ms" if request.output_encoding else None):
                 codec.write_image(response.image, out, request.output_encoding,
                                   jpeg_quality=request.jpeg_quality)
+            self._check_message_size(response, "response", RESPONSE_HEADROOM)
             return response
 
         # Fields are filled in place: an image passed as a keyword argument is copied twice.
@@ -218,6 +227,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             labels=labels)
         forward.overrides.CopyFrom(request.overrides)
         codec.write_image(forward.image, out, codec.RAW)
+        self._check_message_size(forward, "request for the next step", 0)
         with self._phase("forward", timing, "forward_ms"):
             response = self._forward(forward, context, timing, labels)
         for key, value in measures.items():
@@ -328,6 +338,24 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         passes = ov.passes or self._step_passes
         schedule = ov.schedule or self._step_schedule
         return threads, passes, schedule
+
+    def _check_message_size(self, msg: Any, what: str, headroom: int) -> None:
+        """Refuses (RESOURCE_EXHAUSTED, naming this step) a message gRPC would not send.
+
+        Without this the transport fails instead, and the error names the step that would
+        have received the message rather than the one whose output is too large.
+        """
+        size = msg.ByteSize()
+        if size + headroom <= self.max_message_bytes:
+            return
+        img = msg.image
+        raise StepAbort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"step {self.step.id} ({self.step.type}): its output image "
+            f"{img.width}x{img.height}x{img.channels} ({codec.encoding_name(img.encoding)}) makes "
+            f"a {size}-byte {what}; the largest gRPC message is {self.max_message_bytes} bytes "
+            f"(--max-message-mb {self.max_message_bytes // MIB}); make the output smaller or "
+            "raise --max-message-mb on every step")
 
     def _check_output_size(self, height: int, width: int) -> None:
         """Refuses (RESOURCE_EXHAUSTED) before the kernel allocates an output over --max-pixels."""

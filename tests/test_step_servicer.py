@@ -496,3 +496,31 @@ def test_an_expired_deadline_frees_the_slot_without_running_the_remaining_passes
     assert outcomes.done.wait(6), f"{passes} passes kept running after the deadline"
     assert outcomes.codes[0] in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
     assert server.servicer.admission.inflight == 0
+
+
+# -- oversize output: the step that made it is named ------------------------------------------
+
+RESIZE_THEN_IDENTITY = [{"id": 1, "type": "resize", "params": {"scale": 4}, "next_step": 2},
+                        {"id": 2, "type": "identity"}]
+
+
+def test_output_too_large_to_forward_is_refused_naming_the_producing_step(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(2, RESIZE_THEN_IDENTITY, max_message_mb=1)
+    pipe.add(1, RESIZE_THEN_IDENTITY, max_message_mb=1)
+    img = noisy_image(300, 300, 3)  # 270 KB in, 1200x1200x3 = 4.3 MB out
+    code, message = status_of(lambda: pipe.stub(1).Process(raw_request(img), timeout=10))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    assert message.startswith("step 1 (resize): its output image 1200x1200x3 (RAW) makes a ")
+    assert "request for the next step" in message and "(--max-message-mb 1)" in message
+    assert "step 2" not in message
+
+
+def test_last_step_output_too_large_to_answer_is_refused_naming_the_step(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, [{"id": 1, "type": "resize", "params": {"scale": 4}}], max_message_mb=1)
+    code, message = status_of(
+        lambda: pipe.stub(1).Process(raw_request(noisy_image(300, 300, 3)), timeout=10))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    assert message.startswith("step 1 (resize): its output image 1200x1200x3 (RAW) makes a ")
+    assert "-byte response; the largest gRPC message is 1048576 bytes" in message
