@@ -57,7 +57,7 @@ def parse_static_mapping(text: str, *, where: str = "static discovery file") -> 
                          f"got {type(data).__name__}")
     mapping: dict[int, str] = {}
     for key, address in data.items():
-        if not (isinstance(key, str) and key.isdigit()):
+        if not (isinstance(key, str) and _is_ascii_number(key)):
             raise ValueError(f"{where}: key {key!r} must be a step id (a non-negative integer)")
         if not _is_address(address):
             raise ValueError(f"{where}: step {key}: address must be \"host:port\", got {address!r}")
@@ -69,7 +69,12 @@ def _is_address(value: object) -> bool:
     if not isinstance(value, str):
         return False
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    return bool(sep and host and _is_ascii_number(port) and 0 < int(port) < 65536)
+
+
+def _is_ascii_number(text: str) -> bool:
+    """True for 0-9 only: str.isdigit() and int() also take other scripts' digits ("٣" is 3)."""
+    return text.isascii() and text.isdigit()
 
 
 def write_static_discovery(path: str | os.PathLike[str], mapping: Mapping[int, str]) -> None:

@@ -109,12 +109,26 @@ def test_write_rejects_an_address_without_port(path: Path) -> None:
     ("[1, 2]", "must be a JSON object"),
     ('{"one": "127.0.0.1:1"}', "key 'one' must be a step id"),
     ('{"-1": "127.0.0.1:1"}', "key '-1' must be a step id"),
+    ('{"\u0663": "127.0.0.1:1"}', "key '\u0663' must be a step id"),  # Arabic-Indic 3
+    ('{"\uff11": "127.0.0.1:1"}', "key '\uff11' must be a step id"),  # fullwidth 1
+    ('{"1": "127.0.0.1:\u0665\u0660"}', "step 1: address must be \"host:port\""),
     ('{"1": 50052}', "step 1: address must be \"host:port\""),
     ('{"1": "127.0.0.1:0"}', "step 1: address must be \"host:port\""),
 ])
 def test_parse_names_the_bad_entry(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_static_mapping(text)
+
+
+def test_a_step_id_in_non_ascii_digits_is_not_taken_as_that_step(
+        path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path.write_text('{"\u0663": "127.0.0.1:50053"}', encoding="utf-8")  # "٣", not 3
+    discovery = StaticDiscovery(path)
+    with caplog.at_level(logging.WARNING, logger="stepsvc.discovery"):
+        discovery.start()
+        assert discovery.active() == {}
+    discovery.close()
+    assert "key '\u0663' must be a step id" in caplog.text
 
 
 def test_make_discovery_static(path: Path) -> None:
