@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,3 +168,76 @@ def test_step_whose_port_was_taken_is_started_again_on_another_port(
     finally:
         backend.close()
         squatter.close()
+
+
+def test_restart_policy_allows_five_restarts_a_minute_with_doubling_backoff() -> None:
+    from topology.local_backend import RestartPolicy
+
+    policy = RestartPolicy()
+    delays = []
+    for now in (0.0, 1.0, 2.0, 3.0, 4.0):
+        at = policy.next_restart(now)
+        assert at is not None
+        delays.append(at - now)
+        policy.restarted(at)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert policy.next_restart(30.0) is None  # five within the last minute: give up
+    assert policy.next_restart(70.0) is not None  # the oldest ones left the window
+
+
+def wait_for_status(api: TestClient, pipeline_id: str, check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = api.get(f"/pipeline/{pipeline_id}").json()
+        if check(status):
+            return status
+        assert time.monotonic() < deadline, f"status never matched: {status}"
+        time.sleep(0.2)
+
+
+HEAL = {"name": "heal", "steps": [{"type": "grayscale"}, {"type": "identity"}]}
+
+
+def test_step_process_that_died_is_restarted_on_its_port_and_the_pipeline_serves_again(
+        tmp_path: Path) -> None:
+    from topology.local_backend import RestartPolicy
+
+    backend = LocalBackend(tmp_path, restart_policy=lambda: RestartPolicy(backoff_s=0.1),
+                           supervise_interval_s=0.1)
+    with TestClient(create_app(Settings(state_dir=tmp_path), backend)) as api:
+        created = api.post("/pipeline", json=HEAL)
+        assert created.status_code == 201, created.text
+        before = api.get("/pipeline/heal").json()
+        victim = before["details"]["pids"]["1"]
+        os.kill(victim, signal.SIGKILL)
+
+        healed = wait_for_status(api, "heal", lambda s: s["ready"]
+                                 and s["details"]["pids"]["1"] != victim)
+        assert not running(victim)
+        assert [(s["restarts"], s["error"]) for s in healed["steps"]] == [(0, None), (1, None)]
+        assert healed["steps"][1]["address"] == before["steps"][1]["address"]
+        timings = submit_photo(created.json()["entrypoint"]).response.timings
+        assert [(t.step_id, t.step_type) for t in timings] == [(0, "grayscale"), (1, "identity")]
+        restarted = healed["details"]["pids"]["1"]
+    assert not running(restarted)  # the service's shutdown stops restarted steps too
+
+
+def test_step_that_keeps_exiting_is_given_up_and_reported_with_its_log(tmp_path: Path) -> None:
+    from topology.local_backend import RestartPolicy
+
+    backend = LocalBackend(tmp_path, supervise_interval_s=0.1,
+                           restart_policy=lambda: RestartPolicy(max_restarts=2, backoff_s=0.05))
+    with TestClient(create_app(Settings(state_dir=tmp_path), backend)) as api:
+        assert api.post("/pipeline", json=HEAL).status_code == 201
+        # From now on the step cannot start: its config is broken.
+        (tmp_path / "heal" / "step-1.yaml").write_text("steps: [", encoding="utf-8")
+        os.kill(api.get("/pipeline/heal").json()["details"]["pids"]["1"], signal.SIGKILL)
+
+        failed = wait_for_status(api, "heal", lambda s: s["steps"][1]["error"] is not None)
+        step = failed["steps"][1]
+        assert failed["ready"] is False and step["ready"] is False
+        assert step["restarts"] == 2
+        assert "restarted 2 times within 60 s" in step["error"]
+        assert "not valid YAML or JSON" in step["error"]  # the log tail says what is wrong
+        time.sleep(0.5)
+        assert api.get("/pipeline/heal").json()["steps"][1]["restarts"] == 2  # no more tries

@@ -58,6 +58,9 @@ class StepStatusOut(BaseModel):
     ready_replicas: int
     replicas: int
     address: str | None = None
+    restarts: int = Field(0, description="times the step was restarted after it exited")
+    error: str | None = Field(None, description="why the step is down for good, with the end "
+                                                "of its log")
 
 
 class PipelineStatusOut(BaseModel):

@@ -22,6 +22,10 @@ class StepStatus:
     ready_replicas: int
     replicas: int
     address: str | None = None
+    #: Times the step was restarted after it exited (local backend; Kubernetes restarts pods).
+    restarts: int = 0
+    #: Why the step is down for good (e.g. it kept exiting), with the end of its log.
+    error: str | None = None
 
 
 @dataclass(frozen=True)

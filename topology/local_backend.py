@@ -7,7 +7,10 @@ What the Kubernetes backend keeps in ConfigMaps lives on disk under the state di
     <state-dir>/<pipeline_id>/step-<N>.log      the step's stdout and stderr
     <state-dir>/<pipeline_id>/processes.json    pids, so a later service can clean up orphans
 
-Readiness is the steps' gRPC health. Processes are stopped (SIGTERM, then SIGKILL after the
+Readiness is the steps' gRPC health. A supervisor thread restarts a step whose process exited
+on its own, on the same port (so the discovery file stays right), after a backoff that doubles
+with each restart; a step that exits more than MAX_RESTARTS times within RESTART_WINDOW_S is
+left stopped and reported as failed with the end of its log. Processes are stopped (SIGTERM, then SIGKILL after the
 drain grace) on DELETE and when the service shuts down; a service that starts finds the
 processes a crashed predecessor left behind and stops them.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,38 @@ PORT_ATTEMPTS = 3
 #: What a step's log says when its port is in use (the step server's and gRPC's words).
 PORT_TAKEN_SIGNS = ("cannot listen", "Failed to bind", "Address already in use")
 HEALTH_TIMEOUT_S = 1.0
+#: A step restarted this many times within RESTART_WINDOW_S is not restarted again (failed).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+#: Delay before the first restart in the window; each further one doubles it.
+RESTART_BACKOFF_S = 0.5
+#: How often the supervisor looks for step processes that exited.
+SUPERVISE_INTERVAL_S = 0.5
+
+log = logging.getLogger(__name__)
+
+
+class RestartPolicy:
+    """When to restart a step that exited: bounded restarts per window, doubling backoff."""
+
+    def __init__(self, max_restarts: int = MAX_RESTARTS, window_s: float = RESTART_WINDOW_S,
+                 backoff_s: float = RESTART_BACKOFF_S) -> None:
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_s = backoff_s
+        self._restarts: deque[float] = deque()
+
+    def next_restart(self, now: float) -> float | None:
+        """The time to restart a step found exited at `now`; None: give up (too many)."""
+        while self._restarts and self._restarts[0] <= now - self.window_s:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.max_restarts:
+            return None
+        return now + self.backoff_s * 2 ** len(self._restarts)
+
+    def restarted(self, at: float) -> None:
+        """Records a restart made at `at`."""
+        self._restarts.append(at)
 
 
 class _PortTaken(BackendError):
@@ -65,6 +102,15 @@ class _StepProcess:
     config_path: Path
     config_text: str
     threads: int
+    #: How to start it again: command line and environment.
+    command: list[str]
+    env: dict[str, str]
+    policy: RestartPolicy
+    restarts: int = 0
+    #: When the supervisor restarts the exited process; None while it runs.
+    restart_at: float | None = None
+    #: Why the step is not restarted any more (None while supervised).
+    failure: str | None = None
 
     @property
     def address(self) -> str:
@@ -86,7 +132,9 @@ class LocalBackend:
     def __init__(self, state_dir: Path, *, namespace: str = "default",
                  otel_env: Mapping[str, str] | None = None,
                  drain_grace_s: int = LOCAL_DRAIN_GRACE_S,
-                 ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+                 ready_timeout_s: float = READY_TIMEOUT_S,
+                 restart_policy: Callable[[], RestartPolicy] = RestartPolicy,
+                 supervise_interval_s: float = SUPERVISE_INTERVAL_S) -> None:
         # Local processes have no namespace; this is the one the service says it manages, so
         # that answers name the namespace a pipeline was checked against.
         self.namespace = namespace
@@ -94,10 +142,16 @@ class LocalBackend:
         self.otel_env = dict(otel_env or {})
         self.drain_grace_s = drain_grace_s
         self.ready_timeout_s = ready_timeout_s
+        self.restart_policy = restart_policy
         self._pipelines: dict[str, _LocalPipeline] = {}
         self._lock = threading.RLock()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.reap_orphans()
+        self._closed = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise_until_closed,
+                                            args=(supervise_interval_s,),
+                                            name="stepchain-local-supervisor", daemon=True)
+        self._supervisor.start()
 
     # -- the Backend protocol ------------------------------------------------------------------
 
@@ -172,7 +226,8 @@ class LocalBackend:
                 ready = proc.process.poll() is None and _serving(proc.address)
                 steps.append(StepStatus(step_id=sid, type=proc.type, ready=ready,
                                         ready_replicas=int(ready), replicas=1,
-                                        address=proc.address))
+                                        address=proc.address, restarts=proc.restarts,
+                                        error=proc.failure))
             entry_step = entry.steps.get(entry.pipeline.entry_step)
             return PipelineStatus(
                 pipeline_id=pipeline_id, namespace=self.namespace,
@@ -201,10 +256,61 @@ class LocalBackend:
                    for entry in pipelines for proc in list(entry.steps.values()))
 
     def close(self) -> None:
-        """Stops every step process this backend started."""
+        """Stops the supervisor, then every step process this backend started."""
+        self._closed.set()
+        # Not under the lock: the supervisor may be waiting for it.
+        if self._supervisor is not threading.current_thread():
+            self._supervisor.join()
         with self._lock:
             for pipeline_id in list(self._pipelines):
                 self._remove(pipeline_id)
+
+    # -- supervision ---------------------------------------------------------------------------
+
+    def supervise(self, now: float | None = None) -> None:
+        """Restarts step processes that exited on their own (backoff and bound: RestartPolicy);
+        a step over the bound is marked failed with the end of its log."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for entry in self._pipelines.values():
+                changed = False
+                for proc in entry.steps.values():
+                    if proc.failure is not None:
+                        continue
+                    code = proc.process.poll()
+                    if code is None:
+                        continue
+                    if proc.restart_at is None:
+                        proc.restart_at = proc.policy.next_restart(now)
+                        name = f"step {proc.step_id} ({proc.type}) of pipeline " \
+                               f"{entry.pipeline.pipeline_id}"
+                        if proc.restart_at is None:
+                            proc.failure = (
+                                f"{name} exited with code {code} and was restarted "
+                                f"{proc.policy.max_restarts} times within "
+                                f"{proc.policy.window_s:.0f} s; it is not restarted again "
+                                f"(PUT the pipeline to start it anew). Its log ends with:\n"
+                                f"{_tail(entry.directory, proc.step_id)}")
+                            log.error("%s", proc.failure)
+                            continue
+                        log.warning("%s exited with code %s; restarting it in %.1f s", name,
+                                    code, proc.restart_at - now)
+                    if now >= proc.restart_at:
+                        proc.process = _spawn(proc.command, proc.env, entry.directory,
+                                              proc.step_id, append_log=True)
+                        proc.policy.restarted(now)
+                        proc.restarts += 1
+                        proc.restart_at = None
+                        changed = True
+                if changed:  # new pids, so a later service can reap them
+                    self._write_state(entry)
+
+    def _supervise_until_closed(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            try:
+                self.supervise()
+            except Exception:  # the supervisor must outlive one bad round (e.g. a full disk)
+                log.exception("supervising the local step processes failed; retrying")
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -222,14 +328,10 @@ class LocalBackend:
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", "0",
                    "--grace", str(self.drain_grace_s)]
-        with open(directory / f"step-{step_id}.log", "wb") as log:
-            # A session of its own: a Ctrl-C in the terminal reaches the service, which then
-            # stops its steps in order, instead of killing the steps under it.
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, env=env, cwd=directory,
-                                       start_new_session=True)
+        process = _spawn(command, env, directory, step_id, append_log=False)
         return _StepProcess(step_id=step_id, type=kind, port=port, process=process,
-                            config_path=config_path, config_text=text, threads=threads)
+                            config_path=config_path, config_text=text, threads=threads,
+                            command=command, env=env, policy=self.restart_policy())
 
     def _wait_ready(self, entry: _LocalPipeline, procs: list[_StepProcess]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -292,6 +394,18 @@ class LocalBackend:
                     reaped.append(pid)
             shutil.rmtree(state_file.parent, ignore_errors=True)
         return reaped
+
+
+def _spawn(command: list[str], env: dict[str, str], directory: Path, step_id: int, *,
+           append_log: bool) -> subprocess.Popen[bytes]:
+    """Starts a step server process writing to its log (appended on restarts: the log keeps
+    why the previous process ended)."""
+    with open(directory / f"step-{step_id}.log", "ab" if append_log else "wb") as log_file:
+        # A session of its own: a Ctrl-C in the terminal reaches the service, which then
+        # stops its steps in order, instead of killing the steps under it.
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT, env=env, cwd=directory,
+                                start_new_session=True)
 
 
 def _free_ports(count: int) -> list[int]:
