@@ -222,6 +222,23 @@ def _allowed_fields(loc: tuple[int | str, ...]) -> str:
     return ", ".join(model.model_fields)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e9``, ``1e-1``) as numbers.
+
+    PyYAML implements YAML 1.1, where a float needs a dot: ``sigma: 1e-1`` would otherwise be
+    the string "1e-1" and fail validation as "must be a number, got str".
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    # Only what YAML 1.1 misses: a mantissa with an optional dot, then an exponent. Dotted
+    # floats (1.5, .5, 1.5e3) and ints keep resolving through SafeLoader's own resolvers.
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _load_yaml_or_json(text: str) -> Any:
     looks_like_json = text.lstrip().startswith("{")
     if looks_like_json:
@@ -233,7 +250,7 @@ def _load_yaml_or_json(text: str) -> Any:
         json_error = None
     try:
         # A YAML flow mapping ({a: 1}) also starts with "{": YAML is the fallback either way.
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         # JSON's message is the clearer one for text that was meant to be JSON.
         raise ValueError(f"{SOURCE}: not valid YAML or JSON: {json_error or exc}") from None

@@ -57,6 +57,31 @@ def test_parses_json() -> None:
     assert cfg.step(0).next_step == [1]
 
 
+@pytest.mark.parametrize(("written", "value"), [
+    ("1e-1", 0.1), ("2E0", 2.0), ("1.5e+0", 1.5), (".5", 0.5), ("3", 3.0),
+])
+def test_yaml_floats_without_a_dot_are_numbers(written: str, value: float) -> None:
+    cfg = parse_config("pipeline_id: p1\nstep_id: 1\nsteps:\n"
+                       f"  - {{id: 1, type: blur, params: {{sigma: {written}}}}}\n")
+    assert cfg.this_step().params == {"sigma": value}
+    block = parse_config(f"pipeline_id: p1\nstep_id: 1\nsteps:\n  - id: 1\n    type: blur\n"
+                         f"    params:\n      sigma: {written}\n")
+    assert block.this_step().params == {"sigma": value}
+
+
+def test_a_yaml_exponent_out_of_range_is_reported_as_a_number() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_config("pipeline_id: p1\nstep_id: 1\nsteps:\n"
+                     "  - {id: 1, type: blur, params: {radius: 1e9}}\n")
+    assert "gaussian_blur.radius must be <= 300" in str(info.value)
+    assert "got str" not in str(info.value)
+
+
+def test_quoted_yaml_exponents_stay_strings() -> None:
+    cfg = parse_config("pipeline_id: '1e3'\nstep_id: 1\nsteps:\n  - {id: 1, type: blur}\n")
+    assert cfg.pipeline_id == "1e3"
+
+
 def test_parses_yaml_flow_mapping() -> None:
     cfg = parse_config("{pipeline_id: p1, step_id: 0, steps: [{id: 0, type: identity}]}")
     assert cfg.this_step().type == "identity"
