@@ -67,7 +67,8 @@ def add_load_options(parser: Any) -> None:
                              "step's own)")
     parser.add_argument("--passes", type=int, default=0,
                         help="per-request kernel passes override (0 = the step's own); makes "
-                             "kernels heavier on purpose")
+                             "kernels heavier on purpose. Steps refuse more than their "
+                             "--max-passes (default 100) with INVALID_ARGUMENT")
     parser.add_argument("--think-time", type=float, default=0.0,
                         help="seconds each user waits between requests (default 0: back to "
                              "back)")
