@@ -3,9 +3,9 @@
 For every kernel, image size and OpenMP thread count (1..N, N = cores) the median wall time of
 `repeat` calls is measured for stepchain, for the nearest OpenCV operation (with
 ``cv2.setNumThreads`` set to the same thread count) and for the nearest Pillow operation
-(single-threaded, measured once). The calls of the three libraries and all thread counts are
-interleaved repetition by repetition, so load from other processes hits them alike and the
-ratios and speed-ups are taken within one run.
+(single-threaded, measured once). Each cell runs as a block of back-to-back calls after two
+warm-up calls — the steady state of a busy step — and all cells come from one run, so ratios
+and speed-ups are taken side by side. Run it on a quiet machine.
 
 Writes ``kernels.json`` (every measurement, scaling and the target verdicts), ``kernels.md``
 (Markdown tables) and ``kernels.png`` (speed-up vs threads per kernel with an Amdahl fit; the
@@ -33,12 +33,16 @@ import native
 DEFAULT_SIZES = ("1920x1080", "3840x2160")
 QUICK_SIZES = ("160x96",)
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "bench" / "results"
-#: Untimed pause before each timed call. Worker threads of the previous call (libgomp's team,
-#: OpenCV's pthreads pool) busy-wait for a while after their work; without the pause they take
-#: a core from the next call and a 2-thread call of the other library loses its second core.
-SETTLE_S = 0.005
+#: Untimed pause before each block of timed calls. Worker threads of the previous block
+#: (libgomp's team, OpenCV's pthreads pool) busy-wait for a while after their work; without the
+#: pause they take a core from the next block.
+SETTLE_S = 0.05
 
 Fn = Callable[[], Any]
+
+
+def _settle() -> None:
+    time.sleep(SETTLE_S)
 
 
 @dataclass(frozen=True)
@@ -157,23 +161,25 @@ def parse_size(text: str) -> tuple[int, int]:
 Call = tuple[Callable[[], None], Fn]  # (untimed preparation, timed call)
 
 
-def _interleaved_times(calls: Sequence[Call | None], repeat: int) -> list[list[float]]:
-    """Seconds of each call over `repeat` rounds, one call of each per round.
+def _steady_times(calls: Sequence[Call | None], repeat: int) -> list[list[float]]:
+    """Seconds of each call over `repeat` back-to-back runs, after two untimed warm-up runs.
 
-    Interleaving every library and thread count round by round means a burst of load from
-    other processes hits all of them alike, so ratios and speed-ups stay comparable."""
-    for call in calls:  # warm-up: first-touch page faults, lazy init, caches
-        if call is not None:
-            call[0]()
-            call[1]()
+    Each cell runs as a block, the way a busy step calls its kernel. Interleaving libraries call
+    by call measured something else on a VM: while one library ran (Pillow takes ~60 ms), the
+    other vCPU went idle, and an idle vCPU here takes 2-7 ms to wake, which every 2-thread call
+    then paid (a 0.3 ms grayscale took 6 ms). The untimed `prepare` before each block lets the
+    previous block's spinning pool threads (libgomp, OpenCV) go to sleep."""
     times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeat):
-        for i, call in enumerate(calls):
-            if call is None:
-                continue
-            call[0]()
+    for i, call in enumerate(calls):
+        if call is None:
+            continue
+        prepare, fn = call
+        prepare()
+        fn()
+        fn()  # warm-up: first-touch page faults, lazy init, caches, the thread team awake
+        for _ in range(repeat):
             t0 = time.perf_counter()
-            call[1]()
+            fn()
             times[i].append(time.perf_counter() - t0)
     return times
 
@@ -224,14 +230,16 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
             for case in cases:
                 calls: list[Call | None] = []
                 for i, t in enumerate(threads):
-                    def prepare(t: int = t) -> None:
+                    # Only OpenCV's own call sizes OpenCV's pool: setNumThreads rebuilds it, and
+                    # fresh pool threads spinning before *our* call took its second core.
+                    def prepare_cv(t: int = t) -> None:
                         cv2.setNumThreads(t)
                         time.sleep(SETTLE_S)
                     ours, ocv, pil_fn = case.build(img, pil, t)
-                    calls += [(prepare, ours), (prepare, ocv) if ocv else None,
+                    calls += [(_settle, ours), (prepare_cv, ocv) if ocv else None,
                               # Pillow is single-threaded: measured with the first count only
-                              (prepare, pil_fn) if pil_fn and i == 0 else None]
-                times = _interleaved_times(calls, repeat)
+                              (_settle, pil_fn) if pil_fn and i == 0 else None]
+                times = _steady_times(calls, repeat)
                 pillow_ms = _ms(times[2], statistics.median)
                 for i, t in enumerate(threads):
                     ours_t, ocv_t = times[3 * i], times[3 * i + 1]
@@ -337,8 +345,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Native kernels vs OpenCV and Pillow",
         "",
         f"{m['cpu_count']} cores ({m['processor']}, {m['platform']}); Python {m['python']}, "
-        f"OpenCV {m['opencv']}, Pillow {m['pillow']}. Median of {cfg['repeat']} interleaved "
-        f"runs per cell; image: {cfg['image']}. Load average before/after: "
+        f"OpenCV {m['opencv']}, Pillow {m['pillow']}. Median of {cfg['repeat']} back-to-back "
+        f"runs per cell after 2 warm-up runs; image: {cfg['image']}. Load average before/after: "
         f"{_load(m['load_average_before'])} / {_load(m['load_average_after'])}.",
         "",
         "`ours/OpenCV` < 1 means stepchain is faster; `Pillow/ours` is how many times faster "
