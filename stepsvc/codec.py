@@ -143,8 +143,11 @@ def encode_image(arr: np.ndarray, encoding: step_pb2.ImageEncoding, *,
 
 
 def write_image(msg: step_pb2.Image, arr: np.ndarray, encoding: step_pb2.ImageEncoding, *,
-                jpeg_quality: int = 0) -> None:
+                jpeg_quality: int = 0) -> int:
     """Fills `msg` (e.g. ``response.image``) with `arr` in `encoding`; JPEG drops alpha.
+
+    Returns the byte count of ``msg.data``, so callers can size the message without
+    serializing it (upb's ByteSize() serializes the whole message: 0.25 ms per 1080p frame).
 
     Filling the message in place matters for 1080p images: building a message with an Image
     keyword argument copies the pixels once more than assigning the bytes field does.
@@ -167,6 +170,7 @@ def write_image(msg: step_pb2.Image, arr: np.ndarray, encoding: step_pb2.ImageEn
         raise ImageError(f"output_encoding {encoding} is unknown; use RAW, PNG or JPEG")
     msg.width, msg.height, msg.channels, msg.encoding = w, h, c, encoding
     msg.data = data
+    return len(data)
 
 
 _ALLOCATOR_TUNED = False

@@ -45,6 +45,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 #: Room left in the last step's response for the timings every step appends on the way back
 #: (~150 bytes each).
 RESPONSE_HEADROOM = 4096
+#: Upper bound of an Image field's wire bytes besides its data: two tags with 5-byte lengths,
+#: four varint fields (<= 11 bytes each with its tag).
+IMAGE_FIELD_OVERHEAD = 64
 
 
 class ActiveSteps(Protocol):
@@ -214,10 +217,11 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         if is_last_step(self.step):
             response = step_pb2.ProcessResponse(request_id=request_id, labels=labels,
                                                 measures=measures)
+            base = response.ByteSize()  # before the image: cheap
             with self._phase("encode", timing, "encode_ms" if request.output_encoding else None):
-                codec.write_image(response.image, out, request.output_encoding,
-                                  jpeg_quality=request.jpeg_quality)
-            self._check_message_size(response, "response", RESPONSE_HEADROOM)
+                data = codec.write_image(response.image, out, request.output_encoding,
+                                         jpeg_quality=request.jpeg_quality)
+            self._check_message_size(response.image, base + data, "response", RESPONSE_HEADROOM)
             return response
 
         # Fields are filled in place: an image passed as a keyword argument is copied twice.
@@ -226,8 +230,9 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             jpeg_quality=request.jpeg_quality, route=[*request.route, self.step.id],
             labels=labels)
         forward.overrides.CopyFrom(request.overrides)
-        codec.write_image(forward.image, out, codec.RAW)
-        self._check_message_size(forward, "request for the next step", 0)
+        base = forward.ByteSize()  # before the image: cheap
+        data = codec.write_image(forward.image, out, codec.RAW)
+        self._check_message_size(forward.image, base + data, "request for the next step", 0)
         with self._phase("forward", timing, "forward_ms"):
             response = self._forward(forward, context, timing, labels)
         for key, value in measures.items():
@@ -339,16 +344,18 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         schedule = ov.schedule or self._step_schedule
         return threads, passes, schedule
 
-    def _check_message_size(self, msg: Any, what: str, headroom: int) -> None:
+    def _check_message_size(self, img: step_pb2.Image, size: int, what: str,
+                            headroom: int) -> None:
         """Refuses (RESOURCE_EXHAUSTED, naming this step) a message gRPC would not send.
 
         Without this the transport fails instead, and the error names the step that would
-        have received the message rather than the one whose output is too large.
+        have received the message rather than the one whose output is too large. `size` is
+        the message without its image plus the image bytes; IMAGE_FIELD_OVERHEAD covers the
+        image's own tags, lengths and dimensions, so the message is never serialized here.
         """
-        size = msg.ByteSize()
+        size += IMAGE_FIELD_OVERHEAD
         if size + headroom <= self.max_message_bytes:
             return
-        img = msg.image
         raise StepAbort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"step {self.step.id} ({self.step.type}): its output image "

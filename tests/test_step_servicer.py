@@ -524,3 +524,19 @@ def test_last_step_output_too_large_to_answer_is_refused_naming_the_step(
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
     assert message.startswith("step 1 (resize): its output image 1200x1200x3 (RAW) makes a ")
     assert "-byte response; the largest gRPC message is 1048576 bytes" in message
+
+
+@pytest.mark.parametrize(("shape", "encoding"), [((1, 1, 1), codec.RAW), ((1080, 1920, 3), codec.RAW),
+                                                 ((65_535, 2, 4), codec.RAW),
+                                                 ((64, 48, 3), codec.PNG)])
+def test_message_size_estimate_without_serializing_is_never_below_the_real_size(
+        shape: tuple[int, int, int], encoding: int) -> None:
+    from stepsvc.servicer import IMAGE_FIELD_OVERHEAD
+
+    msg = step_pb2.ProcessRequest(request_id="r" * 32, route=[1, 2, 3],
+                                  labels={"sharpness": "blurry", "exposure": "normal"},
+                                  output_encoding=codec.PNG, jpeg_quality=90)
+    msg.overrides.threads = 2
+    base = msg.ByteSize()
+    data = codec.write_image(msg.image, np.zeros(shape, np.uint8), encoding)
+    assert base + data <= msg.ByteSize() <= base + data + IMAGE_FIELD_OVERHEAD
