@@ -8,6 +8,7 @@ for the next one; any other error ends the attempt and reaches the caller naming
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,16 +108,25 @@ class Forwarder:
                 metadata: Sequence[tuple[str, str]] = ()) -> ForwardResult:
         """Sends `request` to the first candidate that takes it.
 
-        `timeout` is the caller's remaining deadline in seconds. Raises ForwardError with the
-        code the caller should get and a message naming the failed step(s).
+        `timeout` is the caller's remaining deadline in seconds; failover attempts share it, so
+        a candidate that failed slowly leaves the next one only what is left. Raises
+        ForwardError with the code the caller should get and a message naming the failed
+        step(s).
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         failures: list[str] = []
         attempts = 0
         for cand in candidates:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ForwardError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the request's deadline passed during failover before {cand.describe()} "
+                    f"could be tried (after: {'; '.join(failures)})", attempts, None)
             attempts += 1
             try:
                 response = self.stub(cand.address).Process(
-                    request, timeout=timeout, metadata=tuple(metadata) or None)
+                    request, timeout=remaining, metadata=tuple(metadata) or None)
                 return ForwardResult(response, cand.step_id, attempts)
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
