@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class QueueFull(Exception):
@@ -97,15 +95,6 @@ class Admission:
             else:
                 self._inflight -= 1
                 self._idle.notify_all()
-
-    @contextmanager
-    def slot(self, timeout: float | None = None) -> Iterator[float]:
-        """``with admission.slot(t) as waited:`` — acquire/release around a request."""
-        waited = self.acquire(timeout)
-        try:
-            yield waited
-        finally:
-            self.release()
 
     def close(self) -> None:
         """Refuses new requests from now on; queued and in-flight ones carry on."""
