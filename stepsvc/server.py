@@ -55,7 +55,7 @@ class ServerSettings:
     max_passes: int = DEFAULT_MAX_PASSES
     grace: float = 30.0
     forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S
-    #: Prometheus port; 0 = off. Served by the telemetry module when it is wired in.
+    #: Prometheus port; 0 = off. `step serve` starts the endpoint (stepsvc.metrics).
     metrics_port: int = 0
 
     @property
