@@ -127,7 +127,8 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
         max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
-        max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout, metrics_port=args.metrics_port)
+        max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout,
+        metrics_port=args.metrics_port)
     discovery.start()
     try:
         server = build_server(config, discovery, settings,
