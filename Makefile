@@ -40,7 +40,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 typecheck: venv
-	$(BIN)/mypy native stepsvc topology loadtest
+	$(BIN)/mypy native stepsvc topology loadtest bench
 
 unit: venv helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -51,7 +51,7 @@ demo: venv
 	$(BIN)/python examples/demo.py
 
 bench: venv
-	$(BIN)/python bench/kernels.py
+	$(BIN)/stepchain bench kernels
 
 clean:
 	rm -rf build *.egg-info native/*.so .pytest_cache .mypy_cache .ruff_cache

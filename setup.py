@@ -33,7 +33,7 @@ kernels = Extension(
 )
 
 setup(
-    packages=[*find_packages(include=["native*", "stepsvc*", "topology*", "loadtest*"]),
+    packages=[*find_packages(include=["native*", "stepsvc*", "topology*", "loadtest*", "bench*"]),
               "stepchain", "stepchain.v1"],
     package_dir={"stepchain": "protos/stepchain"},
     ext_modules=[kernels],

@@ -16,8 +16,8 @@ overhead <= 3 ms at 1080p; chain >= 0.85 of in-process throughput; >= 10x less p
 than JPEG/HTTP. The numbers depend on the machine (cores, load): they are measurements, not
 assertions.
 
-Usage: ``python bench/chain.py [--requests 30] [--clients 4] [--threads 1]``
-(``PYTHONPATH=.:protos`` from a checkout, or ``stepchain bench chain``).
+Usage: ``stepchain bench chain [--requests 30] [--clients 4] [--threads 1]``
+(or ``python -m bench.chain``).
 """
 
 from __future__ import annotations
@@ -43,24 +43,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "protos"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image as PILImage
+from stepchain.v1 import step_pb2, step_pb2_grpc
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from PIL import Image as PILImage  # noqa: E402
-from stepchain.v1 import step_pb2, step_pb2_grpc  # noqa: E402
+import native
+from bench import RESULTS_DIR
+from stepsvc import codec
+from stepsvc.config import parse_config
+from stepsvc.forward import channel_options
+from stepsvc.server import ServerSettings, build_server
 
-import native  # noqa: E402
-from stepsvc import codec  # noqa: E402
-from stepsvc.config import parse_config  # noqa: E402
-from stepsvc.forward import channel_options  # noqa: E402
-from stepsvc.server import ServerSettings, build_server  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+RESULTS = RESULTS_DIR
 Kernels = tuple[tuple[str, dict[str, Any]], ...]
 #: "light": ~15 ms of kernels per 1080p frame, transport dominates; "heavy": Richardson-Lucy
 #: deblur makes the kernels dominate, as in a real restoration pipeline.
@@ -130,7 +126,6 @@ def free_port() -> int:
 
 def child_env(threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
     env["OMP_NUM_THREADS"] = str(threads)
     env["STEPCHAIN_LOG_LEVEL"] = "WARNING"
     return env
@@ -138,7 +133,7 @@ def child_env(threads: int) -> dict[str, str]:
 
 @contextmanager
 def processes(commands: Sequence[Sequence[str]], threads: int) -> Iterator[None]:
-    procs = [subprocess.Popen(list(cmd), cwd=ROOT, env=child_env(threads),
+    procs = [subprocess.Popen(list(cmd), env=child_env(threads),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for cmd in commands]
     try:
@@ -206,7 +201,7 @@ def http_commands(kernels: Sequence[tuple[str, dict[str, Any]]],
     commands = []
     for i, (name, params) in enumerate(kernels):
         nxt = f"http://127.0.0.1:{ports[i + 1]}/" if i + 1 < len(kernels) else ""
-        commands.append([sys.executable, str(Path(__file__).resolve()), "--http-step", name,
+        commands.append([sys.executable, "-m", "bench.chain", "--http-step", name,
                          "--http-port", str(ports[i]), "--http-params",
                          json.dumps({**params, "threads": threads}), "--http-next", nxt])
     return commands, ports

@@ -16,8 +16,7 @@ is the median of its rounds. Besides req/s, the chain processes' CPU time per re
 throughput does. Target: tracing on costs <= 5 %. Prints a table and
 writes ``bench/results/tracing.json`` and ``tracing.md``. Measurements, not assertions.
 
-Usage: ``python bench/tracing.py [--rounds 5] [--requests 20] [--clients 2]``
-(``PYTHONPATH=.:protos`` from a checkout, or ``stepchain bench tracing``).
+Usage: ``stepchain bench tracing [--rounds 5] [--requests 20] [--clients 2]`` (or ``python -m bench.tracing``).
 """
 
 from __future__ import annotations
@@ -41,31 +40,27 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "protos"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2,
     trace_service_pb2_grpc,
 )
-from stepchain.v1 import step_pb2, step_pb2_grpc  # noqa: E402
+from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from stepsvc import codec  # noqa: E402
-from stepsvc.discovery import write_static_discovery  # noqa: E402
-from stepsvc.forward import channel_options  # noqa: E402
-from stepsvc.telemetry import (  # noqa: E402
+from bench import RESULTS_DIR
+from stepsvc import codec
+from stepsvc.discovery import write_static_discovery
+from stepsvc.forward import channel_options
+from stepsvc.telemetry import (
     Tracing,
     annotate_current_span,
     current_trace_id,
     step_attributes,
 )
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = RESULTS_DIR
 CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("brightness", {"factor": 1.2}), ("edges", {}), ("identity", {}))
 MODES = ("off", "otlp", "file")
 TARGET_LOSS = 0.05
@@ -96,7 +91,6 @@ def free_port() -> int:
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("OTEL_") and k != "STEPCHAIN_TRACE_FILE"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
     env["STEPCHAIN_LOG_LEVEL"] = "WARNING"
     return env
 
@@ -130,7 +124,7 @@ def chain(name: str, tmp: Path, env: Mapping[str, str],
                 [sys.executable, "-m", "stepsvc.cli", "step", "serve", "--config", str(cfg),
                  "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
                  "--discovery", f"static:{discovery}"],
-                cwd=ROOT, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for proc, port in zip(procs, ports, strict=True):
             wait_serving(proc, f"127.0.0.1:{port}")
         yield f"127.0.0.1:{ports[0]}", [proc.pid for proc in procs]

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import runpy
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 #: Modules exposing ``register(subparsers)``; each adds its commands with ``set_defaults(func=)``.
 COMMAND_MODULES = (
@@ -22,19 +20,20 @@ COMMAND_MODULES = (
     "loadtest.cli",
 )
 
-BENCHMARKS = ("kernels", "chain", "tracing")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def _benchmarks() -> list[str]:
+    """Modules of the installed `bench` package (empty when it is not installed)."""
+    try:
+        import bench
+    except ModuleNotFoundError:
+        return []
+    return bench.names()
 
 
 def _bench(args: argparse.Namespace) -> int:
-    script = REPO_ROOT / "bench" / f"{args.benchmark}.py"
-    if not script.exists():
-        print(f"stepchain bench: {script} not found; run from a stepchain source checkout",
-              file=sys.stderr)
-        return 2
-    sys.argv = [str(script), *args.bench_args]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    """Runs ``bench.<name>.main(args)`` from the installed package."""
+    module = importlib.import_module(f"bench.{args.benchmark}")
+    return int(module.main(list(args.bench_args)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    bench = sub.add_parser("bench", help="run a benchmark from bench/ (prints a table, writes JSON)")
-    bench.add_argument("benchmark", choices=BENCHMARKS)
+    bench = sub.add_parser(
+        "bench", help="run a benchmark (bench.<name>: prints a table, writes JSON + Markdown)")
+    bench.add_argument("benchmark", choices=_benchmarks())
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_bench)
     return parser

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from native.benchmark import amdahl, amdahl_serial_fraction, main
+from bench.kernels import amdahl, amdahl_serial_fraction, main
 
 
 def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path: Path,
