@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from topology.auth import auth_header, client_token
 from topology.local_backend import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,8 @@ def main() -> int:
     try:
         with httpx.Client(base_url=base, timeout=60.0) as api:
             wait_healthy(api, service, log_path)
+            # Writes need the token the service generated into its state dir at first start.
+            api.headers.update(auth_header(client_token(OUT / "state")))
             print(f"== POST /pipeline  {pipeline.relative_to(ROOT)}")
             reply = api.post("/pipeline", json=json.loads(pipeline.read_text()))
             if reply.status_code not in (200, 201):
@@ -116,8 +119,7 @@ def main() -> int:
     if left:
         print(f"demo FAILED: step processes {left} are still running", file=sys.stderr)
         return 1
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: -SIGTERM is a clean stop.
-    if code not in (0, -signal.SIGTERM):
+    if code != 0:  # SIGTERM: the service stops its steps, then exits 0
         print(f"demo FAILED: the topology service exited with {code}; see {log_path}",
               file=sys.stderr)
         return 1

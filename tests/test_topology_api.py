@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from topology_fixtures import api_client
 
 from stepsvc.cli import main as stepchain
 from topology.api import create_app
+from topology.auth import auth_header, client_token
 from topology.local_backend import LocalBackend
 from topology.settings import Settings, settings_from
 
@@ -25,7 +27,7 @@ TOKEN = "s3cret-token-for-tests-0123456789"
 def client(tmp_path: Path) -> Iterator[TestClient]:
     """Loopback service on the local backend; tests use dry_run so no process starts."""
     app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
-    with TestClient(app) as c:
+    with api_client(app) as c:
         yield c
 
 
@@ -181,28 +183,19 @@ def test_healthz_and_openapi_are_served(client: TestClient) -> None:
 
 
 def secured(tmp_path: Path, **overrides: Any) -> TestClient:
-    settings = Settings(host="0.0.0.0", token=TOKEN, state_dir=tmp_path, **overrides)
+    """A client that sends no token (the service has TOKEN unless overridden)."""
+    settings = Settings(token=TOKEN, state_dir=tmp_path, **overrides)
     return TestClient(create_app(settings, LocalBackend(tmp_path)))
 
 
-def test_service_refuses_to_start_on_a_public_address_without_a_token(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="without a token"):
-        create_app(Settings(host="0.0.0.0", state_dir=tmp_path), LocalBackend(tmp_path))
-
-
-def test_serve_command_exits_with_an_error_instead_of_listening_unprotected(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code = stepchain(["topology", "serve", "--host", "0.0.0.0", "--state-dir", str(tmp_path)])
-    assert code == 2
-    assert "--token-file" in capsys.readouterr().err
-
-
-def test_unauthenticated_write_is_refused_when_not_on_loopback(tmp_path: Path) -> None:
-    with secured(tmp_path) as client:
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"], ids=["loopback", "public"])
+def test_unauthenticated_write_is_refused_on_loopback_too(tmp_path: Path, host: str) -> None:
+    with secured(tmp_path, host=host) as client:
         for response in (dry_run(client, DEMO), client.delete("/pipeline/demo"),
                          client.put("/pipeline/demo", json=DEMO)):
             assert response.status_code == 401
             assert response.headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer" in response.json()["detail"]
         wrong = client.post("/pipeline", params={"dry_run": "true"}, json=DEMO,
                             headers={"Authorization": "Bearer wrong"})
         assert wrong.status_code == 401
@@ -215,6 +208,46 @@ def test_write_with_the_right_token_is_accepted(tmp_path: Path) -> None:
         response = client.post("/pipeline", params={"dry_run": "true"}, json=DEMO,
                                headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 200
+
+
+def test_first_start_generates_a_private_token_in_the_state_dir_and_reuses_it(
+        tmp_path: Path) -> None:
+    app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
+    token_file = tmp_path / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) >= 32 and app.state.settings.token == token
+    with TestClient(app) as client:
+        assert dry_run(client, DEMO).status_code == 401
+        ok = client.post("/pipeline", params={"dry_run": "true"}, json=DEMO,
+                         headers=auth_header(client_token(tmp_path)))
+        assert ok.status_code == 200
+    again = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
+    assert again.state.settings.token == token  # clients keep working across restarts
+
+
+def test_no_auth_opts_out_with_a_warning(tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_from({"no_auth": True, "state_dir": str(tmp_path)}, {})
+    with caplog.at_level("WARNING"), TestClient(create_app(settings,
+                                                           LocalBackend(tmp_path))) as client:
+        assert dry_run(client, DEMO).status_code == 200
+    assert "--no-auth" in caplog.text
+    assert not (tmp_path / "token").exists()
+
+
+def test_service_refuses_no_auth_on_a_public_address(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--no-auth"):
+        create_app(Settings(host="0.0.0.0", auth=False, state_dir=tmp_path),
+                   LocalBackend(tmp_path))
+
+
+def test_serve_command_exits_with_an_error_instead_of_listening_unprotected(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = stepchain(["topology", "serve", "--host", "0.0.0.0", "--no-auth",
+                      "--state-dir", str(tmp_path)])
+    assert code == 2
+    assert "--no-auth" in capsys.readouterr().err
 
 
 def test_token_comes_from_the_token_file(tmp_path: Path) -> None:
@@ -233,7 +266,7 @@ def test_image_outside_the_allow_list_is_refused(client: TestClient) -> None:
 def test_image_allow_list_is_configurable(tmp_path: Path) -> None:
     settings = settings_from({"image_allowlist": "registry.local/*,ghcr.io/stepchain/*",
                               "state_dir": str(tmp_path)}, {})
-    with TestClient(create_app(settings, LocalBackend(tmp_path))) as client:
+    with api_client(create_app(settings, LocalBackend(tmp_path))) as client:
         assert dry_run(client, DEMO | {"image": "registry.local/step:2"}).status_code == 200
 
 
@@ -250,7 +283,7 @@ def test_hostpath_is_refused_by_default(client: TestClient) -> None:
 def test_hostpath_under_an_allowed_prefix_is_accepted_and_siblings_are_not(
         tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, hostpath_allowlist=("/srv/images",))
-    with TestClient(create_app(settings, LocalBackend(tmp_path))) as client:
+    with api_client(create_app(settings, LocalBackend(tmp_path))) as client:
         assert dry_run(client, hostpath_pipeline("/srv/images/cats")).status_code == 200
         refused = dry_run(client, hostpath_pipeline("/srv/images-private"))
         assert ["body", "steps", 0, "volumes", 0, "hostPath"] in refused_at(refused)
@@ -260,7 +293,7 @@ def test_hostpath_under_an_allowed_prefix_is_accepted_and_siblings_are_not(
 
 def test_too_many_gpus_are_refused(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, max_gpus=2)
-    with TestClient(create_app(settings, LocalBackend(tmp_path))) as client:
+    with api_client(create_app(settings, LocalBackend(tmp_path))) as client:
         assert dry_run(client, steps({"type": "blur", "gpu": 2})).status_code == 200
         one_step = dry_run(client, steps({"type": "blur", "gpu": 3}))
         assert ["body", "steps", 0, "gpu"] in refused_at(one_step)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fastapi.testclient import TestClient
+from topology_fixtures import api_client
 
 from stepsvc.cli import main as stepchain
 from topology.api import create_app
@@ -117,7 +117,7 @@ def test_render_prints_what_the_service_would_apply_for_the_same_settings(
                               "hostpath_allowlist": "/srv/images", "max_gpus": 1,
                               "state_dir": str(tmp_path / "state")}, os.environ)
     app = create_app(settings, LocalBackend(tmp_path / "state", namespace="imaging"))
-    with TestClient(app) as api:
+    with api_client(app) as api:
         dry_run = api.post("/pipeline", params={"dry_run": "true"}, json=pipeline)
     assert dry_run.status_code == 200, dry_run.text
     assert rendered == dry_run.json()["manifests"]

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
+from topology_fixtures import RunningKmock, api_client, kmock_server  # noqa: F401  (fixture)
 
 from topology.api import create_app
 from topology.backend import BackendError
@@ -142,7 +141,7 @@ def test_backend_uses_only_the_api_calls_in_required_permissions(
 def test_api_on_kubernetes_answers_201_then_200_then_409(
         backend: KubernetesBackend, namespace: str) -> None:
     app = create_app(Settings(namespace=namespace), backend)
-    with TestClient(app) as client:
+    with api_client(app) as client:
         created = client.post("/pipeline", json=DEMO)
         assert created.status_code == 201, created.text
         body: dict[str, Any] = created.json()
@@ -169,7 +168,7 @@ def test_api_on_kubernetes_answers_201_then_200_then_409(
 def test_pipeline_for_another_namespace_is_refused(backend: KubernetesBackend,
                                                    namespace: str) -> None:
     app = create_app(Settings(backend="kubernetes", namespace=namespace), backend)
-    with TestClient(app) as client:
+    with api_client(app) as client:
         refused = client.post("/pipeline", json=DEMO | {"namespace": "kube-system"})
         assert refused.status_code == 422
         assert ["body", "namespace"] in [d["loc"] for d in refused.json()["detail"]]
@@ -187,7 +186,7 @@ def test_unreachable_api_server_is_a_502_naming_the_problem(namespace: str) -> N
     backend = KubernetesBackend(k8s.ApiClient(configuration), RenderOptions(namespace=namespace))
     with pytest.raises(BackendError, match="cannot reach the Kubernetes API"):
         backend.apply(parse_pipeline(DEMO))
-    with TestClient(create_app(Settings(namespace=namespace), backend)) as api:
+    with api_client(create_app(Settings(namespace=namespace), backend)) as api:
         response = api.post("/pipeline", json=DEMO)
         assert response.status_code == 502
         assert "Kubernetes" in response.json()["detail"]

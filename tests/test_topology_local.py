@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from skimage import data
+from topology_fixtures import api_client
 
 from stepsvc import client as step_client
 from stepsvc import codec
@@ -48,7 +49,7 @@ def submit_photo(entrypoint: str) -> step_client.SubmitResult:
 
 def test_post_submit_delete_runs_the_pipeline_and_leaves_no_process(tmp_path: Path) -> None:
     app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
-    with TestClient(app) as api:
+    with api_client(app) as api:
         created = api.post("/pipeline", json=DEMO)
         assert created.status_code == 201, created.text
         body = created.json()
@@ -81,7 +82,7 @@ def test_post_submit_delete_runs_the_pipeline_and_leaves_no_process(tmp_path: Pa
 
 def test_service_shutdown_stops_every_step_process(tmp_path: Path) -> None:
     app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
-    with TestClient(app) as api:
+    with api_client(app) as api:
         created = api.post("/pipeline", json={"name": "one", "steps": [{"type": "identity"}]})
         assert created.status_code == 201, created.text
         pids = [r["pid"] for r in created.json()["resources"] if r["kind"] == "Process"]
@@ -204,7 +205,7 @@ def test_step_process_that_died_is_restarted_on_its_port_and_the_pipeline_serves
 
     backend = LocalBackend(tmp_path, restart_policy=lambda: RestartPolicy(backoff_s=0.1),
                            supervise_interval_s=0.1)
-    with TestClient(create_app(Settings(state_dir=tmp_path), backend)) as api:
+    with api_client(create_app(Settings(state_dir=tmp_path), backend)) as api:
         created = api.post("/pipeline", json=HEAL)
         assert created.status_code == 201, created.text
         before = api.get("/pipeline/heal").json()
@@ -227,7 +228,7 @@ def test_step_that_keeps_exiting_is_given_up_and_reported_with_its_log(tmp_path:
 
     backend = LocalBackend(tmp_path, supervise_interval_s=0.1,
                            restart_policy=lambda: RestartPolicy(max_restarts=2, backoff_s=0.05))
-    with TestClient(create_app(Settings(state_dir=tmp_path), backend)) as api:
+    with api_client(create_app(Settings(state_dir=tmp_path), backend)) as api:
         assert api.post("/pipeline", json=HEAL).status_code == 201
         # From now on the step cannot start: its config is broken.
         (tmp_path / "heal" / "step-1.yaml").write_text("steps: [", encoding="utf-8")

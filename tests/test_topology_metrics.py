@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
+from topology_fixtures import RunningKmock, api_client, kmock_server  # noqa: F401  (fixture)
 
 from topology.api import create_app
 from topology.kubernetes_backend import KubernetesBackend
@@ -68,13 +68,13 @@ def namespace() -> str:
 def kube_api(kmock_server: RunningKmock, namespace: str) -> Iterator[TestClient]:  # noqa: F811
     """The service on the Kubernetes backend against kmock: writes apply without processes."""
     backend = KubernetesBackend(kmock_server.api_client(), RenderOptions(namespace=namespace))
-    with TestClient(create_app(Settings(namespace=namespace), backend)) as client:
+    with api_client(create_app(Settings(namespace=namespace), backend)) as client:
         yield client
 
 
 @pytest.fixture()
 def local_api(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))) as client:
+    with api_client(create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))) as client:
         yield client
 
 
@@ -184,7 +184,7 @@ def test_a_restarted_service_counts_the_pipelines_already_deployed(
     def service() -> TestClient:
         backend = KubernetesBackend(kmock_server.api_client(),
                                     RenderOptions(namespace=namespace))
-        return TestClient(create_app(Settings(namespace=namespace), backend))
+        return api_client(create_app(Settings(namespace=namespace), backend))
 
     with service() as first:
         assert first.post("/pipeline", json=DEMO).status_code == 201
@@ -214,7 +214,7 @@ def test_unreachable_kubernetes_api_counts_backend_errors(namespace: str) -> Non
     configuration.host = "http://127.0.0.1:9"  # discard port: nothing listens
     configuration.retries = 0
     backend = KubernetesBackend(k8s.ApiClient(configuration), RenderOptions(namespace=namespace))
-    with TestClient(create_app(Settings(namespace=namespace), backend)) as api:
+    with api_client(create_app(Settings(namespace=namespace), backend)) as api:
         assert api.post("/pipeline", json=DEMO).status_code == 502
         samples = scrape(api)
     errors = {dict(labels)["operation"]: v for labels, v in

@@ -107,3 +107,13 @@ def running_kmock() -> Iterator[RunningKmock]:
         assert stop is not None
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+def api_client(app: Any, **kwargs: Any) -> Any:
+    """A TestClient that sends the app's bearer token on every request, as the CLI, the demo
+    and the console do (writes need it by default)."""
+    from fastapi.testclient import TestClient
+
+    from topology.auth import auth_header
+
+    return TestClient(app, headers=auth_header(app.state.settings.token), **kwargs)

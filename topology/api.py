@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from topology.auth import token_matches, token_path
 from topology.backend import Backend, BackendError, PipelineStatus
 from topology.metrics import (
     METRICS_CONTENT_TYPE,
@@ -39,8 +40,8 @@ from topology.model import (
 )
 from topology.pipeline import Pipeline, resolve_pipeline
 from topology.render import render_manifests
-from topology.security import check_policy, token_matches
-from topology.settings import Settings, check_startup, render_options
+from topology.security import check_policy
+from topology.settings import Settings, check_startup, render_options, with_token
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,16 @@ def make_backend(settings: Settings) -> Backend:
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     """The API over `backend` (built from `settings` when not given), closed on shutdown.
 
+    Without a token in `settings` (and without --no-auth) the state dir's token is used,
+    generated at first start; ``app.state.settings.token`` is the one writes need.
     Raises ValueError for settings the service must not run with (see check_startup).
     """
     check_startup(settings)
+    settings = with_token(settings)
+    if not settings.auth:
+        log.warning("auth is OFF (--no-auth): any process that can reach %s:%d can create and "
+                    "delete pipelines, i.e. start processes as this user", settings.host,
+                    settings.port)
     inner = backend if backend is not None else make_backend(settings)
     metrics = TopologyMetrics(inner.name)
     if isinstance(inner, RunsStepProcesses):
@@ -182,13 +190,16 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     def require_writer(
             authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> None:
-        if settings.token is None:
-            return  # only possible when bound to loopback (check_startup)
+        if not settings.auth:
+            return  # --no-auth, only possible when bound to loopback (check_startup)
+        assert settings.token is not None  # with_token
         if not token_matches(authorization, settings.token):
             raise HTTPException(401, "writes need the header 'Authorization: Bearer <token>' "
-                                     "with the token from --token-file / STEPCHAIN_TOKEN_FILE",
+                                     f"with the service's token ({where_token})",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    where_token = (f"printed at its start; kept in {token_path(settings.state_dir)} unless "
+                   "--token-file / STEPCHAIN_TOKEN_FILE names another")
     writer = [Depends(require_writer)]
 
     def checked(spec: PipelineSpec, name: str | None = None) -> Pipeline:

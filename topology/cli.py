@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,7 @@ from stepsvc import cli_args
 
 SERVE_FLAGS = ("host", "port", "backend", "namespace", "token_file", "image_allowlist",
                "hostpath_allowlist", "max_gpus", "step_image", "step_service_account",
-               "drain_grace", "state_dir")
+               "drain_grace", "state_dir", "no_auth")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,14 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="run the topology HTTP API",
         description="Runs the topology API. Every flag falls back to its STEPCHAIN_* "
                     "environment variable (e.g. --max-gpus / STEPCHAIN_MAX_GPUS).")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1; anything else "
-                                      "needs --token-file)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=cli_args.port, help="HTTP port, 0..65535 (default 8080)")
     serve.add_argument("--backend", choices=("local", "kubernetes"),
                        help="where pipelines run (default local)")
     serve.add_argument("--namespace", help="Kubernetes namespace (default: the pod's, else "
                                            "default)")
-    serve.add_argument("--token-file", help="file holding the bearer token writes need")
+    serve.add_argument("--token-file", help="file holding the bearer token writes need "
+                                            "(default: STATE_DIR/token, generated at first "
+                                            "start with mode 0600)")
+    serve.add_argument("--no-auth", action="store_true", default=None,
+                       help="writes need no token (loopback only; logs a warning): any local "
+                            "process may then start step processes")
     serve.add_argument("--image-allowlist", help="comma-separated globs step images must match "
                                                  "(default ghcr.io/stepchain/*)")
     serve.add_argument("--hostpath-allowlist", help="comma-separated path prefixes allowed as "
@@ -83,18 +89,42 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from topology.api import create_app
+    from topology.auth import token_path
     from topology.backend import BackendError
     from topology.settings import settings_from
 
     try:
         settings = settings_from({k: getattr(args, k) for k in SERVE_FLAGS}, os.environ)
         app = create_app(settings)
+        # Bound here, before uvicorn starts, so the URL printed below has the real port
+        # (also with --port 0).
+        sock = socket.create_server((settings.host.strip("[]"), settings.port),
+                                    family=socket.AF_INET6 if ":" in settings.host
+                                    else socket.AF_INET)
     except (ValueError, BackendError) as exc:
         print(f"stepchain topology serve: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"stepchain topology serve: cannot listen on {settings.host}:{settings.port}: "
+              f"{exc.strerror}", file=sys.stderr)
+        return 2
+    served = app.state.settings
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{sock.getsockname()[1]}/"
+    if served.auth:
+        kept = (args.token_file or os.environ.get("STEPCHAIN_TOKEN_FILE")
+                or token_path(served.state_dir))
+        print(f"stepchain topology serve: {url}?token={served.token}\n"
+              f"    writes need 'Authorization: Bearer <token>'; the token is in {kept}",
+              flush=True)
+    else:
+        print(f"stepchain topology serve: {url} (auth OFF: --no-auth)", flush=True)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan:
-    # the local backend stops its step processes there.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    # the local backend stops its step processes there. It then re-raises the signal to the
+    # handler it found; a no-op one for SIGTERM makes a clean stop exit 0, as a service should.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    server.run(sockets=[sock])
     return 0
 
 

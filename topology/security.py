@@ -1,7 +1,8 @@
 """What the topology service lets a caller deploy, and who may write.
 
-* Writes need ``Authorization: Bearer <token>`` whenever a token is configured; without one
-  the service only starts bound to loopback (see :func:`topology.settings.check_startup`).
+* Writes need ``Authorization: Bearer <token>`` unless the service runs with ``--no-auth``
+  (:mod:`topology.auth`; ``--no-auth`` only on loopback, see
+  :func:`topology.settings.check_startup`).
 * Step images must match one of the allow-list globs.
 * hostPath volumes only under allow-listed path prefixes (none by default).
 * A pipeline may not ask for more GPUs than ``--max-gpus``.
@@ -11,7 +12,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hmac
 import posixpath
 from typing import Any
 
@@ -70,13 +70,3 @@ def check_policy(pipeline: Pipeline, settings: Settings) -> None:
                  "(--max-gpus / STEPCHAIN_MAX_GPUS)")
     if errors:
         raise PipelineInvalid(errors)
-
-
-def token_matches(authorization: str | None, token: str) -> bool:
-    """Whether an Authorization header carries `Bearer <token>` (constant-time compare)."""
-    if not authorization:
-        return False
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())

@@ -9,7 +9,8 @@ flag                           environment                        default
 ``--port``                     ``STEPCHAIN_PORT``                 ``8080``
 ``--backend``                  ``STEPCHAIN_BACKEND``              ``local``
 ``--namespace``                ``STEPCHAIN_NAMESPACE``            the pod's, else ``default``
-``--token-file``               ``STEPCHAIN_TOKEN_FILE``           none (loopback only)
+``--token-file``               ``STEPCHAIN_TOKEN_FILE``           ``<state-dir>/token``, generated
+``--no-auth``                  (flag only)                        auth on
 ``--image-allowlist``          ``STEPCHAIN_IMAGE_ALLOWLIST``      ``ghcr.io/stepchain/*``
 ``--hostpath-allowlist``       ``STEPCHAIN_HOSTPATH_ALLOWLIST``   none
 ``--max-gpus``                 ``STEPCHAIN_MAX_GPUS``             ``8``
@@ -30,9 +31,10 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from topology.auth import ensure_token, read_token
 from topology.render import (
     DEFAULT_DRAIN_GRACE_S,
     DEFAULT_STEP_IMAGE,
@@ -64,8 +66,11 @@ class Settings:
     port: int = 8080
     backend: str = "local"
     namespace: str = "default"
-    #: Bearer token required on writes; None = writes allowed only when bound to loopback.
+    #: Bearer token required on writes; None with `auth` = generated into the state dir at
+    #: start (:func:`with_token`).
     token: str | None = None
+    #: False only with --no-auth: writes need no token (refused unless bound to loopback).
+    auth: bool = True
     image_allowlist: tuple[str, ...] = DEFAULT_IMAGE_ALLOWLIST
     hostpath_allowlist: tuple[str, ...] = ()
     max_gpus: int = DEFAULT_MAX_GPUS
@@ -102,18 +107,6 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
 def split_list(text: str | None) -> tuple[str, ...]:
     """`"a, b,,c"` -> `("a", "b", "c")`."""
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
-
-
-def read_token(path: str) -> str:
-    """The token in `path` (surrounding whitespace removed); ValueError when unusable."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read token file {path}: {exc.strerror}") from None
-    if len(token) < 16:
-        raise ValueError(f"token file {path} holds {len(token)} characters; use at least 16 "
-                         "(e.g. `openssl rand -hex 32`)")
-    return token
 
 
 def pod_namespace(default: str = "default") -> str:
@@ -175,6 +168,7 @@ def settings_from(flags: Mapping[str, object | None], environ: Mapping[str, str]
         backend=backend,
         namespace=pick("namespace", "STEPCHAIN_NAMESPACE") or pod_namespace(),
         token=read_token(token_file) if token_file else None,
+        auth=not flags.get("no_auth"),
         image_allowlist=split_list(images) if images is not None else DEFAULT_IMAGE_ALLOWLIST,
         hostpath_allowlist=tuple(os.path.normpath(p) for p in hostpaths),
         max_gpus=number("max_gpus", "STEPCHAIN_MAX_GPUS", DEFAULT_MAX_GPUS, 0),
@@ -196,6 +190,14 @@ def render_settings_from(flags: Mapping[str, object | None],
                          {k: v for k, v in environ.items() if k not in SERVICE_ONLY_ENV})
 
 
+def with_token(settings: Settings) -> Settings:
+    """`settings` with the token writes need: the given one, else the state dir's (generated at
+    first start, mode 0600); unchanged with --no-auth."""
+    if not settings.auth or settings.token is not None:
+        return settings
+    return replace(settings, token=ensure_token(settings.state_dir))
+
+
 def render_options(settings: Settings) -> RenderOptions:
     """What the manifests depend on besides the pipeline, from the service settings."""
     return RenderOptions(namespace=settings.namespace, image=settings.step_image,
@@ -205,11 +207,11 @@ def render_options(settings: Settings) -> RenderOptions:
 
 def check_startup(settings: Settings) -> None:
     """Refuses settings the service must not start with (ValueError saying how to fix them)."""
-    if not settings.loopback_only and settings.token is None:
+    if not settings.loopback_only and not settings.auth:
         raise ValueError(
-            f"refusing to listen on {settings.host} without a token: anyone who can reach it "
-            "could create pipelines. Give --token-file / STEPCHAIN_TOKEN_FILE, or bind to "
-            "127.0.0.1")
+            f"refusing to listen on {settings.host} with --no-auth: anyone who can reach it "
+            "could create pipelines. Drop --no-auth (a token is generated into the state dir, "
+            "or give --token-file / STEPCHAIN_TOKEN_FILE), or bind to 127.0.0.1")
     from topology.security import image_allowed
 
     if not image_allowed(settings.step_image, settings.image_allowlist):
