@@ -73,11 +73,31 @@ def _sigma_from(p: dict[str, Any], default: float) -> float:
     return default
 
 
+def _kernel_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` without ``out`` (the output buffer is not a kernel parameter)."""
+    return {k: v for k, v in params.items() if k != "out"} if "out" in params else params
+
+
+def _destination(out: Any, shape: tuple[int, int, int]) -> Image:
+    """A new output array, or `out` (the caller's buffer, e.g. an outgoing message's pixels)
+    after checking it is a writable C-contiguous uint8 array of exactly `shape`."""
+    if out is None:
+        return np.empty(shape, dtype=np.uint8)
+    if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != shape
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+               else type(out).__name__)
+        raise ValueError(f"out must be a writable C-contiguous uint8 array of shape {shape}, "
+                         f"got {got}")
+    return out
+
+
 def _simple(fn_name: str, img: Any, out_c: int | None, params: dict[str, Any], *extra: Any) -> Image:
     src = as_image(img)
     h, w, c = src.shape
-    p = validate_params(fn_name, params)
-    dst = np.empty((h, w, out_c or c), dtype=np.uint8)
+    out = params.get("out")
+    p = validate_params(fn_name, _kernel_params(params))
+    dst = _destination(out, (h, w, out_c or c))
     getattr(_native, fn_name)(src, dst, h, w, c, *_exec(p), *extra)
     return dst
 
@@ -99,7 +119,7 @@ def edges(img: Image, **params: Any) -> Image:
 
 def brightness(img: Image, **params: Any) -> Image:
     """out = ((in * factor) - 128) * contrast + 128, clamped; alpha kept."""
-    p = validate_params("brightness", params)
+    p = validate_params("brightness", _kernel_params(params))
     return _simple("brightness", img, None, params, p["factor"], p["contrast"])
 
 
@@ -109,14 +129,14 @@ def gaussian_blur(img: Image, **params: Any) -> Image:
     Radius defaults to ceil(3 sigma); sigma alone defaults to 2, radius alone gives OpenCV's
     sigma = 0.3 (radius - 1) + 0.8. Matches cv2.GaussianBlur(ksize=2r+1, BORDER_REPLICATE)
     within 1."""
-    p = validate_params("gaussian_blur", params)
+    p = validate_params("gaussian_blur", _kernel_params(params))
     sigma = _sigma_from(p, 2.0)
     return _simple("gaussian_blur", img, None, params, sigma, _radius(p, sigma))
 
 
 def sharpen(img: Image, **params: Any) -> Image:
     """Unsharp mask: img + amount * (img - gaussian(img, sigma)), clamped."""
-    p = validate_params("sharpen", params)
+    p = validate_params("sharpen", _kernel_params(params))
     sigma = float(p["sigma"])
     return _simple("sharpen", img, None, params, float(p["amount"]), sigma, _radius(p, sigma))
 
@@ -126,7 +146,7 @@ def deblur(img: Image, **params: Any) -> Image:
 
     Per channel in float: u0 = img; u <- u * G(img / max(G(u), 1e-6)) with G the normalised
     Gaussian (replicate border); the result is rounded and clamped to uint8."""
-    p = validate_params("deblur", params)
+    p = validate_params("deblur", _kernel_params(params))
     sigma = float(p["sigma"])
     return _simple("deblur", img, None, params, sigma, _radius(p, sigma), int(p["iterations"]))
 
@@ -147,9 +167,10 @@ def resize(img: Image, **params: Any) -> Image:
     """Bilinear or bicubic (a = -0.75) resampling with pixel-centre alignment, like OpenCV."""
     src = as_image(img)
     h, w, c = src.shape
-    p = validate_params("resize", params)
+    out = params.get("out")
+    p = validate_params("resize", _kernel_params(params))
     oh, ow = resize_shape(h, w, p)
-    dst = np.empty((oh, ow, c), dtype=np.uint8)
+    dst = _destination(out, (oh, ow, c))
     method = 0 if p["method"] == "bilinear" else 1
     _native.resize(src, dst, h, w, c, *_exec(p), oh, ow, method)
     return dst
@@ -163,7 +184,7 @@ def classify(img: Image, **params: Any) -> dict[str, Any]:
     """
     src = as_image(img)
     h, w, c = src.shape
-    p = validate_params("classify", params)
+    p = validate_params("classify", _kernel_params(params))
     lap_var, mean_luma, colorfulness = _native.classify(src, h, w, c, *_exec(p))
     exposure = ("dark" if mean_luma < p["dark_threshold"]
                 else "bright" if mean_luma > p["bright_threshold"] else "normal")
@@ -186,7 +207,10 @@ _FUNCTIONS = {
 
 
 def run(name: str, img: Image, **params: Any) -> Any:
-    """Runs kernel `name` (canonical or alias): an array for image kernels, a dict for classify."""
+    """Runs kernel `name` (canonical or alias): an array for image kernels, a dict for classify.
+
+    Image kernels also take ``out=``: an array of the output's exact shape to write into
+    instead of a new one (the step server passes the pixel area of its outgoing message)."""
     return _FUNCTIONS[canonical_name(name)](img, **params)
 
 

@@ -52,19 +52,23 @@ def check_pixels(width: int, height: int, max_pixels: int, *, where: str = "imag
 
 
 def decode_image(msg: step_pb2.Image, *, max_pixels: int = MAX_PIXELS,
-                 where: str = "image") -> np.ndarray:
+                 where: str = "image", data: memoryview | bytes | None = None) -> np.ndarray:
     """Returns the pixels of `msg` as an H x W x C uint8 array (read-only for RAW input).
 
+    `data` replaces ``msg.data`` (a view of the received bytes: RAW pixels stay a view).
     Raises ImageError (bad sizes, byte counts, corrupt or truncated files) or PixelLimitError.
     """
+    if data is None:
+        data = msg.data  # every access to a bytes field makes a new copy: read it once
     if msg.encoding == RAW:
-        return _decode_raw(msg, max_pixels, where)
+        return _decode_raw(msg, data, max_pixels, where)
     if msg.encoding in _PIL_FORMAT:
-        return _decode_file(msg.data, msg.encoding, max_pixels, where)
+        return _decode_file(data, msg.encoding, max_pixels, where)
     raise ImageError(f"{where}.encoding {msg.encoding} is unknown; use RAW, PNG or JPEG")
 
 
-def _decode_raw(msg: step_pb2.Image, max_pixels: int, where: str) -> np.ndarray:
+def _decode_raw(msg: step_pb2.Image, data: memoryview | bytes, max_pixels: int,
+                where: str) -> np.ndarray:
     w, h, c = msg.width, msg.height, msg.channels
     if w == 0 or h == 0:
         raise ImageError(f"{where} is {w}x{h}; RAW images need width >= 1 and height >= 1")
@@ -73,7 +77,6 @@ def _decode_raw(msg: step_pb2.Image, max_pixels: int, where: str) -> np.ndarray:
                          "4 (RGBA) channels")
     check_pixels(w, h, max_pixels, where=where)
     expected = w * h * c
-    data = msg.data  # every access to a bytes field makes a new copy: read it once
     if len(data) != expected:
         raise ImageError(
             f"{where}.data has {len(data)} bytes; a RAW {w}x{h}x{c} image needs "
@@ -81,7 +84,7 @@ def _decode_raw(msg: step_pb2.Image, max_pixels: int, where: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
 
 
-def _decode_file(data: bytes, encoding: int, max_pixels: int, where: str) -> np.ndarray:
+def _decode_file(data: memoryview | bytes, encoding: int, max_pixels: int, where: str) -> np.ndarray:
     fmt = _PIL_FORMAT[encoding]
     if not data:
         raise ImageError(f"{where}.data is empty; expected a {fmt} file")
@@ -152,7 +155,17 @@ def write_image(msg: step_pb2.Image, arr: np.ndarray, encoding: step_pb2.ImageEn
     Filling the message in place matters for 1080p images: building a message with an Image
     keyword argument copies the pixels once more than assigning the bytes field does.
     """
-    h, w, c = arr.shape
+    data, c = encode_data(arr, encoding, jpeg_quality=jpeg_quality)
+    h, w = arr.shape[0], arr.shape[1]
+    msg.width, msg.height, msg.channels, msg.encoding = w, h, c, encoding
+    msg.data = data
+    return len(data)
+
+
+def encode_data(arr: np.ndarray, encoding: int, *, jpeg_quality: int = 0) -> tuple[bytes, int]:
+    """`arr` as ``Image.data`` bytes in `encoding` and the channel count they hold (JPEG drops
+    alpha)."""
+    c = arr.shape[2]
     if encoding == RAW:
         data = arr.tobytes()
     elif encoding in _PIL_FORMAT:
@@ -168,9 +181,7 @@ def write_image(msg: step_pb2.Image, arr: np.ndarray, encoding: step_pb2.ImageEn
         data = buf.getvalue()
     else:
         raise ImageError(f"output_encoding {encoding} is unknown; use RAW, PNG or JPEG")
-    msg.width, msg.height, msg.channels, msg.encoding = w, h, c, encoding
-    msg.data = data
-    return len(data)
+    return data, c
 
 
 _ALLOCATOR_TUNED = False

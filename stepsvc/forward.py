@@ -3,18 +3,23 @@
 Candidates are tried in the order the router chose. A candidate answering UNAVAILABLE (down,
 unreachable, or with no active successor of its own) or refusing because it drains is skipped
 for the next one; any other error ends the attempt and reaches the caller naming the step.
+
+Requests and responses are serialized messages (bytes) both ways: the step builds the request
+around its output pixels and adds its timing to the response bytes (:mod:`stepsvc.wire`), so
+nothing here parses or serializes 6 MB of pixels.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from stepchain.v1 import step_pb2, step_pb2_grpc
+from google.protobuf.message import Message
+from stepchain.v1 import step_pb2
 
 #: Trailing metadata a step sets when it refuses because it is draining: worth failing over.
 DRAINING_KEY = "stepchain-draining"
@@ -46,9 +51,16 @@ class ForwardError(Exception):
         self.failed_step = failed_step
 
 
+#: The full method name of StepService.Process.
+PROCESS_METHOD = "/" + step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name + "/Process"
+#: A serialized ProcessRequest, or a function giving the one to send to a candidate.
+Payload = bytes | Callable[[Candidate], bytes]
+
+
 @dataclass
 class ForwardResult:
-    response: step_pb2.ProcessResponse
+    #: The serialized ProcessResponse of the step that took the request.
+    response: bytes
     step_id: int
     attempts: int
 
@@ -86,12 +98,13 @@ class Forwarder:
                  interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()) -> None:
         self._options = channel_options(max_message_bytes)
         self._interceptors = tuple(interceptors)
-        self._stubs: dict[str, step_pb2_grpc.StepServiceStub] = {}
+        self._stubs: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
 
-    def stub(self, address: str) -> step_pb2_grpc.StepServiceStub:
-        """The cached stub for `address` (created on first use)."""
+    def stub(self, address: str) -> grpc.UnaryUnaryMultiCallable:
+        """The cached Process callable for `address` (created on first use): bytes in, bytes
+        out (no serializers: the request is already serialized, the response is passed on)."""
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
@@ -99,14 +112,17 @@ class Forwarder:
                 self._channels.append(channel)
                 if self._interceptors:
                     channel = grpc.intercept_channel(channel, *self._interceptors)
-                stub = step_pb2_grpc.StepServiceStub(channel)
+                stub = channel.unary_unary(PROCESS_METHOD, None, None)
                 self._stubs[address] = stub
             return stub
 
-    def forward(self, request: step_pb2.ProcessRequest, candidates: Sequence[Candidate], *,
+    def forward(self, request: Payload | Message, candidates: Sequence[Candidate], *,
                 timeout: float | None,
                 metadata: Sequence[tuple[str, str]] = ()) -> ForwardResult:
         """Sends `request` to the first candidate that takes it.
+
+        `request` is a serialized ProcessRequest, a function of the candidate returning one
+        (so a co-located candidate can get a shared-memory handle), or a message.
 
         `timeout` is the caller's remaining deadline in seconds; failover attempts share it, so
         a candidate that failed slowly leaves the next one only what is left. Raises
@@ -124,9 +140,12 @@ class Forwarder:
                     f"the request's deadline passed during failover before {cand.describe()} "
                     f"could be tried (after: {'; '.join(failures)})", attempts, None)
             attempts += 1
+            if isinstance(request, Message):
+                request = request.SerializeToString()
+            payload = request if isinstance(request, bytes) else request(cand)
             try:
-                response = self.stub(cand.address).Process(
-                    request, timeout=remaining, metadata=tuple(metadata) or None)
+                response = self.stub(cand.address)(
+                    payload, timeout=remaining, metadata=tuple(metadata) or None)
                 return ForwardResult(response, cand.step_id, attempts)
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from stepchain.v1 import step_pb2, step_pb2_grpc
+from stepchain.v1 import step_pb2
 
-from stepsvc import codec
+from stepsvc import codec, wire
 from stepsvc.admission import Admission
 from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
@@ -127,6 +127,21 @@ class StepServer:
         return self.server.wait_for_termination(timeout)
 
 
+def process_handler(servicer: StepServicer) -> grpc.GenericRpcHandler:
+    """StepService/Process with the step's own codec: the request is parsed by
+    :func:`stepsvc.wire.parse_request` (pixels stay a view of the received bytes) and the
+    response goes out as the bytes the servicer built. Same wire format as the generated code,
+    so reflection, grpcurl and every other client see no difference."""
+    method = grpc.unary_unary_rpc_method_handler(
+        servicer.process_bytes, request_deserializer=wire.parse_request,
+        response_serializer=_payload)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": method})
+
+
+def _payload(response: wire.ResponseBytes) -> bytes:
+    return response.payload
+
+
 def build_server(config: PipelineConfig, discovery: ActiveSteps,
                  settings: ServerSettings | None = None, *,
                  interceptors: Sequence[grpc.ServerInterceptor] = (),
@@ -155,7 +170,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
         options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=workers,
     )
-    step_pb2_grpc.add_StepServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((process_handler(servicer),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

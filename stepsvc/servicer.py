@@ -1,5 +1,10 @@
 """The StepService servicer: admit, decode, run the kernel, forward (or encode), time it all.
 
+Requests and responses travel as bytes (:mod:`stepsvc.wire`): the pixels are read as a view of
+the received message, the kernel writes into the outgoing forward request, and the downstream
+response goes back with this step's timing added as bytes, never parsed and re-serialized.
+``Process`` keeps the protobuf-message API for in-process callers.
+
 Every phase is measured in one place (:meth:`StepServicer._phase`) and reported to a
 :class:`StepObserver`, which is where tracing and metrics hook in. Each failure maps to one gRPC
 status code with a message that says what was wrong and what is allowed.
@@ -14,14 +19,16 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+import numpy as np
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 import native
 from native.registry import MAX_THREADS, SCHEDULES, default_threads
-from stepsvc import codec
+from stepsvc import codec, wire
 from stepsvc.admission import Admission, Draining, QueueFull, QueueTimeout
 from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
@@ -80,6 +87,23 @@ class StepAbort(Exception):
         self.trailers = tuple(trailers)
 
 
+@dataclass
+class _Answer:
+    """What a request produced, serialized once its timing is final (see :meth:`_respond`).
+
+    The last step has `head` (request_id, labels, measures) and the image (`image` for its
+    dimensions, `data` the pixels or encoded file); any other step has the downstream
+    response's bytes (`downstream`) and its own `measures`, which go before them.
+    """
+
+    request_id: str
+    head: step_pb2.ProcessResponse | None = None
+    image: step_pb2.Image | None = None
+    data: memoryview | bytes = b""
+    downstream: bytes = b""
+    measures: dict[str, float] | None = None
+
+
 def host_name() -> str:
     """The pod name in Kubernetes (POD_NAME), the host name otherwise."""
     return os.environ.get("POD_NAME") or socket.gethostname()
@@ -122,14 +146,27 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
 
     def Process(self, request: step_pb2.ProcessRequest,
                 context: grpc.ServicerContext) -> step_pb2.ProcessResponse:
+        """The protobuf-message API (in-process callers); the same path as the gRPC method."""
+        raw = self.process_bytes(wire.parse_request(request.SerializeToString()), context)
+        return wire.parse_response(raw.payload)
+
+    def process_bytes(self, request: wire.RequestView,
+                      context: grpc.ServicerContext) -> wire.ResponseBytes:
+        """The gRPC method: a parsed request view in, the serialized response out."""
         started = time.perf_counter()
         timing = step_pb2.StepTiming(
             pipeline_id=self.config.pipeline_id, step_id=self.step.id,
             step_type=self.step.type, host=self.host)
-        response: step_pb2.ProcessResponse | None = None
+        answer: _Answer | None = None
         failure: StepAbort | None = None
+        header = request.header
+        probe: step_pb2.ProcessResponse | None = None
         try:
-            response = self._process(request, context, timing)
+            if request.error:
+                raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"step {self.step.id} ({self.step.type}): {request.error}")
+            answer = self._process(request, context, timing)
+            probe = step_pb2.ProcessResponse(request_id=answer.request_id)
         except StepAbort as abort:
             failure = abort
         except Exception as exc:  # never crash the server; report and keep serving
@@ -140,23 +177,36 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         timing.total_ms = _ms(time.perf_counter() - started)
         code = failure.code if failure else grpc.StatusCode.OK
         try:
-            self.observer.finished(code=code, timing=timing, request=request, response=response)
+            self.observer.finished(code=code, timing=timing, request=header, response=probe)
         except Exception:  # telemetry must never turn an answer into a failure
             log.exception("step %s: observer.finished failed", self.step.id)
         if failure is not None:
             if failure.trailers:
                 context.set_trailing_metadata(failure.trailers)
             context.abort(failure.code, failure.message)
-        assert response is not None
-        # This step's timing goes first: timings are in execution order.
-        downstream = list(response.timings)
-        del response.timings[:]
-        response.timings.append(timing)
-        response.timings.extend(downstream)
-        return response
+        assert answer is not None and probe is not None
+        # The caller's trace id is the entry step's (one trace per request): steps further
+        # down add none, so the response carries it once.
+        trace_id = probe.trace_id if not header.route else ""
+        return wire.ResponseBytes(self._respond(answer, timing, trace_id))
 
-    def _process(self, request: step_pb2.ProcessRequest, context: grpc.ServicerContext,
-                 timing: step_pb2.StepTiming) -> step_pb2.ProcessResponse:
+    @staticmethod
+    def _respond(answer: _Answer, timing: step_pb2.StepTiming, trace_id: str) -> bytes:
+        """The serialized response: this step's timing goes first (timings are in execution
+        order), the trace id last."""
+        if answer.head is not None and answer.image is not None:
+            answer.head.timings.append(timing)
+            if trace_id:
+                answer.head.trace_id = trace_id
+            img = answer.image
+            return wire.response_bytes(answer.head, img.width, img.height, img.channels,
+                                       img.encoding, answer.data)
+        return wire.join_response(wire.response_fields(timing, answer.measures or {}),
+                                  answer.downstream, wire.trace_id_field(trace_id))
+
+    def _process(self, view: wire.RequestView, context: grpc.ServicerContext,
+                 timing: step_pb2.StepTiming) -> _Answer:
+        request = view.header
         if self.admission.closed:
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"step {self.step.id} ({self.step.type}) is draining (shutting down) "
@@ -187,61 +237,94 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                                 f"step {self.step.id} ({self.step.type}): {exc}",
                                 ((DRAINING_KEY, "1"),)) from None
         try:
-            return self._run(request, context, timing, request_id, threads, passes, schedule)
+            return self._run(view, context, timing, request_id, threads, passes, schedule)
         finally:
             self.admission.release()
 
-    def _run(self, request: step_pb2.ProcessRequest, context: grpc.ServicerContext,
+    def _run(self, view: wire.RequestView, context: grpc.ServicerContext,
              timing: step_pb2.StepTiming, request_id: str, threads: int, passes: int,
-             schedule: str) -> step_pb2.ProcessResponse:
+             schedule: str) -> _Answer:
+        request = view.header
         with self._phase("decode", timing, "decode_ms" if request.image.encoding else None):
             try:
-                img = codec.decode_image(request.image, max_pixels=self.max_pixels)
+                img = codec.decode_image(request.image, max_pixels=self.max_pixels,
+                                         data=view.data)
             except codec.PixelLimitError as exc:
                 raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             except codec.ImageError as exc:
                 raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if request.image.encoding:  # the header says what the server found (telemetry)
+            request.image.height, request.image.width = img.shape[0], img.shape[1]
 
         self._check_output_size(img.shape[0], img.shape[1])
         labels = dict(request.labels)
         measures: dict[str, float] = {}
+        last = is_last_step(self.step)
+        measure_kind = native.output_kind(self.step.type) == "measure"
+        forward: wire.OutgoingRequest | None = None
+        if not last and not measure_kind:
+            # The kernel writes straight into the pixel area of the request for the next step.
+            forward = self._allocate_forward(request, request_id, labels,
+                                             self._output_shape(img.shape))
         with self._phase("kernel", timing, "kernel_ms"):
-            result = self._run_kernel(img, context, threads, passes, schedule)
-        if native.output_kind(self.step.type) == "measure":
+            result = self._run_kernel(img, context, threads, passes, schedule,
+                                      None if forward is None else forward.pixels)
+        if measure_kind:
             labels.update(result["labels"])
             measures.update(result["measures"])
             out = img
         else:
             out = result
 
-        if is_last_step(self.step):
-            response = step_pb2.ProcessResponse(request_id=request_id, labels=labels,
-                                                measures=measures)
-            base = response.ByteSize()  # before the image: cheap
+        if last:
+            head = step_pb2.ProcessResponse(request_id=request_id, labels=labels,
+                                            measures=measures)
+            base = head.ByteSize()  # before the image: cheap
+            h, w, c = out.shape
             with self._phase("encode", timing, "encode_ms" if request.output_encoding else None):
-                data = codec.write_image(response.image, out, request.output_encoding,
-                                         jpeg_quality=request.jpeg_quality)
-            self._check_message_size(response.image, base + data, "response", RESPONSE_HEADROOM)
-            return response
+                if request.output_encoding == codec.RAW:
+                    data: memoryview | bytes = np.ascontiguousarray(out).data.cast("B")
+                    image = step_pb2.Image(width=w, height=h, channels=c)
+                else:
+                    data, c = codec.encode_data(out, request.output_encoding,
+                                                jpeg_quality=request.jpeg_quality)
+                    image = step_pb2.Image(width=w, height=h, channels=c,
+                                           encoding=request.output_encoding)
+            self._check_message_size(image, base + len(data), "response", RESPONSE_HEADROOM)
+            return _Answer(request_id, head=head, image=image, data=data)
 
-        # Fields are filled in place: an image passed as a keyword argument is copied twice.
-        forward = step_pb2.ProcessRequest(
+        if forward is None:  # classify: the image passes through unchanged
+            forward = self._allocate_forward(request, request_id, labels, out.shape)
+            forward.pixels[...] = out
+        with self._phase("forward", timing, "forward_ms"):
+            downstream = self._forward(forward.payload, context, timing, labels)
+        return _Answer(request_id, downstream=downstream, measures=measures)
+
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The kernel's output shape for an input of `shape` (checked again by the kernel)."""
+        h, w, c = shape[0], shape[1], shape[2]
+        if self._resize_params is not None:
+            h, w = native.resize_shape(h, w, self._resize_params)
+        elif native.canonical_name(self.step.type) == "grayscale":
+            c = 1
+        return h, w, c
+
+    def _allocate_forward(self, request: step_pb2.ProcessRequest, request_id: str,
+                          labels: Mapping[str, str],
+                          shape: tuple[int, ...]) -> wire.OutgoingRequest:
+        """The request for the next step with room for a `shape` image, size-checked first."""
+        header = step_pb2.ProcessRequest(
             request_id=request_id, output_encoding=request.output_encoding,
             jpeg_quality=request.jpeg_quality, route=[*request.route, self.step.id],
             labels=labels)
-        forward.overrides.CopyFrom(request.overrides)
-        base = forward.ByteSize()  # before the image: cheap
-        data = codec.write_image(forward.image, out, codec.RAW)
-        self._check_message_size(forward.image, base + data, "request for the next step", 0)
-        with self._phase("forward", timing, "forward_ms"):
-            response = self._forward(forward, context, timing, labels)
-        for key, value in measures.items():
-            if key not in response.measures:  # a later classify step's measures win
-                response.measures[key] = value
-        return response
+        header.overrides.CopyFrom(request.overrides)
+        h, w, c = shape[0], shape[1], shape[2]
+        self._check_message_size(step_pb2.Image(width=w, height=h, channels=c),
+                                 header.ByteSize() + h * w * c, "request for the next step", 0)
+        return wire.allocate_request(header, h, w, c)
 
     def _run_kernel(self, img: Any, context: grpc.ServicerContext, threads: int, passes: int,
-                    schedule: str) -> Any:
+                    schedule: str, out: Any = None) -> Any:
         """Runs the kernel `passes` times, one native call per pass.
 
         A native call cannot be interrupted, so passes are looped here: when the caller gave up
@@ -254,8 +337,9 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             if done:
                 self._check_still_wanted(context, done, passes)
             try:
+                extra = {} if out is None else {"out": out}
                 result = native.run(self.step.type, img, threads=threads, passes=1,
-                                    schedule=schedule, **self._kernel_params)
+                                    schedule=schedule, **self._kernel_params, **extra)
             except ValueError as exc:
                 raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"step {self.step.id} ({self.step.type}): {exc}") from None
@@ -273,8 +357,8 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                             f"{where}: the request was cancelled (caller gone or server "
                             f"stopping) after kernel pass {done} of {passes}; stopped there")
 
-    def _forward(self, forward: step_pb2.ProcessRequest, context: grpc.ServicerContext,
-                 timing: step_pb2.StepTiming, labels: Mapping[str, str]) -> step_pb2.ProcessResponse:
+    def _forward(self, forward: bytes, context: grpc.ServicerContext,
+                 timing: step_pb2.StepTiming, labels: Mapping[str, str]) -> bytes:
         active = self.discovery.active()
         order = choose_next_step(self.step, active.keys(), labels)
         if not order:

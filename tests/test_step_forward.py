@@ -34,6 +34,8 @@ class _SlowDownStub:
         time.sleep(self.delay)
         raise _Unavailable()
 
+    __call__ = Process  # the forwarder's stub is the Process callable itself
+
 
 def _candidates(n: int) -> list[Candidate]:
     return [Candidate(i, "identity", f"127.0.0.1:{50050 + i}") for i in range(1, n + 1)]
