@@ -109,6 +109,8 @@ def serve_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stepchain step serve: {exc}", file=sys.stderr)
         return 2
+    for warning in config.warnings:  # accepted, never silently: a link to no step ends there
+        logging.getLogger("stepchain.step").warning("%s", warning)
     step = config.this_step()
     spec = args.discovery
     if spec is None and os.environ.get("KUBERNETES_SERVICE_HOST"):

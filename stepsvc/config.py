@@ -10,7 +10,10 @@ A step process learns the whole pipeline's routing graph plus which step it is::
       - {id: 2, type: sharpen}
 
 YAML or JSON. Every problem is reported as ``ValueError("PIPELINE_CONFIG: <field path>:
-<problem>")`` so an operator can find the offending line of the ConfigMap.
+<problem>")`` so an operator can find the offending line of the ConfigMap. A ``next_step`` (or
+``preferred_next``/``route`` target) naming no step of the pipeline ends the pipeline at that
+step, as in the Flask-era format ("next step, if present"): the link is dropped and
+:attr:`PipelineConfig.warnings` says so in the same words, for ``step serve`` to log.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from native.registry import canonical_name, validate_params
-from stepsvc.graph import find_cycle
+from stepsvc.graph import ends_pipeline_message, find_cycle
 
 #: Prefix of every error message: the ConfigMap key / env var the text came from.
 SOURCE = "PIPELINE_CONFIG"
@@ -140,6 +144,13 @@ class PipelineConfig(BaseModel):
     pipeline_id: str
     step_id: int = Field(ge=0)
     steps: list[StepSpec] = Field(min_length=1)
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What was accepted but changed (links to no step dropped), as "PIPELINE_CONFIG:
+        <field path>: <what it means>" lines."""
+        return self._warnings
 
     @field_validator("pipeline_id")
     @classmethod
@@ -158,19 +169,22 @@ class PipelineConfig(BaseModel):
                 raise _FieldError(
                     f"steps[{i}].id", f"duplicate step id {step.id} (also steps[{index[step.id]}])")
             index[step.id] = i
+        known = sorted(index)
+        warnings: list[str] = []
+        steps = list(self.steps)
         for i, step in enumerate(self.steps):
-            missing = [s for s in step.next_step if s not in index]
-            if missing:
-                raise _FieldError(
-                    f"steps[{i}].next_step",
-                    f"step id(s) {missing} do not exist; steps are {sorted(index)}")
+            steps[i] = _end_dangling(step, f"steps[{i}]", index, warnings)
         if self.step_id not in index:
-            raise _FieldError("step_id", f"{self.step_id} is not one of the steps {sorted(index)}")
-        cycle = find_cycle({s.id: s.next_step for s in self.steps})
+            raise _FieldError("step_id", f"{self.step_id} is not one of the steps {known}")
+        cycle = find_cycle({s.id: s.next_step for s in steps})
         if cycle:
             path = " -> ".join(str(s) for s in cycle)
             raise _FieldError("steps", f"next_step forms a cycle {path}; a request would never end")
-        return self
+        if not warnings:
+            return self
+        cleaned = self.model_copy(update={"steps": steps})
+        cleaned._warnings = tuple(f"{SOURCE}: {w}" for w in warnings)
+        return cleaned
 
     def this_step(self) -> StepSpec:
         """The step this process runs."""
@@ -183,6 +197,23 @@ class PipelineConfig(BaseModel):
                 return step
         raise KeyError(f"pipeline {self.pipeline_id!r} has no step {step_id}; "
                        f"steps are {sorted(s.id for s in self.steps)}")
+
+
+def _end_dangling(step: StepSpec, path: str, index: dict[int, int],
+                  warnings: list[str]) -> StepSpec:
+    """`step` without its links to ids that are no step of the pipeline, each one warned."""
+    known = sorted(index)
+    missing = [s for s in step.next_step if s not in index]
+    if not missing:
+        return step
+    kept = [s for s in step.next_step if s in index]
+    warnings.append(f"{path}.next_step: {ends_pipeline_message(step.id, missing, known, kept)}")
+    update: dict[str, Any] = {"next_step": kept}
+    if step.preferred_next in missing:
+        update["preferred_next"] = None
+    if any(target in missing for target in step.route.values()):
+        update["route"] = {k: v for k, v in step.route.items() if v not in missing}
+    return step.model_copy(update=update)
 
 
 class _FieldError(ValueError):

@@ -36,3 +36,20 @@ def find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
             if found:
                 return found
     return None
+
+
+def ends_pipeline_message(step_id: int, missing: list[int], known: list[int],
+                          remaining: list[int]) -> str:
+    """The warning for a ``next_step`` naming ids that are no step of the pipeline.
+
+    The Flask-era format reads ``next_step`` as "the next step, if present": a link to no step
+    ends the pipeline there (or leaves the step's other successors). Worded once for the
+    topology service and the step's config loader.
+    """
+    ids = ", ".join(str(m) for m in missing)
+    what = f"step id {ids} is" if len(missing) == 1 else f"step ids {ids} are"
+    if remaining:
+        effect = f"ignored; step {step_id} forwards to {remaining}"
+    else:
+        effect = f"step {step_id} ends the pipeline there"
+    return f"{what} not a step of this pipeline (steps are {known}); {effect}"

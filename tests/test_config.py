@@ -125,7 +125,6 @@ def test_unknown_step_lookup_names_the_known_ids() -> None:
 REJECTIONS = [
     # (name, document, field path, words of the problem)
     ("duplicate_ids", doc(step2_id=1), "steps[2].id", "duplicate step id 1"),
-    ("dangling_next_step", doc(step1_next_step=[7]), "steps[1].next_step", "[7] do not exist"),
     ("dangling_preferred_next", doc(step0_preferred_next=5), "steps[0].preferred_next",
      "not one of next_step"),
     ("dangling_route_target", doc(step0_route={"blurry": 2, "dark": 9}), "steps[0].route.dark",
@@ -203,3 +202,28 @@ def test_topology_can_build_and_dump_a_config() -> None:
     ])
     assert parse_config(dump_config(cfg)) == cfg
     assert cfg.this_step().type == "resize"
+
+
+def test_next_step_naming_no_step_ends_the_pipeline_there_with_a_warning() -> None:
+    config = PipelineConfig.model_validate(doc(step1_next_step=[7]))
+    assert config.step(1).next_step == []
+    assert config.warnings == (
+        "PIPELINE_CONFIG: steps[1].next_step: step id 7 is not a step of this pipeline (steps "
+        "are [0, 1, 2]); step 1 ends the pipeline there",)
+
+
+def test_flask_tool_yaml_example_loads_with_step_1_ending_the_pipeline() -> None:
+    config = parse_config("pipeline_id: my-pipeline\nstep_id: 0\nsteps: [{id: 0, type: "
+                          "upscaling, params: {scale: 2}, next_step: 1, preferred_next: 1}, "
+                          "{id: 1, type: classifier, params: {}, next_step: 2}]\n")
+    assert (config.this_step().type, config.this_step().next_step) == ("resize", [1])
+    assert config.step(1).next_step == []
+    assert [w.split(":")[1].strip() for w in config.warnings] == ["steps[1].next_step"]
+
+
+def test_flask_tool_one_step_json_example_is_a_last_step() -> None:
+    config = parse_config('{"pipeline_id":"my-pipeline","step_id":0,"steps":[{"id":0,'
+                          '"type":"upscaling","params":{"scale":2},"next_step":1}]}')
+    assert config.this_step().next_step == []
+    assert "steps[0].next_step" in config.warnings[0]
+    assert "step 0 ends the pipeline there" in config.warnings[0]

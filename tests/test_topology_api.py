@@ -49,18 +49,11 @@ def steps(*items: Any) -> dict[str, Any]:
 REJECTIONS = [
     ("duplicate id", steps({"id": 1, "type": "blur"}, {"id": 1, "type": "edges"}),
      ["body", "steps", 1, "step_id"]),
-    ("dangling next_step", steps({"type": "blur", "next_step": [4]}),
-     ["body", "steps", 0, "next_step"]),
-    ("dangling preferred_next", steps({"type": "blur", "next_step": [1], "preferred_next": 3},
-                                      {"type": "edges"}),
-     ["body", "steps", 0, "preferred_next"]),
     ("preferred_next not a successor", steps({"type": "blur", "next_step": [1],
                                               "preferred_next": 2},
                                              {"type": "edges", "next_step": 2},
                                              {"type": "edges"}),
      ["body", "steps", 0, "preferred_next"]),
-    ("dangling route", steps({"type": "classify", "route": {"blurry": 8}}, {"type": "edges"}),
-     ["body", "steps", 0, "route", "blurry"]),
     ("cycle", steps({"id": 0, "type": "blur", "next_step": 1},
                     {"id": 1, "type": "edges", "next_step": 2},
                     {"id": 2, "type": "sharpen", "next_step": 1}),
@@ -129,6 +122,39 @@ def test_step_config_maps_of_the_renderer_are_the_names_volumes_may_not_mount() 
     from topology.render import config_map_name
 
     assert STEP_CONFIG_MAP_RE.search(config_map_name("any-pipeline", 9999))
+
+
+#: Links to no step of the pipeline: accepted with a warning naming the field, 422 when strict.
+DANGLING = [
+    ("dangling next_step", steps({"type": "blur", "next_step": [4]}),
+     ["steps", 0, "next_step"]),
+    ("dangling preferred_next", steps({"type": "blur", "next_step": [1], "preferred_next": 3},
+                                      {"type": "edges"}),
+     ["steps", 0, "preferred_next"]),
+    ("dangling route", steps({"type": "classify", "route": {"blurry": 8}}, {"type": "edges"}),
+     ["steps", 0, "route", "blurry"]),
+]
+
+
+@pytest.mark.parametrize(("body", "loc"), [(b, loc) for _, b, loc in DANGLING],
+                         ids=[name for name, _, _ in DANGLING])
+def test_link_to_no_step_is_accepted_with_a_warning_naming_the_field(
+        client: TestClient, body: Any, loc: list[Any]) -> None:
+    from topology.model import format_loc
+
+    response = dry_run(client, body)
+    assert response.status_code == 200, response.text
+    warnings = response.json()["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith(format_loc(loc) + ": ")
+    assert format_loc(loc) in response.headers["warning"]
+
+
+@pytest.mark.parametrize(("body", "loc"), [(b, loc) for _, b, loc in DANGLING],
+                         ids=[name for name, _, _ in DANGLING])
+def test_link_to_no_step_is_a_422_with_strict_true(client: TestClient, body: Any,
+                                                   loc: list[Any]) -> None:
+    response = client.post("/pipeline", params={"dry_run": "true", "strict": "true"}, json=body)
+    assert ["body", *loc] in refused_at(response)
 
 
 @pytest.mark.parametrize(("body", "loc"), [(b, loc) for _, b, loc in REJECTIONS],

@@ -144,3 +144,30 @@ def test_render_ignores_the_service_only_settings_it_has_no_use_for(
     monkeypatch.setenv("STEPCHAIN_TOKEN_FILE", "/nonexistent/token")
     assert stepchain(["topology", "render", str(ROOT / "examples" / "pipeline.json")]) == 0
     assert "kind: Deployment" in capsys.readouterr().out
+
+
+FLASK_BODY = {"steps": [
+    {"step_id": 0, "type": "upscaling", "params": {"scale": 2}, "next_step": 1},
+    {"step_id": 1, "type": "classifier", "params": {}, "next_step": 2}]}
+
+
+def test_render_accepts_a_next_step_to_no_step_and_warns_naming_the_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(FLASK_BODY))
+    assert stepchain(["topology", "render", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: steps[1].next_step: step id 2 is not a step of this pipeline" in err
+    assert "step 1 ends the pipeline there" in err
+    kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
+    assert kinds.count("Deployment") == 2
+
+
+def test_render_strict_refuses_a_next_step_to_no_step(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(FLASK_BODY))
+    assert stepchain(["topology", "render", "--strict", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "steps[1].next_step" in err

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 PipelineId = Annotated[str, Path(pattern=PIPELINE_NAME_RE.pattern, max_length=MAX_PIPELINE_NAME,
                                  description="pipeline id (DNS-1035 label)")]
 DryRun = Annotated[bool, Query(description="validate and return the manifests; change nothing")]
+Strict = Annotated[bool, Query(description="refuse (422) what is otherwise a warning, e.g. a "
+                                           "next_step naming no step of the pipeline")]
 
 
 class StepStatusOut(BaseModel):
@@ -91,6 +93,9 @@ class Applied(BaseModel):
     resources: list[dict[str, Any]]
     entrypoint: str = Field(description="host:port of the entry step (gRPC)")
     details: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list,
+                                description="accepted but worth knowing, each naming its field "
+                                            "(?strict=true refuses them)")
 
 
 class DryRunResult(BaseModel):
@@ -101,6 +106,7 @@ class DryRunResult(BaseModel):
     dry_run: bool = True
     entry_step: int
     manifests: list[dict[str, Any]]
+    warnings: list[str] = Field(default_factory=list)
 
 
 class Deleted(BaseModel):
@@ -202,22 +208,26 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                    "--token-file / STEPCHAIN_TOKEN_FILE names another")
     writer = [Depends(require_writer)]
 
-    def checked(spec: PipelineSpec, name: str | None = None) -> Pipeline:
-        pipeline = resolve_pipeline(spec, name=name)
+    def checked(spec: PipelineSpec, name: str | None = None, strict: bool = False) -> Pipeline:
+        pipeline = resolve_pipeline(spec, name=name, strict=strict)
         check_policy(pipeline, settings)
+        for warning in pipeline.warnings:
+            log.warning("pipeline %s: %s", pipeline.pipeline_id, warning)
         return pipeline
 
     def dry_run_result(pipeline: Pipeline) -> DryRunResult:
         options = render_options(settings)
         return DryRunResult(pipeline_id=pipeline.pipeline_id, namespace=options.namespace,
                             entry_step=pipeline.entry_step,
-                            manifests=render_manifests(pipeline, options))
+                            manifests=render_manifests(pipeline, options),
+                            warnings=[str(w) for w in pipeline.warnings])
 
     def applied(pipeline: Pipeline, created: bool) -> Applied:
         result = backend.apply(pipeline)
         return Applied(pipeline_id=result.pipeline_id, namespace=backend.namespace,
                        created=created, resources=result.resources,
-                       entrypoint=result.entrypoint, details=result.details)
+                       entrypoint=result.entrypoint, details=result.details,
+                       warnings=[str(w) for w in pipeline.warnings])
 
     @app.exception_handler(PipelineInvalid)
     async def _invalid(_: Request, exc: PipelineInvalid) -> JSONResponse:
@@ -252,11 +262,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                          409: {"model": ErrorDetail,
                                "description": "the id exists with a different definition"},
                          **ERRORS})
-    def create_pipeline(spec: PipelineSpec, dry_run: DryRun = False) -> Any:
+    def create_pipeline(spec: PipelineSpec, dry_run: DryRun = False,
+                        strict: Strict = False) -> Any:
         """Creates a pipeline (201). Identical re-POST: 200. Same id, other body: 409."""
-        pipeline = checked(spec)
+        pipeline = checked(spec, strict=strict)
         if dry_run:
-            return JSONResponse(dry_run_result(pipeline).model_dump(), status_code=200)
+            return _answer(dry_run_result(pipeline), 200)
         with write_lock:
             existing = backend.status(pipeline.pipeline_id)
             if existing is not None and existing.fingerprint != pipeline.fingerprint:
@@ -264,7 +275,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                                          "a different definition; change it with PUT "
                                          f"/pipeline/{pipeline.pipeline_id} or DELETE it first")
             result = applied(pipeline, created=existing is None)
-        return JSONResponse(result.model_dump(), status_code=201 if result.created else 200)
+        return _answer(result, 201 if result.created else 200)
 
     @app.get("/pipelines", response_model=PipelineList, tags=["pipelines"])
     def list_pipelines() -> PipelineList:
@@ -286,18 +297,18 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
              responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
                         **ERRORS})
     def update_pipeline(pipeline_id: PipelineId, spec: PipelineSpec,
-                        dry_run: DryRun = False) -> Any:
+                        dry_run: DryRun = False, strict: Strict = False) -> Any:
         """Replaces an existing pipeline's definition; its objects converge to it."""
         if spec.name is not None and spec.name != pipeline_id:
             raise PipelineInvalid.single(("name",), f"name {spec.name!r} differs from the "
                                                     f"pipeline id {pipeline_id!r} in the path")
-        pipeline = checked(spec, name=pipeline_id)
+        pipeline = checked(spec, name=pipeline_id, strict=strict)
         if dry_run:
-            return dry_run_result(pipeline)
+            return _answer(dry_run_result(pipeline), 200)
         with write_lock:
             if backend.status(pipeline_id) is None:
                 raise _not_found(pipeline_id, backend)
-            return applied(pipeline, created=False)
+            return _answer(applied(pipeline, created=False), 200)
 
     @app.delete("/pipeline/{pipeline_id}", response_model=Deleted, tags=["pipelines"],
                 dependencies=writer,
@@ -314,6 +325,18 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     # Added last = outermost: it also records the 413s BodyLimit answers.
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
     return app
+
+
+def _answer(result: Applied | DryRunResult, status_code: int) -> JSONResponse:
+    """`result` as JSON; its warnings also as HTTP `Warning` headers, as kube-apiserver sends
+    them (kubectl prints those)."""
+    headers = [("Warning", '299 - "{}"'.format(
+        w.replace('"', "'").encode("ascii", "backslashreplace").decode("ascii")))
+        for w in result.warnings]
+    response = JSONResponse(result.model_dump(), status_code=status_code)
+    for name, value in headers:
+        response.headers.append(name, value)
+    return response
 
 
 def _status_out(status: PipelineStatus) -> PipelineStatusOut:

@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "STEPCHAIN_* variables. Exit 1: invalid pipeline; 2: refused by the policy "
                     "or unusable settings.")
     render.add_argument("pipeline", help="pipeline JSON file ('-' for stdin)")
+    render.add_argument("--strict", action="store_true",
+                        help="refuse (exit 1) what is otherwise a warning, e.g. a next_step "
+                             "naming no step of the pipeline (which ends the pipeline there)")
     render.add_argument("--namespace", help="the namespace the service manages (default: "
                                             "STEPCHAIN_NAMESPACE, else the pipeline's, else "
                                             "default); a pipeline naming another is refused")
@@ -143,7 +146,7 @@ def _render(args: argparse.Namespace) -> int:
         else:
             with open(args.pipeline, encoding="utf-8") as fh:
                 data = json.load(fh)
-        pipeline = parse_pipeline(data)
+        pipeline = parse_pipeline(data, strict=args.strict)
     except OSError as exc:
         print(f"stepchain topology render: cannot read {args.pipeline}: {exc.strerror}",
               file=sys.stderr)
@@ -154,6 +157,8 @@ def _render(args: argparse.Namespace) -> int:
     except PipelineInvalid as exc:
         _print_errors(f"{args.pipeline} is not a valid pipeline:", exc)
         return 1
+    for warning in pipeline.warnings:  # accepted, never silently (--strict refuses them)
+        print(f"stepchain topology render: warning: {warning}", file=sys.stderr)
     flags = {k: getattr(args, k) for k in RENDER_FLAGS}
     # Without a service that manages a namespace, the pipeline's own is the one it targets.
     if flags["namespace"] is None and not os.environ.get("STEPCHAIN_NAMESPACE"):

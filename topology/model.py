@@ -8,9 +8,11 @@ The format is the one existing Flask-based step pipelines use::
         {"type": "deblur", "params": {"sigma": 1.5}, "next_step": 3},
         {"type": "resize", "params": {"scale": 0.5}}]}
 
-A nested list inside ``steps`` is a group of alternatives. Field-level checks (types, ranges,
-kernel names and parameters, DNS names) live here; :mod:`topology.pipeline` flattens the groups
-and checks the graph. Every problem carries the field path a user wrote (``loc``).
+An item of ``steps`` is a step, a nested list (flattened into the linear chain, in order, as
+the Flask tool did) or ``{"alternatives": [...]}`` (a group of steps of which one runs).
+Field-level checks (types, ranges, kernel names and parameters, DNS names) live here;
+:mod:`topology.pipeline` flattens the items and checks the graph. Every problem carries the
+field path a user wrote (``loc``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import TypeAliasType
 
 from native.registry import KERNELS, canonical_name
 from stepsvc.config import check_route_keys, written_params
@@ -112,11 +115,15 @@ class PipelineInvalid(ValueError):
                     for e in exc.errors(include_url=False)])
 
 
+#: The tags pydantic inserts into a field path after a `steps` index (`steps.0.step.type`).
+_ITEM_TAGS = ("step", "group", "alternatives")
+
+
 def clean_loc(loc: tuple[Any, ...]) -> Loc:
     """Drops the union tags pydantic inserts after a `steps` index (`steps.0.step.type`)."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if part in ("step", "group") and i > 0 and isinstance(loc[i - 1], int):
+        if part in _ITEM_TAGS and i > 0 and isinstance(loc[i - 1], int):
             continue
         out.append(part)
     return tuple(out)
@@ -378,14 +385,37 @@ class StepSpec(BaseModel):
         return self
 
 
-def _step_or_group(value: Any) -> str:
-    return "group" if isinstance(value, list) else "step"
+class AlternativesSpec(BaseModel):
+    """``{"alternatives": [step, ...]}``: a group of steps of which one runs per request.
+
+    The item before the group points to every member (choose with its ``preferred_next`` or
+    ``route``); every member points to the item after the group.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    alternatives: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS,
+                                         description="the steps of the group, one of which runs")
 
 
-StepItem = Annotated[
-    Annotated[StepSpec, Tag("step")] | Annotated[list[StepSpec], Tag("group")],
-    Discriminator(_step_or_group),
-]
+def _item_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "group"
+    if isinstance(value, dict) and "alternatives" in value:
+        return "alternatives"
+    return "step"
+
+
+#: An item of `steps`: a step, a nested list of items (flattened in order) or alternatives.
+StepItem = TypeAliasType(  # type: ignore[misc]
+    "StepItem",
+    Annotated[
+        Annotated[StepSpec, Tag("step")]
+        | Annotated[list["StepItem"], Tag("group")]  # type: ignore[misc]
+        | Annotated[AlternativesSpec, Tag("alternatives")],
+        Discriminator(_item_kind),
+    ],
+)
 
 
 class PipelineSpec(BaseModel):
@@ -399,8 +429,9 @@ class PipelineSpec(BaseModel):
     image: str | None = Field(None, max_length=512,
                               description="step image; must match the image allow-list")
     steps: list[StepItem] = Field(min_length=1, max_length=MAX_STEPS,
-                                  description="steps in order; a nested list is a group of "
-                                              "alternatives")
+                                  description="steps in order; a nested list is flattened into "
+                                              "the chain in order; {\"alternatives\": [...]} "
+                                              "is a group of which one step runs")
 
     @field_validator("name")
     @classmethod

@@ -1,10 +1,16 @@
 """A pipeline JSON flattened into a checked graph: what the renderer and the backends use.
 
-A nested list inside ``steps`` is a group of alternatives: the item before it points to every
-member, every member points to the item after it. Ids are assigned in order when absent (one
-past the largest id so far), and a step without ``next_step`` links to the next item of the
-list, so a sequential pipeline needs neither. :func:`resolve_pipeline` is a pure function; it
-raises :class:`~topology.model.PipelineInvalid` naming each offending field.
+A nested list inside ``steps`` is flattened into the linear chain, in order (as the Flask tool
+did): ``[a, [b, c], d]`` runs a -> b -> c -> d. ``{"alternatives": [b, c]}`` is a group of which
+one runs: the item before it points to every member, every member points to the item after it.
+Ids are assigned in order when absent (one past the largest id so far), and a step without
+``next_step`` links to the next item, so a sequential pipeline needs neither.
+
+A ``next_step`` (or ``preferred_next``, ``route`` target) naming no step of the pipeline ends
+the pipeline at that step, as "next step, if present" did in the Flask tool: the link is
+dropped and a :class:`PipelineWarning` naming the field says so (``strict`` callers refuse it).
+:func:`resolve_pipeline` is a pure function; it raises :class:`~topology.model.PipelineInvalid`
+naming each offending field.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from typing import Any
 
 import pydantic
 
-from stepsvc.graph import find_cycle
+from stepsvc.graph import ends_pipeline_message, find_cycle
 from topology.model import (
     MAX_STEP_ID,
+    AlternativesSpec,
     AutoscaleSpec,
     Loc,
     PipelineInvalid,
@@ -52,6 +59,17 @@ class Step:
 
 
 @dataclass(frozen=True)
+class PipelineWarning:
+    """Something accepted but worth saying: where (field path) and what it means."""
+
+    loc: Loc
+    msg: str
+
+    def __str__(self) -> str:
+        return f"{format_loc(self.loc)}: {self.msg}"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A checked, flat pipeline: what the renderer and the backends work from."""
 
@@ -62,6 +80,8 @@ class Pipeline:
     entry_step: int
     #: sha256 of the canonical resolved pipeline: equal iff two submissions deploy the same.
     fingerprint: str
+    #: What was accepted but changed meaning (e.g. a next_step naming no step ends there).
+    warnings: tuple[PipelineWarning, ...] = ()
 
     def step(self, step_id: int) -> Step:
         """The step with `step_id` (KeyError if none)."""
@@ -71,38 +91,73 @@ class Pipeline:
         raise KeyError(step_id)
 
 
-def parse_pipeline(data: Any, *, name: str | None = None) -> Pipeline:
+def parse_pipeline(data: Any, *, name: str | None = None, strict: bool = False) -> Pipeline:
     """Validates a pipeline JSON document (already decoded) and resolves it.
 
-    `name` overrides the document's name (PUT /pipeline/{id}). Raises PipelineInvalid.
+    `name` overrides the document's name (PUT /pipeline/{id}); `strict` refuses what would
+    only be a warning. Raises PipelineInvalid.
     """
     try:
         spec = PipelineSpec.model_validate(data)
     except pydantic.ValidationError as exc:
         raise PipelineInvalid.from_validation_error(exc) from None
-    return resolve_pipeline(spec, name=name)
+    return resolve_pipeline(spec, name=name, strict=strict)
 
 
-def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None) -> Pipeline:
-    """Flattens groups, assigns ids, links implicit successors and checks the graph.
+def refuse_warnings(pipeline: Pipeline) -> None:
+    """PipelineInvalid (type ``strict``) listing the pipeline's warnings, if it has any."""
+    if pipeline.warnings:
+        raise PipelineInvalid([
+            {"loc": list(w.loc), "msg": f"{w.msg} (refused: strict mode)", "type": "strict"}
+            for w in pipeline.warnings])
 
-    Raises PipelineInvalid naming each offending field: duplicate ids, successors that do not
-    exist, preferred_next/route targets that are not successors, cycles, not exactly one entry.
+
+def flatten_items(items: list[Any], loc: Loc) -> tuple[list[list[tuple[Loc, StepSpec]]],
+                                                       list[tuple[Loc, str]]]:
+    """`steps` as a chain of items, each the list of its members with their field paths.
+
+    A step is an item of one member; a nested list contributes its own items in order (at any
+    depth); alternatives are one item of several members. Also returns the problems found.
+    """
+    chain: list[list[tuple[Loc, StepSpec]]] = []
+    problems: list[tuple[Loc, str]] = []
+    for i, item in enumerate(items):
+        where = (*loc, i)
+        if isinstance(item, list):
+            if not item:
+                problems.append((where, "an empty nested list adds no step; remove it"))
+            sub_chain, sub_problems = flatten_items(item, where)
+            chain.extend(sub_chain)
+            problems.extend(sub_problems)
+        elif isinstance(item, AlternativesSpec):
+            chain.append([((*where, "alternatives", j), s)
+                          for j, s in enumerate(item.alternatives)])
+        else:
+            chain.append([(where, item)])
+    return chain, problems
+
+
+def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None,
+                     strict: bool = False) -> Pipeline:
+    """Flattens nested lists, assigns ids, links implicit successors and checks the graph.
+
+    Raises PipelineInvalid naming each offending field: duplicate ids, preferred_next/route
+    targets that are not successors, cycles, not exactly one entry. A successor naming no step
+    is dropped with a warning (`strict`: refused like an error).
     """
     errors: list[dict[str, Any]] = []
+    warnings: list[PipelineWarning] = []
 
     def fail(loc: Loc, msg: str) -> None:
         errors.append({"loc": list(loc), "msg": msg, "type": "value_error"})
 
-    # 1. Flatten: items are single steps or groups; remember each step's path.
-    items: list[list[tuple[Loc, StepSpec]]] = []
-    for i, item in enumerate(spec.steps):
-        if isinstance(item, list):
-            if not item:
-                fail(("steps", i), "a group of alternatives needs at least one step")
-            items.append([(("steps", i, j), s) for j, s in enumerate(item)])
-        else:
-            items.append([(("steps", i), item)])
+    def warn(loc: Loc, msg: str) -> None:
+        warnings.append(PipelineWarning(loc, msg))
+
+    # 1. Flatten: nested lists into the chain, alternatives as one item; keep each step's path.
+    items, problems = flatten_items(list(spec.steps), ("steps",))
+    for loc, msg in problems:
+        fail(loc, msg)
 
     # 2. Ids: explicit ones kept, absent ones one past the largest id so far.
     ids: list[list[int]] = []
@@ -130,10 +185,10 @@ def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None) -> Pipeline
         implicit = tuple(ids[n + 1]) if n + 1 < len(items) else ()
         for (loc, s), sid in zip(members, ids[n], strict=True):
             nxt = tuple(s.next_step) if s.next_step is not None else implicit
-            _check_successors(loc, sid, s, nxt, where, fail)
+            nxt, preferred, route = _check_successors(loc, sid, s, nxt, where, fail, warn)
             steps.append(Step(
                 id=sid, type=s.type, params=dict(s.params), next_step=nxt,
-                preferred_next=s.preferred_next, route=dict(s.route), replicas=s.replicas,
+                preferred_next=preferred, route=route, replicas=s.replicas,
                 threads=s.threads, resources=s.resources, gpu=s.gpu,
                 volumes=tuple(s.volumes), node_selector=dict(s.nodeSelector),
                 autoscale=s.autoscale, loc=loc))
@@ -162,32 +217,48 @@ def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None) -> Pipeline
     pipeline_id = name or spec.name or f"pipeline-{digest[:10]}"
     body["pipeline_id"] = pipeline_id
     fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    return Pipeline(pipeline_id=pipeline_id, namespace=spec.namespace, image=spec.image,
-                    steps=ordered, entry_step=entries[0], fingerprint=fingerprint)
+    result = Pipeline(pipeline_id=pipeline_id, namespace=spec.namespace, image=spec.image,
+                      steps=ordered, entry_step=entries[0], fingerprint=fingerprint,
+                      warnings=tuple(warnings))
+    if strict:
+        refuse_warnings(result)
+    return result
 
 
 def _check_successors(loc: Loc, sid: int, s: StepSpec, nxt: tuple[int, ...],
-                      where: dict[int, Loc], fail: Any) -> None:
+                      where: dict[int, Loc], fail: Any, warn: Any,
+                      ) -> tuple[tuple[int, ...], int | None, dict[str, int]]:
+    """The step's successors, preferred_next and route with links to no step dropped (each
+    with a warning); other problems go to `fail`."""
     known = sorted(where)
     missing = [t for t in nxt if t not in where]
     if missing:
-        fail((*loc, "next_step"), f"step id(s) {missing} do not exist; steps are {known}")
+        warn((*loc, "next_step"), ends_pipeline_message(sid, missing, known,
+                                                        [t for t in nxt if t in where]))
+        nxt = tuple(t for t in nxt if t in where)
     dup = sorted({t for t in nxt if nxt.count(t) > 1})
     if dup:
         fail((*loc, "next_step"), f"lists step id(s) {dup} more than once")
-    if s.preferred_next is not None:
-        if s.preferred_next not in where:
+    preferred = s.preferred_next
+    if preferred is not None:
+        if preferred not in where:
+            warn((*loc, "preferred_next"),
+                 f"step id {preferred} is not a step of this pipeline (steps are {known}); "
+                 "ignored")
+            preferred = None
+        elif preferred not in nxt:
             fail((*loc, "preferred_next"),
-                 f"step id {s.preferred_next} does not exist; steps are {known}")
-        elif s.preferred_next not in nxt:
-            fail((*loc, "preferred_next"),
-                 f"{s.preferred_next} is not one of this step's next_step {list(nxt)}")
+                 f"{preferred} is not one of this step's next_step {list(nxt)}")
+    route = dict(s.route)
     for label, target in s.route.items():
         if target not in where:
-            fail((*loc, "route", label), f"step id {target} does not exist; steps are {known}")
+            warn((*loc, "route", label),
+                 f"step id {target} is not a step of this pipeline (steps are {known}); ignored")
+            del route[label]
         elif target not in nxt:
             fail((*loc, "route", label),
                  f"{target} is not one of this step's next_step {list(nxt)}")
+    return nxt, preferred, route
 
 
 def _canonical(spec: PipelineSpec, steps: tuple[Step, ...], name: str | None) -> dict[str, Any]:
