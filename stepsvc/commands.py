@@ -143,6 +143,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"stepchain step serve: --host {args.host} --port {args.port}: {exc}",
               file=sys.stderr)
         return 1
+    if telemetry.metrics is not None:
+        telemetry.metrics.watch_admission(server.servicer.admission)
     try:
         metrics_port = (telemetry.start_metrics_http(settings.metrics_port, args.host)
                         if settings.metrics_port else 0)

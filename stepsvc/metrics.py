@@ -10,6 +10,13 @@ Every series is labelled ``pipeline_id``, ``step_id``, ``step_type``:
 - ``stepchain_step_in_flight`` — calls being handled now.
 - ``stepchain_step_received_bytes_total``, ``stepchain_step_sent_bytes_total`` — serialized
   request/response sizes.
+- ``stepchain_step_busy_slots`` / ``stepchain_step_queue_depth`` — admitted requests holding a
+  slot and requests waiting for one, read at scrape time; ``stepchain_step_max_inflight`` /
+  ``stepchain_step_max_queue`` — the limits they are held to (``watch_admission``).
+
+The duration histogram carries the trace id of the request as an OpenMetrics exemplar (seen
+by scrapers that ask for ``application/openmetrics-text``): the console links recent requests
+to their traces with it.
 
 Each :class:`StepMetrics` owns its registry, so several servers in one process (tests, the
 benchmark) never collide; :meth:`StepMetrics.serve_http` exposes it on ``--metrics-port``.
@@ -22,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import HTTPServer
 from threading import Thread
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import trace
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -34,6 +42,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+
+if TYPE_CHECKING:
+    from stepsvc.admission import Admission
 
 #: Only StepService calls are counted; health probes and reflection are not requests.
 METERED_METHOD_PREFIX = "/stepchain.v1.StepService/"
@@ -117,6 +128,21 @@ class StepMetrics:
             "stepchain_step_sent_bytes", "Serialized size of the responses sent.",
             LABELS, registry=reg).labels(**labels)
 
+    def watch_admission(self, admission: Admission) -> None:
+        """Exposes the step's admission state (busy slots, queue) and limits, read at scrape
+        time."""
+        reg, labels = self.registry, self._labels
+        for name, doc, read in (
+                ("stepchain_step_busy_slots", "Admitted requests holding an in-flight slot now.",
+                 lambda: admission.inflight),
+                ("stepchain_step_queue_depth", "Requests waiting for an in-flight slot now.",
+                 lambda: admission.queued),
+                ("stepchain_step_max_inflight", "In-flight slots (--max-inflight).",
+                 lambda: admission.max_inflight),
+                ("stepchain_step_max_queue", "Wait queue length (--max-queue).",
+                 lambda: admission.max_queue)):
+            Gauge(name, doc, LABELS, registry=reg).labels(**labels).set_function(read)
+
     def count_request(self, code: grpc.StatusCode) -> None:
         """Counts one finished call with status `code`."""
         self._requests.labels(**self._labels, grpc_code=code.name).inc()
@@ -140,6 +166,14 @@ class StepMetrics:
 def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
     code = getattr(context, "code", None)
     return code() if callable(code) else None
+
+
+def _trace_exemplar() -> dict[str, str] | None:
+    """The current request's trace id as an exemplar (None when it is not traced)."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return {"trace_id": trace.format_trace_id(context.trace_id)}
 
 
 class _MetricsInterceptor(grpc.ServerInterceptor):
@@ -171,7 +205,7 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                 code = _context_code(context) or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                metrics.duration.observe(time.perf_counter() - start)
+                metrics.duration.observe(time.perf_counter() - start, _trace_exemplar())
                 metrics.in_flight.dec()
                 metrics.count_request(code)
 
