@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stepsvc.config import StepSpec as RouteStep
 from topology.pipeline import Pipeline
 
 
@@ -26,6 +27,9 @@ class StepStatus:
     restarts: int = 0
     #: Why the step is down for good (e.g. it kept exiting), with the end of its log.
     error: str | None = None
+    #: host:port of each replica's Prometheus /metrics, where the service can reach them
+    #: (local backend); empty when it cannot (Kubernetes: scrape the pods, or port-forward).
+    metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class PipelineStatus:
     steps: tuple[StepStatus, ...]
     #: Extra facts for users (e.g. the entry Service's nodePort).
     details: dict[str, Any] = field(default_factory=dict)
+    #: The routing graph as deployed (what each step's PIPELINE_CONFIG holds): type, params,
+    #: next_step, preferred_next and route of every step. Empty when it cannot be read.
+    graph: tuple[RouteStep, ...] = ()
+    #: The step clients call (None when unknown).
+    entry_step: int | None = None
 
     @property
     def ready(self) -> bool:

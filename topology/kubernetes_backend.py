@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
+from stepsvc.config import parse_config
+from topology.backend import ApplyResult, BackendError, PipelineStatus, RouteStep, StepStatus
 from topology.pipeline import Pipeline
 from topology.render import (
+    CONFIG_KEY,
     FINGERPRINT_ANNOTATION,
     GRPC_PORT,
     MANAGED_BY,
@@ -192,9 +194,12 @@ class KubernetesBackend:
                             for m in [*config_maps, *deployments]), "")
         entrypoint = (self._service_address(entry_service["metadata"]["name"])
                       if entry_service else None)
+        entry_label = _labels(entry_service).get(STEP_LABEL, "") if entry_service else ""
         return PipelineStatus(pipeline_id=pipeline_id, namespace=self.namespace,
                               fingerprint=fingerprint, entrypoint=entrypoint,
-                              steps=tuple(steps), details=_node_port_details(entry_service))
+                              steps=tuple(steps), details=_node_port_details(entry_service),
+                              graph=_routing_graph(config_maps),
+                              entry_step=int(entry_label) if entry_label.isdigit() else None)
 
     def _service_address(self, service: str) -> str:
         # Resolvable inside the cluster; from outside use a node address and the nodePort.
@@ -243,6 +248,19 @@ class KubernetesBackend:
         except KubernetesRefused as exc:
             if exc.status != 404:  # already gone is what we wanted
                 raise
+
+
+def _routing_graph(config_maps: list[dict[str, Any]]) -> tuple[RouteStep, ...]:
+    """The steps of the routing graph, from the first ConfigMap whose PIPELINE_CONFIG parses
+    (every step's holds the whole graph)."""
+    for config_map in config_maps:
+        text = (config_map.get("data") or {}).get(CONFIG_KEY)
+        if isinstance(text, str):
+            try:
+                return tuple(parse_config(text).steps)
+            except ValueError:
+                continue
+    return ()
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:

@@ -7,6 +7,9 @@ What the Kubernetes backend keeps in ConfigMaps lives on disk under the state di
     <state-dir>/<pipeline_id>/step-<N>.log      the step's stdout and stderr
     <state-dir>/<pipeline_id>/processes.json    pids, so a later service can clean up orphans
 
+Each step serves Prometheus ``/metrics`` on a loopback port of its own, reported with its
+status (``metrics``), which the console, ``stepchain top`` and the advice API scrape.
+
 Readiness is the steps' gRPC health. A supervisor thread restarts a step whose process exited
 on its own, on the same port (so the discovery file stays right), after a backoff that doubles
 with each restart; a step that exits more than MAX_RESTARTS times within RESTART_WINDOW_S is
@@ -36,7 +39,7 @@ from typing import Any
 
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
 from topology.pipeline import Pipeline
-from topology.render import step_config_text, step_name
+from topology.render import step_config, step_config_text, step_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: How a step server process is launched: this interpreter running the stepchain CLI.
@@ -98,6 +101,7 @@ class _StepProcess:
     step_id: int
     type: str
     port: int
+    metrics_port: int
     process: subprocess.Popen[bytes]
     config_path: Path
     config_text: str
@@ -115,6 +119,10 @@ class _StepProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_address(self) -> str:
+        return f"127.0.0.1:{self.metrics_port}"
 
 
 @dataclass
@@ -187,9 +195,11 @@ class LocalBackend:
 
             to_start, attempt = new_ids, 1
             while True:
-                for sid, port in zip(to_start, _free_ports(len(to_start)), strict=True):
+                ports = iter(_free_ports(2 * len(to_start)))
+                for sid in to_start:
                     started[sid] = self._start(pipeline, wanted[sid].threads, wanted[sid].type,
-                                               sid, port, texts[sid], directory, discovery)
+                                               sid, (next(ports), next(ports)), texts[sid],
+                                               directory, discovery)
                 self._write_state(entry)
                 write_static_discovery(discovery,
                                        {sid: p.address for sid, p in started.items()})
@@ -227,12 +237,15 @@ class LocalBackend:
                 steps.append(StepStatus(step_id=sid, type=proc.type, ready=ready,
                                         ready_replicas=int(ready), replicas=1,
                                         address=proc.address, restarts=proc.restarts,
-                                        error=proc.failure))
+                                        error=proc.failure,
+                                        metrics=(proc.metrics_address,)))
             entry_step = entry.steps.get(entry.pipeline.entry_step)
             return PipelineStatus(
                 pipeline_id=pipeline_id, namespace=self.namespace,
                 fingerprint=entry.pipeline.fingerprint,
                 entrypoint=entry_step.address if entry_step else None, steps=tuple(steps),
+                graph=tuple(step_config(entry.pipeline, entry.pipeline.entry_step).steps),
+                entry_step=entry.pipeline.entry_step,
                 details={"state_dir": str(entry.directory),
                          "pids": {str(s): p.process.pid for s, p in entry.steps.items()}})
 
@@ -314,8 +327,10 @@ class LocalBackend:
 
     # -- processes -----------------------------------------------------------------------------
 
-    def _start(self, pipeline: Pipeline, threads: int, kind: str, step_id: int, port: int,
-               text: str, directory: Path, discovery: Path) -> _StepProcess:
+    def _start(self, pipeline: Pipeline, threads: int, kind: str, step_id: int,
+               ports: tuple[int, int], text: str, directory: Path,
+               discovery: Path) -> _StepProcess:
+        port, metrics_port = ports
         config_path = directory / f"step-{step_id}.yaml"
         config_path.write_text(text, encoding="utf-8")
         name = step_name(pipeline.pipeline_id, step_id)
@@ -326,10 +341,11 @@ class LocalBackend:
                     *filter(None, [os.environ.get("PYTHONPATH")])])}
         command = [*STEP_LAUNCHER, "step", "serve",
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
-                   "--discovery", f"static:{discovery}", "--metrics-port", "0",
+                   "--discovery", f"static:{discovery}", "--metrics-port", str(metrics_port),
                    "--grace", str(self.drain_grace_s)]
         process = _spawn(command, env, directory, step_id, append_log=False)
-        return _StepProcess(step_id=step_id, type=kind, port=port, process=process,
+        return _StepProcess(step_id=step_id, type=kind, port=port, metrics_port=metrics_port,
+                            process=process,
                             config_path=config_path, config_text=text, threads=threads,
                             command=command, env=env, policy=self.restart_policy())
 
