@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from topology.advice_api import advice_router
 from topology.auth import token_matches, token_path
 from topology.backend import Backend, BackendError, PipelineStatus
+from topology.live import LiveMetrics
 from topology.metrics import (
     METRICS_CONTENT_TYPE,
     METRICS_PATH,
@@ -64,6 +66,9 @@ class StepStatusOut(BaseModel):
     restarts: int = Field(0, description="times the step was restarted after it exited")
     error: str | None = Field(None, description="why the step is down for good, with the end "
                                                 "of its log")
+    metrics: list[str] = Field(default_factory=list,
+                               description="host:port of each replica's Prometheus /metrics "
+                                           "the service can scrape (local backend)")
 
 
 class PipelineStatusOut(BaseModel):
@@ -76,6 +81,10 @@ class PipelineStatusOut(BaseModel):
     fingerprint: str
     steps: list[StepStatusOut]
     details: dict[str, Any] = Field(default_factory=dict)
+    entry_step: int | None = Field(None, description="the step clients call")
+    graph: list[dict[str, Any]] = Field(
+        default_factory=list, description="the routing graph as deployed: id, type, params, "
+                                          "next_step, preferred_next, route of every step")
 
 
 class PipelineList(BaseModel):
@@ -168,6 +177,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         metrics.watch_step_processes(inner)
     backend = MeteredBackend(inner, metrics)
     write_lock = threading.Lock()
+    live = LiveMetrics()  # the steps' own /metrics, scraped for advice and the console
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -181,6 +191,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         finally:
             # The local backend's step processes must not outlive the service.
             backend.close()
+            live.close()
 
     app = FastAPI(
         title="stepchain topology",
@@ -321,6 +332,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 raise _not_found(pipeline_id, backend)
         return Deleted(pipeline_id=pipeline_id, deleted=True)
 
+    app.include_router(advice_router(backend, live))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Added last = outermost: it also records the 413s BodyLimit answers.
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
@@ -343,7 +355,8 @@ def _status_out(status: PipelineStatus) -> PipelineStatusOut:
     return PipelineStatusOut(
         pipeline_id=status.pipeline_id, namespace=status.namespace, ready=status.ready,
         entrypoint=status.entrypoint, fingerprint=status.fingerprint,
-        steps=[StepStatusOut(**asdict(s)) for s in status.steps], details=status.details)
+        steps=[StepStatusOut(**asdict(s)) for s in status.steps], details=status.details,
+        entry_step=status.entry_step, graph=[s.model_dump() for s in status.graph])
 
 
 def _not_found(pipeline_id: str, backend: Backend) -> HTTPException:

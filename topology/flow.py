@@ -1,0 +1,58 @@
+"""The order requests flow through a pipeline's routing graph (pure).
+
+Breadth-first from the entry step, each step's successors in the order it tries them
+(``preferred_next`` first, then ``next_step`` by id): how ``stepchain top`` lists steps and
+how the console lays the graph out in columns. Steps no path reaches come last, by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class RoutedStep(Protocol):
+    """What the flow needs of a step (``stepsvc.config.StepSpec`` has it)."""
+
+    id: int
+    next_step: list[int]
+    preferred_next: int | None
+
+
+def successors(step: RoutedStep) -> list[int]:
+    """The steps `step` may forward to, in the order it tries them when no route matches."""
+    rest = sorted(n for n in step.next_step if n != step.preferred_next)
+    first = [step.preferred_next] if step.preferred_next in step.next_step else []
+    return [*first, *rest]
+
+
+def layers(steps: Sequence[RoutedStep], entry: int | None) -> list[list[int]]:
+    """Step ids by distance from `entry` (column 0 = the entry); unreachable steps form a
+    last column. Without an entry, the step no other step forwards to (else the lowest id)."""
+    by_id = {s.id: s for s in steps}
+    if not by_id:
+        return []
+    if entry not in by_id:
+        targets = {n for s in steps for n in s.next_step}
+        entry = min((sid for sid in by_id if sid not in targets), default=min(by_id))
+    seen = {entry}
+    columns = [[entry]]
+    while True:
+        nxt = []
+        for sid in columns[-1]:
+            for n in successors(by_id[sid]):
+                if n in by_id and n not in seen:
+                    seen.add(n)
+                    nxt.append(n)
+        if not nxt:
+            break
+        columns.append(nxt)
+    rest = sorted(set(by_id) - seen)
+    if rest:
+        columns.append(rest)
+    return columns
+
+
+def flow_order(steps: Sequence[RoutedStep], entry: int | None) -> list[int]:
+    """Every step id, in the order a request meets them (see :func:`layers`)."""
+    return [sid for column in layers(steps, entry) for sid in column]
