@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "stepsvc.commands",
     "stepsvc.trace_cli",
     "topology.cli",
+    "topology.top",
     "loadtest.cli",
 )
 
