@@ -1,242 +1,217 @@
-/* Thin CPython binding over the kernels in native/src.
+/* Thin CPython binding over the kernels in native/src: one generic wrapper and a table.
  *
- * Each function takes C-contiguous uint8 buffers (anything exporting the buffer protocol; the
+ * Every function takes C-contiguous uint8 buffers (anything exporting the buffer protocol; the
  * Python layer in native/kernels.py validates and allocates), the shape, this call's thread
- * count / schedule / passes, and kernel parameters. Sizes are re-checked here so a wrong call
- * can raise but never read or write out of bounds. The GIL is released for the whole
- * computation, so concurrent calls from Python threads overlap.
+ * count / schedule / chunk / passes, then the kernel's own parameters:
+ *
+ *     kernel(src, dst, h, w, c, threads, schedule, chunk, passes, *params)
+ *     classify(src, h, w, c, threads, schedule, chunk, passes) -> (lap_var, mean_luma, colour)
+ *
+ * Sizes are re-checked here so a wrong call can raise but never read or write out of bounds.
+ * The GIL is released for the whole computation, so concurrent calls from Python threads
+ * overlap. Adding a kernel is one KERNEL(...) adapter and one row of `kernels[]`.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include "sc_common.h"
 
-typedef struct {
-    Py_buffer src, dst;
-    int h, w, c, threads, sched, passes;
-} call_args;
+/* A kernel parameter after the common ones: 'd' (double) or 'i' (int), per the row's format. */
+typedef union {
+    double d;
+    int i;
+} kparam;
 
-static int check_common(call_args *a, Py_ssize_t dst_len)
+enum { MAX_PARAMS = 3 };
+
+/* Size of the destination buffer the kernel writes. */
+typedef enum {
+    OUT_SAME,   /* h x w x c */
+    OUT_ONE,    /* h x w x 1 */
+    OUT_RESIZE, /* p[0].i x p[1].i x c (resize: out_h, out_w, method) */
+    OUT_NONE,   /* no destination: a measure kernel (classify) */
+} out_kind;
+
+typedef struct {
+    const uint8_t *src;
+    uint8_t *dst;
+    sc_shape s;
+    const kparam *p;
+    sc_measures *m; /* OUT_NONE kernels only */
+} kcall;
+
+typedef int (*kernel_fn)(const kcall *k, const sc_exec *ex);
+
+/* Adapts one kernel to kernel_fn: KERNEL(name, expression using k->src, k->dst, k->s, k->p, ex). */
+#define KERNEL(NAME, EXPR) \
+    static int call_##NAME(const kcall *k, const sc_exec *ex) { return (EXPR); }
+
+KERNEL(identity, sc_identity(k->src, k->dst, k->s, ex))
+KERNEL(grayscale, sc_grayscale(k->src, k->dst, k->s, ex))
+KERNEL(edges, sc_edges(k->src, k->dst, k->s, ex))
+KERNEL(brightness, sc_brightness(k->src, k->dst, k->s, k->p[0].d, k->p[1].d, ex))
+KERNEL(gaussian_blur, sc_gaussian_blur(k->src, k->dst, k->s, k->p[0].d, k->p[1].i, ex))
+KERNEL(sharpen, sc_sharpen(k->src, k->dst, k->s, k->p[0].d, k->p[1].d, k->p[2].i, ex))
+KERNEL(deblur, sc_deblur(k->src, k->dst, k->s, k->p[0].d, k->p[1].i, k->p[2].i, ex))
+KERNEL(resize, sc_resize(k->src, k->dst, k->s, k->p[0].i, k->p[1].i, k->p[2].i, ex))
+KERNEL(classify, sc_classify(k->src, k->s, k->m, ex))
+
+typedef struct {
+    const char *name;
+    const char *format; /* PyArg_ParseTuple format: common arguments, params, ":name" */
+    out_kind out;
+    kernel_fn fn;
+    const char *doc;
+} kernel_row;
+
+#define COMMON "y*w*iiiiiii"      /* src, dst, h, w, c, threads, schedule, chunk, passes */
+#define COMMON_NODST "y*iiiiiii" /* classify: no dst */
+#define SIG "(src, dst, h, w, c, threads, schedule, chunk, passes"
+
+static const kernel_row kernels[] = {
+    {"identity", COMMON ":identity", OUT_SAME, call_identity, "identity" SIG ")"},
+    {"grayscale", COMMON ":grayscale", OUT_ONE, call_grayscale, "grayscale" SIG ")"},
+    {"edges", COMMON ":edges", OUT_SAME, call_edges, "edges" SIG ")"},
+    {"brightness", COMMON "dd:brightness", OUT_SAME, call_brightness,
+     "brightness" SIG ", factor, contrast)"},
+    {"gaussian_blur", COMMON "di:gaussian_blur", OUT_SAME, call_gaussian_blur,
+     "gaussian_blur" SIG ", sigma, radius)"},
+    {"sharpen", COMMON "ddi:sharpen", OUT_SAME, call_sharpen,
+     "sharpen" SIG ", amount, sigma, radius)"},
+    {"deblur", COMMON "dii:deblur", OUT_SAME, call_deblur,
+     "deblur" SIG ", sigma, radius, iterations)"},
+    {"resize", COMMON "iii:resize", OUT_RESIZE, call_resize,
+     "resize" SIG ", out_h, out_w, method)  method: 0 bilinear, 1 bicubic"},
+    {"classify", COMMON_NODST ":classify", OUT_NONE, call_classify,
+     "classify(src, h, w, c, threads, schedule, chunk, passes) "
+     "-> (laplacian_var, mean_luma, colorfulness)"},
+};
+enum { N_KERNELS = sizeof kernels / sizeof kernels[0] };
+
+/* The expected destination size, or -1 with an exception set. */
+static Py_ssize_t dst_bytes(const kernel_row *row, sc_shape s, const kparam *p)
 {
-    if (a->h < 1 || a->w < 1 || (a->c != 1 && a->c != 3 && a->c != 4)) {
-        PyErr_Format(PyExc_ValueError, "bad shape %dx%dx%d", a->h, a->w, a->c);
+    switch (row->out) {
+    case OUT_ONE:
+        return (Py_ssize_t)s.h * s.w;
+    case OUT_RESIZE:
+        if (p[0].i < 1 || p[1].i < 1 || p[2].i < 0 || p[2].i > 1) {
+            PyErr_Format(PyExc_ValueError, "bad resize target %dx%d method %d", p[0].i, p[1].i,
+                         p[2].i);
+            return -1;
+        }
+        return (Py_ssize_t)p[0].i * p[1].i * s.c;
+    default:
+        return (Py_ssize_t)s.h * s.w * s.c;
+    }
+}
+
+static int check_args(const kernel_row *row, const Py_buffer *src, const Py_buffer *dst,
+                      sc_shape s, const sc_exec *ex, int passes, const kparam *p)
+{
+    if (s.h < 1 || s.w < 1 || (s.c != 1 && s.c != 3 && s.c != 4)) {
+        PyErr_Format(PyExc_ValueError, "bad shape %dx%dx%d", s.h, s.w, s.c);
         return -1;
     }
-    if (a->src.len != (Py_ssize_t)a->h * a->w * a->c) {
-        PyErr_Format(PyExc_ValueError, "source buffer has %zd bytes, shape needs %zd", a->src.len,
-                     (Py_ssize_t)a->h * a->w * a->c);
+    const Py_ssize_t need = (Py_ssize_t)s.h * s.w * s.c;
+    if (src->len != need) {
+        PyErr_Format(PyExc_ValueError, "source buffer has %zd bytes, shape needs %zd", src->len,
+                     need);
         return -1;
     }
-    if (dst_len >= 0 && a->dst.len != dst_len) {
+    if (ex->threads < 1 || (int)ex->schedule < 0 || (int)ex->schedule > 2 || ex->chunk < 0 ||
+        passes < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "threads and passes must be >= 1, schedule 0..2, chunk >= 0");
+        return -1;
+    }
+    if (row->out == OUT_NONE)
+        return 0;
+    const Py_ssize_t want = dst_bytes(row, s, p);
+    if (want < 0)
+        return -1;
+    if (dst->len != want) {
         PyErr_Format(PyExc_ValueError, "destination buffer has %zd bytes, expected %zd",
-                     a->dst.len, dst_len);
-        return -1;
-    }
-    if (a->threads < 1 || a->sched < 0 || a->sched > 2 || a->passes < 1) {
-        PyErr_SetString(PyExc_ValueError, "threads and passes must be >= 1, schedule 0..2");
+                     dst->len, want);
         return -1;
     }
     return 0;
 }
 
-static void release(call_args *a, int has_dst)
+/* The one wrapper: `self` is a capsule holding this function's kernel_row. */
+static PyObject *call_kernel(PyObject *self, PyObject *args)
 {
-    PyBuffer_Release(&a->src);
-    if (has_dst)
-        PyBuffer_Release(&a->dst);
-}
-
-static PyObject *finish(call_args *a, int rc, int has_dst)
-{
-    release(a, has_dst);
-    if (rc == SC_ENOMEM)
-        return PyErr_NoMemory();
-    if (rc != SC_OK) {
-        PyErr_Format(PyExc_ValueError, "kernel rejected its arguments (code %d)", rc);
+    const kernel_row *row = PyCapsule_GetPointer(self, "native._native.kernel");
+    if (row == NULL)
         return NULL;
+    Py_buffer src = {0}, dst = {0};
+    int h, w, c, threads, sched, chunk, passes;
+    kparam p[MAX_PARAMS] = {{0}};
+    int ok = row->out == OUT_NONE
+                 ? PyArg_ParseTuple(args, row->format, &src, &h, &w, &c, &threads, &sched, &chunk,
+                                    &passes)
+                 : PyArg_ParseTuple(args, row->format, &src, &dst, &h, &w, &c, &threads, &sched,
+                                    &chunk, &passes, &p[0], &p[1], &p[2]);
+    if (!ok)
+        return NULL;
+    const sc_shape s = {h, w, c};
+    const sc_exec ex = {threads, (sc_schedule)sched, chunk};
+    sc_measures m = {0};
+    int rc = SC_OK;
+    if (check_args(row, &src, &dst, s, &ex, passes, p) < 0) {
+        rc = SC_EINVAL;
+    } else {
+        const kcall k = {src.buf, dst.buf, s, p, &m};
+        Py_BEGIN_ALLOW_THREADS
+        for (int i = 0; i < passes && rc == SC_OK; i++)
+            rc = row->fn(&k, &ex);
+        Py_END_ALLOW_THREADS
+        if (rc == SC_ENOMEM)
+            PyErr_NoMemory();
+        else if (rc != SC_OK)
+            PyErr_Format(PyExc_ValueError, "%s rejected its arguments (code %d)", row->name, rc);
     }
+    PyBuffer_Release(&src);
+    if (row->out != OUT_NONE)
+        PyBuffer_Release(&dst);
+    if (rc != SC_OK)
+        return NULL;
+    if (row->out == OUT_NONE)
+        return Py_BuildValue("(ddd)", m.laplacian_var, m.mean_luma, m.colorfulness);
     Py_RETURN_NONE;
 }
 
-#define SHAPE_OF(a) ((sc_shape){(a).h, (a).w, (a).c})
-#define EXEC_OF(a) ((sc_exec){(a).threads, (sc_schedule)(a).sched})
-
-/* Runs CALL `passes` times without the GIL; stops at the first error. */
-#define RUN_PASSES(a, rc, CALL)                                                                 \
-    do {                                                                                        \
-        Py_BEGIN_ALLOW_THREADS for (int p_ = 0; p_ < (a).passes && rc == SC_OK; p_++) rc = CALL; \
-        Py_END_ALLOW_THREADS                                                                    \
-    } while (0)
-
-#define PARSE_BASE "y*w*iiiiii"
-#define BASE_REFS &a.src, &a.dst, &a.h, &a.w, &a.c, &a.threads, &a.sched, &a.passes
-
-static PyObject *simple_kernel(PyObject *args, int out_c_is_one,
-                               int (*fn)(const uint8_t *, uint8_t *, sc_shape, const sc_exec *))
-{
-    call_args a;
-    if (!PyArg_ParseTuple(args, PARSE_BASE, BASE_REFS))
-        return NULL;
-    Py_ssize_t out = (Py_ssize_t)a.h * a.w * (out_c_is_one ? 1 : a.c);
-    if (check_common(&a, out) < 0)
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    RUN_PASSES(a, rc, fn(a.src.buf, a.dst.buf, s, &ex));
-    return finish(&a, rc, 1);
-}
-
-static PyObject *py_identity(PyObject *self, PyObject *args) { return simple_kernel(args, 0, sc_identity); }
-static PyObject *py_grayscale(PyObject *self, PyObject *args) { return simple_kernel(args, 1, sc_grayscale); }
-static PyObject *py_edges(PyObject *self, PyObject *args) { return simple_kernel(args, 0, sc_edges); }
-
-static PyObject *py_brightness(PyObject *self, PyObject *args)
-{
-    call_args a;
-    double factor, contrast;
-    if (!PyArg_ParseTuple(args, PARSE_BASE "dd", BASE_REFS, &factor, &contrast))
-        return NULL;
-    if (check_common(&a, (Py_ssize_t)a.h * a.w * a.c) < 0)
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    RUN_PASSES(a, rc, sc_brightness(a.src.buf, a.dst.buf, s, factor, contrast, &ex));
-    return finish(&a, rc, 1);
-}
-
-static PyObject *py_gaussian_blur(PyObject *self, PyObject *args)
-{
-    call_args a;
-    double sigma;
-    int radius;
-    if (!PyArg_ParseTuple(args, PARSE_BASE "di", BASE_REFS, &sigma, &radius))
-        return NULL;
-    if (check_common(&a, (Py_ssize_t)a.h * a.w * a.c) < 0)
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    RUN_PASSES(a, rc, sc_gaussian_blur(a.src.buf, a.dst.buf, s, sigma, radius, &ex));
-    return finish(&a, rc, 1);
-}
-
-static PyObject *py_sharpen(PyObject *self, PyObject *args)
-{
-    call_args a;
-    double amount, sigma;
-    int radius;
-    if (!PyArg_ParseTuple(args, PARSE_BASE "ddi", BASE_REFS, &amount, &sigma, &radius))
-        return NULL;
-    if (check_common(&a, (Py_ssize_t)a.h * a.w * a.c) < 0)
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    RUN_PASSES(a, rc, sc_sharpen(a.src.buf, a.dst.buf, s, amount, sigma, radius, &ex));
-    return finish(&a, rc, 1);
-}
-
-static PyObject *py_deblur(PyObject *self, PyObject *args)
-{
-    call_args a;
-    double sigma;
-    int radius, iterations;
-    if (!PyArg_ParseTuple(args, PARSE_BASE "dii", BASE_REFS, &sigma, &radius, &iterations))
-        return NULL;
-    if (check_common(&a, (Py_ssize_t)a.h * a.w * a.c) < 0)
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    RUN_PASSES(a, rc, sc_deblur(a.src.buf, a.dst.buf, s, sigma, radius, iterations, &ex));
-    return finish(&a, rc, 1);
-}
-
-static PyObject *py_resize(PyObject *self, PyObject *args)
-{
-    call_args a;
-    int oh, ow, method;
-    if (!PyArg_ParseTuple(args, PARSE_BASE "iii", BASE_REFS, &oh, &ow, &method))
-        return NULL;
-    if (oh < 1 || ow < 1 || method < 0 || method > 1) {
-        PyErr_Format(PyExc_ValueError, "bad resize target %dx%d method %d", oh, ow, method);
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    }
-    if (check_common(&a, (Py_ssize_t)oh * ow * a.c) < 0)
-        {
-        release(&a, 1);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    RUN_PASSES(a, rc, sc_resize(a.src.buf, a.dst.buf, s, oh, ow, method, &ex));
-    return finish(&a, rc, 1);
-}
-
-static PyObject *py_classify(PyObject *self, PyObject *args)
-{
-    call_args a;
-    if (!PyArg_ParseTuple(args, "y*iiiiii", &a.src, &a.h, &a.w, &a.c, &a.threads, &a.sched,
-                          &a.passes))
-        return NULL;
-    if (check_common(&a, -1) < 0)
-        {
-        release(&a, 0);
-        return NULL;
-    }
-    int rc = SC_OK;
-    sc_shape s = SHAPE_OF(a);
-    sc_exec ex = EXEC_OF(a);
-    sc_measures m = {0};
-    RUN_PASSES(a, rc, sc_classify(a.src.buf, s, &m, &ex));
-    PyObject *done = finish(&a, rc, 0);
-    if (done == NULL)
-        return NULL;
-    Py_DECREF(done);
-    return Py_BuildValue("(ddd)", m.laplacian_var, m.mean_luma, m.colorfulness);
-}
-
-static PyMethodDef methods[] = {
-    {"identity", py_identity, METH_VARARGS, "identity(src, dst, h, w, c, threads, schedule, passes)"},
-    {"grayscale", py_grayscale, METH_VARARGS, "grayscale(src, dst, h, w, c, threads, schedule, passes)"},
-    {"edges", py_edges, METH_VARARGS, "edges(src, dst, h, w, c, threads, schedule, passes)"},
-    {"brightness", py_brightness, METH_VARARGS, "brightness(..., factor, contrast)"},
-    {"gaussian_blur", py_gaussian_blur, METH_VARARGS, "gaussian_blur(..., sigma, radius)"},
-    {"sharpen", py_sharpen, METH_VARARGS, "sharpen(..., amount, sigma, radius)"},
-    {"deblur", py_deblur, METH_VARARGS, "deblur(..., sigma, radius, iterations)"},
-    {"resize", py_resize, METH_VARARGS, "resize(..., out_h, out_w, method)"},
-    {"classify", py_classify, METH_VARARGS,
-     "classify(src, h, w, c, threads, schedule, passes) -> (laplacian_var, mean_luma, colorfulness)"},
-    {NULL, NULL, 0, NULL},
-};
+static PyMethodDef defs[N_KERNELS];
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "native._native",
     .m_doc = "stepchain's OpenMP image kernels (raw binding)",
     .m_size = -1,
-    .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL)
+        return NULL;
+    PyObject *modname = PyModule_GetNameObject(mod);
+    if (modname == NULL)
+        goto fail;
+    for (int i = 0; i < N_KERNELS; i++) {
+        defs[i] = (PyMethodDef){kernels[i].name, call_kernel, METH_VARARGS, kernels[i].doc};
+        PyObject *capsule = PyCapsule_New((void *)&kernels[i], "native._native.kernel", NULL);
+        PyObject *fn = capsule ? PyCFunction_NewEx(&defs[i], capsule, modname) : NULL;
+        Py_XDECREF(capsule);
+        if (fn == NULL || PyModule_AddObject(mod, kernels[i].name, fn) < 0) {
+            Py_XDECREF(fn);
+            Py_DECREF(modname);
+            goto fail;
+        }
+    }
+    Py_DECREF(modname);
+    return mod;
+fail:
+    Py_DECREF(mod);
+    return NULL;
+}

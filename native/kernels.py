@@ -2,7 +2,8 @@
 
 Every function takes a NumPy ``uint8`` array of shape H x W x C (C in 1, 3, 4; H x W is read as
 one channel; non-contiguous views are copied once) and returns a new array. Keyword arguments
-``threads``, ``schedule`` and ``passes`` apply to this call only. ``threads`` is the largest
+``threads``, ``schedule`` (``"dynamic"`` or with a chunk in rows, ``"dynamic,16"``; or
+``chunk=16``) and ``passes`` apply to this call only. ``threads`` is the largest
 OpenMP team the call may use: an image too small to give each thread ~64K samples of work runs
 on fewer threads (results are identical for every thread count and schedule either way).
 """
@@ -55,9 +56,10 @@ def check_size(h: int, w: int, *, name: str = "image") -> None:
             f"{MAX_PIXELS} pixels")
 
 
-def _exec(p: dict[str, Any]) -> tuple[int, int, int]:
+def _exec(p: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(threads, schedule index, chunk rows or 0 for the kernel's own, passes) for the binding."""
     threads = p.get("threads") or default_threads()
-    return threads, SCHEDULES.index(p["schedule"]), p["passes"]
+    return threads, SCHEDULES.index(p["schedule"]), p.get("chunk") or 0, p["passes"]
 
 
 def _radius(p: dict[str, Any], sigma: float) -> int:

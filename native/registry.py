@@ -20,6 +20,8 @@ MAX_PIXELS = 1 << 28
 MAX_THREADS = 256
 MAX_PASSES = 1000
 SCHEDULES = ("static", "dynamic", "guided")
+#: Largest OpenMP chunk (rows a thread takes at a time) a call may ask for.
+MAX_CHUNK = 65_536
 
 
 def _short(value: Any) -> str:
@@ -40,6 +42,8 @@ class Param:
     maximum: float | None = None
     exclusive_minimum: bool = False
     choices: tuple[str, ...] | None = None
+    #: JSON Schema pattern of a string parameter checked by its own parser (schedule)
+    pattern: str | None = None
 
     def check(self, kernel: str, value: Any) -> Any:
         where = f"{kernel}.{self.name}"
@@ -82,6 +86,8 @@ class Param:
             schema["type"] = "string"
             if self.choices:
                 schema["enum"] = list(self.choices)
+            if self.pattern:
+                schema["pattern"] = self.pattern
         else:
             schema["type"] = "integer" if self.kind is int else "number"
             if self.minimum is not None:
@@ -121,7 +127,12 @@ _RADIUS = Param("radius", int, None, "kernel half-width in pixels (default ceil(
 EXEC_PARAMS: tuple[Param, ...] = (
     Param("threads", int, None, "OpenMP threads for this call (default: OMP_NUM_THREADS or all cores)",
           1, MAX_THREADS),
-    Param("schedule", str, "static", "OpenMP loop schedule", choices=SCHEDULES),
+    Param("schedule", str, "static",
+          "OpenMP loop schedule: static, dynamic or guided, optionally with a chunk size in rows "
+          "('dynamic,16')", pattern=r"^\s*(static|dynamic|guided)\s*(,\s*[0-9]+\s*)?$"),
+    Param("chunk", int, None,
+          "rows per OpenMP chunk (for guided: the smallest chunk); default: the kernel's own, "
+          "sized to ~64K samples", 1, MAX_CHUNK),
     Param("passes", int, 1, "compute the kernel this many times (heavier on purpose; same result)",
           1, MAX_PASSES),
 )
@@ -237,7 +248,39 @@ def validate_params(name: str, params: Mapping[str, Any] | None, *,
     return out
 
 
+def parse_schedule(text: str, *, where: str = "schedule") -> tuple[str, int | None]:
+    """'dynamic' -> ('dynamic', None); 'dynamic,16' -> ('dynamic', 16); ValueError otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where} must be a string, got {type(text).__name__}")
+    kind, sep, chunk_text = text.partition(",")
+    kind = kind.strip()
+    if kind not in SCHEDULES:
+        raise ValueError(f"{where} must be one of {', '.join(SCHEDULES)}, optionally with a "
+                         f"chunk size ('dynamic,16'); got {_short(text)}")
+    if not sep:
+        return kind, None
+    chunk_text = chunk_text.strip()
+    if not chunk_text.isdigit() or not 1 <= int(chunk_text) <= MAX_CHUNK:
+        raise ValueError(f"{where} chunk must be an integer 1..{MAX_CHUNK} after the comma "
+                         f"('dynamic,16'); got {_short(text)}")
+    return kind, int(chunk_text)
+
+
+def _check_schedule(kernel: str, p: dict[str, Any]) -> None:
+    """Splits 'kind,chunk' into schedule and chunk; a chunk given both ways must agree."""
+    if "schedule" not in p:
+        return
+    kind, chunk = parse_schedule(p["schedule"], where=f"{kernel}.schedule")
+    p["schedule"] = kind
+    if chunk is not None:
+        if p.get("chunk", chunk) != chunk:
+            raise ValueError(f"{kernel}.schedule gives chunk {chunk} but {kernel}.chunk is "
+                             f"{p['chunk']}; give one")
+        p["chunk"] = chunk
+
+
 def _check_relations(kernel: str, p: dict[str, Any]) -> None:
+    _check_schedule(kernel, p)
     if kernel == "classify" and p["dark_threshold"] >= p["bright_threshold"]:
         raise ValueError("classify.dark_threshold must be below classify.bright_threshold")
     if kernel == "resize" and "scale" in p and ("width" in p or "height" in p):

@@ -27,7 +27,7 @@ import numpy as np
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 import native
-from native.registry import MAX_THREADS, SCHEDULES, default_threads
+from native.registry import MAX_THREADS, default_threads, parse_schedule
 from stepsvc import codec, wire
 from stepsvc.admission import Admission, Draining, QueueFull, QueueTimeout
 from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
@@ -419,10 +419,12 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                             f"overrides.passes must be 1..{self.max_passes} (this step's "
                             f"--max-passes {self.max_passes}; 0 = the step's own setting), "
                             f"got {ov.passes}")
-        if ov.schedule and ov.schedule not in SCHEDULES:
-            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"overrides.schedule must be one of {', '.join(SCHEDULES)} "
-                            f"(empty = the step's own setting), got {ov.schedule!r}")
+        if ov.schedule:
+            try:
+                parse_schedule(ov.schedule, where="overrides.schedule")
+            except ValueError as exc:
+                raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{exc} (empty = the step's own setting)") from None
         threads = ov.threads or self._step_threads or default_threads()
         passes = ov.passes or self._step_passes
         schedule = ov.schedule or self._step_schedule

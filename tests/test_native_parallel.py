@@ -13,7 +13,8 @@ from native_fixtures import photo, rgba, small_photo
 import native
 from native import _native  # type: ignore[attr-defined]
 
-SCHEDULES = ("static", "dynamic", "guided")
+#: every schedule, with and without a chunk in rows (1 row, uneven and larger than a block)
+SCHEDULES = ("static", "dynamic", "guided", "static,1", "dynamic,16", "guided,7", "dynamic,500")
 THREADS = (1, 2, 4)
 
 CALLS: dict[str, dict[str, Any]] = {
@@ -141,14 +142,42 @@ def test_raw_binding_rejects_inconsistent_buffers_instead_of_crashing() -> None:
     src = np.zeros((4, 5, 3), np.uint8)
     dst = np.zeros((4, 5, 3), np.uint8)
     with pytest.raises(ValueError, match="source buffer has 60 bytes, shape needs 120"):
-        _native.identity(src, dst, 8, 5, 3, 1, 0, 1)
+        _native.identity(src, dst, 8, 5, 3, 1, 0, 0, 1)
     with pytest.raises(ValueError, match="destination buffer has 60 bytes, expected 20"):
-        _native.grayscale(src, dst, 4, 5, 3, 1, 0, 1)
+        _native.grayscale(src, dst, 4, 5, 3, 1, 0, 0, 1)
     with pytest.raises(ValueError, match="bad shape"):
-        _native.identity(src, dst, 4, 5, 2, 1, 0, 1)
+        _native.identity(src, dst, 4, 5, 2, 1, 0, 0, 1)
     with pytest.raises(ValueError, match="threads and passes must be >= 1"):
-        _native.identity(src, dst, 4, 5, 3, 0, 0, 1)
-    with pytest.raises(ValueError, match="kernel rejected its arguments"):
-        _native.gaussian_blur(src, dst, 4, 5, 3, 1, 0, 1, 1.0, 301)
+        _native.identity(src, dst, 4, 5, 3, 0, 0, 0, 1)
+    with pytest.raises(ValueError, match="gaussian_blur rejected its arguments"):
+        _native.gaussian_blur(src, dst, 4, 5, 3, 1, 0, 0, 1, 1.0, 301)
     with pytest.raises(ValueError, match="bad resize target"):
-        _native.resize(src, dst, 4, 5, 3, 1, 0, 1, 0, 5, 0)
+        _native.resize(src, dst, 4, 5, 3, 1, 0, 0, 1, 0, 5, 0)
+    with pytest.raises(ValueError, match="chunk >= 0"):
+        _native.identity(src, dst, 4, 5, 3, 1, 1, -1, 1)
+
+
+def test_a_chunk_can_be_given_in_the_schedule_or_as_its_own_parameter(image: np.ndarray) -> None:
+    want = native.gaussian_blur(image, sigma=2.0, threads=1)
+    assert native.validate_params("blur", {"schedule": "dynamic,16"})["chunk"] == 16
+    assert native.validate_params("blur", {"schedule": " guided , 4 "})["schedule"] == "guided"
+    assert "chunk" not in native.validate_params("blur", {"schedule": "dynamic"})
+    for params in ({"schedule": "dynamic,16"}, {"schedule": "static", "chunk": 3},
+                   {"schedule": "guided,2", "chunk": 2}):
+        assert np.array_equal(native.gaussian_blur(image, sigma=2.0, threads=2, **params), want)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"schedule": "dynamic,0"}, "blur.schedule chunk must be an integer 1..65536"),
+    ({"schedule": "dynamic,-4"}, "blur.schedule chunk must be an integer 1..65536"),
+    ({"schedule": "dynamic,x"}, "blur.schedule chunk must be an integer 1..65536"),
+    ({"schedule": "dynamic,99999999"}, "blur.schedule chunk must be an integer 1..65536"),
+    ({"schedule": "fast,4"}, "blur.schedule must be one of static, dynamic, guided"),
+    ({"chunk": 0}, "gaussian_blur.chunk must be >= 1, got 0"),
+    ({"chunk": 2.5}, "blur.chunk must be an integer"),
+    ({"schedule": "dynamic,8", "chunk": 16}, "gaussian_blur.schedule gives chunk 8 but gaussian_blur.chunk is 16"),
+])
+def test_a_bad_chunk_is_rejected_with_a_message_naming_it(params: dict[str, Any],
+                                                           message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        native.gaussian_blur(small_photo("astronaut", 16), **params)

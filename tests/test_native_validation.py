@@ -86,7 +86,8 @@ def test_resize_output_over_the_limit_is_rejected() -> None:
     ("edges", {"threads": 257}, "edges.threads must be <= 256, got 257"),
     ("edges", {"threads": True}, "edges.threads must be a number, got bool True"),
     ("edges", {"passes": 0}, "edges.passes must be >= 1, got 0"),
-    ("edges", {"schedule": "fast"}, "edges.schedule must be one of static, dynamic, guided; got 'fast'"),
+    ("edges", {"schedule": "fast"}, "edges.schedule must be one of static, dynamic, guided, optionally with a chunk size "
+     "('dynamic,16'); got 'fast'"),
     ("edges", {"schedule": 1}, "edges.schedule must be a string, got int"),
 ])
 def test_out_of_range_and_mistyped_params_are_rejected(kernel: str, params: dict[str, Any],
@@ -98,10 +99,10 @@ def test_out_of_range_and_mistyped_params_are_rejected(kernel: str, params: dict
 
 
 def test_unknown_params_name_the_allowed_ones() -> None:
-    with raises("gaussian_blur does not take parameter(s) amount, sigmaa; allowed: passes, "
-                "radius, schedule, sigma, threads"):
+    with raises("gaussian_blur does not take parameter(s) amount, sigmaa; allowed: chunk, "
+                "passes, radius, schedule, sigma, threads"):
         native.gaussian_blur(IMG, sigmaa=2.0, amount=1.0)
-    with raises("identity does not take parameter(s) sigma; allowed: passes, schedule, threads"):
+    with raises("identity does not take parameter(s) sigma; allowed: chunk, passes, schedule, threads"):
         native.identity(IMG, sigma=1.0)
 
 
@@ -149,7 +150,10 @@ def test_params_json_schema_states_types_ranges_and_defaults() -> None:
         "description": "Richardson-Lucy iterations", "type": "integer", "minimum": 1,
         "maximum": 500, "default": 10}
     assert schema["properties"]["sigma"]["exclusiveMinimum"] == 0.0
-    assert schema["properties"]["schedule"]["enum"] == ["static", "dynamic", "guided"]
+    pattern = schema["properties"]["schedule"]["pattern"]
+    assert all(re.fullmatch(pattern, s) for s in ("static", "dynamic", "guided", "dynamic,16"))
+    assert not any(re.fullmatch(pattern, s) for s in ("fast", "dynamic,", "dynamic,x", "16"))
+    assert schema["properties"]["chunk"]["minimum"] == 1
 
 
 @pytest.mark.parametrize(("params", "message"), [

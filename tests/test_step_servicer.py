@@ -224,6 +224,14 @@ def test_step_params_passes_and_schedule_are_defaults_that_overrides_replace(
     np.testing.assert_array_equal(result(pipe.stub(1).Process(req, timeout=10)), expected)
 
 
+def test_an_override_schedule_may_carry_a_chunk_size(pipe: InProcessPipeline) -> None:
+    pipe.add(1, [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.0}}])
+    img = noisy_image()
+    req = raw_request(img, overrides=step_pb2.Overrides(threads=2, schedule="dynamic,4"))
+    np.testing.assert_array_equal(result(pipe.stub(1).Process(req, timeout=10)),
+                                  native.gaussian_blur(img, sigma=1.0))
+
+
 # -- bad input: right status, clear message, and the server keeps answering -----------------
 
 def _unknown_override_request() -> step_pb2.ProcessRequest:
@@ -263,6 +271,10 @@ BAD_REQUESTS = {
                         "overrides.passes must be 1..100 (this step's --max-passes 100"),
     "bad schedule": (raw_request(noisy_image(), overrides=step_pb2.Overrides(schedule="fast")),
                      grpc.StatusCode.INVALID_ARGUMENT, "static, dynamic, guided"),
+    "bad schedule chunk": (raw_request(noisy_image(),
+                                       overrides=step_pb2.Overrides(schedule="dynamic,0")),
+                           grpc.StatusCode.INVALID_ARGUMENT,
+                           "overrides.schedule chunk must be an integer 1..65536"),
     "unknown overrides": (_unknown_override_request(), grpc.StatusCode.INVALID_ARGUMENT,
                           "field number(s) [9]"),
     "unknown output encoding": (raw_request(noisy_image(), output_encoding=7),

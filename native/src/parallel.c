@@ -17,10 +17,15 @@ int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const v
         return SC_OK;
     if (chunk < 1)
         chunk = 1;
-    const int nchunks = (n + chunk - 1) / chunk;
     int threads = ex->threads < 1 ? 1 : ex->threads;
-    if (threads > nchunks)
-        threads = nchunks;
+    if (threads > (n + chunk - 1) / chunk)
+        threads = (n + chunk - 1) / chunk;
+    /* a caller's chunk: blocks of that many rows, taken one at a time (schedule(kind, 1) over
+     * blocks = schedule(kind, chunk) over rows); static without one splits the blocks evenly */
+    const int fixed = ex->chunk > 0;
+    if (fixed)
+        chunk = ex->chunk;
+    const int nchunks = (n + chunk - 1) / chunk;
     int failed = 0; /* shared: every thread must agree before entering the worksharing loop */
 
 #pragma omp parallel num_threads(threads)
@@ -48,7 +53,11 @@ int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const v
                 SC_ROW_LOOP("omp for schedule(guided) nowait")
                 break;
             default:
-                SC_ROW_LOOP("omp for schedule(static) nowait")
+                if (fixed) {
+                    SC_ROW_LOOP("omp for schedule(static, 1) nowait")
+                } else {
+                    SC_ROW_LOOP("omp for schedule(static) nowait")
+                }
                 break;
             }
         }

@@ -18,6 +18,7 @@ typedef enum { SC_SCHED_STATIC = 0, SC_SCHED_DYNAMIC = 1, SC_SCHED_GUIDED = 2 } 
 typedef struct {
     int threads;          /* OpenMP team size for this call only (>= 1) */
     sc_schedule schedule; /* loop schedule for this call's parallel loops */
+    int chunk;            /* rows per OpenMP chunk (guided: the smallest); 0 = the kernel's own */
 } sc_exec;
 
 typedef struct {
@@ -31,7 +32,9 @@ enum { SC_OK = 0, SC_ENOMEM = -1, SC_EINVAL = -2 };
  * `scratch_bytes` bytes (NULL when 0), so row functions never allocate. */
 typedef void (*sc_rows_fn)(const void *ctx, int y0, int y1, void *scratch);
 
-/* Runs fn over rows [0, n) in chunks of `chunk` rows with ex's thread count and schedule.
+/* Runs fn over rows [0, n) in chunks of `chunk` rows (ex->chunk rows when the caller set one)
+ * with ex's thread count and schedule. The team never outnumbers the kernel's own `chunk`-row
+ * blocks, so a small image stays on few threads whatever chunk the caller asks for.
  * Returns SC_ENOMEM if a per-thread scratch buffer could not be allocated. */
 int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const void *ctx,
                      size_t scratch_bytes);
