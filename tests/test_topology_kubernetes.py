@@ -20,7 +20,7 @@ from topology.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = json.loads((ROOT / "examples" / "pipeline.json").read_text())
-KINDS = ("configmaps", "deployments", "services", "horizontalpodautoscalers")
+KINDS = ("configmaps", "deployments", "services", "horizontalpodautoscalers", "networkpolicies")
 
 
 @pytest.fixture()
@@ -41,7 +41,8 @@ def demo_names(*step_ids: int) -> dict[str, set[str]]:
     return {"configmaps": {f"demo-step-{n}-config" for n in step_ids},
             "deployments": {f"demo-step-{n}" for n in step_ids},
             "services": {f"demo-step-{n}" for n in step_ids},
-            "horizontalpodautoscalers": set()}
+            "horizontalpodautoscalers": set(),
+            "networkpolicies": {"demo-steps"} if len(step_ids) > 1 else set()}
 
 
 def test_apply_creates_exactly_a_configmap_deployment_and_service_per_step(
@@ -49,7 +50,7 @@ def test_apply_creates_exactly_a_configmap_deployment_and_service_per_step(
     result = backend.apply(parse_pipeline(DEMO))
     assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)
     assert result.entrypoint == f"demo-step-0.{namespace}.svc:50051"
-    assert len(result.resources) == 12
+    assert len(result.resources) == 13  # 4 x (ConfigMap, Deployment, Service), NetworkPolicy
     stored = kmock_server.object("configmaps", namespace, "demo-step-2-config")
     assert stored["metadata"]["labels"]["pipeline_id"] == "demo"
     assert "step_id: 2" in stored["data"]["PIPELINE_CONFIG"]
@@ -95,6 +96,7 @@ def test_delete_removes_every_object_of_the_pipeline_and_nothing_else(
     assert left["configmaps"] == {"other-step-0-config"}
     assert left["deployments"] == {"other-step-0"}
     assert left["services"] == {"other-step-0"}
+    assert left["networkpolicies"] == set()
     assert backend.status("demo") is None
     assert backend.delete("demo") is False
 
@@ -147,7 +149,8 @@ def test_api_on_kubernetes_answers_201_then_200_then_409(
         body: dict[str, Any] = created.json()
         assert body["created"] is True
         assert body["entrypoint"] == f"demo-step-0.{namespace}.svc:50051"
-        assert {r["kind"] for r in body["resources"]} == {"ConfigMap", "Deployment", "Service"}
+        assert {r["kind"] for r in body["resources"]} == {"ConfigMap", "Deployment", "Service",
+                                                          "NetworkPolicy"}
         again = client.post("/pipeline", json=DEMO)
         assert again.status_code == 200
         assert again.json()["created"] is False

@@ -74,7 +74,7 @@ def test_a_pipeline_using_every_step_option_renders_valid_objects() -> None:
     manifests = render(DEMO_WITH_EVERYTHING, otel_env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4317"},
                        service_account="stepchain-step")
     assert {m["kind"] for m in manifests} == {"ConfigMap", "Service", "Deployment",
-                                             "HorizontalPodAutoscaler"}
+                                             "HorizontalPodAutoscaler", "NetworkPolicy"}
     for manifest in manifests:
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
@@ -103,6 +103,36 @@ def test_only_the_entry_step_service_is_a_nodeport() -> None:
 
 
 
+def test_network_policy_leaves_the_entry_open_and_fences_every_other_step_to_the_pipeline(
+) -> None:
+    manifests = render(load(ROOT / "examples" / "pipeline.json"), namespace="stepchain")
+    (policy,) = by_kind(manifests, "NetworkPolicy").values()
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+    assert policy["metadata"]["name"] == "demo-steps"
+    assert policy["metadata"]["labels"]["pipeline_id"] == "demo"
+    selector = policy["spec"]["podSelector"]
+    assert selector["matchLabels"]["pipeline_id"] == "demo"
+    # Which step pods the policy selects (= fences): all but the entry step.
+    pods = {name: d["spec"]["template"]["metadata"]["labels"]
+            for name, d in by_kind(manifests, "Deployment").items()}
+    fenced = {name for name, pod_labels in pods.items()
+              if all(pod_labels.get(k) == v for k, v in selector["matchLabels"].items())
+              and all(pod_labels.get(e["key"]) not in e["values"]
+                      for e in selector["matchExpressions"])}
+    assert fenced == {"demo-step-1", "demo-step-2", "demo-step-3"}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    peers = policy["spec"]["ingress"][0]
+    assert peers == {"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "stepchain-step", "pipeline_id": "demo"}}}]}
+    # Only the metrics port is open beyond the pipeline (in-cluster scrapers).
+    assert policy["spec"]["ingress"][1] == {"ports": [{"port": 9464, "protocol": "TCP"}]}
+
+
+def test_single_step_pipeline_has_no_network_policy() -> None:
+    manifests = render({"name": "one", "steps": [{"type": "identity"}]})
+    assert not by_kind(manifests, "NetworkPolicy")
+
+
 def test_step_services_carry_only_grpc_so_the_nodeport_does_not_expose_metrics() -> None:
     services = by_kind(render(DEMO_WITH_EVERYTHING), "Service")
     assert len(services) == 4
@@ -124,6 +154,10 @@ def test_every_step_pod_announces_its_metrics_port_to_prometheus() -> None:
 def test_every_object_carries_the_pipeline_and_step_labels() -> None:
     for manifest in render(DEMO_WITH_EVERYTHING):
         labels = manifest["metadata"]["labels"]
+        if manifest["kind"] == "NetworkPolicy":  # one per pipeline, of no single step
+            assert labels["pipeline_id"] == "full" and "step_id" not in labels
+            assert labels["app.kubernetes.io/managed-by"] == "stepchain-topology"
+            continue
         assert all(key in labels for key in REQUIRED_LABELS), manifest["metadata"]["name"]
         assert labels["pipeline_id"] == "full"
         assert labels["app.kubernetes.io/part-of"] == "stepchain"

@@ -37,6 +37,7 @@ REQUIRED_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "services", ("create", "delete", "list", "patch")),
     ("apps", "deployments", ("create", "delete", "list", "patch")),
     ("autoscaling", "horizontalpodautoscalers", ("create", "delete", "list", "patch")),
+    ("networking.k8s.io", "networkpolicies", ("create", "delete", "list", "patch")),
 )
 FIELD_MANAGER = MANAGED_BY
 PIPELINE_LABEL = "pipeline_id"
@@ -59,9 +60,11 @@ KINDS: tuple[_Kind, ...] = (
     _Kind("Service", "CoreV1Api", "service"),
     _Kind("Deployment", "AppsV1Api", "deployment"),
     _Kind("HorizontalPodAutoscaler", "AutoscalingV2Api", "horizontal_pod_autoscaler"),
+    _Kind("NetworkPolicy", "NetworkingV1Api", "network_policy"),
 )
-#: Deletion order: entry points and scalers first, ConfigMaps (= discovery) last.
-DELETE_ORDER = ("HorizontalPodAutoscaler", "Service", "Deployment", "ConfigMap")
+#: Deletion order: entry points and scalers first, ConfigMaps (= discovery) last; the fence
+#: goes after the pods it fences.
+DELETE_ORDER = ("HorizontalPodAutoscaler", "Service", "Deployment", "NetworkPolicy", "ConfigMap")
 
 
 class KubernetesRefused(BackendError):

@@ -4,8 +4,11 @@ Per step: a ConfigMap ``<pipeline_id>-step-<N>-config`` (key ``PIPELINE_CONFIG``
 server and Kubernetes discovery read), a Deployment whose pods announce their metrics port with
 ``prometheus.io/*`` annotations, a Service ``<pipeline_id>-step-<N>`` carrying only the gRPC
 port (NodePort for the entry step, ClusterIP otherwise) and, when the step asks for ``autoscale``, a
-HorizontalPodAutoscaler. Every object carries the same labels so a pipeline is found and
-deleted by ``pipeline_id`` alone.
+HorizontalPodAutoscaler. Per pipeline of more than one step, a NetworkPolicy fences the data
+plane: the entry step stays reachable from outside (clients, Locust); every other step takes
+traffic only from the pipeline's own pods (plus its metrics port, for in-cluster scrapers).
+Every object carries the same labels so a pipeline is found and deleted by ``pipeline_id``
+alone.
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ def step_config_text(pipeline: Pipeline, step_id: int) -> str:
 
 
 def render_manifests(pipeline: Pipeline, options: RenderOptions) -> list[dict[str, Any]]:
-    """All objects of the pipeline: ConfigMaps, Services, Deployments, then HPAs."""
+    """All objects of the pipeline: ConfigMaps, Services, Deployments, HPAs, then the
+    NetworkPolicy."""
     namespace = options.namespace
     image = pipeline.image or options.image
     config_maps, services, deployments, hpas = [], [], [], []
@@ -119,7 +123,46 @@ def render_manifests(pipeline: Pipeline, options: RenderOptions) -> list[dict[st
         deployments.append(_deployment(pipeline, step, namespace, image, text, options))
         if step.autoscale is not None:
             hpas.append(_hpa(pipeline, step, namespace))
-    return [*config_maps, *services, *deployments, *hpas]
+    policies = [network_policy(pipeline, namespace)] if len(pipeline.steps) > 1 else []
+    return [*config_maps, *services, *deployments, *hpas, *policies]
+
+
+def network_policy_name(pipeline_id: str) -> str:
+    """The pipeline's NetworkPolicy: ``<pipeline_id>-steps``."""
+    return f"{pipeline_id}-steps"
+
+
+def network_policy(pipeline: Pipeline, namespace: str) -> dict[str, Any]:
+    """Ingress to every step but the entry only from the pipeline's own pods.
+
+    The entry step's pods are not selected, so they stay open like any Service (its NodePort
+    is the pipeline's front door). The other steps are reachable on any port from the
+    pipeline's pods and on the metrics port from anywhere (Prometheus finds pods by their
+    annotations); nothing else reaches them.
+    """
+    pipeline_pods = {"app.kubernetes.io/name": "stepchain-step",
+                     "pipeline_id": pipeline.pipeline_id}
+    entry = next(s for s in pipeline.steps if s.id == pipeline.entry_step)
+    metadata = _metadata(pipeline, entry, network_policy_name(pipeline.pipeline_id), namespace)
+    metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k != "step_id"} | {
+        "app.kubernetes.io/component": "network-policy"}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {
+                "matchLabels": pipeline_pods,
+                "matchExpressions": [{"key": "step_id", "operator": "NotIn",
+                                      "values": [str(pipeline.entry_step)]}],
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": pipeline_pods}}]},
+                {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }
 
 
 class _BlockDumper(yaml.SafeDumper):
