@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="how to find the next steps (default: kubernetes inside a cluster; required "
              "elsewhere when the step has next steps)")
     serve.add_argument("--namespace", help="Kubernetes namespace to watch (default: the pod's)")
+    serve.add_argument("--http-port", type=cli_args.port, default=None,
+                       help="HTTP face (POST /process, as the Flask-era pipeline) port, "
+                            "0..65535; 0 = off (default: $SERVICE_PORT if set, else 8080 in "
+                            "Kubernetes, else off)")
     serve.add_argument("--metrics-port", type=cli_args.port, default=9464,
                        help="Prometheus metrics port, 0..65535 (default 9464; 0 = off)")
     serve.add_argument("--max-inflight", type=cli_args.positive_int, default=16,
@@ -159,7 +163,21 @@ def serve_command(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    from stepsvc.http_face import resolve_http_port, start_http_face
+
+    try:
+        http_port = resolve_http_port(args.http_port, os.environ)
+        http = (start_http_face(server, http_port, host=args.host, tracing=telemetry.tracing,
+                                client_interceptors=telemetry.client_interceptors())
+                if http_port else None)
+    except (ValueError, OSError) as exc:
+        server.stop()
+        telemetry.close()
+        print(f"stepchain step serve: --http-port: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
     log = logging.getLogger("stepchain.step")
+    if http is not None:
+        log.info("http: POST http://%s:%d/process", args.host, http.port)
     log.info("pipeline %s step %d (%s) serving on %s:%d (next: %s, discovery: %s)",
              config.pipeline_id, step.id, step.type, args.host, server.port,
              step.next_step or "none, last step", spec or "none")
@@ -169,6 +187,8 @@ def serve_command(args: argparse.Namespace) -> int:
         pass
     log.info("draining: up to %.1f s for in-flight requests", settings.grace)
     finished = server.drain()
+    if http is not None:
+        http.stop()
     telemetry.close()  # flushes queued spans before the process exits
     if finished:
         log.info("stopped (all requests finished)")
