@@ -256,7 +256,7 @@ def test_http_request_is_one_trace_through_every_step_with_its_traceparent(
                            timeout=30)
         assert reply.status_code == 200, reply.text
         assert reply.headers["X-Trace-Id"] == trace_id
-        spans = receiver.wait_for(trace_id, 10)
+        spans = receiver.wait_for(trace_id, 12)
         names = {(s.service, s.name, s.kind) for s in spans}
         assert ("tel-step-0", "POST /process", "SPAN_KIND_SERVER") in names
         servers = {s.service for s in spans if s.kind == "SPAN_KIND_SERVER"
