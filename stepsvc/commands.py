@@ -64,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--forward-timeout", type=cli_args.positive_seconds, default=60.0,
                        help="deadline for the next hop when the caller set none, > 0 "
                             "(default 60 s)")
+    serve.add_argument(
+        "--max-connection-age", type=cli_args.non_negative_seconds, default=30.0,
+        help="seconds before a client connection is asked to reconnect (GOAWAY), so clients "
+             "re-resolve dns:/// names and reach new replicas (default 30; 0 = never)")
+    serve.add_argument(
+        "--max-connection-age-grace", type=cli_args.non_negative_seconds, default=None,
+        help="seconds requests on an aged connection get to finish (default: --forward-timeout)")
     serve.set_defaults(func=serve_command)
 
     submit = sub.add_parser("submit", help="send an image through a pipeline, print timings")
@@ -134,7 +141,8 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
         max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
         max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout,
-        metrics_port=args.metrics_port)
+        metrics_port=args.metrics_port, max_connection_age=args.max_connection_age,
+        max_connection_age_grace=args.max_connection_age_grace)
     discovery.start()
     try:
         server = build_server(config, discovery, settings,

@@ -5,7 +5,9 @@ The topology service writes one ConfigMap per step, labelled ``pipeline_id=<id>`
 resourceVersion in a daemon thread and keeps ``step_id -> address`` in memory, so a request
 never waits on the API server. When the watch breaks or expires (410 Gone) it lists again and
 resumes watching, with backoff while the API server keeps failing — a resync on error, not a
-poll. The address of step N is its Service: ``<pipeline_id>-step-<N>.<namespace>.svc:<port>``.
+poll. The address of step N is its headless Service as a gRPC ``dns:///`` target,
+``dns:///<pipeline_id>-step-<N>.<namespace>.svc.cluster.local:<port>``: DNS answers one record
+per ready pod and the forwarding channel's ``round_robin`` policy spreads requests over them.
 """
 
 from __future__ import annotations
@@ -45,9 +47,22 @@ HEALTHY_WATCH_S = 5.0
 INITIAL_SYNC_TIMEOUT_S = 5.0
 
 
-def step_service_address(pipeline_id: str, step_id: int, namespace: str, port: int) -> str:
-    """In-cluster address of step `step_id`'s Service: ``<pid>-step-<N>.<ns>.svc:<port>``."""
-    return f"{pipeline_id}-step-{step_id}.{namespace}.svc:{port}"
+#: DNS suffix of the cluster's Services; override with STEPCHAIN_CLUSTER_DOMAIN where the
+#: cluster was set up with another one (kubelet --cluster-domain).
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+
+
+def cluster_domain() -> str:
+    """The cluster's DNS domain: STEPCHAIN_CLUSTER_DOMAIN, else ``cluster.local``."""
+    return os.environ.get("STEPCHAIN_CLUSTER_DOMAIN", "").strip(". ") or DEFAULT_CLUSTER_DOMAIN
+
+
+def step_service_address(pipeline_id: str, step_id: int, namespace: str, port: int,
+                         domain: str | None = None) -> str:
+    """gRPC target of step `step_id`'s headless Service, every replica behind one name:
+    ``dns:///<pid>-step-<N>.<ns>.svc.<domain>:<port>`` (fully qualified, so no resolver
+    search list is involved)."""
+    return f"dns:///{pipeline_id}-step-{step_id}.{namespace}.svc.{domain or cluster_domain()}:{port}"
 
 
 def current_namespace(default: str = "default") -> str:

@@ -1,8 +1,15 @@
 """Forwarding a request to the next step: one cached channel per address, failover in order.
 
+An address names every replica of a step: ``dns:///<svc>.<ns>.svc.cluster.local:50051`` (a
+headless Service: one A record per ready pod) in Kubernetes, ``ipv4:127.0.0.1:p1,127.0.0.1:p2``
+for local replicas. Every channel uses the ``round_robin`` policy, so one channel keeps a
+connection to each replica and spreads requests over them.
+
 Candidates are tried in the order the router chose. A candidate answering UNAVAILABLE (down,
-unreachable, or with no active successor of its own) or refusing because it drains is skipped
-for the next one; any other error ends the attempt and reaches the caller naming the step.
+unreachable, or with no active successor of its own) or refusing because it drains is tried
+again first (round_robin picks the step's next replica), up to :func:`replica_tries` times, and
+then skipped for the next step; any other error ends the attempt and reaches the caller naming
+the step.
 
 Requests and responses are serialized messages (bytes) both ways: the step builds the request
 around its output pixels and adds its timing to the response bytes (:mod:`stepsvc.wire`), so
@@ -11,6 +18,7 @@ nothing here parses or serializes 6 MB of pixels.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +33,26 @@ from stepchain.v1 import step_pb2
 DRAINING_KEY = "stepchain-draining"
 #: Trailing metadata on an error that already names the step where it happened.
 FAILED_STEP_KEY = "stepchain-failed-step"
+#: Tries per step behind a `dns:///` name, whose replica count the client does not know: a
+#: failed try moves round_robin to the next replica before failover moves to the next step.
+DNS_REPLICA_TRIES = 3
+#: Every channel balances over all addresses its target resolves to (gRPC's default,
+#: pick_first, would send everything to the first replica).
+ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+#: Shortest pause between two DNS re-resolutions of one channel (gRPC's default is 30 s): pods
+#: that come and go are seen within seconds of a connection closing.
+DNS_MIN_RERESOLUTION_MS = 5000
+
+
+def replica_tries(address: str) -> int:
+    """How many times a step at `address` is tried before failing over to another step: one
+    per listed address (``ipv4:a:1,b:2``), DNS_REPLICA_TRIES behind a ``dns:`` name, else 1."""
+    scheme, sep, rest = address.partition(":")
+    if sep and scheme in ("ipv4", "ipv6"):
+        return max(1, len([a for a in rest.split(",") if a]))
+    if sep and scheme == "dns":
+        return DNS_REPLICA_TRIES
+    return 1
 
 
 @dataclass(frozen=True)
@@ -65,7 +93,7 @@ class ForwardResult:
     attempts: int
 
 
-def transport_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def transport_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     """HTTP/2 settings for image-sized messages, shared by step servers and every channel."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -79,10 +107,13 @@ def transport_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC channel options shared by steps and clients (transport, fast reconnect)."""
+def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
+    """gRPC channel options shared by steps and clients (transport, fast reconnect, round_robin
+    over every replica the target names)."""
     return [
         *transport_options(max_message_bytes),
+        ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG),
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_RERESOLUTION_MS),
         # A restarted step should be reachable again within a second or two, not minutes.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
@@ -133,34 +164,37 @@ class Forwarder:
         failures: list[str] = []
         attempts = 0
         for cand in candidates:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ForwardError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the request's deadline passed during failover before {cand.describe()} "
-                    f"could be tried (after: {'; '.join(failures)})", attempts, None)
-            attempts += 1
-            if isinstance(request, Message):
-                request = request.SerializeToString()
-            payload = request if isinstance(request, bytes) else request(cand)
-            try:
-                response = self.stub(cand.address)(
-                    payload, timeout=remaining, metadata=tuple(metadata) or None)
-                return ForwardResult(response, cand.step_id, attempts)
-            except grpc.RpcError as err:
-                code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-                details = (err.details() if hasattr(err, "details") else None) or str(code)
-                trailers = _trailers(err)
-                named = FAILED_STEP_KEY in trailers
-                message = details if named else f"{cand.describe()}: {details}"
-                failed = int(trailers[FAILED_STEP_KEY]) if named else cand.step_id
-                draining = code == grpc.StatusCode.FAILED_PRECONDITION and DRAINING_KEY in trailers
-                if code == grpc.StatusCode.UNAVAILABLE or draining:
-                    failures.append(message)
-                    continue  # failover to the next candidate
-                if failures:
-                    message += f" (after failover from: {'; '.join(failures)})"
-                raise ForwardError(code, message, attempts, failed) from None
+            for _ in range(replica_tries(cand.address)):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ForwardError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the request's deadline passed during failover before "
+                        f"{cand.describe()} could be tried (after: {'; '.join(failures)})",
+                        attempts, None)
+                attempts += 1
+                if isinstance(request, Message):
+                    request = request.SerializeToString()
+                payload = request if isinstance(request, bytes) else request(cand)
+                try:
+                    response = self.stub(cand.address)(
+                        payload, timeout=remaining, metadata=tuple(metadata) or None)
+                    return ForwardResult(response, cand.step_id, attempts)
+                except grpc.RpcError as err:
+                    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+                    details = (err.details() if hasattr(err, "details") else None) or str(code)
+                    trailers = _trailers(err)
+                    named = FAILED_STEP_KEY in trailers
+                    message = details if named else f"{cand.describe()}: {details}"
+                    failed = int(trailers[FAILED_STEP_KEY]) if named else cand.step_id
+                    draining = (code == grpc.StatusCode.FAILED_PRECONDITION
+                                and DRAINING_KEY in trailers)
+                    if code == grpc.StatusCode.UNAVAILABLE or draining:
+                        failures.append(message)
+                        continue  # another replica of this step, then the next step
+                    if failures:
+                        message += f" (after failover from: {'; '.join(failures)})"
+                    raise ForwardError(code, message, attempts, failed) from None
         tried = "; ".join(failures)
         raise ForwardError(
             grpc.StatusCode.UNAVAILABLE,

@@ -40,6 +40,10 @@ SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
 SPARE_THREADS = 8
 #: Seconds the last responses get to be written after drain saw every request finish.
 RESPONSE_FLUSH_S = 5.0
+#: Seconds a client connection lives before the server asks the client to reconnect (GOAWAY).
+#: Reconnecting re-resolves `dns:///` names, so upstream steps find replicas that started
+#: after they connected (gRPC's answer to "new pods get no traffic" behind a headless Service).
+DEFAULT_MAX_CONNECTION_AGE_S = 30.0
 
 
 @dataclass
@@ -57,10 +61,24 @@ class ServerSettings:
     forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S
     #: Prometheus port; 0 = off. `step serve` starts the endpoint (stepsvc.metrics).
     metrics_port: int = 0
+    #: Connection lifetime before GOAWAY (0 = unlimited); see DEFAULT_MAX_CONNECTION_AGE_S.
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S
+    #: Time RPCs still running on an aged connection get to finish; None = forward_timeout,
+    #: the longest a request waits on its next hop.
+    max_connection_age_grace: float | None = None
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * MIB
+
+    def connection_options(self) -> list[tuple[str, int]]:
+        """gRPC server options that bound a client connection's age (none when 0)."""
+        if self.max_connection_age <= 0:
+            return []
+        grace = (self.forward_timeout if self.max_connection_age_grace is None
+                 else self.max_connection_age_grace)
+        return [("grpc.max_connection_age_ms", max(1, round(self.max_connection_age * 1000))),
+                ("grpc.max_connection_age_grace_ms", max(0, round(grace * 1000)))]
 
 
 class StepServer:
@@ -167,7 +185,8 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step"),
         interceptors=list(interceptors),
         # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
-        options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
+        options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0),
+                 *settings.connection_options()],
         maximum_concurrent_rpcs=workers,
     )
     server.add_generic_rpc_handlers((process_handler(servicer),))

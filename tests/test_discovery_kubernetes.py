@@ -49,11 +49,19 @@ def start_discovery(kube: KubeEmulator, ns: str) -> Iterator[Callable[..., Confi
 
 
 def addr(step_id: int, ns: str, pipeline_id: str = "demo", port: int = 50051) -> str:
-    return f"{pipeline_id}-step-{step_id}.{ns}.svc:{port}"
+    return f"dns:///{pipeline_id}-step-{step_id}.{ns}.svc.cluster.local:{port}"
 
 
-def test_service_address_format() -> None:
-    assert step_service_address("demo", 3, "prod", 50051) == "demo-step-3.prod.svc:50051"
+def test_a_step_address_is_a_dns_target_naming_every_pod_of_its_headless_service() -> None:
+    assert step_service_address("demo", 3, "prod", 50051) == \
+        "dns:///demo-step-3.prod.svc.cluster.local:50051"
+
+
+def test_the_cluster_domain_can_be_set_for_clusters_not_using_cluster_local(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPCHAIN_CLUSTER_DOMAIN", "corp.example.")
+    assert step_service_address("demo", 3, "prod", 50051) == \
+        "dns:///demo-step-3.prod.svc.corp.example:50051"
 
 
 def test_existing_configmaps_are_active_after_start(

@@ -193,3 +193,21 @@ def test_unreachable_api_server_is_a_502_naming_the_problem(namespace: str) -> N
         response = api.post("/pipeline", json=DEMO)
         assert response.status_code == 502
         assert "Kubernetes" in response.json()["detail"]
+
+
+def test_a_step_service_made_before_replicas_were_balanced_is_replaced_by_a_headless_one(
+        backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
+    from topology.render import render_manifests
+
+    pipeline = parse_pipeline(DEMO)
+    old = next(m for m in render_manifests(pipeline, backend.options)
+               if m["kind"] == "Service" and m["metadata"]["name"] == "demo-step-1")
+    old["spec"].pop("clusterIP")  # what earlier versions rendered: a ClusterIP with a VIP
+    backend._call("Service", "create", body=old)
+    before = len(kmock_server.calls())
+    backend.apply(pipeline)
+    # clusterIP cannot be patched on a real API server: the Service is deleted and created.
+    assert ("", "services", "delete") in kmock_server.calls()[before:]
+    stored = kmock_server.object("services", namespace, "demo-step-1")
+    assert stored["spec"]["clusterIP"] == "None"
+    assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)

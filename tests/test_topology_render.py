@@ -102,6 +102,29 @@ def test_only_the_entry_step_service_is_a_nodeport() -> None:
                      "demo-step-2": "ClusterIP", "demo-step-3": "ClusterIP"}
 
 
+def test_every_step_an_upstream_step_forwards_to_has_a_headless_service() -> None:
+    services = by_kind(render(DEMO_WITH_EVERYTHING), "Service")
+    headless = {name for name, s in services.items() if s["spec"].get("clusterIP") == "None"}
+    # DNS answers each ready pod's address, so round_robin reaches every replica.
+    assert headless == {"full-step-1", "full-step-2", "full-step-3"}
+    assert services["full-step-0"]["spec"]["type"] == "NodePort"
+    assert "clusterIP" not in services["full-step-0"]["spec"]
+
+
+def test_a_headless_service_selects_the_same_pods_as_its_deployment() -> None:
+    manifests = render(DEMO_WITH_EVERYTHING)
+    deployments = by_kind(manifests, "Deployment")
+    for name, service in by_kind(manifests, "Service").items():
+        assert service["spec"]["selector"] == \
+            deployments[name]["spec"]["selector"]["matchLabels"], name
+
+
+def test_steps_close_client_connections_after_a_maximum_age_so_clients_re_resolve() -> None:
+    for name, deployment in by_kind(render(DEMO_WITH_EVERYTHING), "Deployment").items():
+        args = container(deployment)["args"]
+        assert args[args.index("--max-connection-age") + 1] == "30", name
+
+
 
 def test_network_policy_leaves_the_entry_open_and_fences_every_other_step_to_the_pipeline(
 ) -> None:

@@ -27,6 +27,7 @@ from topology.render import (
     MANAGED_BY,
     STEP_TYPE_ANNOTATION,
     RenderOptions,
+    is_headless,
     render_manifests,
     step_name,
 )
@@ -113,8 +114,16 @@ class KubernetesBackend:
         with self._lock:
             existing = self._owned(pipeline.pipeline_id)
             wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+            headless = {m["metadata"]["name"]: is_headless(m) for m in self._list("Service")
+                        if _owned_by(m, pipeline.pipeline_id)}
             for manifest in manifests:
                 key = (manifest["kind"], manifest["metadata"]["name"])
+                if key[0] == "Service" and key in existing \
+                        and headless.get(key[1]) != is_headless(manifest):
+                    # clusterIP is immutable: a Service turning headless (a pipeline made before
+                    # replicas were balanced, or a new entry step) is replaced, not patched.
+                    self._delete("Service", key[1])
+                    existing.discard(key)
                 if key in existing:
                     self._call(manifest["kind"], "patch", name=key[1], body=manifest,
                                field_manager=FIELD_MANAGER, force=True,

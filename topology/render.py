@@ -3,12 +3,13 @@
 Per step: a ConfigMap ``<pipeline_id>-step-<N>-config`` (key ``PIPELINE_CONFIG``, what the step
 server and Kubernetes discovery read), a Deployment whose pods announce their metrics port with
 ``prometheus.io/*`` annotations, a Service ``<pipeline_id>-step-<N>`` carrying only the gRPC
-port (NodePort for the entry step, ClusterIP otherwise) and, when the step asks for ``autoscale``, a
-HorizontalPodAutoscaler. Per pipeline of more than one step, a NetworkPolicy fences the data
-plane: the entry step stays reachable from outside (clients, Locust); every other step takes
-traffic only from the pipeline's own pods (plus its metrics port, for in-cluster scrapers).
-Every object carries the same labels so a pipeline is found and deleted by ``pipeline_id``
-alone.
+port (NodePort for the entry step; headless, ``clusterIP: None``, for every other step so that
+upstream steps balance over its pods with ``dns:///`` and ``round_robin``) and, when the step
+asks for ``autoscale``, a HorizontalPodAutoscaler. Per pipeline of more than one step, a
+NetworkPolicy fences the data plane: the entry step stays reachable from outside (clients,
+Locust); every other step takes traffic only from the pipeline's own pods (plus its metrics
+port, for in-cluster scrapers). Every object carries the same labels so a pipeline is found
+and deleted by ``pipeline_id`` alone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ DEFAULT_STEP_IMAGE = "ghcr.io/stepchain/step:0.1.0"
 DEFAULT_STEP_SERVICE_ACCOUNT = "stepchain-step"
 #: Seconds a step drains in-flight requests after SIGTERM (`step serve --grace`).
 DEFAULT_DRAIN_GRACE_S = 20
+#: Seconds before a step asks a client connection to reconnect (`step serve
+#: --max-connection-age`): upstream steps then re-resolve the headless Service's DNS name and
+#: reach replicas that an HPA or a scale-up added since.
+MAX_CONNECTION_AGE_S = 30
 #: Extra seconds Kubernetes waits beyond the drain before SIGKILL.
 GRACE_MARGIN_S = 10
 #: User and group the step container runs as (non-root).
@@ -205,22 +210,35 @@ def _config_map(pipeline: Pipeline, step: Step, namespace: str, text: str) -> di
 
 def _service(pipeline: Pipeline, step: Step, namespace: str) -> dict[str, Any]:
     name = step_name(pipeline.pipeline_id, step.id)
-    entry = step.id == pipeline.entry_step
+    spec: dict[str, Any]
+    if step.id == pipeline.entry_step:
+        # The entry step is reachable from outside the cluster (clients, Locust). No step
+        # forwards to it (it is the one step nothing points to), so it needs no headless twin.
+        spec = {"type": "NodePort"}
+    else:
+        # Headless: DNS answers every ready pod's IP, so an upstream step's `dns:///` channel
+        # with round_robin spreads requests over all replicas. A ClusterIP would pin each
+        # upstream pod's one HTTP/2 connection to a single downstream pod.
+        spec = {"type": "ClusterIP", "clusterIP": "None"}
+    spec.update({
+        "selector": selector_labels(pipeline.pipeline_id, step.id),
+        # gRPC only: a NodePort opens every listed port on every node, and /metrics is for
+        # in-cluster scrapers, which find the pods by their prometheus.io/* annotations.
+        "ports": [
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+        ],
+    })
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(pipeline, step, name, namespace),
-        "spec": {
-            # The entry step is reachable from outside the cluster (clients, Locust).
-            "type": "NodePort" if entry else "ClusterIP",
-            "selector": selector_labels(pipeline.pipeline_id, step.id),
-            # gRPC only: a NodePort opens every listed port on every node, and /metrics is for
-            # in-cluster scrapers, which find the pods by their prometheus.io/* annotations.
-            "ports": [
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-            ],
-        },
+        "spec": spec,
     }
+
+
+def is_headless(service: Mapping[str, Any]) -> bool:
+    """True for a headless Service (``clusterIP: None``): DNS names its pods, not one VIP."""
+    return (service.get("spec") or {}).get("clusterIP") == "None"
 
 
 def max_pixels_for(memory_limit: str) -> int:
@@ -285,6 +303,7 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
         "args": ["step", "serve", "--config-env", CONFIG_KEY, "--port", str(GRPC_PORT),
                  "--discovery", "kubernetes", "--metrics-port", str(METRICS_PORT),
                  "--grace", str(options.drain_grace_s),
+                 "--max-connection-age", str(MAX_CONNECTION_AGE_S),
                  "--max-pixels", str(max_pixels_for(resources["limits"]["memory"]))],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
