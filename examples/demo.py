@@ -29,9 +29,12 @@ from typing import Any
 import httpx
 
 from topology.auth import auth_header, client_token
-from topology.local_backend import process_alive
+from topology.local_backend import installed_stepchain
+from topology.supervisor import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The installed `stepchain` command (`make demo` installs it into .venv/bin).
+STEPCHAIN = list(installed_stepchain())
 OUT = ROOT / "out" / "demo"
 PIPELINE = ROOT / "examples" / "pipeline.json"
 #: Written when examples/pipeline.json is missing (the same pipeline as in the repository).
@@ -55,8 +58,7 @@ class DemoFailed(RuntimeError):
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), str(ROOT / "protos"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = dict(os.environ)
     # Spans go to the user's collector/Jaeger when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to a
     # local OTLP JSON file (steps and client append to it) that the demo draws as a waterfall.
     trace_file = None if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") else OUT / "traces.jsonl"
@@ -72,7 +74,7 @@ def main() -> int:
           f"{log_path.relative_to(ROOT)}")
     with open(log_path, "wb") as log:
         service = subprocess.Popen(
-            [sys.executable, "-m", "stepsvc.cli", "topology", "serve", "--backend", "local",
+            [*STEPCHAIN, "topology", "serve", "--backend", "local",
              "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(OUT / "state")],
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     step_pids: list[int] = []
@@ -173,7 +175,7 @@ def wait_healthy(api: httpx.Client, service: subprocess.Popen[bytes], log_path: 
 
 def submit(image: Path, entrypoint: str, out: Path, env: dict[str, str]) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "stepsvc.cli", "submit", str(image), "--target", entrypoint,
+        [*STEPCHAIN, "submit", str(image), "--target", entrypoint,
          "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     print("   " + result.stdout.rstrip().replace("\n", "\n   "))
     if result.returncode != 0:
@@ -195,7 +197,7 @@ def show_trace(trace_file: Path | None, submitted: str, env: dict[str, str]) -> 
     print(f"\n== trace of the last request: stepchain trace show {trace_id[1]} "
           f"--file {trace_file.relative_to(ROOT)}")
     width = shutil.get_terminal_size((120, 24)).columns - 3
-    command = [sys.executable, "-m", "stepsvc.cli", "trace", "show", trace_id[1], "--file",
+    command = [*STEPCHAIN, "trace", "show", trace_id[1], "--file",
                str(trace_file), "--width", str(width)]
     for _ in range(40):  # each step exports its spans in a batch every 200 ms
         shown = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,

@@ -24,13 +24,12 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from loadtest import entries
 from loadtest.targets import Target, parse_hosts
 from stepsvc.forward import channel_options
+from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 # gRPC's C core must cooperate with Locust's gevent loop, or every blocking call stalls all
 # users; this has to happen before the first channel exists.
 grpc_gevent.init_gevent()
 
-#: Default max message size of the step servers (64 MiB), both ways.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class PipelineUser(User):
         self._target = targets[next(PipelineUser._dealer) % len(targets)]
         self._label = self._target.label if len(targets) > 1 else None
         self._channel = grpc.insecure_channel(self._target.address,
-                                              options=channel_options(MAX_MESSAGE_BYTES))
+                                              options=channel_options(DEFAULT_MAX_MESSAGE_BYTES))
         self._stub = step_pb2_grpc.StepServiceStub(self._channel)
 
     def on_stop(self) -> None:

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
-# Runnable from a checkout (`locust -f loadtest/locustfile.py`): the repo and the generated proto.
-_REPO = Path(__file__).resolve().parent.parent
-for _path in (_REPO, _REPO / "protos"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+# `locust -f loadtest/locustfile.py` loads this file by path; the packages it uses (loadtest,
+# stepsvc, the generated stepchain.v1) come from the installed stepchain distribution.
+from locust import events
+from locust import stats as locust_stats
 
-from locust import events  # noqa: E402
-from locust import stats as locust_stats  # noqa: E402
-
-from loadtest import options as load_options  # noqa: E402
-from loadtest import payload, targets  # noqa: E402
-from loadtest.grpc_user import LoadPlan, PipelineUser  # noqa: E402
-from loadtest.shapes import shape_for  # noqa: E402
+from loadtest import options as load_options
+from loadtest import payload, targets
+from loadtest.grpc_user import LoadPlan, PipelineUser
+from loadtest.shapes import shape_for
 
 __all__ = ["PipelineUser"]
 

@@ -11,22 +11,10 @@ import argparse
 import math
 from collections.abc import Callable
 
+from stepsvc.limits import MAX_MESSAGE_MB
+
 #: Largest TCP port.
 MAX_PORT = 65_535
-#: gRPC keeps message sizes in a signed 32-bit int: 2048 MiB would overflow it.
-MAX_MESSAGE_MB = 2047
-
-# Defaults of the step server's limits (`stepchain step serve` flags and ServerSettings). They
-# live here, not in the servicer, so building the command line stays free of gRPC and NumPy.
-
-#: Largest image a step accepts or produces by default: 40 megapixels, about 8K x 5K. A 40 MP
-#: RGBA image is 160 MB and a step holds a few copies of it (request, decoded, kernel output,
-#: forward), which fits a default 1 GiB pod; native.registry.MAX_PIXELS (2^28, 16K x 16K) takes
-#: a step to several GB.
-DEFAULT_MAX_PIXELS = 40_000_000
-#: Most kernel passes one request may ask for (overrides.passes) by default: passes make a
-#: kernel heavier on purpose, and any client may send them.
-DEFAULT_MAX_PASSES = 100
 
 
 def native_limit(name: str) -> Callable[[], int]:

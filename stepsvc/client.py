@@ -20,9 +20,9 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from stepsvc import codec
 from stepsvc.forward import channel_options
+from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB
 
 OUTPUT_ENCODINGS = {".png": codec.PNG, ".jpg": codec.JPEG, ".jpeg": codec.JPEG}
-DEFAULT_MAX_MESSAGE_MB = 64
 
 
 def image_message(path: str | Path, *, raw: bool = False) -> step_pb2.Image:

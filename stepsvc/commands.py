@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from stepsvc import cli_args
+from stepsvc import cli_args, limits
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,20 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="requests processed at once (default 16)")
     serve.add_argument("--max-queue", type=cli_args.non_negative_int, default=64,
                        help="requests waiting for a slot before RESOURCE_EXHAUSTED (default 64)")
-    serve.add_argument("--max-message-mb", type=cli_args.message_mb, default=64,
-                       help=f"largest gRPC message in or out, MiB, 1..{cli_args.MAX_MESSAGE_MB} "
-                            "(default 64)")
+    serve.add_argument("--max-message-mb", type=cli_args.message_mb,
+                       default=limits.DEFAULT_MAX_MESSAGE_MB,
+                       help=f"largest gRPC message in or out, MiB, 1..{limits.MAX_MESSAGE_MB} "
+                            f"(default {limits.DEFAULT_MAX_MESSAGE_MB})")
     serve.add_argument(
         "--max-pixels", type=cli_args.int_range(1, cli_args.native_limit("MAX_PIXELS")),
-        default=cli_args.DEFAULT_MAX_PIXELS,
+        default=limits.DEFAULT_MAX_PIXELS,
         help=f"largest image accepted or produced, in pixels (default "
-             f"{cli_args.DEFAULT_MAX_PIXELS}, about 8K x 5K, sized for a 1 GiB pod; at most "
+             f"{limits.DEFAULT_MAX_PIXELS}, about 8K x 5K, sized for a 1 GiB pod; at most "
              "native's MAX_PIXELS, 16K x 16K, which needs several GB)")
     serve.add_argument(
         "--max-passes", type=cli_args.int_range(1, cli_args.native_limit("MAX_PASSES")),
-        default=cli_args.DEFAULT_MAX_PASSES,
+        default=limits.DEFAULT_MAX_PASSES,
         help=f"most kernel passes one request may ask for with overrides.passes (default "
-             f"{cli_args.DEFAULT_MAX_PASSES}; more is INVALID_ARGUMENT)")
+             f"{limits.DEFAULT_MAX_PASSES}; more is INVALID_ARGUMENT)")
     serve.add_argument("--grace", type=cli_args.non_negative_seconds, default=30.0,
                        help="seconds in-flight requests get to finish on SIGTERM; then the "
                             "process exits anyway (default 30)")

@@ -43,11 +43,11 @@ from prometheus_client import (
     start_http_server,
 )
 
+from stepsvc.telemetry.filters import call_code, is_step_call
+
 if TYPE_CHECKING:
     from stepsvc.admission import Admission
 
-#: Only StepService calls are counted; health probes and reflection are not requests.
-METERED_METHOD_PREFIX = "/stepchain.v1.StepService/"
 LABELS = ("pipeline_id", "step_id", "step_type")
 #: Seconds: from a fast kernel on a thumbnail to a deblur of a large photo.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -163,11 +163,6 @@ class StepMetrics:
         return MetricsHTTPServer(httpd, thread)
 
 
-def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
-    code = getattr(context, "code", None)
-    return code() if callable(code) else None
-
-
 def _trace_exemplar() -> dict[str, str] | None:
     """The current request's trace id as an exemplar (None when it is not traced)."""
     context = trace.get_current_span().get_span_context()
@@ -184,8 +179,7 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if (handler is None or not method.startswith(METERED_METHOD_PREFIX)
-                or handler.request_streaming or handler.response_streaming):
+        if not is_step_call(method, handler):  # health probes and reflection are not requests
             return handler
         behavior = handler.unary_unary
         metrics = self._metrics
@@ -197,12 +191,12 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
             code = grpc.StatusCode.UNKNOWN
             try:
                 response = behavior(request, context)
-                code = _context_code(context) or grpc.StatusCode.OK
+                code = call_code(context, raised=False)
                 if code == grpc.StatusCode.OK and response is not None:
                     metrics.sent_bytes.inc(response.ByteSize())
                 return response
             except BaseException:
-                code = _context_code(context) or grpc.StatusCode.UNKNOWN
+                code = call_code(context, raised=True)
                 raise
             finally:
                 metrics.duration.observe(time.perf_counter() - start, _trace_exemplar())

@@ -22,12 +22,11 @@ from stepchain.v1 import step_pb2
 
 from stepsvc import codec, wire
 from stepsvc.admission import Admission
-from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import Forwarder, transport_options
+from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS, MIB
 from stepsvc.servicer import (
     DEFAULT_FORWARD_TIMEOUT_S,
-    MIB,
     ActiveSteps,
     StepObserver,
     StepServicer,
@@ -54,7 +53,7 @@ class ServerSettings:
     port: int = 50051
     max_inflight: int = 16
     max_queue: int = 64
-    max_message_mb: int = 64
+    max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_passes: int = DEFAULT_MAX_PASSES
     grace: float = 30.0

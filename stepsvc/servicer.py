@@ -30,7 +30,6 @@ import native
 from native.registry import MAX_THREADS, default_threads, parse_schedule
 from stepsvc import codec, wire
 from stepsvc.admission import Admission, Draining, QueueFull, QueueTimeout
-from stepsvc.cli_args import DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import (
     DRAINING_KEY,
@@ -39,6 +38,12 @@ from stepsvc.forward import (
     Forwarder,
     ForwardError,
 )
+from stepsvc.limits import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PASSES,
+    DEFAULT_MAX_PIXELS,
+    MIB,
+)
 from stepsvc.router import choose_next_step, is_last_step
 
 log = logging.getLogger("stepchain.step")
@@ -46,9 +51,6 @@ log = logging.getLogger("stepchain.step")
 #: Deadline given to the next hop when the caller set none, so a stuck step never hangs us.
 DEFAULT_FORWARD_TIMEOUT_S = 60.0
 _NO_DEADLINE = 1e8  # grpc reports a huge remaining time when the caller set no deadline
-MIB = 1024 * 1024
-#: Largest gRPC message by default (`--max-message-mb 64`), both ways.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 #: Room left in the last step's response for the timings every step appends on the way back
 #: (~150 bytes each).
 RESPONSE_HEADROOM = 4096

@@ -13,13 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child_env(*, checkout_on_path: bool = True) -> dict[str, str]:
-    """Environment for child processes: one OpenMP thread, no tracing, no LOCUST_* settings;
-    the checkout on PYTHONPATH unless the child must find it by itself."""
+def child_env() -> dict[str, str]:
+    """Environment for child processes: one OpenMP thread, no tracing, no LOCUST_* settings,
+    no PYTHONPATH (children import the installed stepchain, as a user's would)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OTEL_", "LOCUST_")) and k != "PYTHONPATH"}
-    if checkout_on_path:
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -35,5 +33,5 @@ def run_locust(args: Sequence[str], *, cwd: Path, timeout: float
     """``locust -f loadtest/locustfile.py ARGS`` (from ``cwd``, not the checkout), output captured."""
     locust = Path(sys.executable).parent / "locust"
     return subprocess.run([str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), *args],
-                          cwd=cwd, env=child_env(checkout_on_path=False), capture_output=True, text=True,
+                          cwd=cwd, env=child_env(), capture_output=True, text=True,
                           timeout=timeout)

@@ -153,8 +153,7 @@ class BlockingObserver(StepObserver):
 
 
 def step_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed stepchain
     env.setdefault("OMP_NUM_THREADS", "1")
     for key in list(env):  # no tracing exporters from the developer's shell
         if key.startswith("OTEL_"):

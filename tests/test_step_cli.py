@@ -15,7 +15,7 @@ from stepchain.v1 import step_pb2
 
 from stepsvc import codec
 from stepsvc.cli import build_parser, main
-from stepsvc.cli_args import DEFAULT_MAX_PIXELS
+from stepsvc.limits import DEFAULT_MAX_PIXELS
 
 TWO_STEPS = {"pipeline_id": "p1", "step_id": 1,
              "steps": [{"id": 1, "type": "blur", "next_step": 2}, {"id": 2, "type": "grayscale"}]}

@@ -31,8 +31,8 @@ from stepchain.v1 import step_pb2
 import native
 from stepsvc import codec
 from stepsvc.admission import Admission
-from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 from stepsvc.forward import Forwarder
+from stepsvc.limits import DEFAULT_MAX_PIXELS
 from stepsvc.servicer import StepObserver, StepServicer
 
 LINEAR = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}, "next_step": 2},

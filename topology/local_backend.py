@@ -10,28 +10,25 @@ What the Kubernetes backend keeps in ConfigMaps lives on disk under the state di
 Each step serves Prometheus ``/metrics`` on a loopback port of its own, reported with its
 status (``metrics``), which the console, ``stepchain top`` and the advice API scrape.
 
-Readiness is the steps' gRPC health. A supervisor thread restarts a step whose process exited
-on its own, on the same port (so the discovery file stays right), after a backoff that doubles
-with each restart; a step that exits more than MAX_RESTARTS times within RESTART_WINDOW_S is
-left stopped and reported as failed with the end of its log. Processes are stopped (SIGTERM, then SIGKILL after the
-drain grace) on DELETE and when the service shuts down; a service that starts finds the
-processes a crashed predecessor left behind and stops them.
+Steps are started with the installed ``stepchain`` command. Readiness is the steps' gRPC
+health. The process supervision lives in :mod:`topology.supervisor`: a step whose process exited
+on its own is restarted on the same port (so the discovery file stays right), after a backoff
+that doubles with each restart; a step that exits more than MAX_RESTARTS times within
+RESTART_WINDOW_S is left stopped and reported as failed with the end of its log. Processes are
+stopped (SIGTERM, then SIGKILL after the drain grace) on DELETE and when the service shuts down;
+a service that starts finds the processes a crashed predecessor left behind and stops them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +37,31 @@ from typing import Any
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
 from topology.pipeline import Pipeline
 from topology.render import step_config, step_config_text, step_name
+from topology.supervisor import (
+    RestartPolicy,
+    SupervisedProcess,
+    SupervisorLoop,
+    process_alive,
+    reap,
+    stop_all,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-#: How a step server process is launched: this interpreter running the stepchain CLI.
-STEP_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "stepsvc.cli")
+__all__ = ["LocalBackend", "RestartPolicy", "process_alive"]
+
+
+def installed_stepchain() -> tuple[str, ...]:
+    """The installed ``stepchain`` console script: beside this interpreter (a virtual
+    environment's ``bin/``, also when it is not activated), else on ``PATH``; else this
+    interpreter running the installed CLI module."""
+    beside = Path(sys.executable).parent / "stepchain"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return (str(beside),)
+    found = shutil.which("stepchain")
+    return (found,) if found else (sys.executable, "-m", "stepsvc.cli")
+
+
+#: How a step server process is launched: the installed `stepchain` command.
+STEP_LAUNCHER: tuple[str, ...] = installed_stepchain()
 STATE_FILE = "processes.json"
 DISCOVERY_FILE = "discovery.json"
 #: Seconds a local step drains after SIGTERM before it is killed.
@@ -54,38 +72,10 @@ PORT_ATTEMPTS = 3
 #: What a step's log says when its port is in use (the step server's and gRPC's words).
 PORT_TAKEN_SIGNS = ("cannot listen", "Failed to bind", "Address already in use")
 HEALTH_TIMEOUT_S = 1.0
-#: A step restarted this many times within RESTART_WINDOW_S is not restarted again (failed).
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
-#: Delay before the first restart in the window; each further one doubles it.
-RESTART_BACKOFF_S = 0.5
 #: How often the supervisor looks for step processes that exited.
 SUPERVISE_INTERVAL_S = 0.5
 
 log = logging.getLogger(__name__)
-
-
-class RestartPolicy:
-    """When to restart a step that exited: bounded restarts per window, doubling backoff."""
-
-    def __init__(self, max_restarts: int = MAX_RESTARTS, window_s: float = RESTART_WINDOW_S,
-                 backoff_s: float = RESTART_BACKOFF_S) -> None:
-        self.max_restarts = max_restarts
-        self.window_s = window_s
-        self.backoff_s = backoff_s
-        self._restarts: deque[float] = deque()
-
-    def next_restart(self, now: float) -> float | None:
-        """The time to restart a step found exited at `now`; None: give up (too many)."""
-        while self._restarts and self._restarts[0] <= now - self.window_s:
-            self._restarts.popleft()
-        if len(self._restarts) >= self.max_restarts:
-            return None
-        return now + self.backoff_s * 2 ** len(self._restarts)
-
-    def restarted(self, at: float) -> None:
-        """Records a restart made at `at`."""
-        self._restarts.append(at)
 
 
 class _PortTaken(BackendError):
@@ -102,19 +92,10 @@ class _StepProcess:
     type: str
     port: int
     metrics_port: int
-    process: subprocess.Popen[bytes]
     config_path: Path
     config_text: str
     threads: int
-    #: How to start it again: command line and environment.
-    command: list[str]
-    env: dict[str, str]
-    policy: RestartPolicy
-    restarts: int = 0
-    #: When the supervisor restarts the exited process; None while it runs.
-    restart_at: float | None = None
-    #: Why the step is not restarted any more (None while supervised).
-    failure: str | None = None
+    child: SupervisedProcess
 
     @property
     def address(self) -> str:
@@ -155,11 +136,8 @@ class LocalBackend:
         self._lock = threading.RLock()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.reap_orphans()
-        self._closed = threading.Event()
-        self._supervisor = threading.Thread(target=self._supervise_until_closed,
-                                            args=(supervise_interval_s,),
-                                            name="stepchain-local-supervisor", daemon=True)
-        self._supervisor.start()
+        self._supervisor = SupervisorLoop(self.supervise, supervise_interval_s,
+                                          name="stepchain-local-supervisor")
 
     # -- the Backend protocol ------------------------------------------------------------------
 
@@ -177,10 +155,10 @@ class LocalBackend:
             wanted = {s.id: s for s in pipeline.steps}
             texts = {s.id: step_config_text(pipeline, s.id) for s in pipeline.steps}
             keep = {sid: proc for sid, proc in old.items()
-                    if sid in wanted and proc.process.poll() is None
+                    if sid in wanted and proc.child.running()
                     and proc.config_text == texts[sid] and proc.threads == wanted[sid].threads}
-            _stop_all([proc for sid, proc in old.items() if sid not in keep],
-                      self.drain_grace_s)
+            _stop_steps([proc for sid, proc in old.items() if sid not in keep],
+                        self.drain_grace_s)
             for sid in old:
                 if sid not in wanted:
                     for suffix in (".yaml", ".log"):
@@ -218,7 +196,7 @@ class LocalBackend:
                     raise
             resources: list[dict[str, Any]] = [
                 {"kind": "Process", "name": step_name(pipeline.pipeline_id, sid),
-                 "pid": p.process.pid, "address": p.address, "config": str(p.config_path)}
+                 "pid": p.child.pid, "address": p.address, "config": str(p.config_path)}
                 for sid, p in sorted(started.items())]
             resources.append({"kind": "DiscoveryFile", "name": str(discovery)})
             return ApplyResult(pipeline_id=pipeline.pipeline_id, resources=resources,
@@ -233,11 +211,11 @@ class LocalBackend:
                 return None
             steps = []
             for sid, proc in sorted(entry.steps.items()):
-                ready = proc.process.poll() is None and _serving(proc.address)
+                ready = proc.child.running() and _serving(proc.address)
                 steps.append(StepStatus(step_id=sid, type=proc.type, ready=ready,
                                         ready_replicas=int(ready), replicas=1,
-                                        address=proc.address, restarts=proc.restarts,
-                                        error=proc.failure,
+                                        address=proc.address, restarts=proc.child.restarts,
+                                        error=proc.child.failure,
                                         metrics=(proc.metrics_address,)))
             entry_step = entry.steps.get(entry.pipeline.entry_step)
             return PipelineStatus(
@@ -247,7 +225,7 @@ class LocalBackend:
                 graph=tuple(step_config(entry.pipeline, entry.pipeline.entry_step).steps),
                 entry_step=entry.pipeline.entry_step,
                 details={"state_dir": str(entry.directory),
-                         "pids": {str(s): p.process.pid for s, p in entry.steps.items()}})
+                         "pids": {str(s): p.child.pid for s, p in entry.steps.items()}})
 
     def list_pipelines(self) -> list[PipelineStatus]:
         """Every running pipeline, sorted by id."""
@@ -265,15 +243,12 @@ class LocalBackend:
         # No lock: an apply holds it while steps start (up to READY_TIMEOUT_S) and a metrics
         # scrape must not wait for that; copying the dicts is atomic under the GIL.
         pipelines = list(self._pipelines.values())
-        return sum(proc.process.poll() is None
+        return sum(proc.child.running()
                    for entry in pipelines for proc in list(entry.steps.values()))
 
     def close(self) -> None:
         """Stops the supervisor, then every step process this backend started."""
-        self._closed.set()
-        # Not under the lock: the supervisor may be waiting for it.
-        if self._supervisor is not threading.current_thread():
-            self._supervisor.join()
+        self._supervisor.close()  # not under the lock: the supervisor may be waiting for it
         with self._lock:
             for pipeline_id in list(self._pipelines):
                 self._remove(pipeline_id)
@@ -286,44 +261,9 @@ class LocalBackend:
         now = time.monotonic() if now is None else now
         with self._lock:
             for entry in self._pipelines.values():
-                changed = False
-                for proc in entry.steps.values():
-                    if proc.failure is not None:
-                        continue
-                    code = proc.process.poll()
-                    if code is None:
-                        continue
-                    if proc.restart_at is None:
-                        proc.restart_at = proc.policy.next_restart(now)
-                        name = f"step {proc.step_id} ({proc.type}) of pipeline " \
-                               f"{entry.pipeline.pipeline_id}"
-                        if proc.restart_at is None:
-                            proc.failure = (
-                                f"{name} exited with code {code} and was restarted "
-                                f"{proc.policy.max_restarts} times within "
-                                f"{proc.policy.window_s:.0f} s; it is not restarted again "
-                                f"(PUT the pipeline to start it anew). Its log ends with:\n"
-                                f"{_tail(entry.directory, proc.step_id)}")
-                            log.error("%s", proc.failure)
-                            continue
-                        log.warning("%s exited with code %s; restarting it in %.1f s", name,
-                                    code, proc.restart_at - now)
-                    if now >= proc.restart_at:
-                        proc.process = _spawn(proc.command, proc.env, entry.directory,
-                                              proc.step_id, append_log=True)
-                        proc.policy.restarted(now)
-                        proc.restarts += 1
-                        proc.restart_at = None
-                        changed = True
-                if changed:  # new pids, so a later service can reap them
+                restarted = [proc.child.supervise(now) for proc in entry.steps.values()]
+                if any(restarted):  # new pids, so a later service can reap them
                     self._write_state(entry)
-
-    def _supervise_until_closed(self, interval_s: float) -> None:
-        while not self._closed.wait(interval_s):
-            try:
-                self.supervise()
-            except Exception:  # the supervisor must outlive one bad round (e.g. a full disk)
-                log.exception("supervising the local step processes failed; retrying")
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -335,28 +275,26 @@ class LocalBackend:
         config_path.write_text(text, encoding="utf-8")
         name = step_name(pipeline.pipeline_id, step_id)
         env = {**os.environ, **self.otel_env, "OMP_NUM_THREADS": str(threads),
-               "POD_NAME": name, "OTEL_SERVICE_NAME": name,
-               "PYTHONPATH": os.pathsep.join(
-                   [str(REPO_ROOT), str(REPO_ROOT / "protos"),
-                    *filter(None, [os.environ.get("PYTHONPATH")])])}
+               "POD_NAME": name, "OTEL_SERVICE_NAME": name}
         command = [*STEP_LAUNCHER, "step", "serve",
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", str(metrics_port),
                    "--grace", str(self.drain_grace_s)]
-        process = _spawn(command, env, directory, step_id, append_log=False)
+        child = SupervisedProcess.start(
+            f"step {step_id} ({kind}) of pipeline {pipeline.pipeline_id}", command, env,
+            directory, directory / f"step-{step_id}.log", self.restart_policy())
         return _StepProcess(step_id=step_id, type=kind, port=port, metrics_port=metrics_port,
-                            process=process,
-                            config_path=config_path, config_text=text, threads=threads,
-                            command=command, env=env, policy=self.restart_policy())
+                            config_path=config_path,
+                            config_text=text, threads=threads, child=child)
 
     def _wait_ready(self, entry: _LocalPipeline, procs: list[_StepProcess]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         pending = list(procs)
         while pending:
             for proc in list(pending):
-                code = proc.process.poll()
+                code = proc.child.process.poll()
                 if code is not None:
-                    tail = _tail(entry.directory, proc.step_id)
+                    tail = proc.child.tail()
                     message = (f"step {proc.step_id} ({proc.type}) of pipeline "
                                f"{entry.pipeline.pipeline_id} exited with code {code} before it "
                                f"was ready; its log ends with:\n{tail}")
@@ -370,7 +308,7 @@ class LocalBackend:
                 raise BackendError(
                     f"step(s) {names} of pipeline {entry.pipeline.pipeline_id} were not healthy "
                     f"within {self.ready_timeout_s:.0f} s; last log lines of step "
-                    f"{pending[0].step_id}:\n{_tail(entry.directory, pending[0].step_id)}")
+                    f"{pending[0].step_id}:\n{pending[0].child.tail()}")
             if pending:
                 time.sleep(0.1)
 
@@ -378,13 +316,13 @@ class LocalBackend:
         entry = self._pipelines.pop(pipeline_id, None)
         if entry is None:
             return False
-        _stop_all(list(entry.steps.values()), self.drain_grace_s)
+        _stop_steps(list(entry.steps.values()), self.drain_grace_s)
         shutil.rmtree(entry.directory, ignore_errors=True)
         return True
 
     def _write_state(self, entry: _LocalPipeline) -> None:
         state = {"owner_pid": os.getpid(), "pipeline_id": entry.pipeline.pipeline_id,
-                 "steps": {str(sid): {"pid": p.process.pid, "config": str(p.config_path)}
+                 "steps": {str(sid): {"pid": p.child.pid, "config": str(p.config_path)}
                            for sid, p in entry.steps.items()}}
         (entry.directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
 
@@ -405,23 +343,10 @@ class LocalBackend:
                 continue  # another running service owns these steps
             for step in (state.get("steps") or {}).values():
                 pid, config = int(step.get("pid", 0)), str(step.get("config", ""))
-                if pid > 0 and config and config in _cmdline(pid):
-                    _kill(pid, self.drain_grace_s)
+                if reap(pid, config, self.drain_grace_s):
                     reaped.append(pid)
             shutil.rmtree(state_file.parent, ignore_errors=True)
         return reaped
-
-
-def _spawn(command: list[str], env: dict[str, str], directory: Path, step_id: int, *,
-           append_log: bool) -> subprocess.Popen[bytes]:
-    """Starts a step server process writing to its log (appended on restarts: the log keeps
-    why the previous process ended)."""
-    with open(directory / f"step-{step_id}.log", "ab" if append_log else "wb") as log_file:
-        # A session of its own: a Ctrl-C in the terminal reaches the service, which then
-        # stops its steps in order, instead of killing the steps under it.
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, env=env, cwd=directory,
-                                start_new_session=True)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -451,58 +376,5 @@ def _serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _stop_all(procs: list[_StepProcess], grace_s: float) -> None:
-    """SIGTERM all (they drain in parallel), then SIGKILL whatever outlives the grace."""
-    for proc in procs:
-        if proc.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s + 2.0
-    for proc in procs:
-        try:
-            proc.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.process.kill()
-            proc.process.wait()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie has exited; only its parent has not reaped it yet)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            "utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _kill(pid: int, grace_s: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s + 2.0
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if process_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _tail(directory: Path, step_id: int, lines: int = 15) -> str:
-    try:
-        text = (directory / f"step-{step_id}.log").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+def _stop_steps(procs: list[_StepProcess], grace_s: float) -> None:
+    stop_all([proc.child.process for proc in procs], grace_s)

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from stepsvc.cli_args import DEFAULT_MAX_PIXELS
 from stepsvc.config import PipelineConfig, dump_config
 from stepsvc.config import StepSpec as ConfigStep
+from stepsvc.limits import DEFAULT_MAX_PIXELS
 from topology.model import parse_quantity
 from topology.pipeline import Pipeline, Step
 

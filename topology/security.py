@@ -11,28 +11,12 @@
 
 from __future__ import annotations
 
-import fnmatch
-import posixpath
 from typing import Any
 
+from topology.allowlist import hostpath_allowed, image_allowed
 from topology.model import PipelineInvalid
 from topology.pipeline import Pipeline
 from topology.settings import Settings
-
-
-def image_allowed(image: str, allowlist: tuple[str, ...]) -> bool:
-    """Whether `image` matches one of the globs (`*` also matches `/`)."""
-    return any(fnmatch.fnmatchcase(image, pattern) for pattern in allowlist)
-
-
-def hostpath_allowed(path: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether `path` is one of the prefixes or lies below one (path components, not text)."""
-    path = posixpath.normpath(path)
-    for prefix in prefixes:
-        prefix = posixpath.normpath(prefix)
-        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-            return True
-    return False
 
 
 def check_policy(pipeline: Pipeline, settings: Settings) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from topology.allowlist import image_allowed
 from topology.auth import ensure_token, read_token
 from topology.render import (
     DEFAULT_DRAIN_GRACE_S,
@@ -212,8 +213,6 @@ def check_startup(settings: Settings) -> None:
             f"refusing to listen on {settings.host} with --no-auth: anyone who can reach it "
             "could create pipelines. Drop --no-auth (a token is generated into the state dir, "
             "or give --token-file / STEPCHAIN_TOKEN_FILE), or bind to 127.0.0.1")
-    from topology.security import image_allowed
-
     if not image_allowed(settings.step_image, settings.image_allowlist):
         raise ValueError(
             f"the default step image {settings.step_image!r} does not match the image "

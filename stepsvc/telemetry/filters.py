@@ -1,0 +1,41 @@
+"""Which gRPC calls telemetry looks at, and how a finished call's status is read.
+
+Shared by the tracing interceptor (:mod:`stepsvc.telemetry.server`) and the metrics interceptor
+(:mod:`stepsvc.metrics`), so a call that has a span is exactly a call that is counted, and both
+report the same status code for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+#: Calls of this service get spans and metrics; health probes and reflection are not requests.
+STEP_SERVICE_PREFIX = "/stepchain.v1.StepService/"
+
+
+def is_step_call(method: str, handler: Any) -> bool:
+    """Whether a call to `method`, handled by `handler` (an ``RpcMethodHandler`` or None), is
+    a unary StepService call: the only kind telemetry wraps."""
+    return (handler is not None and method.startswith(STEP_SERVICE_PREFIX)
+            and not handler.request_streaming and not handler.response_streaming)
+
+
+def call_code(context: grpc.ServicerContext, *, raised: bool) -> grpc.StatusCode:
+    """The status a server call ended with: the code the handler set or aborted with, else OK
+    for a call that returned and UNKNOWN for one that raised (what gRPC sends then)."""
+    code = getattr(context, "code", None)
+    value = code() if callable(code) else None
+    if value is not None:
+        return value  # type: ignore[no-any-return]
+    return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
+
+
+def call_details(context: grpc.ServicerContext) -> str | None:
+    """The status details the handler set or aborted with, as text (None when none)."""
+    details = getattr(context, "details", None)
+    value = details() if callable(details) else None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value  # type: ignore[no-any-return]
