@@ -172,7 +172,7 @@ def test_step_whose_port_was_taken_is_started_again_on_another_port(
 
 
 def test_restart_policy_allows_five_restarts_a_minute_with_doubling_backoff() -> None:
-    from topology.local_backend import RestartPolicy
+    from topology.supervisor import RestartPolicy
 
     policy = RestartPolicy()
     delays = []
@@ -201,7 +201,7 @@ HEAL = {"name": "heal", "steps": [{"type": "grayscale"}, {"type": "identity"}]}
 
 def test_step_process_that_died_is_restarted_on_its_port_and_the_pipeline_serves_again(
         tmp_path: Path) -> None:
-    from topology.local_backend import RestartPolicy
+    from topology.supervisor import RestartPolicy
 
     backend = LocalBackend(tmp_path, restart_policy=lambda: RestartPolicy(backoff_s=0.1),
                            supervise_interval_s=0.1)
@@ -224,7 +224,7 @@ def test_step_process_that_died_is_restarted_on_its_port_and_the_pipeline_serves
 
 
 def test_step_that_keeps_exiting_is_given_up_and_reported_with_its_log(tmp_path: Path) -> None:
-    from topology.local_backend import RestartPolicy
+    from topology.supervisor import RestartPolicy
 
     backend = LocalBackend(tmp_path, supervise_interval_s=0.1,
                            restart_policy=lambda: RestartPolicy(max_restarts=2, backoff_s=0.05))

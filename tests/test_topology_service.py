@@ -31,7 +31,7 @@ class Service:
     def __init__(self, state_dir: Path, *extra: str) -> None:
         self.state_dir = state_dir
         self.log = state_dir.parent / f"{state_dir.name}-service.log"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "protos")])}
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # installed stepchain
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stepsvc.cli", "topology", "serve", "--backend", "local",
