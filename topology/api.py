@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from topology.advice_api import advice_router
 from topology.auth import token_matches, token_path
 from topology.backend import Backend, BackendError, PipelineStatus
+from topology.console.routes import mount_console, upload_limit
 from topology.live import LiveMetrics
 from topology.metrics import (
     METRICS_CONTENT_TYPE,
@@ -333,7 +334,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         return Deleted(pipeline_id=pipeline_id, deleted=True)
 
     app.include_router(advice_router(backend, live))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    mount_console(app, backend, live, settings, writer)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, limit_for=upload_limit)
     # Added last = outermost: it also records the 413s BodyLimit answers.
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
     return app
@@ -365,20 +367,25 @@ def _not_found(pipeline_id: str, backend: Backend) -> HTTPException:
 
 
 class BodyLimit:
-    """Refuses request bodies over `max_bytes` with 413 before anything parses them."""
+    """Refuses request bodies over `max_bytes` with 413 before anything parses them;
+    `limit_for(path, max_bytes)` may give some paths another limit (console photo uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 limit_for: Callable[[str, int], int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limit_for = limit_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = (self.limit_for(str(scope.get("path", "")), self.max_bytes)
+                 if self.limit_for is not None else self.max_bytes)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(send, limit)
             return
         # Chunked or lying bodies: read up to the limit here, then replay them to the app.
         messages: list[Message] = []
@@ -389,8 +396,8 @@ class BodyLimit:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(send, limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -404,8 +411,8 @@ class BodyLimit:
 
         await self.app(scope, replayed, send)
 
-    async def _refuse(self, send: Callable[[Message], Awaitable[None]]) -> None:
-        body = (b'{"detail":"request body is larger than %d bytes"}' % self.max_bytes)
+    async def _refuse(self, send: Callable[[Message], Awaitable[None]], limit: int) -> None:
+        body = (b'{"detail":"request body is larger than %d bytes"}' % limit)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

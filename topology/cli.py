@@ -17,7 +17,7 @@ from stepsvc import cli_args
 
 SERVE_FLAGS = ("host", "port", "backend", "namespace", "token_file", "image_allowlist",
                "hostpath_allowlist", "max_gpus", "step_image", "step_service_account",
-               "drain_grace", "state_dir", "no_auth")
+               "drain_grace", "state_dir", "no_auth", "jaeger_url")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--drain-grace", type=int,
                        help="seconds a step drains on SIGTERM (Kubernetes; default 20)")
     serve.add_argument("--state-dir", help="local backend: configs, discovery file, logs")
+    serve.add_argument("--jaeger-url", metavar="URL",
+                       help="Jaeger UI (e.g. http://localhost:16686): the web console links "
+                            "the trace ids of recent requests to it")
     serve.add_argument("--log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(func=_serve)

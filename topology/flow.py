@@ -14,16 +14,21 @@ from typing import Protocol
 class RoutedStep(Protocol):
     """What the flow needs of a step (``stepsvc.config.StepSpec`` has it)."""
 
-    id: int
-    next_step: list[int]
-    preferred_next: int | None
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def next_step(self) -> Sequence[int]: ...
+
+    @property
+    def preferred_next(self) -> int | None: ...
 
 
 def successors(step: RoutedStep) -> list[int]:
     """The steps `step` may forward to, in the order it tries them when no route matches."""
-    rest = sorted(n for n in step.next_step if n != step.preferred_next)
-    first = [step.preferred_next] if step.preferred_next in step.next_step else []
-    return [*first, *rest]
+    preferred = step.preferred_next
+    rest = sorted(n for n in step.next_step if n != preferred)
+    return [preferred, *rest] if preferred is not None and preferred in step.next_step else rest
 
 
 def layers(steps: Sequence[RoutedStep], entry: int | None) -> list[list[int]]:

@@ -18,6 +18,7 @@ flag                           environment                        default
 ``--step-service-account``     ``STEPCHAIN_STEP_SERVICE_ACCOUNT`` ``stepchain-step``
 ``--drain-grace``              ``STEPCHAIN_DRAIN_GRACE``          ``20`` seconds
 ``--state-dir``                ``STEPCHAIN_STATE_DIR``            ``$XDG_STATE_HOME/stepchain``
+``--jaeger-url``               ``STEPCHAIN_JAEGER_URL``           none (console links no traces)
 =============================  =================================  ==============================
 
 ``OTEL_*`` variables of the service are passed through to every step it deploys.
@@ -81,6 +82,8 @@ class Settings:
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
     otel_env: Mapping[str, str] = field(default_factory=dict)
     max_body_bytes: int = MAX_BODY_BYTES
+    #: Jaeger's UI (e.g. http://jaeger:16686): the console links trace ids to it.
+    jaeger_url: str | None = None
 
     @property
     def loopback_only(self) -> bool:
@@ -178,9 +181,19 @@ def settings_from(flags: Mapping[str, object | None], environ: Mapping[str, str]
         drain_grace_s=number("drain_grace", "STEPCHAIN_DRAIN_GRACE", DEFAULT_DRAIN_GRACE_S, 0),
         state_dir=Path(state_dir) if state_dir else default_state_dir(environ),
         otel_env={k: v for k, v in environ.items() if k.startswith("OTEL_")},
+        jaeger_url=_http_url(pick("jaeger_url", "STEPCHAIN_JAEGER_URL")),
     )
     check_startup(settings)
     return settings
+
+
+def _http_url(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"--jaeger-url / STEPCHAIN_JAEGER_URL: {text!r} must start with "
+                         "http:// or https:// (Jaeger's UI, e.g. http://localhost:16686)")
+    return text.rstrip("/")
 
 
 def render_settings_from(flags: Mapping[str, object | None],
