@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stepchain-installed
 NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h) native/_native.c setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all venv native proto lint typecheck unit test demo bench helm clean
+.PHONY: all venv native proto lint typecheck unit test test-fast demo bench helm clean
 
 all: venv
 
@@ -46,6 +46,10 @@ unit: venv helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# The same without the tests marked slow (processes, Locust runs, Helm, fuzzers: each over ~5 s).
+test-fast: lint typecheck venv helm
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/python examples/demo.py
