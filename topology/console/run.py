@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepsvc.cli_args import DEFAULT_MAX_PASSES
+from stepsvc.limits import DEFAULT_MAX_PASSES
 from topology.console.amdahl import fit_parallel_fraction
 from topology.console.svg import Phases
 
