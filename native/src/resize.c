@@ -1,111 +1,239 @@
 /* resize: bilinear or bicubic (Keys, a = -0.75) resampling with OpenCV's pixel-centre mapping
  * src = (dst + 0.5) * in / out - 0.5 and replicate border.
  *
- * Source indices and weights for every output column and row are computed once per call.
- * Per output row the 2 (or 4) source rows are blended into one float row (contiguous over
- * W*C, vectorises), then each output pixel blends 2 (or 4) pixels of that row. */
+ * Separable and fixed point, as OpenCV's 8-bit resize: weights are rounded to 11 fractional
+ * bits (each set adjusted to sum to exactly 2048, so flat areas and scale 1 stay exact);
+ * the horizontal pass turns a source row into int32 sums (u8 x int16 weight), the vertical
+ * pass blends `taps` of those rows with int32 weights and rounds once, (sum + 2^21) >> 22.
+ *
+ * Order: horizontal first, on source rows, each kept in a per-thread ring of `taps` rows and
+ * reused by every output row that needs it (an upscale by 2 computes each source row about
+ * once per thread chunk instead of once per output row); then the vertical pass per output
+ * row, contiguous over W*C, which vectorises.
+ *
+ * The horizontal pass has an AVX2 path (chosen at run time) for 3 and 4 channels: for two
+ * output pixels at a time, one unaligned load of the source pixels each, a byte shuffle into
+ * (tap, tap+1) int16 pairs per channel and `pmaddwd` with the pixel's precomputed weight
+ * pairs. Pixels whose taps are clamped at the borders take the scalar path, which computes
+ * the same integer sums. Every output value is the same integer arithmetic on every path and
+ * thread count. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "sc_common.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define RS_AVX2_PATH 1
+#define RS_AVX2 __attribute__((target("avx2")))
+#else
+#define RS_AVX2_PATH 0
+#endif
+
+enum { COEF_BITS = 11, COEF_ONE = 1 << COEF_BITS, OUT_SHIFT = 2 * COEF_BITS };
 
 typedef struct {
     const uint8_t *src;
     uint8_t *dst;
     int h, w, c, oh, ow, taps;
-    const int *yi;        /* taps source rows per output row (clamped) */
-    const float *wy;      /* matching weights */
-    const int32_t *xs;    /* taps planes of ow source sample offsets (pixel index * C) */
-    const float *xw;      /* taps planes of ow weights */
+    const int *yi;         /* taps clamped source rows per output row */
+    const int32_t *wy;     /* matching fixed-point weights */
+    const int *xi;         /* taps clamped source columns per output pixel (scalar path) */
+    const int16_t *xw;     /* matching weights */
+    const int *xfirst;     /* first (unclamped) source column per output pixel (vector path) */
+    const int32_t *xpairs; /* per output pixel: taps/2 int16 weight pairs packed in int32 */
+    int x_lo, x_hi;        /* output pixels [x_lo, x_hi) take the vector path */
+    int avx2;
 } resize_ctx;
 
-/* Horizontal pass for one row: out pixel x blends pixels at sample offsets xs[k][x] (already
- * times C) with weights xw[k][x]. Inlined with literal C and taps (see resize_rows) so the
- * channel and tap loops unroll and each table entry is loaded once per pixel, not per sample.
- * (AVX2 gathers were measured slower than this on AMD Zen.) */
-static inline __attribute__((always_inline)) void horizontal(const float *restrict row,
-                                                             uint8_t *restrict out, int ow, int c,
-                                                             int taps, const int32_t *restrict xs,
-                                                             const float *restrict xw)
-{
-    for (int x = 0; x < ow; x++) {
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int k = 0; k < taps; k++) {
-            const float *src = row + xs[(size_t)k * ow + x];
-            const float w = xw[(size_t)k * ow + x];
-            for (int ch = 0; ch < c; ch++)
-                acc[ch] += w * src[ch];
-        }
-        for (int ch = 0; ch < c; ch++)
-            out[(size_t)x * c + ch] = sc_clamp_u8f(acc[ch]);
-    }
-}
-
-/* Fills taps indices and weights for `out` positions mapped onto `in` source positions. */
-static void resize_table(int in, int out, int taps, int *idx, float *wt)
+/* Fixed-point taps for `out` positions mapped onto `in`: clamped indices, weights summing to
+ * COEF_ONE, and the unclamped first index. */
+static void resize_table(int in, int out, int taps, int *idx, int16_t *wt, int *first)
 {
     const double scale = (double)in / out;
     const float A = -0.75f;
     for (int o = 0; o < out; o++) {
         double f = (o + 0.5) * scale - 0.5;
         int s = (int)floor(f);
-        float t = (float)(f - s);
-        int *ix = idx + (size_t)o * taps;
-        float *w = wt + (size_t)o * taps;
+        float t = (float)(f - s), w[4];
         if (taps == 2) {
             /* like OpenCV, positions outside the first/last pixel centre take that pixel */
             if (s < 0)
                 s = 0, t = 0.0f;
             if (s >= in - 1)
                 s = in - 1, t = 0.0f;
-            ix[0] = s;
-            ix[1] = sc_clampi(s + 1, 0, in - 1);
             w[0] = 1.0f - t;
             w[1] = t;
+            first[o] = s;
         } else {
-            for (int k = 0; k < 4; k++)
-                ix[k] = sc_clampi(s - 1 + k, 0, in - 1);
             const float t1 = t + 1.0f, u = 1.0f - t;
             w[0] = ((A * t1 - 5.0f * A) * t1 + 8.0f * A) * t1 - 4.0f * A;
             w[1] = ((A + 2.0f) * t - (A + 3.0f)) * t * t + 1.0f;
             w[2] = ((A + 2.0f) * u - (A + 3.0f)) * u * u + 1.0f;
             w[3] = 1.0f - w[0] - w[1] - w[2];
+            s -= 1;
+            first[o] = s;
+        }
+        int sum = 0, big = 0;
+        for (int k = 0; k < taps; k++) {
+            const float v = w[k] * COEF_ONE;
+            wt[(size_t)o * taps + k] = (int16_t)(v < 0 ? v - 0.5f : v + 0.5f);
+            sum += wt[(size_t)o * taps + k];
+            if (wt[(size_t)o * taps + k] > wt[(size_t)o * taps + big])
+                big = k;
+            idx[(size_t)o * taps + k] = sc_clampi(s + k, 0, in - 1);
+        }
+        wt[(size_t)o * taps + big] = (int16_t)(wt[(size_t)o * taps + big] + COEF_ONE - sum);
+    }
+}
+
+/* ---- horizontal pass: one source row -> ow * c int32 sums ---- */
+
+static void horizontal_scalar(const resize_ctx *r, const uint8_t *restrict row,
+                              int32_t *restrict out, int x0, int x1)
+{
+    const int c = r->c, taps = r->taps;
+    for (int x = x0; x < x1; x++) {
+        const int *xi = r->xi + (size_t)x * taps;
+        const int16_t *xw = r->xw + (size_t)x * taps;
+        for (int ch = 0; ch < c; ch++) {
+            int32_t acc = 0;
+            for (int k = 0; k < taps; k++)
+                acc += (int32_t)xw[k] * row[(size_t)xi[k] * c + ch];
+            out[(size_t)x * c + ch] = acc;
         }
     }
 }
 
-SC_HOT static void resize_rows(const void *p, int y0, int y1, void *scratch)
+#if RS_AVX2_PATH
+/* Two output pixels per step. For C = 3 each lane's result is [r, g, b, 0]; the lanes are
+ * stored 3 int32 apart in order, so each store's fourth value is overwritten by the next
+ * pixel's (the row buffer has one spare int32 at the end). */
+RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict row,
+                                    int32_t *restrict out)
+{
+    const int c = r->c, taps = r->taps, x_hi = r->x_hi;
+    const int *xf = r->xfirst;
+    const int32_t *xp = r->xpairs;
+    /* byte indices of (tap k, tap k+1) for each channel, as int16 pairs; -1 gives 0 */
+    const __m256i sa = c == 3
+        ? _mm256_broadcastsi128_si256(_mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1,
+                                                    -1, -1, -1, -1))
+        : _mm256_broadcastsi128_si256(_mm_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1,
+                                                    3, -1, 7, -1));
+    const __m256i sb = c == 3
+        ? _mm256_broadcastsi128_si256(_mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1,
+                                                    -1, -1, -1, -1))
+        : _mm256_broadcastsi128_si256(_mm_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14,
+                                                    -1, 11, -1, 15, -1));
+    int x = r->x_lo;
+    if (taps == 4) {
+        const __m256i pa = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+        const __m256i pb = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
+        for (; x + 2 <= x_hi; x += 2) {
+            const __m256i px = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + (size_t)xf[x] * c))),
+                _mm_loadu_si128((const __m128i *)(row + (size_t)xf[x + 1] * c)), 1);
+            const __m256i wp = _mm256_castsi128_si256(
+                _mm_loadu_si128((const __m128i *)(xp + 2 * (size_t)x)));
+            const __m256i acc = _mm256_add_epi32(
+                _mm256_madd_epi16(_mm256_shuffle_epi8(px, sa), _mm256_permutevar8x32_epi32(wp, pa)),
+                _mm256_madd_epi16(_mm256_shuffle_epi8(px, sb), _mm256_permutevar8x32_epi32(wp, pb)));
+            _mm_storeu_si128((__m128i *)(out + (size_t)x * c), _mm256_castsi256_si128(acc));
+            _mm_storeu_si128((__m128i *)(out + (size_t)(x + 1) * c),
+                             _mm256_extracti128_si256(acc, 1));
+        }
+    } else {
+        const __m256i pa = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        for (; x + 2 <= x_hi; x += 2) {
+            const __m256i px = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + (size_t)xf[x] * c))),
+                _mm_loadu_si128((const __m128i *)(row + (size_t)xf[x + 1] * c)), 1);
+            const __m256i wp = _mm256_castsi128_si256(
+                _mm_loadl_epi64((const __m128i *)(xp + (size_t)x)));
+            const __m256i acc =
+                _mm256_madd_epi16(_mm256_shuffle_epi8(px, sa), _mm256_permutevar8x32_epi32(wp, pa));
+            _mm_storeu_si128((__m128i *)(out + (size_t)x * c), _mm256_castsi256_si128(acc));
+            _mm_storeu_si128((__m128i *)(out + (size_t)(x + 1) * c),
+                             _mm256_extracti128_si256(acc, 1));
+        }
+    }
+    horizontal_scalar(r, row, out, x, x_hi); /* an odd pixel left over */
+}
+
+static int cpu_has_avx2(void) { return __builtin_cpu_supports("avx2"); }
+#else
+static int cpu_has_avx2(void) { return 0; }
+#endif
+
+static void horizontal(const resize_ctx *r, const uint8_t *row, int32_t *out)
+{
+#if RS_AVX2_PATH
+    if (r->avx2 && r->x_hi > r->x_lo) {
+        horizontal_avx2(r, row, out);
+        horizontal_scalar(r, row, out, 0, r->x_lo);
+        horizontal_scalar(r, row, out, r->x_hi, r->ow);
+        return;
+    }
+#endif
+    horizontal_scalar(r, row, out, 0, r->ow);
+}
+
+/* ---- vertical pass: taps int32 rows -> one uint8 output row ---- */
+
+static inline uint8_t round_u8(int32_t v)
+{
+    v = (v + (1 << (OUT_SHIFT - 1))) >> OUT_SHIFT;
+    v = v > 0 ? v : 0;
+    return (uint8_t)(v < 255 ? v : 255);
+}
+
+SC_HOT static void vertical2(const int32_t *restrict a, const int32_t *restrict b, int32_t wa,
+                             int32_t wb, uint8_t *restrict out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = round_u8(wa * a[i] + wb * b[i]);
+}
+
+SC_HOT static void vertical4(const int32_t *restrict a, const int32_t *restrict b,
+                             const int32_t *restrict c, const int32_t *restrict d,
+                             const int32_t *restrict w, uint8_t *restrict out, size_t n)
+{
+    const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+    for (size_t i = 0; i < n; i++)
+        out[i] = round_u8(w0 * a[i] + w1 * b[i] + w2 * c[i] + w3 * d[i]);
+}
+
+/* Scratch per thread: `taps` int32 rows of ow * c (+1 spare) values and their tags. */
+static size_t ring_row(const resize_ctx *r) { return ((size_t)r->ow * r->c + 16) & ~(size_t)15; }
+
+static void resize_rows(const void *p, int y0, int y1, void *scratch)
 {
     const resize_ctx *r = p;
     const int taps = r->taps;
-    const size_t n = (size_t)r->w * r->c, on = (size_t)r->ow * r->c;
-    float *restrict row = scratch;
+    const size_t n = (size_t)r->w * r->c, on = (size_t)r->ow * r->c, stride = ring_row(r);
+    int32_t *ring = scratch;
+    int tag[4] = {-1, -1, -1, -1}; /* source row held by each ring slot */
     for (int y = y0; y < y1; y++) {
         const int *yi = r->yi + (size_t)y * taps;
-        const float *wy = r->wy + (size_t)y * taps;
-        {
-            const uint8_t *restrict s0 = r->src + (size_t)yi[0] * n;
-            const float k0 = wy[0];
-            for (size_t i = 0; i < n; i++)
-                row[i] = k0 * (float)s0[i];
+        const int32_t *rows[4];
+        for (int k = 0; k < taps; k++) {
+            /* the taps of one output row are consecutive source rows (clamped copies are the
+             * same row), so row % taps never maps two needed rows onto one slot */
+            const int slot = yi[k] % taps;
+            int32_t *buf = ring + (size_t)slot * stride;
+            if (tag[slot] != yi[k]) {
+                horizontal(r, r->src + (size_t)yi[k] * n, buf);
+                tag[slot] = yi[k];
+            }
+            rows[k] = buf;
         }
-        for (int k = 1; k < taps; k++) {
-            const uint8_t *restrict sk = r->src + (size_t)yi[k] * n;
-            const float wk = wy[k];
-            for (size_t i = 0; i < n; i++)
-                row[i] += wk * (float)sk[i];
-        }
-        uint8_t *restrict out = r->dst + (size_t)y * on;
-        const int ow = r->ow;
-        switch (r->c * 10 + taps) {
-        case 12: horizontal(row, out, ow, 1, 2, r->xs, r->xw); break;
-        case 14: horizontal(row, out, ow, 1, 4, r->xs, r->xw); break;
-        case 32: horizontal(row, out, ow, 3, 2, r->xs, r->xw); break;
-        case 34: horizontal(row, out, ow, 3, 4, r->xs, r->xw); break;
-        case 42: horizontal(row, out, ow, 4, 2, r->xs, r->xw); break;
-        default: horizontal(row, out, ow, 4, 4, r->xs, r->xw); break;
-        }
+        uint8_t *out = r->dst + (size_t)y * on;
+        const int32_t *wy = r->wy + (size_t)y * taps;
+        if (taps == 2)
+            vertical2(rows[0], rows[1], wy[0], wy[1], out, on);
+        else
+            vertical4(rows[0], rows[1], rows[2], rows[3], wy, out, on);
     }
 }
 
@@ -116,28 +244,42 @@ int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int 
         return SC_EINVAL;
     const int taps = method == 0 ? 2 : 4, c = s.c;
     const size_t nx = (size_t)ow * taps, ny = (size_t)oh * taps;
-    int *idx = malloc(sizeof(int) * (nx + ny));
-    float *wt = malloc(sizeof(float) * (nx + ny));
-    int32_t *xs = malloc(sizeof(int32_t) * nx);
-    float *xw = malloc(sizeof(float) * nx);
+    int *xi = malloc(sizeof(int) * nx), *yi = malloc(sizeof(int) * ny);
+    int16_t *xw = malloc(sizeof(int16_t) * nx), *wy16 = malloc(sizeof(int16_t) * ny);
+    int32_t *wy = malloc(sizeof(int32_t) * ny), *xpairs = malloc(sizeof(int32_t) * nx / 2);
+    int *xfirst = malloc(sizeof(int) * (size_t)ow), *yfirst = malloc(sizeof(int) * (size_t)oh);
     int rc = SC_ENOMEM;
-    if (idx == NULL || wt == NULL || xs == NULL || xw == NULL)
+    if (!xi || !yi || !xw || !wy16 || !wy || !xpairs || !xfirst || !yfirst)
         goto done;
-    resize_table(s.w, ow, taps, idx, wt);
-    resize_table(s.h, oh, taps, idx + nx, wt + nx);
-    /* column table as tap-major planes of sample offsets */
-    for (int k = 0; k < taps; k++)
-        for (int x = 0; x < ow; x++) {
-            xs[(size_t)k * ow + x] = idx[(size_t)x * taps + k] * c;
-            xw[(size_t)k * ow + x] = wt[(size_t)x * taps + k];
-        }
-    resize_ctx r = {src, dst, s.h, s.w, c, oh, ow, taps, idx + nx, wt + nx, xs, xw};
-    rc = sc_parallel_rows(ex, oh, sc_chunk_rows(8, ((size_t)s.w + ow) * c * taps), resize_rows,
-                          &r, sizeof(float) * (size_t)s.w * c);
+    resize_table(s.w, ow, taps, xi, xw, xfirst);
+    resize_table(s.h, oh, taps, yi, wy16, yfirst);
+    for (size_t i = 0; i < ny; i++)
+        wy[i] = wy16[i];
+    for (size_t i = 0; i < nx / 2; i++) /* (w[2j], w[2j+1]) as one int32 for pmaddwd */
+        xpairs[i] = (int32_t)((uint32_t)(uint16_t)xw[2 * i] | (uint32_t)(uint16_t)xw[2 * i + 1] << 16);
+    /* the vector path needs all taps inside the row (no clamping) and a 16-byte load that
+     * stays inside it; xfirst never decreases, so those pixels form one range */
+    int x_lo = 0, x_hi = 0;
+    if (c == 3 || c == 4) {
+        while (x_lo < ow && xfirst[x_lo] < 0)
+            x_lo++;
+        x_hi = x_lo;
+        while (x_hi < ow && xfirst[x_hi] + taps <= s.w && (size_t)xfirst[x_hi] * c + 16 <= (size_t)s.w * c)
+            x_hi++;
+    }
+    resize_ctx r = {src, dst, s.h, s.w, c, oh, ow, taps, yi, wy, xi, xw, xfirst, xpairs,
+                    x_lo, x_hi, cpu_has_avx2()};
+    /* 64+ output rows per chunk: an upscaled chunk recomputes at most taps - 1 source rows */
+    rc = sc_parallel_rows(ex, oh, sc_chunk_rows(64, ((size_t)s.w + ow) * c * taps), resize_rows,
+                          &r, sizeof(int32_t) * ring_row(&r) * taps);
 done:
-    free(idx);
-    free(wt);
-    free(xs);
+    free(xi);
+    free(yi);
     free(xw);
+    free(wy16);
+    free(wy);
+    free(xpairs);
+    free(xfirst);
+    free(yfirst);
     return rc;
 }
