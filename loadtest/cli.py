@@ -1,9 +1,12 @@
 """``stepchain loadtest``: run Locust headless with a load curve, show progress, plot the result.
 
 Writes into ``--out DIR``: ``loadtest_stats.csv``, ``loadtest_stats_history.csv``,
-``loadtest_failures.csv``, ``loadtest_exceptions.csv`` (Locust's CSV), ``report.html`` (Locust's
-HTML report), ``loadtest.png`` (``loadtest.plot``) and ``locust.log`` (Locust's own output).
-Exits with Locust's code: 0, or 1 when any request failed.
+``loadtest_failures.csv``, ``loadtest_exceptions.csv`` (Locust's CSV, whole requests only),
+``loadtest_steps.csv``, ``loadtest_steps_total.csv``, ``loadtest_requests.csv`` (per step / per
+second, ``loadtest.step_report``), ``report.html`` (Locust's HTML report), ``loadtest.png``
+(``loadtest.plot``) and ``locust.log`` (Locust's own output). Prints the requests, the
+per-step table and the most frequent failures. Exits with Locust's code: 0, or 1 when any
+request failed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from loadtest import curves
 from loadtest import options as load_options
+from loadtest.entries import REQUEST_TYPE
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "loadtest"
@@ -34,10 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run Locust headless against a pipeline entry with a load curve; write "
                     "Locust's CSV and HTML plus a PNG (users, RPS, p50/p95, time per step).")
     parser.add_argument("--users", type=int, default=None,
-                        help="peak concurrent users (default 10)")
+                        help=f"peak concurrent users (default {curves.DEFAULT_USERS})")
     parser.add_argument("--spawn-rate", type=float, default=None,
                         help="users started/stopped per second when the curve changes "
-                             "(default: --users, i.e. within a second)")
+                             f"(default {curves.DEFAULT_SPAWN_RATE:g}; the peak lands every "
+                             "change within a second)")
     parser.add_argument("--target", action="append", default=None, metavar="HOST:PORT",
                         help="pipeline entry; repeat to load several pipelines together "
                              "(default: NodePort Services named *step-0 in Kubernetes)")
@@ -150,29 +156,31 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 def _summarise(out: Path, history: Path) -> None:
-    from loadtest.entries import REQUEST_TYPE, STEP_TYPE
-    from loadtest.plot import plot_history
-    from loadtest.results import read_failures, read_stats
+    from loadtest.interval_stats import step_table
+    from loadtest.plot import plot_run
+    from loadtest.results import read_failures, read_stats, read_step_totals
 
+    prefix = out / CSV_PREFIX
     stats_csv = out / f"{CSV_PREFIX}_stats.csv"
     if stats_csv.exists():
-        rows = read_stats(stats_csv)
-        requests = [row for row in rows if row.type == REQUEST_TYPE]
+        requests = [row for row in read_stats(stats_csv) if row.type == REQUEST_TYPE]
         total = sum(row.requests for row in requests)
         failed = sum(row.failures for row in requests)
         print(f"requests {total}, failures {failed}", file=sys.stderr)
-        for row in requests + [row for row in rows if row.type == STEP_TYPE]:
-            print(f"  {row.type:5} {row.name:40} n={row.requests:<7} avg {row.average_ms:8.2f} ms"
+        for row in requests:
+            print(f"  {row.name:40} n={row.requests:<7} avg {row.average_ms:8.2f} ms"
                   f"  p50 {_ms(row.p50_ms)}  p95 {_ms(row.p95_ms)}", file=sys.stderr)
         for failure in read_failures(out / f"{CSV_PREFIX}_failures.csv")[:5]:
             print(f"  failed {failure.occurrences}x {failure.name}: {failure.error}",
                   file=sys.stderr)
+    for line in step_table(read_step_totals(Path(f"{prefix}_steps_total.csv"))):
+        print(line, file=sys.stderr)
     try:
-        png = plot_history(history, out / f"{CSV_PREFIX}.png")
+        png = plot_run(prefix, out / f"{CSV_PREFIX}.png")
         print(f"plot: {png}", file=sys.stderr)
     except (OSError, ValueError) as exc:
         print(f"stepchain loadtest: no plot: {exc}", file=sys.stderr)
-    print(f"csv: {out / CSV_PREFIX}_*.csv  html: {out / 'report.html'}  "
+    print(f"csv: {prefix}_*.csv  html: {out / 'report.html'}  "
           f"log: {out / 'locust.log'}", file=sys.stderr)
 
 

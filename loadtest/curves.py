@@ -24,9 +24,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-#: Peak users and test length used when the command line does not say.
-DEFAULT_USERS = 10
+#: Peak users, test length and spawn rate when the command line does not say: those of the
+#: Flask-era ``pipeline_test.py`` this load test replaces (``--users 20 --duration 60
+#: --spawn-rate 2``; its default curve, ``ramp``, is ``loadtest.options``' default).
+DEFAULT_USERS = 20
 DEFAULT_DURATION_S = 60.0
+DEFAULT_SPAWN_RATE = 2.0
+#: Plateaus of the step curve when ``--step-count`` is not given.
+DEFAULT_STEP_COUNT = 5
 
 
 def _default_base_users(users: int) -> int:
@@ -39,8 +44,8 @@ class Curve:
     """A load curve: ``users`` at the peak, ``duration`` seconds long.
 
     ``spawn_rate`` (users started/stopped per second when the count changes) defaults to
-    ``users``: any change lands within about one second, Locust's tick interval, so the curve's
-    shape comes from the curve itself and not from a slow spawn rate.
+    ``DEFAULT_SPAWN_RATE`` (2/s, as the tool this replaces); pass ``--spawn-rate N`` (the peak)
+    for changes that land within about one second, Locust's tick interval.
     """
 
     #: Name on the command line (``--curve NAME``).
@@ -63,7 +68,7 @@ class Curve:
     @property
     def rate(self) -> float:
         """Users started or stopped per second when the user count changes."""
-        return float(self.spawn_rate) if self.spawn_rate is not None else float(self.users)
+        return float(self.spawn_rate) if self.spawn_rate is not None else DEFAULT_SPAWN_RATE
 
     def users_at(self, t: float) -> int:
         """Users the curve asks for at ``t`` seconds; 0 before the start and from ``duration``."""
@@ -87,20 +92,21 @@ class Curve:
 
 @dataclass(frozen=True)
 class RampCurve(Curve):
-    """Linear rise to ``users`` over ``ramp_up`` seconds (default half the duration), then hold.
+    """Linear rise to ``users`` over ``ramp_up`` seconds (default: the whole run, ``N·t/D``).
 
-    Holding the peak for the rest of the test gives a steady state to read latency from.
+    A shorter ``--ramp-up`` holds the peak for the rest of the test: a steady state to read
+    latency from. At least one user runs from the first second.
     """
 
     name: ClassVar[str] = "ramp"
-    formula: ClassVar[str] = "u(t) = max(1, ⌈N · min(1, t / T_up)⌉), T_up = --ramp-up (default D/2)"
+    formula: ClassVar[str] = "u(t) = max(1, ⌈N · min(1, t / T_up)⌉), T_up = --ramp-up (default D)"
 
     ramp_up: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ramp_up is None:
-            object.__setattr__(self, "ramp_up", self.duration / 2)
+            object.__setattr__(self, "ramp_up", self.duration)
         _require_in(self.name, "--ramp-up", self.ramp_up, 0.0, self.duration, open_low=True)
 
     def _users(self, t: float) -> int:
@@ -110,23 +116,25 @@ class RampCurve(Curve):
 
 @dataclass(frozen=True)
 class StepCurve(Curve):
-    """``step_count`` equal plateaus (default 4, at most ``users``), each ``duration / step_count`` long, each adding
-    ``users / step_count``; the last plateau is the peak."""
+    """``step_count`` equal plateaus (default 5), each ``duration / step_count`` long, plateau
+    ``k`` at ``(k+1)·N/K`` users (rounded up); the last plateau is the peak."""
 
     name: ClassVar[str] = "step"
-    formula: ClassVar[str] = "u(t) = ⌈N · (⌊t · K / D⌋ + 1) / K⌉, K = --step-count (default min(4, N))"
+    formula: ClassVar[str] = "u(t) = ⌈N · (⌊t · K / D⌋ + 1) / K⌉, K = --step-count (default 5)"
 
     step_count: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.step_count is None:
-            object.__setattr__(self, "step_count", min(4, self.users))
+            object.__setattr__(self, "step_count", DEFAULT_STEP_COUNT)
         k = self.step_count
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.users:
+        longest = max(1, math.floor(self.duration))
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= longest:
             raise ValueError(
-                f"{self.name} curve: --step-count must be a whole number between 1 and --users "
-                f"({self.users}) so each step adds at least one user, got {k!r}")
+                f"{self.name} curve: --step-count must be a whole number between 1 and "
+                f"{longest} so each plateau lasts at least a second (Locust's tick) of the "
+                f"{self.duration:g}s --duration, got {k!r}")
 
     def _users(self, t: float) -> int:
         assert self.step_count is not None
@@ -136,13 +144,13 @@ class StepCurve(Curve):
 
 @dataclass(frozen=True)
 class SpikeCurve(Curve):
-    """``base_users`` (default ⌈N/10⌉), jumping to ``users`` at ``spike_at`` (default D/3) for
-    ``spike_length`` seconds (default D/6), then back to the base."""
+    """``base_users`` (default ⌈N/10⌉), jumping to ``users`` at ``spike_at`` (default D/4) for
+    ``spike_length`` seconds (default D/2, so the spike is the middle half), then back."""
 
     name: ClassVar[str] = "spike"
     formula: ClassVar[str] = (
-        "u(t) = N if t_s ≤ t < t_s + L else B; t_s = --spike-at (default D/3), "
-        "L = --spike-length (default D/6), B = --base-users (default ⌈N/10⌉)")
+        "u(t) = N if t_s ≤ t < t_s + L else B; t_s = --spike-at (default D/4), "
+        "L = --spike-length (default D/2), B = --base-users (default ⌈N/10⌉)")
 
     base_users: int | None = None
     spike_at: float | None = None
@@ -152,9 +160,9 @@ class SpikeCurve(Curve):
         super().__post_init__()
         _resolve_base_users(self)
         if self.spike_at is None:
-            object.__setattr__(self, "spike_at", self.duration / 3)
+            object.__setattr__(self, "spike_at", self.duration / 4)
         if self.spike_length is None:
-            object.__setattr__(self, "spike_length", self.duration / 6)
+            object.__setattr__(self, "spike_length", self.duration / 2)
         _require_in(self.name, "--spike-at", self.spike_at, 0.0, self.duration, open_high=True)
         assert self.spike_at is not None
         _require_in(self.name, "--spike-length", self.spike_length, 0.0,
@@ -170,28 +178,29 @@ class SpikeCurve(Curve):
 
 @dataclass(frozen=True)
 class SinusCurve(Curve):
-    """A wave between ``base_users`` (default ⌈N/10⌉) and ``users`` with ``period`` seconds
-    (default D/2: two full waves); starts at the base, peaks at half a period."""
+    """A sine wave between ``base_users`` (default 0) and ``users`` with ``period`` seconds
+    (default D: one full wave, ``N/2·(1+sin(2πt/D))``); starts halfway, peaks at a quarter
+    period, bottoms out at three quarters."""
 
     name: ClassVar[str] = "sinus"
     formula: ClassVar[str] = (
-        "u(t) = round(B + (N − B) · (1 − cos(2πt / P)) / 2), P = --period (default D/2), "
-        "B = --base-users (default ⌈N/10⌉)")
+        "u(t) = round(B + (N − B) · (1 + sin(2πt / P)) / 2), P = --period (default D), "
+        "B = --base-users (default 0)")
 
     base_users: int | None = None
     period: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _resolve_base_users(self)
+        _resolve_base_users(self, default=0)
         if self.period is None:
-            object.__setattr__(self, "period", self.duration / 2)
-        _require_in(self.name, "--period", self.period, 0.0, 2 * self.duration, open_low=True,
+            object.__setattr__(self, "period", self.duration)
+        _require_in(self.name, "--period", self.period, 0.0, 4 * self.duration, open_low=True,
                     open_high=True, why="the wave must reach --users before --duration")
 
     def _users(self, t: float) -> int:
         assert self.period is not None and self.base_users is not None
-        wave = (1.0 - math.cos(2.0 * math.pi * t / self.period)) / 2.0
+        wave = (1.0 + math.sin(2.0 * math.pi * t / self.period)) / 2.0
         return round(self.base_users + (self.users - self.base_users) * wave)
 
 
@@ -256,9 +265,10 @@ def make_curve(
     )
 
 
-def _resolve_base_users(curve: SpikeCurve | SinusCurve) -> None:
+def _resolve_base_users(curve: SpikeCurve | SinusCurve, *, default: int | None = None) -> None:
     if curve.base_users is None:
-        object.__setattr__(curve, "base_users", _default_base_users(curve.users))
+        object.__setattr__(curve, "base_users",
+                           _default_base_users(curve.users) if default is None else default)
     base = curve.base_users
     if isinstance(base, bool) or not isinstance(base, int) or not 0 <= base <= curve.users:
         raise ValueError(

@@ -6,7 +6,8 @@ and reports to Locust:
 
 * one ``grpc`` entry per request — response time, response size, and on a non-OK status a
   failure whose message starts with the status code name (``RESOURCE_EXHAUSTED: ...``);
-* ``step`` entries from the response's per-step timings (see ``loadtest.entries``).
+* the response's per-step timings in that event's ``context`` (``step_timings``), which
+  ``loadtest.step_report`` keeps apart from Locust's totals.
 """
 
 from __future__ import annotations
@@ -90,12 +91,12 @@ class PipelineUser(User):
 
     @task
     def process(self) -> None:
-        """Send one image and report the request and each step's timings."""
+        """Send one image; report the request, with each step's timings in its context."""
         plan = self._require_plan()
         assert self._stub is not None
         fire = self.environment.events.request.fire
         name = entries.request_name(self._label)
-        context = {"target": self._target.address if self._target else ""}
+        context: dict[str, Any] = {"target": self._target.address if self._target else ""}
         start = time.perf_counter()
         try:
             response = self._stub.Process(plan.request, timeout=plan.timeout_s)
@@ -108,12 +109,12 @@ class PipelineUser(User):
                                                    details or ""),
                  context=context)
             return
+        context["step_timings"] = response.timings
+        if self._label:
+            context["pipeline_label"] = self._label
         fire(request_type=entries.REQUEST_TYPE, name=name,
              response_time=(time.perf_counter() - start) * 1000.0,
              response_length=response.ByteSize(), exception=None, context=context)
-        for step_name, ms in entries.step_entries(response.timings, self._label):
-            fire(request_type=entries.STEP_TYPE, name=step_name, response_time=ms,
-                 response_length=0, exception=None, context=context)
 
     def _require_plan(self) -> LoadPlan:
         if self.plan is None:

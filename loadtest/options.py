@@ -15,6 +15,9 @@ from typing import Any
 
 from loadtest import curves
 
+#: The curve when ``--curve`` is not given: the ramp, as the tool this replaces.
+DEFAULT_CURVE = "ramp"
+
 _SPAN = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
 
 
@@ -33,8 +36,8 @@ def parse_duration(text: str) -> float:
 def add_load_options(parser: Any) -> None:
     """Add the stepchain load options to ``parser`` (argparse or Locust's configargparse)."""
     parser.add_argument(
-        "--curve", choices=list(curves.CURVES), default="flat",
-        help="load curve: " + ", ".join(curves.CURVES) + " (default flat)")
+        "--curve", choices=list(curves.CURVES), default=DEFAULT_CURVE,
+        help="load curve: " + ", ".join(curves.CURVES) + f" (default {DEFAULT_CURVE})")
     parser.add_argument(
         "--duration", type=parse_duration, default=None,
         help="the curve's length: seconds or a time span like 3m (default 60, or Locust's "
@@ -48,18 +51,18 @@ def add_load_options(parser: Any) -> None:
         help="send the image file's encoded bytes (the entry step decodes them) instead of raw "
              "pixels")
     parser.add_argument("--ramp-up", type=float, default=None,
-                        help="ramp: seconds to reach --users (default duration/2)")
+                        help="ramp: seconds to reach --users (default: the whole duration)")
     parser.add_argument("--step-count", type=int, default=None,
-                        help="step: number of equal plateaus (default 4, at most --users)")
+                        help="step: number of equal plateaus (default 5)")
     parser.add_argument("--base-users", type=int, default=None,
-                        help="spike, sinus: users outside the spike / at the wave's bottom "
-                             "(default ceil(users/10))")
+                        help="spike, sinus: users outside the spike (default ceil(users/10)) "
+                             "/ at the wave's bottom (default 0)")
     parser.add_argument("--spike-at", type=float, default=None,
-                        help="spike: second the spike starts (default duration/3)")
+                        help="spike: second the spike starts (default duration/4)")
     parser.add_argument("--spike-length", type=float, default=None,
-                        help="spike: seconds the spike lasts (default duration/6)")
+                        help="spike: seconds the spike lasts (default duration/2)")
     parser.add_argument("--period", type=float, default=None,
-                        help="sinus: seconds per wave (default duration/2)")
+                        help="sinus: seconds per wave (default: the whole duration)")
     parser.add_argument("--request-timeout", type=float, default=30.0,
                         help="gRPC deadline per request in seconds (default 30)")
     parser.add_argument("--threads", type=int, default=0,

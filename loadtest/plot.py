@@ -1,14 +1,21 @@
-"""A PNG of a load test from Locust's ``*_stats_history.csv``.
+"""A PNG of a load test, drawn second by second from ``loadtest.step_report``'s CSV files.
 
-Panels, all over seconds since the start: users; requests/s and failures/s; request latency
-p50/p95 (and mean, dotted); kernel time per step (mean per second, p95 dashed); queue wait per step (mean per
-second). Request figures come from the ``grpc`` entries, step figures from the ``step`` entries
-(``loadtest.entries``).
+Every figure is of that one second, never a rolling average: ``PREFIX_requests.csv`` gives the
+requests answered and failed in each second, their p50/p95 (and mean) latency, the users
+running and the curve's target users; ``PREFIX_steps.csv`` gives each step's kernel and queue
+time in each second, to the microsecond. Panels, over seconds since the start:
 
-Per-step means are exact: they come from Locust's running totals (count × average) between two
-seconds, so sub-millisecond kernels do not vanish into Locust's whole-millisecond percentiles.
+1. users — actual, and the curve's target (dashed);
+2. requests/s and failures/s;
+3. request latency p50, p95 (mean dotted);
+4. kernel time per step (mean, p95 dashed);
+5. queue wait per step (mean, p95 dashed).
 
-    python -m loadtest.plot out/loadtest_stats_history.csv out/loadtest.png
+The curve's target users are also drawn faintly behind every panel, so the load's shape (a
+spike, a wave) can be matched with what each panel shows. Step panels switch to a log scale
+when steps differ by more than a hundredfold.
+
+    python -m loadtest.plot out/loadtest/loadtest out/loadtest/loadtest.png
 """
 
 from __future__ import annotations
@@ -18,107 +25,79 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from loadtest.entries import REQUEST_TYPE, STEP_TYPE
-from loadtest.results import HistoryRow, read_history
+from loadtest.interval_stats import RequestRow, StepRow
+from loadtest.results import read_request_seconds, read_step_seconds
+
+REQUESTS_SUFFIX = "_requests.csv"
+STEPS_SUFFIX = "_steps.csv"
+_KNOWN_SUFFIXES = (REQUESTS_SUFFIX, STEPS_SUFFIX, "_steps_total.csv", "_stats_history.csv",
+                   "_stats.csv")
+#: Step panels use a log scale when their largest value is this many times their smallest.
+LOG_SCALE_RATIO = 100.0
 
 Series = tuple[list[float], list[float]]
 
 
-def interval_means(rows: Sequence[HistoryRow]) -> Series:
-    """``(t, mean ms)`` per second for one entry, from Locust's running count and average.
+def csv_prefix(path: Path) -> Path:
+    """The ``--csv`` prefix from a prefix or from any of the run's CSV file names."""
+    for suffix in _KNOWN_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)])
+    return path
 
-    ``rows`` are one entry's history rows in time order; seconds without new samples are
-    skipped.
+
+def step_series(rows: Sequence[StepRow], metric: str, field: str, t0: int
+                ) -> dict[str, Series]:
+    """``{step: (seconds since t0, ms)}`` for one metric's summary ``field``, per step."""
+    series: dict[str, Series] = defaultdict(lambda: ([], []))
+    for row in sorted(rows, key=lambda r: (r.second or 0)):
+        value = getattr(row.metrics[metric], field)
+        if value is None or row.second is None:
+            continue
+        xs, ys = series[row.step]
+        xs.append(float(row.second - t0))
+        ys.append(float(value))
+    return dict(series)
+
+
+def plot_run(prefix: Path, out_png: Path, *, title: str | None = None) -> Path:
+    """Draws the run whose CSV files start with ``prefix`` into ``out_png``.
+
+    ``ValueError`` when ``PREFIX_requests.csv`` holds no second to draw.
     """
-    times: list[float] = []
-    means: list[float] = []
-    prev_count, prev_sum = 0, 0.0
-    for row in rows:
-        total = row.total_average_ms * row.total_requests
-        new = row.total_requests - prev_count
-        if new > 0:
-            times.append(float(row.timestamp))
-            means.append((total - prev_sum) / new)
-        prev_count, prev_sum = row.total_requests, total
-    return times, means
-
-
-def _by_entry(rows: Sequence[HistoryRow], kind: str) -> dict[str, list[HistoryRow]]:
-    grouped: dict[str, list[HistoryRow]] = defaultdict(list)
-    for row in rows:
-        if row.type == kind:
-            grouped[row.name].append(row)
-    for entry in grouped.values():
-        entry.sort(key=lambda row: row.timestamp)
-    return dict(sorted(grouped.items()))
-
-
-def plot_history(history_csv: Path, out_png: Path, *, title: str | None = None) -> Path:
-    """Draw ``history_csv`` into ``out_png``; ``ValueError`` when it holds no samples."""
-    rows = read_history(history_csv)
-    if not rows:
-        raise ValueError(f"{history_csv}: no samples to plot (did the test run at all?)")
+    prefix = csv_prefix(prefix)
+    requests_csv = Path(f"{prefix}{REQUESTS_SUFFIX}")
+    seconds = read_request_seconds(requests_csv)
+    if not seconds:
+        raise ValueError(f"{requests_csv}: no seconds to plot (did the test run at all?)")
+    steps = read_step_seconds(Path(f"{prefix}{STEPS_SUFFIX}"))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t0 = min(row.timestamp for row in rows)
-    users: dict[int, int] = {}
-    for row in rows:
-        users[row.timestamp] = max(users.get(row.timestamp, 0), row.users)
-    requests = _by_entry(rows, REQUEST_TYPE)
-    steps = _by_entry(rows, STEP_TYPE)
-
-    fig, axes = plt.subplots(5, 1, figsize=(10, 13), sharex=True, dpi=100)
+    seconds.sort(key=lambda row: row.second)
+    t0 = seconds[0].second
+    fig, axes = plt.subplots(5, 1, figsize=(10, 14), sharex=True, dpi=100)
     ax_users, ax_rps, ax_latency, ax_kernel, ax_queue = axes
 
-    seconds = sorted(users)
-    ax_users.step([s - t0 for s in seconds], [users[s] for s in seconds], where="post")
-    ax_users.set_ylabel("users")
-
-    for name, entry in requests.items():
-        xs = [row.timestamp - t0 for row in entry]
-        ax_rps.plot(xs, [row.rps for row in entry], label=f"{name} requests/s")
-        if any(row.failures_per_s for row in entry):
-            ax_rps.plot(xs, [row.failures_per_s for row in entry], color="tab:red",
-                        label=f"{name} failures/s")
-        xs_mean, means = interval_means(entry)
-        ax_latency.plot([x - t0 for x in xs_mean], means, ":", label=f"{name} mean")
-        for field, style in (("p50_ms", "-"), ("p95_ms", "--")):
-            points = [(row.timestamp - t0, getattr(row, field)) for row in entry
-                      if getattr(row, field) is not None]
-            ax_latency.plot([x for x, _ in points], [y for _, y in points], style,
-                            label=f"{name} {field[:3]}")
-    ax_rps.set_ylabel("per second")
-    ax_latency.set_ylabel("request ms")
-
+    _draw_target_behind(axes, seconds, t0)
+    _draw_users(ax_users, seconds, t0)
+    _draw_requests(ax_rps, ax_latency, seconds, t0)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    kernel = {name: entry for name, entry in steps.items() if name.endswith(" kernel")}
-    queue = {name: entry for name, entry in steps.items() if name.endswith(" queue")}
-    for index, (name, entry) in enumerate(kernel.items()):
-        colour = colours[index % len(colours)]
-        kernel_times, means = interval_means(entry)
-        ax_kernel.plot([x - t0 for x in kernel_times], means, color=colour,
-                       label=name.removesuffix(" kernel"))
-        p95 = [(row.timestamp - t0, row.p95_ms) for row in entry if row.p95_ms is not None]
-        if any(y for _, y in p95):  # Locust keeps whole ms: sub-ms kernels read as a flat 0
-            ax_kernel.plot([x for x, _ in p95], [y for _, y in p95], "--", color=colour,
-                           alpha=0.6)
-    for index, (name, entry) in enumerate(queue.items()):
-        queue_times, means = interval_means(entry)
-        ax_queue.plot([x - t0 for x in queue_times], means, color=colours[index % len(colours)],
-                      label=name.removesuffix(" queue"))
-    ax_kernel.set_ylabel("kernel ms\n(mean, p95 dashed)")
-    ax_queue.set_ylabel("queue wait ms\n(mean)")
+    _draw_steps(ax_kernel, steps, "kernel", t0, colours)
+    _draw_steps(ax_queue, steps, "queue", t0, colours)
+    ax_kernel.set_ylabel("kernel ms per step\n(mean, p95 dashed)")
+    ax_queue.set_ylabel("queue wait ms per step\n(mean, p95 dashed)")
     ax_queue.set_xlabel("seconds since start")
-
+    ax_queue.set_xlim(0, max(1, seconds[-1].second - t0 + 1))
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle(title or f"stepchain load test — {history_csv.name}")
+    fig.suptitle(title or f"stepchain load test — {prefix.name}, second by second")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
@@ -126,16 +105,84 @@ def plot_history(history_csv: Path, out_png: Path, *, title: str | None = None) 
     return out_png
 
 
+def _xs(rows: Sequence[RequestRow], t0: int) -> list[float]:
+    return [float(row.second - t0) for row in rows]
+
+
+def _draw_target_behind(axes: Sequence[Any], seconds: Sequence[RequestRow], t0: int) -> None:
+    rows = [row for row in seconds if row.target_users is not None]
+    if not rows:
+        return
+    peak = max(max(row.target_users or 0 for row in rows), 1)
+    for ax in axes[1:]:
+        behind = ax.twinx()
+        behind.fill_between(_xs(rows, t0), [row.target_users or 0 for row in rows], step="post",
+                            color="0.85", alpha=0.5, linewidth=0)
+        behind.set_ylim(0, peak * 1.1)
+        behind.set_yticks([])
+        ax.set_zorder(behind.get_zorder() + 1)
+        ax.patch.set_visible(False)
+
+
+def _draw_users(ax: Any, seconds: Sequence[RequestRow], t0: int) -> None:
+    users = [row for row in seconds if row.users is not None]
+    ax.step(_xs(users, t0), [row.users for row in users], where="post", label="users")
+    target = [row for row in seconds if row.target_users is not None]
+    if target:
+        ax.step(_xs(target, t0), [row.target_users for row in target], "--", where="post",
+                color="0.3", label="curve target")
+    ax.set_ylabel("users")
+    ax.set_ylim(bottom=0)
+
+
+def _draw_requests(ax_rps: Any, ax_latency: Any, seconds: Sequence[RequestRow], t0: int
+                   ) -> None:
+    xs = _xs(seconds, t0)
+    ax_rps.plot(xs, [row.requests for row in seconds], label="requests/s")
+    if any(row.failures for row in seconds):
+        ax_rps.plot(xs, [row.failures for row in seconds], color="tab:red", label="failures/s")
+    ax_rps.set_ylabel("per second")
+    ax_rps.set_ylim(bottom=0)
+    for field, style, name in (("p50_ms", "-", "p50"), ("p95_ms", "--", "p95"),
+                               ("mean_ms", ":", "mean")):
+        points = [(x, getattr(row.latency, field)) for x, row in zip(xs, seconds, strict=True)
+                  if getattr(row.latency, field) is not None]
+        ax_latency.plot([x for x, _ in points], [y for _, y in points], style, label=name)
+    ax_latency.set_ylabel("request ms\n(in that second)")
+    ax_latency.set_ylim(bottom=0)
+
+
+def _draw_steps(ax: Any, steps: Sequence[StepRow], metric: str, t0: int,
+                colours: Sequence[str]) -> None:
+    means = step_series(steps, metric, "mean_ms", t0)
+    p95s = step_series(steps, metric, "p95_ms", t0)
+    values = [y for _, ys in (*means.values(), *p95s.values()) for y in ys]
+    for index, name in enumerate(means):
+        colour = colours[index % len(colours)]
+        ax.plot(*means[name], color=colour, label=name)
+        if name in p95s:
+            ax.plot(*p95s[name], "--", color=colour, alpha=0.6)
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > LOG_SCALE_RATIO:
+        # symlog keeps the zeros (an idle queue) that a plain log scale would drop
+        ax.set_yscale("symlog", linthresh=max(min(positive), 0.001))
+    else:
+        ax.set_ylim(bottom=0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.plot HISTORY_CSV OUT_PNG``."""
-    parser = argparse.ArgumentParser(prog="python -m loadtest.plot",
-                                     description="Plot Locust's *_stats_history.csv as a PNG.")
-    parser.add_argument("history_csv", type=Path)
+    """``python -m loadtest.plot PREFIX OUT_PNG``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.plot",
+        description="Plot a stepchain load test second by second from its CSV files.")
+    parser.add_argument("prefix", type=Path,
+                        help="the run's --csv prefix (e.g. out/loadtest/loadtest) or one of "
+                             "its CSV files")
     parser.add_argument("out_png", type=Path)
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:
-        print(plot_history(args.history_csv, args.out_png, title=args.title))
+        print(plot_run(args.prefix, args.out_png, title=args.title))
     except (OSError, ValueError) as exc:
         print(f"loadtest.plot: {exc}", file=sys.stderr)
         return 2

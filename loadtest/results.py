@@ -1,12 +1,17 @@
-"""Reading Locust's CSV output (``--csv PREFIX --csv-full-history``) into typed rows.
+"""Reading a load test's CSV output into typed rows.
+
+Locust's own (``--csv PREFIX --csv-full-history``), whose entries are whole requests only:
 
 * ``PREFIX_stats_history.csv`` — one row per entry per second (``read_history``);
 * ``PREFIX_stats.csv`` — the totals per entry (``read_stats``);
 * ``PREFIX_failures.csv`` — failures by entry and error (``read_failures``).
 
-Entry types are ``grpc`` (whole requests) and ``step`` (per-step timings, ``loadtest.entries``);
-Locust's ``Aggregated`` row mixes both, so request rates and latencies here come from the
-``grpc`` rows only.
+stepchain's (``loadtest.step_report``), back into ``loadtest.interval_stats`` rows:
+
+* ``PREFIX_requests.csv`` — per second: users, target users, requests, latency
+  (``read_request_seconds``);
+* ``PREFIX_steps.csv`` — per step and per second (``read_step_seconds``);
+* ``PREFIX_steps_total.csv`` — per step over the run (``read_step_totals``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.entries import REQUEST_TYPE
+from loadtest.interval_stats import STEP_METRICS, RequestRow, StepRow
+from loadtest.latency import Summary
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ def read_failures(path: Path) -> list[FailureRow]:
 
 
 def latest_progress(rows: Iterable[HistoryRow]) -> Progress | None:
-    """Users, request rate and totals at the last second in ``rows`` (``grpc`` entries only)."""
+    """Users, request rate and totals at the last second in ``rows`` (request entries only)."""
     rows = list(rows)
     if not rows:
         return None
@@ -140,3 +147,59 @@ def latest_progress(rows: Iterable[HistoryRow]) -> Progress | None:
         requests=sum(row.total_requests for row in requests),
         failures=sum(row.total_failures for row in requests),
     )
+
+
+def _whole(text: str | None) -> int | None:
+    number = _number(text)
+    return None if number is None else int(number)
+
+
+def _summary(raw: dict[str, str], count: int, prefix: str = "") -> Summary:
+    return Summary(count=count, mean_ms=_number(raw.get(f"{prefix}Mean (ms)")),
+                   p50_ms=_number(raw.get(f"{prefix}50% (ms)")),
+                   p95_ms=_number(raw.get(f"{prefix}95% (ms)")),
+                   p99_ms=_number(raw.get(f"{prefix}99% (ms)")))
+
+
+def _step_rows(path: Path, *, per_second: bool) -> list[StepRow]:
+    if not path.exists():
+        return []
+    rows = []
+    for raw in _rows(path):
+        try:
+            count = int(raw["Count"])
+            rows.append(StepRow(
+                second=int(raw["Timestamp"]) if per_second else None, step=raw["Step"],
+                count=count,
+                metrics={metric: _summary(raw, count, f"{metric.capitalize()} ")
+                         for metric in STEP_METRICS}))
+        except (KeyError, TypeError, ValueError):
+            continue  # a row still being written
+    return rows
+
+
+def read_step_seconds(path: Path) -> list[StepRow]:
+    """The rows of ``*_steps.csv``: each step's times in each second."""
+    return _step_rows(path, per_second=True)
+
+
+def read_step_totals(path: Path) -> list[StepRow]:
+    """The rows of ``*_steps_total.csv``: each step's times over the whole run."""
+    return _step_rows(path, per_second=False)
+
+
+def read_request_seconds(path: Path) -> list[RequestRow]:
+    """The rows of ``*_requests.csv``: requests, latency and users in each second."""
+    if not path.exists():
+        return []
+    rows = []
+    for raw in _rows(path):
+        try:
+            requests = int(raw["Requests"])
+            rows.append(RequestRow(
+                second=int(raw["Timestamp"]), target_users=_whole(raw["Target Users"]),
+                users=_whole(raw["Users"]), requests=requests, failures=int(raw["Failures"]),
+                latency=_summary(raw, requests)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return rows

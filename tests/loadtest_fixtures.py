@@ -35,3 +35,24 @@ def run_locust(args: Sequence[str], *, cwd: Path, timeout: float
     return subprocess.run([str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"), *args],
                           cwd=cwd, env=child_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def start_locust(args: Sequence[str], *, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``locust -f loadtest/locustfile.py ARGS`` in the background, output into ``log``;
+    the caller stops it (:func:`stop_locust`)."""
+    locust = Path(sys.executable).parent / "locust"
+    with log.open("wb") as handle:
+        return subprocess.Popen([str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"),
+                                 *args], cwd=cwd, env=child_env(checkout_on_path=False),
+                                stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop_locust(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM (Locust writes its reports and exits), then SIGKILL if it will not."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()

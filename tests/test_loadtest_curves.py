@@ -7,6 +7,7 @@ a child process because importing Locust monkey-patches the interpreter with gev
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -36,11 +37,12 @@ def test_ramp_rises_linearly_to_the_peak_at_ramp_up_then_holds() -> None:
     assert max(series(curve, 0.1)) == 10 == curve.peak()
 
 
-def test_ramp_defaults_to_reaching_the_peak_halfway() -> None:
+def test_ramp_defaults_to_n_t_over_d_across_the_whole_run() -> None:
     curve = RampCurve(users=100, duration=180)
-    assert curve.ramp_up == 90
-    assert curve.users_at(45) == 50
-    assert curve.users_at(88.9) == 99 and curve.users_at(90) == 100
+    assert curve.ramp_up == 180
+    assert curve.users_at(45) == 25 and curve.users_at(90) == 50
+    assert curve.users_at(178.2) == 99 and curve.users_at(179.9) == 100
+    assert curve.users_at(0) == 1  # someone sends from the first second
 
 
 def test_step_holds_equal_plateaus_each_adding_a_share_of_the_peak() -> None:
@@ -50,17 +52,22 @@ def test_step_holds_equal_plateaus_each_adding_a_share_of_the_peak() -> None:
     assert curve.users_at(9.99) == 25 and curve.users_at(10.0) == 50
 
 
-def test_step_count_defaults_to_four_but_never_more_than_users() -> None:
-    assert StepCurve(users=100).step_count == 4
-    assert StepCurve(users=3).step_count == 3
+def test_step_defaults_to_five_plateaus_of_k_plus_one_fifths_of_the_peak() -> None:
+    curve = StepCurve(users=20, duration=60)
+    assert curve.step_count == 5
+    assert series(curve, 12.0) == [4, 8, 12, 16, 20]
+    assert set(series(curve, 0.5)) == {4, 8, 12, 16, 20}
+    assert curve.users_at(11.99) == 4 and curve.users_at(12.0) == 8
+    # Fewer users than plateaus: (k+1)·N/5 rounded up, so some plateaus repeat.
+    assert series(StepCurve(users=3, duration=5)) == [1, 2, 2, 3, 3]
 
 
-def test_spike_jumps_from_base_to_peak_for_spike_length_then_returns() -> None:
+def test_spike_defaults_to_the_peak_between_a_quarter_and_three_quarters_tenth_outside() -> None:
     curve = SpikeCurve(users=100, duration=180)
-    assert (curve.base_users, curve.spike_at, curve.spike_length) == (10, 60, 30)
-    assert curve.users_at(59.9) == 10
-    assert curve.users_at(60) == 100 and curve.users_at(89.9) == 100
-    assert curve.users_at(90) == 10 and curve.users_at(179) == 10
+    assert (curve.base_users, curve.spike_at, curve.spike_length) == (10, 45, 90)
+    assert curve.users_at(44.9) == 10
+    assert curve.users_at(45) == 100 and curve.users_at(134.9) == 100
+    assert curve.users_at(135) == 10 and curve.users_at(179) == 10
     assert sorted(set(series(curve))) == [10, 100]
 
 
@@ -69,23 +76,23 @@ def test_spike_parameters_place_the_spike() -> None:
     assert series(curve) == [2, 2, 2, 2, 8, 8, 2, 2, 2, 2]
 
 
-def test_sinus_starts_at_base_peaks_at_half_a_period_and_repeats() -> None:
+def test_sinus_knobs_set_the_base_and_period_of_the_wave() -> None:
     curve = SinusCurve(users=100, duration=120, base_users=10, period=60)
-    assert curve.users_at(0) == 10
-    assert curve.users_at(30) == 100
-    assert curve.users_at(15) == 55
-    assert curve.users_at(60) == 10 and curve.users_at(90) == 100
+    assert curve.users_at(0) == 55  # halfway up, rising
+    assert curve.users_at(15) == 100 and curve.users_at(45) == 10
+    assert curve.users_at(75) == 100 and curve.users_at(105) == 10
     values = series(curve, 0.5)
     assert min(values) == 10 and max(values) == 100
     # periodic (up to rounding at exact halves)
     assert max(abs(a - b) for a, b in zip(values[:120], values[120:240], strict=True)) <= 1
 
 
-def test_sinus_defaults_to_two_waves_over_the_duration() -> None:
+def test_sinus_defaults_to_one_wave_n_half_one_plus_sine_over_the_duration() -> None:
     curve = SinusCurve(users=50, duration=100)
-    assert curve.period == 50 and curve.base_users == 5
-    peaks = [t for t, u in curves.sample(curve, 0.5) if u == 50]
-    assert min(peaks) == pytest.approx(25, abs=3) and max(peaks) == pytest.approx(75, abs=3)
+    assert curve.period == 100 and curve.base_users == 0
+    for t in range(100):
+        assert curve.users_at(t) == round(25 * (1 + math.sin(2 * math.pi * t / 100)))
+    assert curve.users_at(25) == 50 and curve.users_at(75) == 0
 
 
 def test_flat_runs_the_peak_from_first_to_last_second() -> None:
@@ -100,7 +107,7 @@ def test_every_curve_ticks_users_and_rate_until_duration_then_none(name: str) ->
         assert tick is not None
         users, rate = tick
         assert 0 < users <= 20
-        assert rate == 20.0  # default spawn rate: the peak per second
+        assert rate == curves.DEFAULT_SPAWN_RATE == 2.0  # the tool this replaces: 2 users/s
     assert curve.tick_at(30.0) is None
     assert curve.tick_at(1000.0) is None
     assert curve.users_at(30.0) == 0 and curve.users_at(-1) == 0
@@ -121,17 +128,17 @@ def test_spawn_rate_given_is_the_rate_every_tick_uses() -> None:
     ("flat", {"spawn_rate": 0}, "--spawn-rate must be a finite number > 0, got 0"),
     ("ramp", {"duration": 10, "ramp_up": 11}, "--ramp-up must be in (0, 10]"),
     ("ramp", {"ramp_up": 0}, "--ramp-up must be in (0, 60]"),
-    ("step", {"users": 3, "step_count": 4}, "--step-count must be a whole number between 1 and "
-                                            "--users (3)"),
+    ("step", {"duration": 3, "step_count": 4}, "--step-count must be a whole number between 1 "
+                                               "and 3 so each plateau lasts at least a second"),
     ("step", {"step_count": 0}, "--step-count must be a whole number between 1"),
     ("spike", {"users": 5, "base_users": 6}, "--base-users must be a whole number between 0 "
                                              "and --users (5), got 6"),
     ("spike", {"duration": 10, "spike_at": 10}, "--spike-at must be in [0, 10)"),
     ("spike", {"duration": 10, "spike_at": 8, "spike_length": 3},
      "--spike-length must be in (0, 2] seconds (the spike must end by --duration)"),
-    ("sinus", {"period": 0}, "--period must be in (0, 120) seconds (the wave must reach "
+    ("sinus", {"period": 0}, "--period must be in (0, 240) seconds (the wave must reach "
                              "--users before --duration), got 0"),
-    ("sinus", {"duration": 10, "period": 20}, "--period must be in (0, 20)"),
+    ("sinus", {"duration": 10, "period": 40}, "--period must be in (0, 40)"),
     ("sinus", {"base_users": -1}, "--base-users must be a whole number between 0"),
 ])
 def test_bad_parameters_are_rejected_naming_the_option(name: str, kwargs: dict[str, float],
@@ -194,7 +201,7 @@ json.dump(out, sys.stdout)
         assert ticks[name] == expected, name
         assert ticks[name][-2:] == [None, None]
     # Locust's --run-time cuts the curve short (Locust itself would wait for the shape).
-    assert ticks["cut"] == [[3, 3.0], [3, 3.0], None, None]
+    assert ticks["cut"] == [[3, 2.0], [3, 2.0], None, None]
     assert ticks["default_flat"] == curves.DEFAULT_USERS
     assert ticks["abstract"] is True
 

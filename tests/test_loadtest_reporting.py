@@ -11,7 +11,15 @@ from PIL import Image
 from stepchain.v1 import step_pb2
 
 from loadtest import entries, options, payload
-from loadtest.plot import interval_means, plot_history
+from loadtest.interval_stats import (
+    REQUEST_HEADER,
+    STEP_HEADER,
+    IntervalStats,
+    request_cells,
+    step_cells,
+    step_name,
+)
+from loadtest.plot import csv_prefix, plot_run
 from loadtest.results import HistoryRow, latest_progress, read_history
 
 HISTORY_HEADER = ("Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,"
@@ -82,14 +90,11 @@ def test_a_file_that_is_not_an_image_is_rejected(tmp_path: Path) -> None:
         payload.build_request(bmp, send_encoded=True)
 
 
-def test_step_entries_name_each_step_with_its_kernel_and_queue_time() -> None:
-    timings = [step_pb2.StepTiming(step_id=1, step_type="identity", kernel_ms=0.25,
-                                   queue_wait_ms=0.5),
-               step_pb2.StepTiming(step_id=2, step_type="grayscale", kernel_ms=3.0)]
-    assert entries.step_entries(timings) == [
-        ("step-1:identity kernel", 0.25), ("step-1:identity queue", 0.5),
-        ("step-2:grayscale kernel", 3.0), ("step-2:grayscale queue", 0.0)]
-    assert entries.step_entries(timings[1:], "shop")[0] == ("shop/step-2:grayscale kernel", 3.0)
+def test_steps_are_named_by_id_and_type_and_requests_by_pipeline() -> None:
+    timings = [step_pb2.StepTiming(step_id=1, step_type="identity"),
+               step_pb2.StepTiming(step_id=2, step_type="")]
+    assert [step_name(t) for t in timings] == ["step-1:identity", "step-2:unknown"]
+    assert step_name(timings[0], "shop") == "shop/step-1:identity"
     assert entries.request_name(None) == "Process"
     assert entries.request_name("shop") == "Process shop"
 
@@ -125,17 +130,6 @@ def test_command_line_options_round_trip_to_locust_arguments(tmp_path: Path) -> 
         "spike", 180.0, 20, 2)
 
 
-def test_interval_means_are_exact_per_second_from_running_totals(tmp_path: Path) -> None:
-    rows = history_rows(tmp_path, [
-        history_row(100, 1, "step", "k", 1.0, "0", "0", 10, 0, 0.5),   # 10 x 0.5 ms
-        history_row(101, 1, "step", "k", 1.0, "0", "0", 30, 0, 0.25),  # +20 at 0.125 ms
-        history_row(102, 1, "step", "k", 1.0, "0", "0", 30, 0, 0.25),  # nothing new
-    ])
-    times, means = interval_means(rows)
-    assert times == [100.0, 101.0]
-    assert means == pytest.approx([0.5, 0.125])
-
-
 def history_rows(tmp: Path, lines: list[str]) -> list[HistoryRow]:
     path = tmp / "h_stats_history.csv"
     path.write_text("\n".join([HISTORY_HEADER, *lines]) + "\n")
@@ -157,25 +151,40 @@ def test_progress_counts_requests_not_step_entries(tmp_path: Path) -> None:
     assert latest_progress([]) is None
 
 
-def test_plot_is_written_from_a_history_csv_and_refuses_an_empty_one(tmp_path: Path) -> None:
-    history = tmp_path / "x_stats_history.csv"
-    history.write_text("\n".join([
-        HISTORY_HEADER,
-        history_row(10, 0, "", "Aggregated", 0.0, "N/A", "N/A", 0, 0, 0.0),
-        history_row(11, 2, "grpc", "Process", 40.0, "3", "8", 40, 0, 3.1),
-        history_row(11, 2, "step", "step-1:grayscale kernel", 40.0, "1", "2", 40, 0, 1.2),
-        history_row(11, 2, "step", "step-1:grayscale queue", 40.0, "0", "0", 40, 0, 0.01),
-        history_row(12, 3, "grpc", "Process", 60.0, "4", "9", 100, 0, 3.5),
-        history_row(12, 3, "step", "step-1:grayscale kernel", 60.0, "1", "2", 100, 0, 1.3),
-        history_row(12, 3, "step", "step-1:grayscale queue", 60.0, "0", "0", 100, 0, 0.02),
-    ]) + "\n")
-    png = plot_history(history, tmp_path / "out.png")
+def write_run(prefix: Path, seconds: int = 12) -> None:
+    """A spike run's CSV: 2 users, 10 between seconds 4 and 8, two steps, sub-ms kernels."""
+    stats = IntervalStats()
+    t0 = 1_800_000_000
+    for i in range(seconds):
+        target = 10 if 4 <= i < 8 else 2
+        stats.note_users(t0 + i, target, target)
+        for n in range(target * 5):
+            stats.record_request(t0 + i, 3.0 * target + n % 3, failed=n == 0 and i == 5)
+            stats.record_steps(t0 + i, [
+                step_pb2.StepTiming(step_id=1, step_type="identity", kernel_ms=0.012,
+                                    queue_wait_ms=0.25 * target, total_ms=1.0),
+                step_pb2.StepTiming(step_id=2, step_type="grayscale", kernel_ms=0.4 + n / 100,
+                                    total_ms=0.5)])
+    request_rows, step_rows = stats.close_before()
+    Path(f"{prefix}_requests.csv").write_text("\n".join(
+        ",".join(cells) for cells in [REQUEST_HEADER, *map(request_cells, request_rows)]) + "\n")
+    Path(f"{prefix}_steps.csv").write_text("\n".join(
+        ",".join(cells) for cells in [STEP_HEADER, *map(step_cells, step_rows)]) + "\n")
+
+
+def test_plot_is_drawn_from_the_per_second_csv_and_refuses_a_run_without_seconds(
+        tmp_path: Path) -> None:
+    prefix = tmp_path / "loadtest"
+    write_run(prefix)
+    png = plot_run(prefix, tmp_path / "out.png")
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] >= 800
-    empty = tmp_path / "empty_stats_history.csv"
-    empty.write_text(HISTORY_HEADER + "\n")
-    with pytest.raises(ValueError, match="no samples to plot"):
-        plot_history(empty, tmp_path / "never.png")
+    # Any of the run's CSV files names the run too.
+    assert csv_prefix(tmp_path / "loadtest_steps.csv") == prefix
+    empty = tmp_path / "empty"
+    Path(f"{empty}_requests.csv").write_text(",".join(REQUEST_HEADER) + "\n")
+    with pytest.raises(ValueError, match="no seconds to plot"):
+        plot_run(empty, tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
 
 

@@ -8,13 +8,18 @@ counted as failures — and the run still ending by itself.
 from __future__ import annotations
 
 import csv
+import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from loadtest_fixtures import run_locust, run_stepchain
+from loadtest_fixtures import run_locust, run_stepchain, start_locust, stop_locust
 from PIL import Image
-from step_fixtures import ProcessPipeline
+from step_fixtures import ProcessPipeline, free_port
 
 from loadtest.curves import CURVES
 
@@ -66,24 +71,40 @@ def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
     assert result.returncode == 0, result.stderr + log
 
     stats = {row["Name"]: row for row in read_csv(out / "loadtest_stats.csv")}
+    # Locust's totals count pipeline requests only: Aggregated is the Process line.
+    assert set(stats) == {"Process", "Aggregated"}
     requests = int(stats["Process"]["Request Count"])
     assert requests > 0
+    assert int(stats["Aggregated"]["Request Count"]) == requests
     assert int(stats["Process"]["Failure Count"]) == 0
     assert stats["Process"]["Type"] == "grpc"
-    # Every answered request reports both steps' kernel and queue time as custom entries.
-    for entry in ("step-1:identity kernel", "step-1:identity queue",
-                  "step-2:grayscale kernel", "step-2:grayscale queue"):
-        assert stats[entry]["Type"] == "step"
-        assert int(stats[entry]["Request Count"]) == requests, entry
+    assert "step-2:grayscale" not in (out / "report.html").read_text()
 
+    # Every answered request's step times, per step and per second, to the microsecond.
+    steps = read_csv(out / "loadtest_steps.csv")
+    assert {row["Step"] for row in steps} == {"step-1:identity", "step-2:grayscale"}
+    per_step = {name: sum(int(r["Count"]) for r in steps if r["Step"] == name)
+                for name in ("step-1:identity", "step-2:grayscale")}
+    # Each answered request timed both steps. (Locust writes its own CSV once a second, so its
+    # count can miss the run's last second.)
+    assert per_step["step-1:identity"] == per_step["step-2:grayscale"] >= requests
+    kernels = [row["Kernel 50% (ms)"] for row in steps]
+    assert all(len(value.split(".")[1]) == 3 for value in kernels)
+    assert any(0 < float(value) < 1 for value in kernels)  # sub-ms, not rounded to 0
+    totals = {row["Step"]: row for row in read_csv(out / "loadtest_steps_total.csv")}
+    assert {name: int(row["Count"]) for name, row in totals.items()} == per_step
+
+    seconds = read_csv(out / "loadtest_requests.csv")
+    assert sum(int(row["Requests"]) for row in seconds) == per_step["step-1:identity"]
+    assert max(int(row["Users"]) for row in seconds if row["Users"]) == USERS
+    assert max(int(row["Target Users"]) for row in seconds if row["Target Users"]) == USERS
     history = read_csv(out / "loadtest_stats_history.csv")
-    assert {row["Name"] for row in history} >= {"Process", "step-2:grayscale kernel"}
-    users = [int(row["User Count"]) for row in history]
-    assert max(users) == USERS  # the curve's peak, never more
-    assert "step-2:grayscale kernel" in (out / "report.html").read_text()
+    assert max(int(row["User Count"]) for row in history) == USERS  # the peak, never more
     with Image.open(out / "loadtest.png") as png:
         assert png.format == "PNG"
     assert f"requests {requests}, failures 0" in result.stderr
+    assert "per-step times (ms)" in result.stderr
+    assert "\nstep-2:grayscale " in result.stderr
     assert f"plot: {out / 'loadtest.png'}" in result.stderr
 
 
@@ -100,26 +121,101 @@ def test_several_targets_are_loaded_together_with_users_spread_across_them(
     stats = {row["Name"]: row for row in read_csv(out / "loadtest_stats.csv")}
     assert int(stats[f"Process {first}"]["Request Count"]) > 0
     assert int(stats[f"Process {second}"]["Request Count"]) > 0
-    assert int(stats[f"{first}/step-1:identity kernel"]["Request Count"]) > 0
-    assert int(stats[f"{second}/step-2:grayscale kernel"]["Request Count"]) > 0
-    assert f"{second}/step-1:identity kernel" not in stats  # that pipeline has no step 1
+    steps = {row["Step"]: row for row in read_csv(out / "loadtest_steps_total.csv")}
+    assert int(steps[f"{first}/step-1:identity"]["Count"]) > 0
+    assert int(steps[f"{second}/step-2:grayscale"]["Count"]) > 0
+    assert f"{second}/step-1:identity" not in steps  # that pipeline has no step 1
 
 
 @pytest.mark.slow
 def test_locust_runs_the_locustfile_from_outside_the_checkout_with_the_issue_command_line(
         pipeline: ProcessPipeline, tmp_path: Path) -> None:
-    # The README's command line verbatim, stopped early by Locust's own --run-time.
+    # The command line of the tool this replaces, verbatim, stopped early by --run-time.
     result = run_locust(
-        ["--curve", "spike", "--users", "100", "--duration", "180", "--headless",
-         "--host", pipeline.address(1), "--run-time", "3s", "--csv", str(tmp_path / "x")],
-        cwd=tmp_path, timeout=60)
+        ["--curve", "ramp", "--users", "50", "--duration", "120", "--spawn-rate", "5",
+         "--headless", "--host", pipeline.address(1), "--run-time", "3s",
+         "--csv", str(tmp_path / "x")], cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "curve spike" in result.stderr and "peak 100 users over 180s" in result.stderr
+    assert "curve ramp" in result.stderr
+    assert "peak 50 users over 120s at 5 users/s" in result.stderr
     stats = {row["Name"]: row for row in read_csv(tmp_path / "x_stats.csv")}
-    assert int(stats["Process"]["Request Count"]) > 0
+    requests = int(stats["Process"]["Request Count"])
+    assert requests > 0 and int(stats["Aggregated"]["Request Count"]) == requests
     assert int(stats["Process"]["Failure Count"]) == 0
-    # The spike's base: ceil(100 / 10) users during the first 60 s.
-    assert max(int(r["User Count"]) for r in read_csv(tmp_path / "x_stats_history.csv")) == 10
+    # The ramp is N·t/D over the whole run: ⌈50 · 3 / 120⌉ = 2 users by the third second.
+    assert max(int(r["User Count"]) for r in read_csv(tmp_path / "x_stats_history.csv")) <= 2
+    # Locust's headless summary is followed by the per-step table.
+    summary = result.stderr[result.stderr.index("Response time percentiles"):]
+    assert "per-step times (ms)" in summary and "step-2:grayscale" in summary
+    assert (tmp_path / "x_steps.csv").exists() and (tmp_path / "x_requests.csv").exists()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    """``(status, Content-Type, body)`` of a GET on loopback."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.headers.get("Content-Type", ""), reply.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type", ""), err.read().decode()
+
+
+def poll(what: str, check: Any, log: Path, timeout: float = 40.0) -> Any:
+    """``check()`` until it returns something truthy; fails with Locust's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except OSError:
+            found = None
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {timeout}s; Locust said:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_web_ui_has_a_steps_tab_with_each_steps_times_and_defaults_of_the_replaced_tool(
+        pipeline: ProcessPipeline, tmp_path: Path) -> None:
+    # No curve knobs at all: the defaults of the Flask tool's pipeline_test.py.
+    port = free_port()
+    log = tmp_path / "locust.log"
+    process = start_locust(
+        ["--host", pipeline.address(1), "--web-host", "127.0.0.1", "--web-port", str(port),
+         "--autostart", "--csv", str(tmp_path / "ui")], cwd=tmp_path,
+        log=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        page = poll("the web UI", lambda: get(base + "/")[2], log)
+        assert '"extended_tabs": [{"key": "steps", "title": "Steps"}]' in page
+        assert '"href": "./steps/csv"' in page
+
+        def step_rows() -> list[dict[str, Any]]:
+            status, _, body = get(base + "/stats/requests")
+            extended = json.loads(body).get("extended_stats") if status == 200 else None
+            rows = extended[0]["data"] if extended else []
+            return rows if {r["name"] for r in rows} >= {"step-2:grayscale"} else []
+
+        rows = poll("step rows in /stats/requests", step_rows, log)
+        assert [row["name"] for row in rows] == ["step-1:identity", "step-2:grayscale"]
+        assert all(row["count"] > 0 for row in rows)
+        assert all(len(row["kernel_p95"].split(".")[1]) == 3 for row in rows)
+        stats = json.loads(get(base + "/stats/requests")[2])["stats"]
+        assert [entry["name"] for entry in stats] == ["Process", "Aggregated"]
+
+        status, kind, body = get(base + "/steps")
+        assert status == 200 and kind.startswith("application/json")
+        assert [row["name"] for row in json.loads(body)["steps"]] == ["step-1:identity",
+                                                                      "step-2:grayscale"]
+        status, kind, body = get(base + "/steps/csv")
+        assert status == 200 and kind.startswith("text/csv")
+        table = list(csv.DictReader(body.splitlines()))
+        assert [row["Step"] for row in table] == ["step-1:identity", "step-2:grayscale"]
+        assert float(table[1]["Kernel Mean (ms)"]) > 0
+    finally:
+        stop_locust(process)
+    said = log.read_text()
+    assert "curve ramp" in said and "peak 20 users over 60s at 2 users/s" in said
+    assert read_csv(tmp_path / "ui_steps.csv"), said[-2000:]
 
 
 @pytest.mark.slow
@@ -147,11 +243,11 @@ def test_locust_without_host_or_kubernetes_says_to_pass_a_host(tmp_path: Path,
 def test_stepchain_loadtest_rejects_bad_parameters_before_starting_locust(tmp_path: Path
                                                                          ) -> None:
     out = tmp_path / "never"
-    result = run_stepchain(["loadtest", "--curve", "step", "--users", "2", "--step-count", "5",
-                            "--target", "127.0.0.1:1", "--out", str(out)], timeout=60)
+    result = run_stepchain(["loadtest", "--curve", "step", "--duration", "4", "--step-count",
+                            "5", "--target", "127.0.0.1:1", "--out", str(out)], timeout=60)
     assert result.returncode == 2
     assert "stepchain loadtest: step curve: --step-count must be a whole number between 1 and " \
-           "--users (2)" in result.stderr
+           "4 so each plateau lasts at least a second" in result.stderr
     assert not out.exists()
 
 
