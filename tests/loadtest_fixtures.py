@@ -43,7 +43,7 @@ def start_locust(args: Sequence[str], *, cwd: Path, log: Path) -> subprocess.Pop
     locust = Path(sys.executable).parent / "locust"
     with log.open("wb") as handle:
         return subprocess.Popen([str(locust), "-f", str(ROOT / "loadtest" / "locustfile.py"),
-                                 *args], cwd=cwd, env=child_env(checkout_on_path=False),
+                                 *args], cwd=cwd, env=child_env(),
                                 stdout=handle, stderr=subprocess.STDOUT)
 
 
