@@ -145,14 +145,18 @@ class StepServer:
 
 
 def process_handler(servicer: StepServicer) -> grpc.GenericRpcHandler:
-    """StepService/Process with the step's own codec: the request is parsed by
+    """StepService/Process with the step's own codec (and the small Describe): the request is parsed by
     :func:`stepsvc.wire.parse_request` (pixels stay a view of the received bytes) and the
     response goes out as the bytes the servicer built. Same wire format as the generated code,
     so reflection, grpcurl and every other client see no difference."""
     method = grpc.unary_unary_rpc_method_handler(
         servicer.process_bytes, request_deserializer=wire.parse_request,
         response_serializer=_payload)
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": method})
+    describe = grpc.unary_unary_rpc_method_handler(
+        servicer.Describe, request_deserializer=step_pb2.DescribeRequest.FromString,
+        response_serializer=step_pb2.DescribeResponse.SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Process": method,
+                                                               "Describe": describe})
 
 
 def _payload(response: wire.ResponseBytes) -> bytes:

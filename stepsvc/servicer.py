@@ -146,6 +146,14 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
 
     # -- the RPC -------------------------------------------------------------------------------
 
+    def Describe(self, request: step_pb2.DescribeRequest,
+                 context: grpc.ServicerContext) -> step_pb2.DescribeResponse:
+        """This step's pipeline graph and limits (what a tiling client needs to pad tiles)."""
+        return step_pb2.DescribeResponse(
+            pipeline_id=self.config.pipeline_id, step_id=self.step.id,
+            config_json=self.config.model_dump_json(), max_pixels=self.max_pixels,
+            max_message_bytes=self.max_message_bytes)
+
     def Process(self, request: step_pb2.ProcessRequest,
                 context: grpc.ServicerContext) -> step_pb2.ProcessResponse:
         """The protobuf-message API (in-process callers); the same path as the gRPC method."""

@@ -13,12 +13,15 @@ import grpc
 
 #: Calls of this service get spans and metrics; health probes and reflection are not requests.
 STEP_SERVICE_PREFIX = "/stepchain.v1.StepService/"
+#: StepService calls that process no image (a client asking what the pipeline is): not counted.
+UNMETERED_METHODS = frozenset({STEP_SERVICE_PREFIX + "Describe"})
 
 
 def is_step_call(method: str, handler: Any) -> bool:
     """Whether a call to `method`, handled by `handler` (an ``RpcMethodHandler`` or None), is
     a unary StepService call: the only kind telemetry wraps."""
     return (handler is not None and method.startswith(STEP_SERVICE_PREFIX)
+            and method not in UNMETERED_METHODS
             and not handler.request_streaming and not handler.response_streaming)
 
 

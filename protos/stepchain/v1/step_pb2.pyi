@@ -124,3 +124,21 @@ class ProcessResponse(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StepTiming]
     trace_id: str
     def __init__(self, request_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., measures: _Optional[_Mapping[str, float]] = ..., timings: _Optional[_Iterable[_Union[StepTiming, _Mapping]]] = ..., trace_id: _Optional[str] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("pipeline_id", "step_id", "config_json", "max_pixels", "max_message_bytes")
+    PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    pipeline_id: str
+    step_id: int
+    config_json: str
+    max_pixels: int
+    max_message_bytes: int
+    def __init__(self, pipeline_id: _Optional[str] = ..., step_id: _Optional[int] = ..., config_json: _Optional[str] = ..., max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...

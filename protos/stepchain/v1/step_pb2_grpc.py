@@ -40,6 +40,11 @@ class StepServiceStub:
                 request_serializer=stepchain_dot_v1_dot_step__pb2.ProcessRequest.SerializeToString,
                 response_deserializer=stepchain_dot_v1_dot_step__pb2.ProcessResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/stepchain.v1.StepService/Describe',
+                request_serializer=stepchain_dot_v1_dot_step__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=stepchain_dot_v1_dot_step__pb2.DescribeResponse.FromString,
+                _registered_method=True)
 
 
 class StepServiceServicer:
@@ -54,6 +59,13 @@ class StepServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """Describes this step and its pipeline (no image; cheap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StepServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +73,11 @@ def add_StepServiceServicer_to_server(servicer, server):
                     servicer.Process,
                     request_deserializer=stepchain_dot_v1_dot_step__pb2.ProcessRequest.FromString,
                     response_serializer=stepchain_dot_v1_dot_step__pb2.ProcessResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=stepchain_dot_v1_dot_step__pb2.DescribeRequest.FromString,
+                    response_serializer=stepchain_dot_v1_dot_step__pb2.DescribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +108,33 @@ class StepService:
             '/stepchain.v1.StepService/Process',
             stepchain_dot_v1_dot_step__pb2.ProcessRequest.SerializeToString,
             stepchain_dot_v1_dot_step__pb2.ProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepchain.v1.StepService/Describe',
+            stepchain_dot_v1_dot_step__pb2.DescribeRequest.SerializeToString,
+            stepchain_dot_v1_dot_step__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

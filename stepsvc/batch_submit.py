@@ -1,0 +1,184 @@
+"""`stepchain submit IMAGE --tile SIZE` and `stepchain submit DIR --out OUTDIR`: many requests,
+every one accounted for.
+
+One image with ``--tile``: the tiles of :mod:`stepsvc.tile_submit`, a progress bar on stderr,
+then ``tiles: expected N, done N, retried R, failed 0``. A directory: every image in it (at most
+``--concurrency`` at a time), tiled with ``--tile`` or sent whole, each with the same line
+prefixed by its name, then ``images: expected N, done N, failed F``. Exit 0 only when nothing
+failed; a failed image writes no output and its failed tiles are named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from stepchain.v1 import step_pb2, step_pb2_grpc
+
+from stepsvc import client, codec
+from stepsvc.tile_submit import (
+    IMAGE_SUFFIXES,
+    WRITABLE_SUFFIXES,
+    RetryPolicy,
+    TileJob,
+    TileJobError,
+    TileReport,
+    describe,
+    reach_of,
+    read_input,
+    with_retries,
+)
+from stepsvc.tiles import PipelineReach
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and where its result goes."""
+
+    source: Path
+    out: Path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point from `stepchain submit` for --tile and for directories."""
+    source = Path(args.image)
+    try:
+        jobs = _jobs(source, Path(args.out))
+    except ValueError as exc:
+        print(f"stepchain submit: {exc}", file=sys.stderr)
+        return 2
+    channel = client.connect(args.target)
+    try:
+        reach: PipelineReach | None = None
+        if args.tile:
+            try:
+                reach = reach_of(describe(channel, args.timeout))
+            except TileJobError as exc:
+                print(f"stepchain submit: {exc}", file=sys.stderr)
+                return 2
+            except grpc.RpcError as err:
+                print(f"stepchain submit: {args.target}: cannot describe the pipeline: "
+                      f"{_error(err)}", file=sys.stderr)
+                return 1
+        return _run_jobs(args, channel, jobs, reach, directory=source.is_dir())
+    finally:
+        channel.close()
+
+
+def _jobs(source: Path, out: Path) -> list[Job]:
+    if source.is_dir():
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: the input is a directory, so --out must be one too")
+        images = sorted(p for p in source.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        out.mkdir(parents=True, exist_ok=True)
+        return [Job(p, out / (p.name if p.suffix.lower() in WRITABLE_SUFFIXES
+                              else p.stem + ".png")) for p in images]
+    if not source.is_file():
+        raise ValueError(f"{source}: no such file or directory")
+    if out.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise ValueError(f"--out {out}: the suffix must be one of {', '.join(WRITABLE_SUFFIXES)}")
+    client.check_output_path(out)
+    return [Job(source, out)]
+
+
+def _run_jobs(args: argparse.Namespace, channel: grpc.Channel, jobs: list[Job],
+              reach: PipelineReach | None, *, directory: bool) -> int:
+    policy = RetryPolicy(attempts=args.retries)
+    console = Console(stderr=True)
+    failed_images = 0
+    lock = threading.Lock()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+
+        def one(job: Job) -> tuple[Job, TileReport | None, str | None]:
+            task = progress.add_task(job.source.name, total=None)
+
+            def advance(done: int, expected: int) -> None:
+                progress.update(task, completed=done, total=expected)
+            try:
+                if reach is not None:
+                    image = read_input(job.source)
+                    report = TileJob(channel, reach, args.tile, concurrency=args.tile_concurrency,
+                                     timeout=args.timeout, policy=policy, threads=args.threads,
+                                     passes=args.passes).run(image, job.out, advance)
+                else:
+                    report = _whole(channel, job, args, policy, advance)
+            except (TileJobError, ValueError, OSError) as exc:
+                return job, None, str(exc)
+            return job, report, None
+
+        with futures.ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
+            for job, report, error in pool.map(one, jobs):
+                prefix = f"{job.source.name}: " if directory else ""
+                with lock:
+                    if report is None or not report.ok:
+                        failed_images += 1
+                if report is None:
+                    print(f"{prefix}failed: {error}", file=sys.stderr)
+                    continue
+                print(prefix + report.line(), flush=True)
+                if report.retried:
+                    print(f"{prefix}retried after: " + ", ".join(
+                        f"{code} x{n}" for code, n in sorted(report.reasons.items())),
+                        file=sys.stderr)
+                if report.ok:
+                    continue
+                print(f"{prefix}failed tiles (no output written to {job.out}):\n"
+                      f"{report.failures()}", file=sys.stderr)
+    if directory:
+        print(f"images: expected {len(jobs)}, done {len(jobs) - failed_images}, "
+              f"failed {failed_images}")
+    elif failed_images == 0:
+        print(f"output: {jobs[0].out}")
+    return 0 if failed_images == 0 else 1
+
+
+def _whole(channel: grpc.Channel, job: Job, args: argparse.Namespace, policy: RetryPolicy,
+           advance: Any) -> TileReport:
+    """One image as one request (a directory without --tile), retried like a tile."""
+    report = TileReport(expected=1)
+    suffix = job.out.suffix.lower()
+    if suffix == ".npy" or job.source.suffix.lower() == ".npy":
+        image = codec.raw_image(np.ascontiguousarray(read_input(job.source)))
+    else:
+        image = client.image_message(job.source)
+    encoding = {".png": codec.PNG, ".jpg": codec.JPEG, ".jpeg": codec.JPEG}.get(suffix, codec.RAW)
+    request = client.build_request(image, output_encoding=encoding, threads=args.threads,
+                                   passes=args.passes, request_id=f"{job.source.stem}/0")
+    stub = step_pb2_grpc.StepServiceStub(channel)
+
+    def on_retry(code: grpc.StatusCode, message: str) -> None:
+        report.retried += 1
+        report.reasons[code.name] = report.reasons.get(code.name, 0) + 1
+    try:
+        response: step_pb2.ProcessResponse = with_retries(
+            lambda t: stub.Process(request, timeout=t), args.timeout, policy, on_retry)
+    except grpc.RpcError as err:
+        report.failed[0] = _error(err)
+        advance(1, 1)
+        return report
+    if suffix == ".npy":
+        np.save(job.out, codec.decode_image(response.image))
+    else:
+        job.out.write_bytes(response.image.data)
+    report.done = 1
+    advance(1, 1)
+    return report
+
+
+def _error(err: grpc.RpcError) -> str:
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    return f"{code.name if code is not None else 'ERROR'}: {details}"
