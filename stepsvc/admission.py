@@ -1,8 +1,12 @@
 """Backpressure for one step: a bounded number of requests in flight and a bounded wait queue.
 
-A request either gets a slot at once, waits in a first-come-first-served queue for one, or —
-when the queue is full — is refused immediately, so an overloaded step answers
-RESOURCE_EXHAUSTED instead of piling up work it will never finish in time.
+A request either gets a slot at once, waits in a first-come-first-served queue for one, or is
+refused immediately, so an overloaded step answers RESOURCE_EXHAUSTED instead of piling up work
+it will never finish in time. Refused at once are requests that find the queue full, and —
+deadline-aware shedding, as gRPC's load-shedding guidance and Envoy's adaptive concurrency do —
+requests whose remaining deadline is shorter than the wait the step expects for them, or whose
+expected wait exceeds the step's queue-wait bound. The expected wait is the number of requests
+ahead divided by the slots, times the moving average of how long a request holds a slot.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from collections import deque
 
 
 class QueueFull(Exception):
-    """Every slot is busy and the wait queue is full (RESOURCE_EXHAUSTED)."""
+    """Every slot is busy and the wait queue is full, or the expected wait is longer than the
+    request's deadline or the queue-wait bound allows (RESOURCE_EXHAUSTED)."""
 
 
 class QueueTimeout(Exception):
@@ -24,16 +29,25 @@ class Draining(Exception):
     """The step is shutting down and takes no new requests (FAILED_PRECONDITION)."""
 
 
-class Admission:
-    """In-flight limit `max_inflight` with a FIFO wait queue of at most `max_queue` requests."""
+#: Weight of the newest sample in the moving average of slot hold times.
+EWMA_ALPHA = 0.2
 
-    def __init__(self, max_inflight: int, max_queue: int) -> None:
+
+class Admission:
+    """In-flight limit `max_inflight` with a FIFO wait queue of at most `max_queue` requests,
+    none expected to wait longer than `max_queue_wait` seconds (None: no bound)."""
+
+    def __init__(self, max_inflight: int, max_queue: int,
+                 max_queue_wait: float | None = None) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         self.max_inflight = max_inflight
         self.max_queue = max_queue
+        self.max_queue_wait = max_queue_wait
+        #: Moving average of the seconds a request holds a slot; None until one finished.
+        self.hold_s: float | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
@@ -55,11 +69,31 @@ class Admission:
         """True once close() was called (draining)."""
         return self._closed
 
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now would wait for a slot (0 while one is free)."""
+        with self._lock:
+            return self._expected_wait()
+
+    def _expected_wait(self) -> float:
+        if self._inflight < self.max_inflight and not self._waiters:
+            return 0.0
+        if self.hold_s is None:
+            return 0.0  # nothing measured yet: only the count bounds apply
+        return (len(self._waiters) + 1) / self.max_inflight * self.hold_s
+
+    def _limits(self) -> str:
+        bound = ("" if self.max_queue_wait is None
+                 else f", expected wait at most {self.max_queue_wait * 1000:.0f} ms "
+                      "(--max-queue-wait-ms)")
+        return (f"{self._inflight} requests in flight (--max-inflight {self.max_inflight}), "
+                f"{len(self._waiters)} waiting (--max-queue {self.max_queue}){bound}")
+
     def acquire(self, timeout: float | None = None) -> float:
         """Takes a slot, waiting at most `timeout` seconds; returns the seconds spent waiting.
 
-        Raises QueueFull at once when the queue is full, QueueTimeout when `timeout` passes
-        first, Draining when the step is closed.
+        Raises QueueFull at once when the queue is full or the expected wait is longer than
+        `timeout` or the queue-wait bound, QueueTimeout when `timeout` passes first anyway,
+        Draining when the step is closed.
         """
         start = time.perf_counter()
         with self._lock:
@@ -69,10 +103,20 @@ class Admission:
                 self._inflight += 1
                 return 0.0
             if len(self._waiters) >= self.max_queue:
+                raise QueueFull(f"step is at its limit: {self._limits()}; retry later or add "
+                                "replicas")
+            expected = self._expected_wait()
+            if timeout is not None and expected > timeout:
                 raise QueueFull(
-                    f"step is at its limit: {self._inflight} requests in flight (--max-inflight "
-                    f"{self.max_inflight}) and {len(self._waiters)} waiting (--max-queue "
-                    f"{self.max_queue}); retry later or add replicas")
+                    f"the expected wait for a slot, {expected * 1000:.0f} ms (~"
+                    f"{(self.hold_s or 0) * 1000:.0f} ms per request), is longer than the "
+                    f"request's remaining deadline, {timeout * 1000:.0f} ms: refused now rather "
+                    f"than timing out in the queue; {self._limits()}; retry later or add "
+                    "replicas")
+            if self.max_queue_wait is not None and expected > self.max_queue_wait:
+                raise QueueFull(
+                    f"step is at its limit: the expected wait for a slot is "
+                    f"{expected * 1000:.0f} ms; {self._limits()}; retry later or add replicas")
             ticket = threading.Event()
             self._waiters.append(ticket)
         # release() hands a slot directly to the first waiter by setting its event.
@@ -87,9 +131,13 @@ class Admission:
         raise QueueTimeout(f"deadline passed after waiting {waited * 1000:.0f} ms for a free slot "
                            f"(--max-inflight {self.max_inflight})")
 
-    def release(self) -> None:
-        """Gives a slot back (to the first waiter, if any)."""
+    def release(self, held: float | None = None) -> None:
+        """Gives a slot back (to the first waiter, if any); `held`: seconds it was held, which
+        feeds the expected wait."""
         with self._lock:
+            if held is not None:
+                self.hold_s = held if self.hold_s is None else (
+                    EWMA_ALPHA * held + (1 - EWMA_ALPHA) * self.hold_s)
             if self._waiters:
                 self._waiters.popleft().set()  # the slot moves on; inflight stays the same
             else:

@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="requests processed at once (default 16)")
     serve.add_argument("--max-queue", type=cli_args.non_negative_int, default=64,
                        help="requests waiting for a slot before RESOURCE_EXHAUSTED (default 64)")
+    serve.add_argument("--max-queue-wait-ms", type=cli_args.non_negative_int, default=0,
+                       help="refuse at once (RESOURCE_EXHAUSTED) when the expected wait for a "
+                            "slot is longer; a request whose remaining deadline is shorter than "
+                            "the expected wait is refused at once anyway (default 0 = no bound "
+                            "beyond the deadline and --max-queue)")
     serve.add_argument("--max-message-mb", type=cli_args.message_mb,
                        default=limits.DEFAULT_MAX_MESSAGE_MB,
                        help=f"largest gRPC message in or out, MiB, 1..{limits.MAX_MESSAGE_MB} "
@@ -161,6 +166,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     settings = ServerSettings(
         host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
+        max_queue_wait_ms=args.max_queue_wait_ms,
         max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
         max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout,
         metrics_port=args.metrics_port, max_connection_age=args.max_connection_age,

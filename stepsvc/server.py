@@ -35,8 +35,9 @@ from stepsvc.servicer import (
 log = logging.getLogger("stepchain.step")
 
 SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
-#: Threads beyond the admitted requests, so health checks and reflection answer under load.
-SPARE_THREADS = 8
+#: Threads beyond the admitted requests: health checks, reflection and the step's own refusals
+#: answer at once under load instead of waiting for a thread behind queued requests.
+SPARE_THREADS = 32
 #: Seconds the last responses get to be written after drain saw every request finish.
 RESPONSE_FLUSH_S = 5.0
 #: Seconds a client connection lives before the server asks the client to reconnect (GOAWAY).
@@ -53,6 +54,9 @@ class ServerSettings:
     port: int = 50051
     max_inflight: int = 16
     max_queue: int = 64
+    #: Refuse at once when the expected wait for a slot is longer (0 = only the deadline and
+    #: --max-queue bound the queue).
+    max_queue_wait_ms: int = 0
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_passes: int = DEFAULT_MAX_PASSES
@@ -175,14 +179,15 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     """
     settings = settings or ServerSettings()
     codec.keep_large_buffers()
-    admission = Admission(settings.max_inflight, settings.max_queue)
+    admission = Admission(settings.max_inflight, settings.max_queue,
+                          settings.max_queue_wait_ms / 1000 or None)
     forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
     servicer = StepServicer(config, discovery, admission, forwarder,
                             max_pixels=settings.max_pixels, max_passes=settings.max_passes,
                             max_message_bytes=settings.max_message_bytes,
                             forward_timeout=settings.forward_timeout, observer=observer)
     # Queued requests hold a thread while they wait, so the pool covers in-flight + queue; the
-    # spare threads keep health checks answering when every admitted request is busy.
+    # spare threads answer health checks and the step's own refusals at once.
     workers = settings.max_inflight + settings.max_queue + SPARE_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step"),
@@ -190,7 +195,10 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
         # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
         options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0),
                  *settings.connection_options()],
-        maximum_concurrent_rpcs=workers,
+        # A last resort only: gRPC counts an RPC until its answer is written, so a cap equal
+        # to the pool answered the generic "Concurrent RPC limit exceeded!" (after seconds)
+        # where the step's admission should have refused by name. Admission decides first.
+        maximum_concurrent_rpcs=4 * workers,
     )
     server.add_generic_rpc_handlers((process_handler(servicer),))
     health_servicer = health.HealthServicer()

@@ -174,7 +174,8 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         try:
             if request.error:
                 raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"step {self.step.id} ({self.step.type}): {request.error}")
+                                f"step {self.step.id} ({self.step.type}): {PROCESS_METHOD}: "
+                                f"{request.error}")
             answer = self._process(request, context, timing)
             probe = step_pb2.ProcessResponse(request_id=answer.request_id)
         except StepAbort as abort:
@@ -191,9 +192,16 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         except Exception:  # telemetry must never turn an answer into a failure
             log.exception("step %s: observer.finished failed", self.step.id)
         if failure is not None:
-            if failure.trailers:
-                context.set_trailing_metadata(failure.trailers)
-            context.abort(failure.code, failure.message)
+            trailers, message = failure.trailers, failure.message
+            if not any(key == FAILED_STEP_KEY for key, _ in trailers):
+                # This step's own failure: the message names it, and the trailer tells
+                # upstream steps to pass it back unchanged.
+                name = f"step {self.step.id} ({self.step.type})"
+                if not message.startswith(name):
+                    message = f"{name}: {message}"
+                trailers = (*trailers, (FAILED_STEP_KEY, str(self.step.id)))
+            context.set_trailing_metadata(trailers)
+            context.abort(failure.code, message)
         assert answer is not None and probe is not None
         # The caller's trace id is the entry step's (one trace per request): steps further
         # down add none, so the response carries it once.
@@ -225,7 +233,8 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         if self.step.id in request.route:
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"routing loop: step {self.step.id} already ran for this request "
-                            f"(route {list(request.route)}); check next_step in the pipeline")
+                            f"(route {describe_route(request.route)}); check next_step in the "
+                            "pipeline")
         # Cheap checks before taking a slot: a malformed request never waits in the queue.
         threads, passes, schedule = self._exec_settings(request)
         self._check_output(request)
@@ -246,10 +255,11 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                 raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"step {self.step.id} ({self.step.type}): {exc}",
                                 ((DRAINING_KEY, "1"),)) from None
+        held = time.perf_counter()
         try:
             return self._run(view, context, timing, request_id, threads, passes, schedule)
         finally:
-            self.admission.release()
+            self.admission.release(time.perf_counter() - held)
 
     def _run(self, view: wire.RequestView, context: grpc.ServicerContext,
              timing: step_pb2.StepTiming, request_id: str, threads: int, passes: int,
@@ -362,6 +372,11 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             raise StepAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"{where}: the request's deadline passed after kernel pass {done} of "
                             f"{passes}; stopped there")
+        if not context.is_active() and self.admission.closed:
+            raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"{where} is draining (shutting down) and its grace period ran out "
+                            f"after kernel pass {done} of {passes}; retry on another replica",
+                            ((DRAINING_KEY, "1"),))
         if not context.is_active():
             raise StepAbort(grpc.StatusCode.CANCELLED,
                             f"{where}: the request was cancelled (caller gone or server "
@@ -486,6 +501,22 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"jpeg_quality must be 1..100 (0 = {codec.DEFAULT_JPEG_QUALITY}), "
                             f"got {request.jpeg_quality}")
+
+
+#: The gRPC method, as messages name it.
+PROCESS_METHOD = "stepchain.v1.StepService/Process"
+#: Route ids a routing-loop message shows at each end; the rest is counted, not echoed (the
+#: message travels in a header, which gRPC caps at 16 KiB by default).
+ROUTE_SHOWN = 4
+
+
+def describe_route(route: Sequence[int]) -> str:
+    """A route for a message, bounded: short ones whole, long ones by their ends and length."""
+    if len(route) <= 2 * ROUTE_SHOWN:
+        return str(list(route))
+    head = ", ".join(str(i) for i in route[:ROUTE_SHOWN])
+    tail = ", ".join(str(i) for i in route[-ROUTE_SHOWN:])
+    return f"[{head}, ... {tail}] ({len(route)} steps)"
 
 
 def _unknown_field_numbers(msg: Any) -> list[int]:

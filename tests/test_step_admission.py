@@ -86,3 +86,47 @@ def test_limits_must_be_sensible() -> None:
         Admission(0, 1)
     with pytest.raises(ValueError, match="max_queue"):
         Admission(1, -1)
+
+
+def _busy(adm: Admission, hold_s: float) -> None:
+    """One slot taken and given back after `hold_s` (what the expected wait learns from)."""
+    adm.acquire()
+    adm.release(hold_s)
+    adm.acquire()
+
+
+def test_a_request_whose_deadline_is_shorter_than_the_expected_wait_is_refused_at_once() -> None:
+    adm = Admission(1, 10)
+    _busy(adm, 0.5)  # requests hold the one slot ~500 ms
+    start = time.monotonic()
+    with pytest.raises(QueueFull, match="remaining deadline, 200 ms") as info:
+        adm.acquire(0.2)
+    assert time.monotonic() - start < 0.1  # at once, not after waiting out the deadline
+    assert "expected wait for a slot, 500 ms" in str(info.value)
+    assert "--max-inflight 1" in str(info.value)
+    assert adm.queued == 0
+
+
+def test_a_request_with_time_for_the_expected_wait_queues() -> None:
+    adm = Admission(1, 10)
+    _busy(adm, 0.05)
+    got: list[float] = []
+    waiter = threading.Thread(target=lambda: got.append(adm.acquire(5.0)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while adm.queued != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    adm.release(0.05)
+    waiter.join(5)
+    assert got and adm.inflight == 1
+
+
+def test_expected_wait_beyond_the_queue_wait_bound_is_refused_at_once() -> None:
+    adm = Admission(2, 100, max_queue_wait=0.1)
+    adm.acquire()
+    adm.release(0.3)
+    adm.acquire()
+    adm.acquire()  # both slots busy: the next would wait ~150 ms
+    assert adm.expected_wait() == pytest.approx(0.15)
+    with pytest.raises(QueueFull, match="--max-queue-wait-ms"):
+        adm.acquire(10.0)

@@ -186,12 +186,36 @@ def test_every_candidate_down_is_unavailable_naming_each_one(pipe: InProcessPipe
 
 def test_downstream_error_reaches_the_caller_naming_the_failed_step(
         pipe: InProcessPipeline) -> None:
-    second = pipe.add(2, LINEAR, max_pixels=100)
+    pipe.add(2, LINEAR, max_pixels=100)
     pipe.add(1, LINEAR)
     code, message = status_of(lambda: pipe.stub(1).Process(raw_request(noisy_image()), timeout=10))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert message.startswith(f"step 2 (grayscale) at {second.address}: ")
-    assert "at most 100 pixels" in message
+    # Passed back unchanged by step 1: the refusing step's own words, naming it and its host.
+    assert message.startswith("step 2 (grayscale): ")
+    assert "at most 100 pixels" in message and "step 1" not in message
+
+
+def test_routing_loop_message_stays_bounded_for_a_huge_route(pipe: InProcessPipeline) -> None:
+    pipe.add(1, SINGLE)
+    route = [0, 1, *range(2, 1_000_000)]
+    code, message = status_of(
+        lambda: pipe.stub(1).Process(raw_request(noisy_image(), route=route), timeout=30))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION  # not RESOURCE_EXHAUSTED (header size)
+    assert "routing loop" in message and "1000000 steps" in message
+    assert "[0, 1, 2, 3, ... 999996, 999997, 999998, 999999]" in message
+    assert len(message) < 400
+
+
+def test_bytes_that_are_not_a_request_are_invalid_argument_naming_the_method(
+        pipe: InProcessPipeline) -> None:
+    server = pipe.add(1, SINGLE)
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary("/stepchain.v1.StepService/Process")
+        code, message = status_of(lambda: call(b"\xff\xff\xff\xffnot protobuf", timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stepchain.v1.StepService/Process" in message and "step 1" in message
+    # The server keeps serving.
+    assert pipe.stub(1).Process(raw_request(noisy_image()), timeout=10).timings
 
 
 def test_a_step_already_in_the_route_refuses_the_loop(pipe: InProcessPipeline) -> None:
