@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stepchain-installed
 NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h) native/_native.c setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all venv native proto lint typecheck unit test test-fast demo bench helm clean
+.PHONY: all venv native proto lint typecheck unit test test-fast demo bench helm test-tools clean
 
 all: venv
 
@@ -42,7 +42,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy native stepsvc topology loadtest bench
 
-unit: venv helm
+# Chromium + chromium-driver (console browser test) and tmux (`stepchain top` test), when missing.
+test-tools:
+	sh tests/install-test-tools.sh
+
+unit: venv helm test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -140,7 +140,7 @@ def test_annotate_puts_each_error_beside_the_field_it_names(reader: TestClient) 
     text = json.dumps({"name": "x", "steps": [{"type": "grayscale"}, {"type": "warp"}]})
     reply = reader.post("/console/annotate", json={"text": text, "errors": [
         {"loc": ["body", "steps", 1, "type"], "msg": "unknown step type 'warp'"}]})
-    line = next(li for li in reply.text.split("\n") if "field-error" in li)
+    line = next(li for li in reply.text.split("<span class='line") if "field-error" in li)
     assert '&quot;type&quot;: &quot;warp&quot;' in line and "unknown step type" in line
 
 

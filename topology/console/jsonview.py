@@ -83,6 +83,10 @@ def annotate(text: str, errors: Sequence[dict[str, Any]]) -> str:
     if unplaced:
         out.append("<ul class='errors'>" + "".join(f"<li>{escape(u)}</li>" for u in unplaced)
                    + "</ul>")
+    placed = [(i, note) for i, notes in sorted(beside.items()) for note in notes]
+    if placed:
+        out.append("<ul class='errors placed'>" + "".join(
+            f"<li>line {i + 1}: {escape(note)}</li>" for i, note in placed) + "</ul>")
     out.append("<pre class='json'>")
     for i, line in enumerate(lines):
         notes = beside.get(i)
@@ -90,7 +94,7 @@ def annotate(text: str, errors: Sequence[dict[str, Any]]) -> str:
         out.append(f"<span class='line{cls}'><span class='code'>{escape(line.text)}</span>")
         for note in notes or ():
             out.append(f"<span class='field-error'>&#9664; {escape(note)}</span>")
-        out.append("</span>\n")
+        out.append("</span>")
     out.append("</pre></div>")
     return "".join(out)
 
@@ -102,8 +106,8 @@ def _syntax_error(text: str, exc: json.JSONDecodeError) -> str:
         if number == exc.lineno:
             out.append(f"<span class='line error'><span class='code'>{escape(line)}</span>"
                        f"<span class='field-error'>&#9664; {escape(exc.msg)} (column "
-                       f"{exc.colno})</span></span>\n")
+                       f"{exc.colno})</span></span>")
         else:
-            out.append(f"<span class='line'><span class='code'>{escape(line)}</span></span>\n")
+            out.append(f"<span class='line'><span class='code'>{escape(line)}</span></span>")
     out.append("</pre></div>")
     return "".join(out)

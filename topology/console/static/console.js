@@ -86,6 +86,8 @@ async function submitSpec(form, action) {
     spec = JSON.parse(text);
   } catch (err) {
     result.innerHTML = await annotated(text, []);
+    const first = result.querySelector(".line.error");
+    if (first) first.scrollIntoView({block: "center"});
     return;
   }
   const strict = form.querySelector("input[name=strict]").checked;
@@ -110,6 +112,8 @@ async function submitSpec(form, action) {
   if (reply.status === 422) {
     result.innerHTML = "<p class='err-box'>The pipeline is not valid: each error is shown "
       + "next to the field it names.</p>" + await annotated(text, body.detail || []);
+    const first = result.querySelector(".line.error");
+    if (first) first.scrollIntoView({block: "center"});
     return;
   }
   if (!reply.ok) {
