@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--grace", type=cli_args.non_negative_seconds, default=30.0,
                        help="seconds in-flight requests get to finish on SIGTERM; then the "
                             "process exits anyway (default 30)")
+    serve.add_argument("--shm-dir", metavar="DIR",
+                       default=os.environ.get("STEPCHAIN_SHM_DIR") or "/dev/shm",
+                       help="frame directory for shared memory with co-located steps "
+                            "(default $STEPCHAIN_SHM_DIR or /dev/shm; a pod's in-memory emptyDir "
+                            "in Kubernetes); used only with steps that advertise the same one")
+    serve.add_argument("--no-shm", action="store_true",
+                       help="never use shared memory: pixels always travel in the gRPC message")
     serve.add_argument("--forward-timeout", type=cli_args.positive_seconds, default=60.0,
                        help="deadline for the next hop when the caller set none, > 0 "
                             "(default 60 s)")
@@ -170,7 +177,8 @@ def serve_command(args: argparse.Namespace) -> int:
         max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
         max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout,
         metrics_port=args.metrics_port, max_connection_age=args.max_connection_age,
-        max_connection_age_grace=args.max_connection_age_grace)
+        max_connection_age_grace=args.max_connection_age_grace,
+        shm_dir="" if args.no_shm else args.shm_dir)
     discovery.start()
     try:
         server = build_server(config, discovery, settings,

@@ -54,6 +54,11 @@ def replica_tries(address: str) -> int:
         return DNS_REPLICA_TRIES
     return 1
 
+#: Initial metadata with which a step advertises its shared-memory domain (stepsvc.shm).
+DOMAIN_KEY = "stepchain-shm-domain"
+#: Trailing metadata on a refused shared-memory handle from another domain: resend as bytes.
+UNSHARED_KEY = "stepchain-shm-unshared"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -131,7 +136,24 @@ class Forwarder:
         self._interceptors = tuple(interceptors)
         self._stubs: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._channels: list[grpc.Channel] = []
+        self._domains: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def domain(self, address: str) -> str | None:
+        """The shared-memory domain `address` advertised in its last answer (None: unknown, so
+        the first request to an address always carries bytes)."""
+        return self._domains.get(address)
+
+    def _learn_domain(self, address: str, call: Any) -> None:
+        try:
+            pairs = call.initial_metadata() or ()
+        except Exception:  # no metadata on a call that never reached the server
+            return
+        for key, value in pairs:
+            if key == DOMAIN_KEY:
+                self._domains[address] = str(value)
+                return
+        self._domains.pop(address, None)
 
     def stub(self, address: str) -> grpc.UnaryUnaryMultiCallable:
         """The cached Process callable for `address` (created on first use): bytes in, bytes
@@ -175,10 +197,8 @@ class Forwarder:
                 attempts += 1
                 if isinstance(request, Message):
                     request = request.SerializeToString()
-                payload = request if isinstance(request, bytes) else request(cand)
                 try:
-                    response = self.stub(cand.address)(
-                        payload, timeout=remaining, metadata=tuple(metadata) or None)
+                    response = self._call(cand, request, remaining, metadata)
                     return ForwardResult(response, cand.step_id, attempts)
                 except grpc.RpcError as err:
                     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
@@ -200,6 +220,26 @@ class Forwarder:
             grpc.StatusCode.UNAVAILABLE,
             f"no next step took the request; tried {attempts}: {tried}",
             attempts, None)
+
+    def _call(self, cand: Candidate, request: Payload, timeout: float | None,
+              metadata: Sequence[tuple[str, str]]) -> bytes:
+        """One attempt at `cand`; a handle refused as from another domain (the address now
+        answers from another host or pod) is resent once with the pixels as bytes."""
+        stub = self.stub(cand.address)
+        for resend in (False, True):
+            payload = request if isinstance(request, bytes) else request(cand)
+            try:
+                response, call = stub.with_call(payload, timeout=timeout,
+                                                metadata=tuple(metadata) or None)
+                self._learn_domain(cand.address, call)
+                return bytes(response)
+            except grpc.RpcError as err:
+                self._learn_domain(cand.address, err)
+                unshared = UNSHARED_KEY in _trailers(err)
+                if resend or not unshared or isinstance(request, bytes):
+                    raise
+                self._domains.pop(cand.address, None)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Closes every cached channel."""

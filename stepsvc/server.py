@@ -31,6 +31,8 @@ from stepsvc.servicer import (
     StepObserver,
     StepServicer,
 )
+from stepsvc.shm import DEFAULT_DIR as DEFAULT_SHM_DIR
+from stepsvc.shm import FrameStore
 
 log = logging.getLogger("stepchain.step")
 
@@ -69,6 +71,8 @@ class ServerSettings:
     #: Time RPCs still running on an aged connection get to finish; None = forward_timeout,
     #: the longest a request waits on its next hop.
     max_connection_age_grace: float | None = None
+    #: Frame directory for shared memory with co-located steps; "" = off (stepsvc.shm).
+    shm_dir: str = DEFAULT_SHM_DIR
 
     @property
     def max_message_bytes(self) -> int:
@@ -109,6 +113,8 @@ class StepServer:
     def start(self) -> None:
         """Starts serving and reports SERVING on the health service."""
         self.server.start()
+        if self.servicer.frames is not None:
+            self.servicer.frames.start_sweeping()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -139,6 +145,8 @@ class StepServer:
         self._stopped.set()
         self.server.stop(grace).wait()
         self.servicer.forwarder.close()
+        if self.servicer.frames is not None:
+            self.servicer.frames.close()
         close = getattr(self.discovery, "close", None)
         if callable(close):
             close()
@@ -182,10 +190,14 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     admission = Admission(settings.max_inflight, settings.max_queue,
                           settings.max_queue_wait_ms / 1000 or None)
     forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
+    frames = (FrameStore.open_dir(settings.shm_dir, config.pipeline_id,
+                                  max_bytes=settings.max_pixels * 4)
+              if settings.shm_dir else None)
     servicer = StepServicer(config, discovery, admission, forwarder,
                             max_pixels=settings.max_pixels, max_passes=settings.max_passes,
                             max_message_bytes=settings.max_message_bytes,
-                            forward_timeout=settings.forward_timeout, observer=observer)
+                            forward_timeout=settings.forward_timeout, observer=observer,
+                            frames=frames)
     # Queued requests hold a thread while they wait, so the pool covers in-flight + queue; the
     # spare threads answer health checks and the step's own refusals at once.
     workers = settings.max_inflight + settings.max_queue + SPARE_THREADS

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from stepsvc.forward import (
     Candidate,
     Forwarder,
     ForwardError,
+    Payload,
 )
 from stepsvc.limits import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -44,7 +45,9 @@ from stepsvc.limits import (
     DEFAULT_MAX_PIXELS,
     MIB,
 )
+from stepsvc.outgoing import OutgoingFrame
 from stepsvc.router import choose_next_step, is_last_step
+from stepsvc.shm import DOMAIN_KEY, UNSHARED_KEY, BadHandle, FrameStore, NotShared
 
 log = logging.getLogger("stepchain.step")
 
@@ -119,8 +122,11 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                  max_passes: int = DEFAULT_MAX_PASSES,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S,
-                 observer: StepObserver | None = None) -> None:
+                 observer: StepObserver | None = None,
+                 frames: FrameStore | None = None) -> None:
         self.config = config
+        #: Shared memory with co-located steps; None = pixels always travel as bytes.
+        self.frames = frames
         self.step = config.this_step()
         self.discovery = discovery
         self.admission = admission
@@ -163,6 +169,15 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
     def process_bytes(self, request: wire.RequestView,
                       context: grpc.ServicerContext) -> wire.ResponseBytes:
         """The gRPC method: a parsed request view in, the serialized response out."""
+        if self.frames is not None:  # where this step reads shared memory (senders cache it)
+            send = getattr(context, "send_initial_metadata", None)
+            if send is not None:
+                send(((DOMAIN_KEY, self.frames.domain),))
+        with ExitStack() as cleanup:  # shared-memory segments live until the answer is built
+            return self._process_bytes(request, context, cleanup)
+
+    def _process_bytes(self, request: wire.RequestView, context: grpc.ServicerContext,
+                       cleanup: ExitStack) -> wire.ResponseBytes:
         started = time.perf_counter()
         timing = step_pb2.StepTiming(
             pipeline_id=self.config.pipeline_id, step_id=self.step.id,
@@ -176,7 +191,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                 raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"step {self.step.id} ({self.step.type}): {PROCESS_METHOD}: "
                                 f"{request.error}")
-            answer = self._process(request, context, timing)
+            answer = self._process(request, context, timing, cleanup)
             probe = step_pb2.ProcessResponse(request_id=answer.request_id)
         except StepAbort as abort:
             failure = abort
@@ -223,7 +238,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                                   answer.downstream, wire.trace_id_field(trace_id))
 
     def _process(self, view: wire.RequestView, context: grpc.ServicerContext,
-                 timing: step_pb2.StepTiming) -> _Answer:
+                 timing: step_pb2.StepTiming, cleanup: ExitStack) -> _Answer:
         request = view.header
         if self.admission.closed:
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -257,18 +272,19 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                                 ((DRAINING_KEY, "1"),)) from None
         held = time.perf_counter()
         try:
-            return self._run(view, context, timing, request_id, threads, passes, schedule)
+            return self._run(view, context, timing, cleanup, request_id, threads, passes,
+                             schedule)
         finally:
             self.admission.release(time.perf_counter() - held)
 
     def _run(self, view: wire.RequestView, context: grpc.ServicerContext,
-             timing: step_pb2.StepTiming, request_id: str, threads: int, passes: int,
-             schedule: str) -> _Answer:
+             timing: step_pb2.StepTiming, cleanup: ExitStack, request_id: str, threads: int,
+             passes: int, schedule: str) -> _Answer:
         request = view.header
         with self._phase("decode", timing, "decode_ms" if request.image.encoding else None):
+            data = self._pixels(view, cleanup)
             try:
-                img = codec.decode_image(request.image, max_pixels=self.max_pixels,
-                                         data=view.data)
+                img = codec.decode_image(request.image, max_pixels=self.max_pixels, data=data)
             except codec.PixelLimitError as exc:
                 raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             except codec.ImageError as exc:
@@ -281,11 +297,12 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         measures: dict[str, float] = {}
         last = is_last_step(self.step)
         measure_kind = native.output_kind(self.step.type) == "measure"
-        forward: wire.OutgoingRequest | None = None
+        forward: OutgoingFrame | None = None
         if not last and not measure_kind:
-            # The kernel writes straight into the pixel area of the request for the next step.
-            forward = self._allocate_forward(request, request_id, labels,
-                                             self._output_shape(img.shape))
+            # The kernel writes straight into the frame for the next step: a shared-memory
+            # segment when the first candidate reads ours, else the outgoing request's bytes.
+            forward = self._outgoing(request, request_id, labels, self._output_shape(img.shape),
+                                     cleanup, self._shares_memory(self._first_address(labels)))
         with self._phase("kernel", timing, "kernel_ms"):
             result = self._run_kernel(img, context, threads, passes, schedule,
                                       None if forward is None else forward.pixels)
@@ -303,22 +320,72 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             h, w, c = out.shape
             with self._phase("encode", timing, "encode_ms" if request.output_encoding else None):
                 if request.output_encoding == codec.RAW:
-                    data: memoryview | bytes = np.ascontiguousarray(out).data.cast("B")
+                    body: memoryview | bytes = np.ascontiguousarray(out).data.cast("B")
                     image = step_pb2.Image(width=w, height=h, channels=c)
                 else:
-                    data, c = codec.encode_data(out, request.output_encoding,
+                    body, c = codec.encode_data(out, request.output_encoding,
                                                 jpeg_quality=request.jpeg_quality)
                     image = step_pb2.Image(width=w, height=h, channels=c,
                                            encoding=request.output_encoding)
-            self._check_message_size(image, base + len(data), "response", RESPONSE_HEADROOM)
-            return _Answer(request_id, head=head, image=image, data=data)
+            self._check_message_size(image, base + len(body), "response", RESPONSE_HEADROOM)
+            return _Answer(request_id, head=head, image=image, data=body)
 
+        source_pixels = None
         if forward is None:  # classify: the image passes through unchanged
-            forward = self._allocate_forward(request, request_id, labels, out.shape)
-            forward.pixels[...] = out
+            first = self._first_address(labels)
+            source = (request.image.shm if request.image.HasField("shm")
+                      and self._shares_memory(first) else None)
+            forward = self._outgoing(request, request_id, labels, out.shape, cleanup,
+                                     source=source)
+            source_pixels = out
+            if forward.pixels.size:
+                forward.pixels[...] = out
+        frame = forward
+
+        def payload(cand: Candidate) -> bytes:
+            return frame.payload(self._shares_memory(cand.address), source_pixels)
+
         with self._phase("forward", timing, "forward_ms"):
-            downstream = self._forward(forward.payload, context, timing, labels)
+            downstream = self._forward(payload, context, timing, labels)
         return _Answer(request_id, downstream=downstream, measures=measures)
+
+    def _pixels(self, view: wire.RequestView, cleanup: ExitStack) -> memoryview:
+        """The request's pixel bytes: a view of the message, or of a mapped shared segment."""
+        image = view.header.image
+        if not image.HasField("shm"):
+            return view.data
+        where = f"step {self.step.id} ({self.step.type})"
+        if len(view.data) or image.encoding != codec.RAW:
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{where}: image.shm carries RAW pixels only and replaces "
+                            "image.data; send one of them")
+        if self.frames is None:
+            raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"{where} does not read shared memory; send image.data",
+                            ((UNSHARED_KEY, "1"),))
+        try:  # the pixel limit first, so an oversized frame is RESOURCE_EXHAUSTED either way
+            codec.check_pixels(image.width, image.height, self.max_pixels)
+        except codec.PixelLimitError as exc:
+            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        try:
+            mapped = self.frames.open(image.shm)
+        except NotShared as exc:
+            raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION, f"{where}: {exc}",
+                            ((UNSHARED_KEY, "1"),)) from None
+        except BadHandle as exc:
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: {exc}") from None
+        cleanup.callback(mapped.close)
+        return mapped.data
+
+    def _first_address(self, labels: Mapping[str, str]) -> str | None:
+        """The address the router would try first, or None (the forward reports why)."""
+        active = self.discovery.active()
+        order = choose_next_step(self.step, active.keys(), labels)
+        return active[order[0]] if order else None
+
+    def _shares_memory(self, address: str | None) -> bool:
+        return (self.frames is not None and address is not None
+                and self.forwarder.domain(address) == self.frames.domain)
 
     def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """The kernel's output shape for an input of `shape` (checked again by the kernel)."""
@@ -329,10 +396,11 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             c = 1
         return h, w, c
 
-    def _allocate_forward(self, request: step_pb2.ProcessRequest, request_id: str,
-                          labels: Mapping[str, str],
-                          shape: tuple[int, ...]) -> wire.OutgoingRequest:
-        """The request for the next step with room for a `shape` image, size-checked first."""
+    def _outgoing(self, request: step_pb2.ProcessRequest, request_id: str,
+                  labels: Mapping[str, str], shape: tuple[int, ...], cleanup: ExitStack,
+                  shared: bool = False,
+                  source: step_pb2.SharedFrame | None = None) -> OutgoingFrame:
+        """The frame for the next step with room for a `shape` image, size-checked first."""
         header = step_pb2.ProcessRequest(
             request_id=request_id, output_encoding=request.output_encoding,
             jpeg_quality=request.jpeg_quality, route=[*request.route, self.step.id],
@@ -341,7 +409,8 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         h, w, c = shape[0], shape[1], shape[2]
         self._check_message_size(step_pb2.Image(width=w, height=h, channels=c),
                                  header.ByteSize() + h * w * c, "request for the next step", 0)
-        return wire.allocate_request(header, h, w, c)
+        return OutgoingFrame(header, (h, w, c), frames=self.frames, shared=shared,
+                             cleanup=cleanup, source=source)
 
     def _run_kernel(self, img: Any, context: grpc.ServicerContext, threads: int, passes: int,
                     schedule: str, out: Any = None) -> Any:
@@ -382,7 +451,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                             f"{where}: the request was cancelled (caller gone or server "
                             f"stopping) after kernel pass {done} of {passes}; stopped there")
 
-    def _forward(self, forward: bytes, context: grpc.ServicerContext,
+    def _forward(self, forward: Payload, context: grpc.ServicerContext,
                  timing: step_pb2.StepTiming, labels: Mapping[str, str]) -> bytes:
         active = self.discovery.active()
         order = choose_next_step(self.step, active.keys(), labels)

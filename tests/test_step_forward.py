@@ -34,7 +34,7 @@ class _SlowDownStub:
         time.sleep(self.delay)
         raise _Unavailable()
 
-    __call__ = Process  # the forwarder's stub is the Process callable itself
+    __call__ = with_call = Process  # the forwarder's stub is the Process callable itself
 
 
 def _candidates(n: int) -> list[Candidate]:

@@ -17,18 +17,32 @@ IMAGE_ENCODING_PNG: ImageEncoding
 IMAGE_ENCODING_JPEG: ImageEncoding
 
 class Image(_message.Message):
-    __slots__ = ("width", "height", "channels", "data", "encoding")
+    __slots__ = ("width", "height", "channels", "data", "encoding", "shm")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
     width: int
     height: int
     channels: int
     data: bytes
     encoding: ImageEncoding
-    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., data: _Optional[bytes] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ...) -> None: ...
+    shm: SharedFrame
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., data: _Optional[bytes] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., shm: _Optional[_Union[SharedFrame, _Mapping]] = ...) -> None: ...
+
+class SharedFrame(_message.Message):
+    __slots__ = ("name", "size", "token", "domain")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    token: bytes
+    domain: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., token: _Optional[bytes] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class Overrides(_message.Message):
     __slots__ = ("threads", "passes", "schedule")

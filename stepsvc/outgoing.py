@@ -1,0 +1,66 @@
+"""The request for the next step, as bytes or as a shared-memory handle, chosen per candidate.
+
+The kernel writes its output once, into :attr:`OutgoingFrame.pixels`: a shared-memory segment
+when the first candidate shares this step's domain, else the pixel area of a serialized request
+(:func:`stepsvc.wire.allocate_request`). :meth:`OutgoingFrame.payload` then gives each
+candidate what it can read: a small request carrying the handle, or the full bytes (copied from
+the segment only for a failover candidate in another domain).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import numpy as np
+from stepchain.v1 import step_pb2
+
+from stepsvc import wire
+from stepsvc.shm import FrameStore
+
+
+class OutgoingFrame:
+    """One frame on its way to the next step; segments are freed by `cleanup`."""
+
+    def __init__(self, header: step_pb2.ProcessRequest, shape: tuple[int, int, int], *,
+                 frames: FrameStore | None, shared: bool, cleanup: ExitStack,
+                 source: step_pb2.SharedFrame | None = None) -> None:
+        """`header` is the request without its image; `shared` says whether to put the frame
+        in shared memory (the first candidate reads this step's domain); `source` is a
+        segment the frame already is in (a pass-through step), forwarded as is."""
+        self.header = header
+        self.shape = shape
+        self._frames = frames
+        self._cleanup = cleanup
+        self._bytes: wire.OutgoingRequest | None = None
+        self._handle: step_pb2.SharedFrame | None = source
+        if source is not None:
+            self.pixels = np.empty((0, 0, 0), dtype=np.uint8)  # nothing to write
+        elif shared and frames is not None:
+            segment = frames.create(shape)
+            cleanup.callback(segment.close)
+            self._handle = segment.handle()
+            self.pixels = segment.pixels
+        else:
+            self._bytes = wire.allocate_request(header, *shape)
+            self.pixels = self._bytes.pixels
+
+    @property
+    def in_shared_memory(self) -> bool:
+        return self._handle is not None
+
+    def payload(self, shared: bool, source_pixels: np.ndarray | None = None) -> bytes:
+        """The serialized request for a candidate: with the handle when `shared` (and the
+        frame is in shared memory), else with the pixels (copied once if they are in a
+        segment or in `source_pixels`)."""
+        if shared and self._handle is not None:
+            msg = step_pb2.ProcessRequest()
+            msg.CopyFrom(self.header)
+            h, w, c = self.shape
+            msg.image.width, msg.image.height, msg.image.channels = w, h, c
+            msg.image.shm.CopyFrom(self._handle)
+            return msg.SerializeToString()
+        if self._bytes is None:
+            self._bytes = wire.allocate_request(self.header, *self.shape)
+            src = self.pixels if self.pixels.size else source_pixels
+            self._bytes.pixels[...] = src
+        return self._bytes.payload
