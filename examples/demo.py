@@ -197,14 +197,11 @@ def show_trace(trace_file: Path | None, submitted: str, env: dict[str, str]) -> 
     print(f"\n== trace of the last request: stepchain trace show {trace_id[1]} "
           f"--file {trace_file.relative_to(ROOT)}")
     width = shutil.get_terminal_size((120, 24)).columns - 3
+    # trace show waits (--wait) until every step's batch of spans is in the file
     command = [*STEPCHAIN, "trace", "show", trace_id[1], "--file",
-               str(trace_file), "--width", str(width)]
-    for _ in range(40):  # each step exports its spans in a batch every 200 ms
-        shown = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                               timeout=60)
-        if shown.returncode == 0 and shown.stdout.count("(server)") >= int(steps[1]):
-            break
-        time.sleep(0.25)
+               str(trace_file), "--width", str(width), "--wait", "10"]
+    shown = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
     if shown.returncode != 0:
         raise DemoFailed(f"stepchain trace show failed: {shown.stderr.strip()}")
     print("   " + shown.stdout.rstrip().replace("\n", "\n   "))

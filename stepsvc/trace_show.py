@@ -35,6 +35,10 @@ class TraceSourceError(Exception):
     """The trace could not be read: a message saying what, where, and what to try."""
 
 
+class TraceNotThereYet(TraceSourceError):
+    """The source answered but has no (such) trace yet: spans may still be on their way."""
+
+
 @dataclass(frozen=True)
 class SpanRecord:
     """One span, independent of where it was read from. Times in Unix nanoseconds."""
@@ -132,6 +136,9 @@ def read_otlp_json_lines(path: str | Path) -> list[SpanRecord]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TraceNotThereYet(f"trace file {path} does not exist (yet: the steps create it "
+                               "with their first export)") from None
     except OSError as exc:
         raise TraceSourceError(f"cannot read trace file {path}: {exc.strerror or exc}") from None
     records: list[SpanRecord] = []
@@ -165,14 +172,14 @@ def select_trace(spans: Sequence[SpanRecord], trace_id: str | None = None,
                  *, where: str = "the trace file") -> list[SpanRecord]:
     """The spans of `trace_id` (hex, any case), or of the latest trace when it is None."""
     if not spans:
-        raise TraceSourceError(f"{where} has no spans yet (is tracing on and has a request "
+        raise TraceNotThereYet(f"{where} has no spans yet (is tracing on and has a request "
                                "finished? spans are exported in batches, within ~5 s)")
     if trace_id is None:
         trace_id = trace_ids_by_recency(spans)[0]
     wanted = trace_id.lower()
     chosen = [s for s in spans if s.trace_id == wanted]
     if not chosen:
-        raise TraceSourceError(
+        raise TraceNotThereYet(
             f"trace {trace_id} is not in {where} ({len(trace_ids_by_recency(spans))} trace(s) "
             "there; `stepchain trace list FILE` shows them)")
     return chosen
@@ -227,7 +234,7 @@ def fetch_jaeger_trace(base_url: str, trace_id: str, *, timeout_s: float = 10.0)
             doc = json.loads(reply.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise TraceSourceError(
+            raise TraceNotThereYet(
                 f"Jaeger at {base_url} has no trace {trace_id} (HTTP 404); spans reach it in "
                 "batches, so retry in a few seconds, and check the steps' "
                 "OTEL_EXPORTER_OTLP_ENDPOINT points at this Jaeger") from None
@@ -242,7 +249,7 @@ def fetch_jaeger_trace(base_url: str, trace_id: str, *, timeout_s: float = 10.0)
     spans = spans_from_jaeger(doc)
     if not spans:
         errors = "; ".join(str(e.get("msg", e)) for e in doc.get("errors") or [])
-        raise TraceSourceError(f"Jaeger at {base_url} returned no spans for {trace_id}"
+        raise TraceNotThereYet(f"Jaeger at {base_url} returned no spans for {trace_id}"
                                + (f": {errors}" if errors else ""))
     return spans
 

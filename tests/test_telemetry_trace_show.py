@@ -138,7 +138,7 @@ def test_unknown_trace_id_or_missing_source_is_an_error_saying_what_to_do(
         monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = trace_file
     monkeypatch.delenv("STEPCHAIN_TRACE_FILE", raising=False)
-    assert main(["trace", "show", "0" * 32, "--file", str(path)]) == 1
+    assert main(["trace", "show", "0" * 32, "--file", str(path), "--wait", "0.3"]) == 1
     assert f"trace {'0' * 32} is not in {path} (2 trace(s) there" in capsys.readouterr().err
     assert main(["trace", "show", "1" * 32]) == 2
     assert "pass --jaeger URL" in capsys.readouterr().err
@@ -238,7 +238,7 @@ def test_show_with_jaeger_draws_the_trace_from_the_query_api(
 
 def test_show_with_jaeger_reports_an_unknown_trace_and_an_unreachable_server(
         jaeger: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["trace", "show", "f" * 32, "--jaeger", jaeger]) == 1
+    assert main(["trace", "show", "f" * 32, "--jaeger", jaeger, "--wait", "0.3"]) == 1
     assert f"Jaeger at {jaeger} has no trace {'f' * 32} (HTTP 404)" in capsys.readouterr().err
     assert main(["trace", "show", "f" * 32, "--jaeger", "http://127.0.0.1:9"]) == 1
     assert "cannot reach Jaeger query API" in capsys.readouterr().err
