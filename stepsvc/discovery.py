@@ -5,7 +5,10 @@ Two backends behind one small protocol:
 * ``kubernetes`` — :class:`stepsvc.discovery_kubernetes.ConfigMapDiscovery`: a step is active
   while its ConfigMap (label ``pipeline_id=<id>``) exists; list + watch, cached.
 * ``static:FILE`` — :class:`StaticDiscovery`: a JSON file ``{"1": "127.0.0.1:50052", ...}``
-  that the topology service's local backend writes; reloaded when it changes.
+  that the topology service's local backend writes; reloaded when it changes. A step with
+  replicas lists them all, ``{"1": ["127.0.0.1:50052", "127.0.0.1:50062"]}``, and is handed out
+  as one gRPC target, ``ipv4:127.0.0.1:50052,127.0.0.1:50062``, that a round_robin channel
+  balances over.
 
 ``active()`` is called on every request, so both answer from an in-memory snapshot.
 """
@@ -13,13 +16,14 @@ Two backends behind one small protocol:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,8 @@ class Discovery(Protocol):
 
 
 def parse_static_mapping(text: str, *, where: str = "static discovery file") -> dict[int, str]:
-    """Parses the static discovery JSON ``{"<step id>": "host:port", ...}``.
+    """Parses the static discovery JSON ``{"<step id>": "host:port" | ["ip:port", ...]}``
+    into step id -> gRPC target (a list becomes one ``ipv4:``/``ipv6:`` address-list target).
 
     Raises ValueError naming the offending entry if the text is not such a mapping.
     """
@@ -53,16 +58,46 @@ def parse_static_mapping(text: str, *, where: str = "static discovery file") -> 
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: must be a JSON object mapping step ids to \"host:port\", "
-                         f"got {type(data).__name__}")
+        raise ValueError(f"{where}: must be a JSON object mapping step ids to \"host:port\" (or "
+                         f"a list of them), got {type(data).__name__}")
     mapping: dict[int, str] = {}
     for key, address in data.items():
         if not (isinstance(key, str) and _is_ascii_number(key)):
             raise ValueError(f"{where}: key {key!r} must be a step id (a non-negative integer)")
-        if not _is_address(address):
-            raise ValueError(f"{where}: step {key}: address must be \"host:port\", got {address!r}")
-        mapping[int(key)] = address
+        try:
+            mapping[int(key)] = step_target(address)
+        except ValueError as exc:
+            raise ValueError(f"{where}: step {key}: {exc}") from None
     return mapping
+
+
+def step_target(address: object) -> str:
+    """The gRPC target of a discovery entry: "host:port" as it is; a list of replicas'
+    "ip:port" addresses as ``ipv4:a,b`` (``ipv6:[..]:p,...``), which round_robin balances over.
+
+    Raises ValueError saying what an entry must look like.
+    """
+    if isinstance(address, str) and _is_address(address):
+        return address
+    if isinstance(address, list) and address:
+        if not all(isinstance(a, str) and _is_address(a) for a in address):
+            raise ValueError(f"every replica address must be \"host:port\", got {address!r}")
+        families = {_ip_family(a) for a in address}
+        if len(address) == 1 and families != {"ipv4"} and families != {"ipv6"}:
+            return str(address[0])  # one replica by host name: as good as a plain string
+        if len(families) != 1 or None in families:
+            raise ValueError("a list of replica addresses must be IP addresses of one family "
+                             f"(all IPv4 or all IPv6) so it forms one gRPC target, got {address!r}")
+        return f"{families.pop()}:{','.join(address)}"
+    raise ValueError(f"address must be \"host:port\" or a non-empty list of them, got {address!r}")
+
+
+def _ip_family(address: str) -> str | None:
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return "ipv4" if ipaddress.ip_address(host).version == 4 else "ipv6"
+    except ValueError:
+        return None
 
 
 def _is_address(value: object) -> bool:
@@ -77,12 +112,22 @@ def _is_ascii_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def write_static_discovery(path: str | os.PathLike[str], mapping: Mapping[int, str]) -> None:
-    """Writes a static discovery file atomically (readers never see a half-written file)."""
-    for step_id, address in mapping.items():
-        if not _is_address(address):
-            raise ValueError(f"step {step_id}: address must be \"host:port\", got {address!r}")
-    text = json.dumps({str(k): mapping[k] for k in sorted(mapping)}, indent=2) + "\n"
+def write_static_discovery(path: str | os.PathLike[str],
+                           mapping: Mapping[int, str | Sequence[str]]) -> None:
+    """Writes a static discovery file atomically (readers never see a half-written file).
+
+    A step maps to "host:port", or to the list of its replicas' addresses.
+    """
+    entries: dict[str, str | list[str]] = {}
+    for step_id in sorted(mapping):
+        address = mapping[step_id]
+        value: str | list[str] = address if isinstance(address, str) else list(address)
+        try:
+            step_target(value)
+        except ValueError as exc:
+            raise ValueError(f"step {step_id}: {exc}") from None
+        entries[str(step_id)] = value
+    text = json.dumps(entries, indent=2) + "\n"
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
     fd, tmp = tempfile.mkstemp(prefix=".discovery-", suffix=".tmp", dir=directory)

@@ -150,3 +150,22 @@ def test_make_discovery_static(path: Path) -> None:
 def test_make_discovery_rejects_unknown_specs(spec: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         make_discovery(spec, "demo")
+
+
+def test_a_step_with_replicas_lists_them_and_is_one_round_robin_target(path: Path) -> None:
+    write_static_discovery(path, {1: ["127.0.0.1:50052", "127.0.0.1:50062"],
+                                  2: "127.0.0.1:50053"})
+    d = StaticDiscovery(path)
+    d.start()
+    assert d.active() == {1: "ipv4:127.0.0.1:50052,127.0.0.1:50062", 2: "127.0.0.1:50053"}
+    assert json.loads(path.read_text())["1"] == ["127.0.0.1:50052", "127.0.0.1:50062"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('{"1": []}', "non-empty list"),
+    ('{"1": ["127.0.0.1:1", "127.0.0.1"]}', "every replica address must be"),
+    ('{"1": ["localhost:1", "127.0.0.1:2"]}', "IP addresses of one family"),
+])
+def test_a_bad_replica_list_is_refused_naming_the_step(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=f"step 1: .*{problem}"):
+        parse_static_mapping(text)

@@ -1,18 +1,24 @@
-"""Local backend: one `stepchain step serve` process per step on free loopback ports.
+"""Local backend: `replicas` `stepchain step serve` processes per step on free loopback ports.
 
 What the Kubernetes backend keeps in ConfigMaps lives on disk under the state directory::
 
     <state-dir>/<pipeline_id>/step-<N>.yaml     the step's PIPELINE_CONFIG
-    <state-dir>/<pipeline_id>/discovery.json    {"0": "127.0.0.1:PORT", ...} (static discovery)
-    <state-dir>/<pipeline_id>/step-<N>.log      the step's stdout and stderr
+    <state-dir>/<pipeline_id>/discovery.json    {"0": "127.0.0.1:PORT", ...} (static discovery;
+                                                a step with replicas lists every one's address)
+    <state-dir>/<pipeline_id>/step-<N>.log      the step's stdout and stderr (step-<N>-<r>.log
+                                                per replica when it has more than one)
     <state-dir>/<pipeline_id>/processes.json    pids, so a later service can clean up orphans
 
 Each step serves Prometheus ``/metrics`` on a loopback port of its own, reported with its
 status (``metrics``), which the console, ``stepchain top`` and the advice API scrape.
 
-Steps are started with the installed ``stepchain`` command. Readiness is the steps' gRPC
-health. The process supervision lives in :mod:`topology.supervisor`: a step whose process exited
-on its own is restarted on the same port (so the discovery file stays right), after a backoff
+A step with ``replicas: R`` runs R processes, each on its own port; discovery lists all of
+them, so upstream steps' round_robin channels (``ipv4:127.0.0.1:p1,127.0.0.1:p2``) spread
+requests over them, and the entry point of a pipeline whose entry step has replicas is such a
+list too. Steps are started with the installed ``stepchain`` command. Readiness is the steps'
+gRPC health. The process supervision lives in :mod:`topology.supervisor`: a step whose process exited
+on its own is restarted on the same port (so the discovery file stays right; each replica on
+its own), after a backoff
 that doubles with each restart; a step that exits more than MAX_RESTARTS times within
 RESTART_WINDOW_S is left stopped and reported as failed with the end of its log. Processes are
 stopped (SIGTERM, then SIGKILL after the drain grace) on DELETE and when the service shuts down;
@@ -35,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
-from topology.pipeline import Pipeline
+from topology.pipeline import Pipeline, Step
 from topology.render import step_config, step_config_text, step_name
 from topology.supervisor import (
     RestartPolicy,
@@ -88,7 +94,10 @@ class _PortTaken(BackendError):
 
 @dataclass
 class _StepProcess:
+    """One replica of a step: a supervised `step serve` process on its own ports."""
+
     step_id: int
+    replica: int
     type: str
     port: int
     metrics_port: int
@@ -106,11 +115,26 @@ class _StepProcess:
         return f"127.0.0.1:{self.metrics_port}"
 
 
+def _target(procs: list[_StepProcess]) -> str:
+    """The gRPC target naming every replica: host:port for one, an ipv4: list for more."""
+    if len(procs) == 1:
+        return procs[0].address
+    return "ipv4:" + ",".join(p.address for p in procs)
+
+
+def _discovery_entry(procs: list[_StepProcess]) -> str | list[str]:
+    return procs[0].address if len(procs) == 1 else [p.address for p in procs]
+
+
 @dataclass
 class _LocalPipeline:
     pipeline: Pipeline
     directory: Path
-    steps: dict[int, _StepProcess]
+    #: step id -> its replicas, in replica order
+    steps: dict[int, list[_StepProcess]]
+
+    def processes(self) -> list[_StepProcess]:
+        return [proc for procs in self.steps.values() for proc in procs]
 
 
 class LocalBackend:
@@ -154,15 +178,17 @@ class LocalBackend:
             old = current.steps if current else {}
             wanted = {s.id: s for s in pipeline.steps}
             texts = {s.id: step_config_text(pipeline, s.id) for s in pipeline.steps}
-            keep = {sid: proc for sid, proc in old.items()
-                    if sid in wanted and proc.child.running()
-                    and proc.config_text == texts[sid] and proc.threads == wanted[sid].threads}
-            _stop_steps([proc for sid, proc in old.items() if sid not in keep],
+            keep = {sid: procs for sid, procs in old.items()
+                    if sid in wanted and all(p.child.running() for p in procs)
+                    and len(procs) == wanted[sid].replicas
+                    and procs[0].config_text == texts[sid]
+                    and procs[0].threads == wanted[sid].threads}
+            _stop_steps([p for sid, procs in old.items() if sid not in keep for p in procs],
                         self.drain_grace_s)
             for sid in old:
-                if sid not in wanted:
-                    for suffix in (".yaml", ".log"):
-                        (directory / f"step-{sid}{suffix}").unlink(missing_ok=True)
+                if sid not in keep:
+                    for stale in directory.glob(f"step-{sid}[.-]*"):
+                        stale.unlink(missing_ok=True)
             # Every process gets the discovery file, which only lists steps once all are known.
             discovery = directory / DISCOVERY_FILE
             new_ids = [sid for sid in sorted(wanted) if sid not in keep]
@@ -173,34 +199,36 @@ class LocalBackend:
 
             to_start, attempt = new_ids, 1
             while True:
-                ports = iter(_free_ports(2 * len(to_start)))
+                ports = iter(_free_ports(2 * sum(wanted[sid].replicas for sid in to_start)))
                 for sid in to_start:
-                    started[sid] = self._start(pipeline, wanted[sid].threads, wanted[sid].type,
-                                               sid, (next(ports), next(ports)), texts[sid],
-                                               directory, discovery)
+                    started[sid] = [
+                        self._start(pipeline, wanted[sid], replica, (next(ports), next(ports)),
+                                    texts[sid], directory, discovery)
+                        for replica in range(wanted[sid].replicas)]
                 self._write_state(entry)
-                write_static_discovery(discovery,
-                                       {sid: p.address for sid, p in started.items()})
+                write_static_discovery(discovery, {sid: _discovery_entry(procs)
+                                                   for sid, procs in started.items()})
                 try:
-                    self._wait_ready(entry, [started[sid] for sid in new_ids])
+                    self._wait_ready(entry, [p for sid in new_ids for p in started[sid]])
                     break
                 except _PortTaken as exc:
                     # Another process took the free port between our check and the step's
-                    # bind: start that step again on another port.
+                    # bind: start that step's replicas again on other ports.
                     if attempt >= PORT_ATTEMPTS:
                         self._remove(pipeline.pipeline_id)
                         raise BackendError(str(exc)) from None
+                    _stop_steps(started[exc.step_id], self.drain_grace_s)
                     to_start, attempt = [exc.step_id], attempt + 1
                 except BackendError:
                     self._remove(pipeline.pipeline_id)
                     raise
             resources: list[dict[str, Any]] = [
-                {"kind": "Process", "name": step_name(pipeline.pipeline_id, sid),
+                {"kind": "Process", "name": _process_name(pipeline.pipeline_id, p, len(procs)),
                  "pid": p.child.pid, "address": p.address, "config": str(p.config_path)}
-                for sid, p in sorted(started.items())]
+                for sid, procs in sorted(started.items()) for p in procs]
             resources.append({"kind": "DiscoveryFile", "name": str(discovery)})
             return ApplyResult(pipeline_id=pipeline.pipeline_id, resources=resources,
-                               entrypoint=started[pipeline.entry_step].address,
+                               entrypoint=_target(started[pipeline.entry_step]),
                                details={"state_dir": str(directory)})
 
     def status(self, pipeline_id: str) -> PipelineStatus | None:
@@ -210,22 +238,26 @@ class LocalBackend:
             if entry is None:
                 return None
             steps = []
-            for sid, proc in sorted(entry.steps.items()):
-                ready = proc.child.running() and _serving(proc.address)
-                steps.append(StepStatus(step_id=sid, type=proc.type, ready=ready,
-                                        ready_replicas=int(ready), replicas=1,
-                                        address=proc.address, restarts=proc.child.restarts,
-                                        error=proc.child.failure,
-                                        metrics=(proc.metrics_address,)))
-            entry_step = entry.steps.get(entry.pipeline.entry_step)
+            for sid, procs in sorted(entry.steps.items()):
+                ready = sum(p.child.running() and _serving(p.address) for p in procs)
+                failures = [p.child.failure for p in procs if p.child.failure]
+                steps.append(StepStatus(step_id=sid, type=procs[0].type,
+                                        ready=ready == len(procs), ready_replicas=ready,
+                                        replicas=len(procs), address=_target(procs),
+                                        restarts=sum(p.child.restarts for p in procs),
+                                        error="\n".join(failures) or None,
+                                        metrics=tuple(p.metrics_address for p in procs)))
+            entry_procs = entry.steps.get(entry.pipeline.entry_step)
             return PipelineStatus(
                 pipeline_id=pipeline_id, namespace=self.namespace,
                 fingerprint=entry.pipeline.fingerprint,
-                entrypoint=entry_step.address if entry_step else None, steps=tuple(steps),
+                entrypoint=_target(entry_procs) if entry_procs else None, steps=tuple(steps),
                 graph=tuple(step_config(entry.pipeline, entry.pipeline.entry_step).steps),
                 entry_step=entry.pipeline.entry_step,
                 details={"state_dir": str(entry.directory),
-                         "pids": {str(s): p.child.pid for s, p in entry.steps.items()}})
+                         "pids": {str(s): (ps[0].child.pid if len(ps) == 1
+                                           else [p.child.pid for p in ps])
+                                  for s, ps in entry.steps.items()}})
 
     def list_pipelines(self) -> list[PipelineStatus]:
         """Every running pipeline, sorted by id."""
@@ -243,8 +275,7 @@ class LocalBackend:
         # No lock: an apply holds it while steps start (up to READY_TIMEOUT_S) and a metrics
         # scrape must not wait for that; copying the dicts is atomic under the GIL.
         pipelines = list(self._pipelines.values())
-        return sum(proc.child.running()
-                   for entry in pipelines for proc in list(entry.steps.values()))
+        return sum(proc.child.running() for entry in pipelines for proc in entry.processes())
 
     def close(self) -> None:
         """Stops the supervisor, then every step process this backend started."""
@@ -261,31 +292,35 @@ class LocalBackend:
         now = time.monotonic() if now is None else now
         with self._lock:
             for entry in self._pipelines.values():
-                restarted = [proc.child.supervise(now) for proc in entry.steps.values()]
+                # each replica is restarted on its own port: the discovery file stays right
+                restarted = [proc.child.supervise(now) for proc in entry.processes()]
                 if any(restarted):  # new pids, so a later service can reap them
                     self._write_state(entry)
 
     # -- processes -----------------------------------------------------------------------------
 
-    def _start(self, pipeline: Pipeline, threads: int, kind: str, step_id: int,
-               ports: tuple[int, int], text: str, directory: Path,
-               discovery: Path) -> _StepProcess:
+    def _start(self, pipeline: Pipeline, step: Step, replica: int, ports: tuple[int, int],
+               text: str, directory: Path, discovery: Path) -> _StepProcess:
         port, metrics_port = ports
-        config_path = directory / f"step-{step_id}.yaml"
+        config_path = directory / f"step-{step.id}.yaml"
         config_path.write_text(text, encoding="utf-8")
-        name = step_name(pipeline.pipeline_id, step_id)
-        env = {**os.environ, **self.otel_env, "OMP_NUM_THREADS": str(threads),
-               "POD_NAME": name, "OTEL_SERVICE_NAME": name}
+        name = _process_name(pipeline.pipeline_id, step, step.replicas, replica)
+        # Replicas tell themselves apart like pods do: by name (the timings' host column).
+        env = {**os.environ, **self.otel_env, "OMP_NUM_THREADS": str(step.threads),
+               "POD_NAME": name, "OTEL_SERVICE_NAME": step_name(pipeline.pipeline_id, step.id)}
         command = [*STEP_LAUNCHER, "step", "serve",
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", str(metrics_port),
                    "--grace", str(self.drain_grace_s)]
+        log_name = f"step-{step.id}.log" if step.replicas == 1 else f"step-{step.id}-{replica}.log"
+        what = f"step {step.id} ({step.type})" + (
+            f" replica {replica}" if step.replicas > 1 else "")
         child = SupervisedProcess.start(
-            f"step {step_id} ({kind}) of pipeline {pipeline.pipeline_id}", command, env,
-            directory, directory / f"step-{step_id}.log", self.restart_policy())
-        return _StepProcess(step_id=step_id, type=kind, port=port, metrics_port=metrics_port,
-                            config_path=config_path,
-                            config_text=text, threads=threads, child=child)
+            f"{what} of pipeline {pipeline.pipeline_id}", command, env, directory,
+            directory / log_name, self.restart_policy())
+        return _StepProcess(step_id=step.id, replica=replica, type=step.type, port=port,
+                            metrics_port=metrics_port, config_path=config_path,
+                            config_text=text, threads=step.threads, child=child)
 
     def _wait_ready(self, entry: _LocalPipeline, procs: list[_StepProcess]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -316,14 +351,15 @@ class LocalBackend:
         entry = self._pipelines.pop(pipeline_id, None)
         if entry is None:
             return False
-        _stop_steps(list(entry.steps.values()), self.drain_grace_s)
+        _stop_steps(entry.processes(), self.drain_grace_s)
         shutil.rmtree(entry.directory, ignore_errors=True)
         return True
 
     def _write_state(self, entry: _LocalPipeline) -> None:
         state = {"owner_pid": os.getpid(), "pipeline_id": entry.pipeline.pipeline_id,
-                 "steps": {str(sid): {"pid": p.child.pid, "config": str(p.config_path)}
-                           for sid, p in entry.steps.items()}}
+                 "steps": {(str(p.step_id) if p.replica == 0 else f"{p.step_id}/{p.replica}"):
+                           {"pid": p.child.pid, "config": str(p.config_path)}
+                           for p in entry.processes()}}
         (entry.directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
 
     def reap_orphans(self) -> list[int]:
@@ -347,6 +383,15 @@ class LocalBackend:
                     reaped.append(pid)
             shutil.rmtree(state_file.parent, ignore_errors=True)
         return reaped
+
+
+def _process_name(pipeline_id: str, step: Step | _StepProcess, replicas: int,
+                  replica: int | None = None) -> str:
+    """``<pipeline>-step-<N>``, with ``-<r>`` per replica when the step has more than one."""
+    name = step_name(pipeline_id, step.step_id if isinstance(step, _StepProcess) else step.id)
+    if replica is None:
+        replica = step.replica if isinstance(step, _StepProcess) else 0
+    return name if replicas == 1 else f"{name}-{replica}"
 
 
 def _free_ports(count: int) -> list[int]:
