@@ -39,6 +39,15 @@ typedef void (*sc_rows_fn)(const void *ctx, int y0, int y1, void *scratch);
 int sc_parallel_rows(const sc_exec *ex, int n, int chunk, sc_rows_fn fn, const void *ctx,
                      size_t scratch_bytes);
 
+/* A work buffer of at least `bytes` (64-byte aligned) for one call, NULL when out of memory.
+ * sc_workspace_give keeps one buffer of up to SC_WORKSPACE_KEEP_MAX bytes for the next call
+ * (any thread), so a kernel called again at the same size neither allocates nor page-faults:
+ * first-touch faults of fresh pages were the serial part of deblur. Thread-safe; a second
+ * concurrent caller simply allocates its own. */
+#define SC_WORKSPACE_KEEP_MAX ((size_t)512 << 20)
+void *sc_workspace_take(size_t bytes);
+void sc_workspace_give(void *p);
+
 /* Rows per parallel chunk: at least `base`, and enough rows that a chunk holds ~64K samples of
  * `row_samples` each. sc_parallel_rows never uses more threads than chunks, so a small image
  * runs on fewer threads (down to one) instead of paying a thread wake-up for microseconds of
