@@ -25,11 +25,17 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path: Path,
     assert row["opencv_ms"] > 0 and row["pillow_ms"] > 0 and row["stepchain_ms"] > 0
     scaling = doc["scaling"]["160x96"]["gaussian_blur"]
     assert scaling["threads"] == [1, 2] and scaling["speedup"][0] == pytest.approx(1.0)
-    assert {t["target"].split(" ")[0] for t in doc["targets"]} == {"grayscale", "gaussian_blur",
-                                                                   "Pillow"}
+    targets = {t["target"] for t in doc["targets"]}
+    assert "resize (bicubic) time / OpenCV time, 2 thread(s)" in targets
+    assert any(t.startswith("gaussian_blur speed-up 1 -> 2") or
+               t.startswith("gaussian_blur GB/s at 2 threads") for t in targets)
+    assert set(doc["copy_bandwidth_gb_per_s"]["160x96"]) == {"1", "2"}
+    assert row["roofline"] > 0 and row["bytes"] == 2 * 160 * 96 * 3
+    assert scaling["memory_bound"] in (True, False)
     md = (tmp_path / "kernels.md").read_text()
     assert "| kernel | threads | stepchain ms | OpenCV ms |" in md
     assert "## Targets" in md and "| gaussian_blur | 2 |" in md
+    assert "Load average" in md and "shared" in md and "Copy bandwidth" in md
     assert (tmp_path / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote " in capsys.readouterr().out
 
