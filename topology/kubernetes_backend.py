@@ -19,6 +19,7 @@ from typing import Any
 
 from stepsvc.config import parse_config
 from topology.backend import ApplyResult, BackendError, PipelineStatus, RouteStep, StepStatus
+from topology.colocate import COLOCATED_LABEL
 from topology.pipeline import Pipeline
 from topology.render import (
     CONFIG_KEY,
@@ -185,15 +186,19 @@ class KubernetesBackend:
                 deployments: list[dict[str, Any]],
                 services: list[dict[str, Any]]) -> PipelineStatus:
         by_step: dict[int, dict[str, Any]] = {}
+        # a `colocate: true` pipeline: one Deployment (no step label) runs every step
+        chain = next((d for d in deployments if _labels(d).get(COLOCATED_LABEL) == "true"), {})
         for d in deployments:
-            by_step[int(_labels(d).get(STEP_LABEL, "-1"))] = d
+            step_label = _labels(d).get(STEP_LABEL, "")
+            if step_label.isdigit():
+                by_step[int(step_label)] = d
         steps_ids = sorted({int(_labels(m)[STEP_LABEL]) for m in [*config_maps, *deployments]
                             if _labels(m).get(STEP_LABEL, "").isdigit()})
         types = {int(_labels(m)[STEP_LABEL]): _annotations(m).get(STEP_TYPE_ANNOTATION, "")
                  for m in config_maps if _labels(m).get(STEP_LABEL, "").isdigit()}
         steps = []
         for sid in steps_ids:
-            d = by_step.get(sid, {})
+            d = by_step.get(sid) or chain
             wanted = int((d.get("spec") or {}).get("replicas", 1) or 0) if d else 0
             ready = int((d.get("status") or {}).get("readyReplicas") or 0)
             steps.append(StepStatus(

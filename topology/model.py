@@ -428,6 +428,9 @@ class PipelineSpec(BaseModel):
     namespace: str | None = Field(None, description="Kubernetes namespace (DNS-1123 label)")
     image: str | None = Field(None, max_length=512,
                               description="step image; must match the image allow-list")
+    colocate: bool = Field(False, description="run every step in one pod (one container per "
+                                              "step) passing frames through shared memory; "
+                                              "replicas scale the whole chain")
     steps: list[StepItem] = Field(min_length=1, max_length=MAX_STEPS,
                                   description="steps in order; a nested list is flattened into "
                                               "the chain in order; {\"alternatives\": [...]} "

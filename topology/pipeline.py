@@ -82,6 +82,8 @@ class Pipeline:
     fingerprint: str
     #: What was accepted but changed meaning (e.g. a next_step naming no step ends there).
     warnings: tuple[PipelineWarning, ...] = ()
+    #: One pod with a container per step, frames through shared memory (topology.colocate).
+    colocate: bool = False
 
     def step(self, step_id: int) -> Step:
         """The step with `step_id` (KeyError if none)."""
@@ -219,7 +221,7 @@ def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None,
     fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     result = Pipeline(pipeline_id=pipeline_id, namespace=spec.namespace, image=spec.image,
                       steps=ordered, entry_step=entries[0], fingerprint=fingerprint,
-                      warnings=tuple(warnings))
+                      warnings=tuple(warnings), colocate=spec.colocate)
     if strict:
         refuse_warnings(result)
     return result
@@ -266,6 +268,7 @@ def _canonical(spec: PipelineSpec, steps: tuple[Step, ...], name: str | None) ->
     return {
         "namespace": spec.namespace,
         "image": spec.image,
+        **({"colocate": True} if spec.colocate else {}),  # absent: fingerprints stay as they were
         "steps": [{
             "id": s.id, "type": s.type, "params": s.params, "next_step": list(s.next_step),
             "preferred_next": s.preferred_next, "route": s.route, "replicas": s.replicas,

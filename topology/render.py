@@ -118,6 +118,10 @@ def step_config_text(pipeline: Pipeline, step_id: int) -> str:
 def render_manifests(pipeline: Pipeline, options: RenderOptions) -> list[dict[str, Any]]:
     """All objects of the pipeline: ConfigMaps, Services, Deployments, HPAs, then the
     NetworkPolicy."""
+    if pipeline.colocate:
+        from topology.colocate import render_colocated  # it builds on this module's helpers
+
+        return render_colocated(pipeline, options)
     namespace = options.namespace
     image = pipeline.image or options.image
     config_maps, services, deployments, hpas = [], [], [], []
