@@ -115,16 +115,22 @@ def test_failover_moves_to_the_next_step_once_every_replica_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def stub(address: str) -> Any:
-        def call(request: Any, **_: Any) -> bytes:
-            calls.append(address)
-            if address.startswith("ipv4:"):
+    class Stub:
+        """The forwarder's stub is the Process callable itself."""
+
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def with_call(self, request: Any, **_: Any) -> tuple[bytes, None]:
+            calls.append(self.address)
+            if self.address.startswith("ipv4:"):
                 raise _Refusing()
-            return step_pb2.ProcessResponse(request_id="ok").SerializeToString()
-        return call
+            return step_pb2.ProcessResponse(request_id="ok").SerializeToString(), None
+
+        __call__ = with_call
 
     forwarder = Forwarder(1 << 20)
-    monkeypatch.setattr(forwarder, "stub", stub)
+    monkeypatch.setattr(forwarder, "stub", Stub)
     replicas_of_1 = "ipv4:127.0.0.1:1,127.0.0.1:2"
     result = forwarder.forward(step_pb2.ProcessRequest(),
                                [Candidate(1, "identity", replicas_of_1),
