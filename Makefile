@@ -1,13 +1,16 @@
 # stepchain — the two commands a newcomer runs: `make demo` and `make test`.
-# Both create .venv, install stepchain (building the native OpenMP kernels) and its test tools.
+# Both create .venv and install stepchain editable (building the native OpenMP kernels);
+# `make demo` stops at the runtime, `make test` adds the test tools (OpenCV, SciPy,
+# scikit-image, kmock, grpcurl, ruff, mypy, ...).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.stepchain-installed
+RUNTIME_STAMP := $(VENV)/.stepchain-runtime
+TEST_STAMP    := $(VENV)/.stepchain-test
 NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h) native/_native.c setup.py
 PYTEST_ARGS ?=
 
-.PHONY: all venv native proto lint typecheck unit test test-fast demo bench helm test-tools clean
+.PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools clean
 
 all: venv
 
@@ -15,13 +18,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Editable install: builds native/_native*.so in place and pulls runtime + test dependencies.
-$(STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
+# Editable install of the runtime: builds native/_native*.so in place, pulls the dependencies
+# the servers, the CLI and the demo need, nothing else.
+$(RUNTIME_STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
+# The test tools on top of the runtime (the `test` extra).
+$(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python setup.py -q build_ext --inplace
 	touch $@
 
-venv: $(STAMP)
+runtime: $(RUNTIME_STAMP)
+
+# The developer set-up: runtime + test tools.
+venv: $(TEST_STAMP)
 
 # Rebuild only the kernels after editing native/src (fast path while developing).
 native: | $(BIN)/python
@@ -52,13 +65,13 @@ unit: venv helm test-tools
 test: lint typecheck unit
 
 # The same without the tests marked slow (processes, Locust runs, Helm, fuzzers: each over ~5 s).
-test-fast: lint typecheck venv helm
+test-fast: lint typecheck venv helm test-tools
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo: venv
+demo: runtime
 	$(BIN)/python examples/demo.py
 
-bench: venv
+bench: runtime
 	$(BIN)/stepchain bench kernels
 
 clean:

@@ -2,8 +2,8 @@
 
 1. starts `stepchain topology serve --backend local` on a free loopback port,
 2. POSTs examples/pipeline.json (classify -> grayscale or deblur -> resize),
-3. submits a real photograph (scikit-image's astronaut) and a blurred copy of it with
-   `stepchain submit`: the sharp one goes to grayscale (preferred_next), the blurry one is
+3. submits a real photograph (the astronaut photo shipped in topology/console/samples) and a
+   blurred copy of it with `stepchain submit`: the sharp one goes to grayscale (preferred_next), the blurry one is
    routed to deblur (route "blurry") — each prints its per-step timing table,
 4. draws the last request's trace as a waterfall (spans in out/demo/traces.jsonl; with
    OTEL_EXPORTER_OTLP_ENDPOINT set they go to that collector or Jaeger instead),
@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPCHAIN = list(installed_stepchain())
 OUT = ROOT / "out" / "demo"
 PIPELINE = ROOT / "examples" / "pipeline.json"
+#: Sample photographs shipped in the repository (public domain / CC0, see their README.md).
+SAMPLES = ROOT / "topology" / "console" / "samples"
 #: Written when examples/pipeline.json is missing (the same pipeline as in the repository).
 DEMO_PIPELINE: dict[str, Any] = {
     "name": "demo",
@@ -130,15 +132,12 @@ def main() -> int:
 
 
 def write_photographs() -> dict[str, Path]:
-    """scikit-image's astronaut as PNG, and a blurred copy the classifier calls blurry."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise SystemExit("demo: scikit-image is needed for the sample photograph "
-                         "(pip install scikit-image, or run `make demo`)") from None
+    """The astronaut photograph shipped in the repository (no download, no scikit-image), as
+    PNG, and a blurred copy the classifier calls blurry."""
     from PIL import Image, ImageFilter
 
-    photo = Image.fromarray(data.astronaut())
+    with Image.open(SAMPLES / "astronaut.jpg") as shipped:
+        photo = shipped.convert("RGB")
     sharp, blurry = OUT / "astronaut.png", OUT / "astronaut-blurry.png"
     photo.save(sharp)
     photo.filter(ImageFilter.GaussianBlur(4)).save(blurry)
