@@ -14,21 +14,20 @@ PYTEST_ARGS ?=
 
 all: venv
 
+# setuptools >= 77 reads pyproject.toml's license expression (`make native` builds in the venv).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'
 
 # Editable install of the runtime: builds native/_native*.so in place, pulls the dependencies
 # the servers, the CLI and the demo need, nothing else.
 $(RUNTIME_STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
-	$(BIN)/python setup.py -q build_ext --inplace
 	touch $@
 
 # The test tools on top of the runtime (the `test` extra).
 $(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python setup.py -q build_ext --inplace
 	touch $@
 
 runtime: $(RUNTIME_STAMP)

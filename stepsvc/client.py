@@ -120,7 +120,9 @@ def timing_table(timings: Sequence[step_pb2.StepTiming]) -> str:
         row = []
         for _, attr, fmt in _COLUMNS:
             value = getattr(t, attr)
-            if attr in ("next_step", "forward_attempts") and not value:
+            if attr == "next_step" and not t.HasField("next_step"):
+                row.append("last")  # forwarded nowhere; "0" means it went to step 0
+            elif attr == "forward_attempts" and not value:
                 row.append("-")
             else:
                 row.append(format(value, fmt))
@@ -155,9 +157,7 @@ def summary(result: SubmitResult, out: str | None = None) -> str:
 def summary_json(result: SubmitResult, out: str | None = None) -> dict[str, Any]:
     """The same report as a JSON-able dict (no image bytes)."""
     resp = result.response
-    timings = [json_format.MessageToDict(t, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
-               for t in resp.timings]
+    timings = [_timing_json(t) for t in resp.timings]
     img = resp.image
     return {
         "request_id": resp.request_id,
@@ -170,6 +170,16 @@ def summary_json(result: SubmitResult, out: str | None = None) -> dict[str, Any]
         "timings": timings,
         "trace_id": resp.trace_id,
     }
+
+
+def _timing_json(timing: step_pb2.StepTiming) -> dict[str, Any]:
+    """One step's timing as JSON: every field, and ``next_step`` null for the last step (it
+    forwarded nowhere), a number (0 included) for a step that forwarded."""
+    data = json_format.MessageToDict(timing, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+    data["step_id"] = timing.step_id
+    data["next_step"] = timing.next_step if timing.HasField("next_step") else None
+    return data
 
 
 def dumps(data: dict[str, Any]) -> str:

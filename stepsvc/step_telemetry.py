@@ -119,7 +119,7 @@ class StepTelemetry(StepObserver):
             threads=timing.threads, pixels=_input_pixels(request.image),
             kernel_seconds=timing.kernel_ms / 1000.0, request_id=request_id)
         attributes["stepchain.queue_wait_ms"] = timing.queue_wait_ms
-        if timing.next_step:
+        if timing.HasField("next_step"):
             attributes["stepchain.next_step"] = timing.next_step
         if timing.forward_attempts:
             attributes["stepchain.forward_attempts"] = timing.forward_attempts
