@@ -8,6 +8,7 @@ size (a decompression bomb) costs nothing.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,47 @@ def decode_image(msg: step_pb2.Image, *, max_pixels: int = MAX_PIXELS,
     raise ImageError(f"{where}.encoding {msg.encoding} is unknown; use RAW, PNG or JPEG")
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image will cost once decoded, read from its header alone."""
+
+    height: int
+    width: int
+    channels: int
+    #: Peak bytes decoding holds besides the received data (decoder image, conversions, the
+    #: array); 0 for RAW, whose pixels are a view of the request.
+    decode_bytes: int
+
+
+def read_header(msg: step_pb2.Image, *, max_pixels: int = MAX_PIXELS, where: str = "image",
+                data: memoryview | bytes | None = None) -> ImageHeader:
+    """The decoded shape of `msg` and what decoding costs, without decoding a pixel.
+
+    Raises what decode_image raises for a bad header (ImageError, PixelLimitError).
+    """
+    if data is None:
+        data = msg.data
+    if msg.encoding == RAW:
+        arr_shape = _decode_raw(msg, data, max_pixels, where).shape  # a view: no pixel copied
+        return ImageHeader(arr_shape[0], arr_shape[1], arr_shape[2], 0)
+    if msg.encoding not in _PIL_FORMAT:
+        raise ImageError(f"{where}.encoding {msg.encoding} is unknown; use RAW, PNG or JPEG")
+    pil = _open_file(data, msg.encoding, max_pixels, where)
+    w, h = pil.size
+    mode = pil.mode
+    if mode in ("L", "RGB", "RGBA"):
+        channels, per_pixel = len(mode), 2 * len(mode)  # decoder buffer + array
+    elif mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        channels, per_pixel = 1, 4 + 8 + 8 + 1  # decoder, float64, scaled, uint8
+    elif mode == "1":
+        channels, per_pixel = 1, 1 + 1 + 1
+    elif mode in ("LA", "PA") or (mode == "P" and "transparency" in pil.info):
+        channels, per_pixel = 4, 4 + 4 + 4
+    else:  # P, CMYK, YCbCr, ...: converted to RGB
+        channels, per_pixel = 3, 4 + 3 + 3
+    return ImageHeader(h, w, channels, per_pixel * w * h)
+
+
 def _decode_raw(msg: step_pb2.Image, data: memoryview | bytes, max_pixels: int,
                 where: str) -> np.ndarray:
     w, h, c = msg.width, msg.height, msg.channels
@@ -86,6 +128,18 @@ def _decode_raw(msg: step_pb2.Image, data: memoryview | bytes, max_pixels: int,
 
 def _decode_file(data: memoryview | bytes, encoding: int, max_pixels: int, where: str) -> np.ndarray:
     fmt = _PIL_FORMAT[encoding]
+    pil = _open_file(data, encoding, max_pixels, where)
+    w, h = pil.size
+    try:
+        pil.load()
+        return _to_array(pil)
+    except Exception as exc:
+        raise ImageError(f"{where}.data is a damaged {fmt} file ({w}x{h}): {_reason(exc)}") from None
+
+
+def _open_file(data: memoryview | bytes, encoding: int, max_pixels: int, where: str) -> Any:
+    """The file opened lazily (Pillow reads the header only), its size checked."""
+    fmt = _PIL_FORMAT[encoding]
     if not data:
         raise ImageError(f"{where}.data is empty; expected a {fmt} file")
     try:
@@ -97,11 +151,7 @@ def _decode_file(data: memoryview | bytes, encoding: int, max_pixels: int, where
         raise ImageError(f"{where} ({fmt}) is {w}x{h}; width and height must be >= 1")
     # The header's size is checked before a single pixel is decoded.
     check_pixels(w, h, max_pixels, where=f"{where} ({fmt} header)")
-    try:
-        pil.load()
-        return _to_array(pil)
-    except Exception as exc:
-        raise ImageError(f"{where}.data is a damaged {fmt} file ({w}x{h}): {_reason(exc)}") from None
+    return pil
 
 
 def _reason(exc: BaseException) -> str:

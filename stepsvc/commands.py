@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                             "slot is longer; a request whose remaining deadline is shorter than "
                             "the expected wait is refused at once anyway (default 0 = no bound "
                             "beyond the deadline and --max-queue)")
+    serve.add_argument("--max-memory-mb", type=cli_args.positive_int, default=None,
+                       help="memory budget for running requests, MiB: a request is admitted "
+                            "only when the bytes it will hold (decoded input, output, buffers; "
+                            "from its header) fit (default: 3/4 of the container's memory "
+                            "limit, else 512)")
     serve.add_argument("--max-message-mb", type=cli_args.message_mb,
                        default=limits.DEFAULT_MAX_MESSAGE_MB,
                        help=f"largest gRPC message in or out, MiB, 1..{limits.MAX_MESSAGE_MB} "
@@ -173,7 +178,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     settings = ServerSettings(
         host=args.host, port=args.port, max_inflight=args.max_inflight, max_queue=args.max_queue,
-        max_queue_wait_ms=args.max_queue_wait_ms,
+        max_queue_wait_ms=args.max_queue_wait_ms, max_memory_mb=args.max_memory_mb or 0,
         max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
         max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout,
         metrics_port=args.metrics_port, max_connection_age=args.max_connection_age,

@@ -25,6 +25,7 @@ from stepsvc.admission import Admission
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import Forwarder, transport_options
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS, MIB
+from stepsvc.memory_budget import MemoryBudget, default_memory_mb
 from stepsvc.servicer import (
     DEFAULT_FORWARD_TIMEOUT_S,
     ActiveSteps,
@@ -60,6 +61,9 @@ class ServerSettings:
     #: --max-queue bound the queue).
     max_queue_wait_ms: int = 0
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
+    #: Memory budget for running requests, MiB; 0 = from the container's limit, else
+    #: memory_budget.DEFAULT_MAX_MEMORY_MB.
+    max_memory_mb: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_passes: int = DEFAULT_MAX_PASSES
     grace: float = 30.0
@@ -197,7 +201,9 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
                             max_pixels=settings.max_pixels, max_passes=settings.max_passes,
                             max_message_bytes=settings.max_message_bytes,
                             forward_timeout=settings.forward_timeout, observer=observer,
-                            frames=frames)
+                            frames=frames,
+                            memory=MemoryBudget(
+                                (settings.max_memory_mb or default_memory_mb()) * MIB))
     # Queued requests hold a thread while they wait, so the pool covers in-flight + queue; the
     # spare threads answer health checks and the step's own refusals at once.
     workers = settings.max_inflight + settings.max_queue + SPARE_THREADS

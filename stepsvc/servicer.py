@@ -28,7 +28,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 
 import native
 from native.registry import MAX_THREADS, default_threads, parse_schedule
-from stepsvc import codec, wire
+from stepsvc import codec, memory_budget, wire
 from stepsvc.admission import Admission, Draining, QueueFull, QueueTimeout
 from stepsvc.config import PipelineConfig
 from stepsvc.forward import (
@@ -45,6 +45,7 @@ from stepsvc.limits import (
     DEFAULT_MAX_PIXELS,
     MIB,
 )
+from stepsvc.memory_budget import MemoryBudget, MemoryExhausted
 from stepsvc.outgoing import OutgoingFrame
 from stepsvc.router import choose_next_step, is_last_step
 from stepsvc.shm import DOMAIN_KEY, UNSHARED_KEY, BadHandle, FrameStore, NotShared
@@ -123,10 +124,13 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  forward_timeout: float = DEFAULT_FORWARD_TIMEOUT_S,
                  observer: StepObserver | None = None,
-                 frames: FrameStore | None = None) -> None:
+                 frames: FrameStore | None = None,
+                 memory: MemoryBudget | None = None) -> None:
         self.config = config
         #: Shared memory with co-located steps; None = pixels always travel as bytes.
         self.frames = frames
+        #: What running requests may hold (decoded input, output, buffers), in bytes.
+        self.memory = memory or MemoryBudget(memory_budget.default_memory_mb() * MIB)
         self.step = config.this_step()
         self.discovery = discovery
         self.admission = admission
@@ -255,11 +259,19 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         self._check_output(request)
         timing.threads = threads
         request_id = request.request_id or uuid.uuid4().hex
+        # What the request will hold, from its header: refused here, before a pixel is decoded,
+        # when its output cannot be sent or it could never fit the memory budget.
+        need = self._memory_need(view)
+        try:
+            self.memory.check(need)
+        except MemoryExhausted as exc:
+            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"step {self.step.id} ({self.step.type}): {exc}") from None
         deadline = self._remaining(context)
 
         with self._phase("queue", timing, "queue_wait_ms"):
             try:
-                self.admission.acquire(deadline)
+                waited = self.admission.acquire(deadline)
             except QueueFull as exc:
                 raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"step {self.step.id} ({self.step.type}): {exc}") from None
@@ -270,12 +282,54 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                 raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"step {self.step.id} ({self.step.type}): {exc}",
                                 ((DRAINING_KEY, "1"),)) from None
-        held = time.perf_counter()
+            held = time.perf_counter()
+            try:  # the slot's memory: what does not fit waits as long as the deadline allows
+                self.memory.reserve(need, max(0.0, deadline - waited))
+            except MemoryExhausted as exc:
+                self.admission.release()
+                raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"step {self.step.id} ({self.step.type}): {exc}") from None
         try:
             return self._run(view, context, timing, cleanup, request_id, threads, passes,
                              schedule)
         finally:
+            self.memory.release(need)
             self.admission.release(time.perf_counter() - held)
+
+    def _memory_need(self, view: wire.RequestView) -> int:
+        """Bytes the request will hold at its peak, from its header (see memory_budget);
+        refuses what cannot be decoded or whose output no message could carry."""
+        request = view.header
+        image = request.image
+        try:
+            if image.HasField("shm"):  # RAW pixels in a shared segment, checked in _pixels
+                codec.check_pixels(image.width, image.height, self.max_pixels)
+                header = codec.ImageHeader(image.height, image.width, max(image.channels, 1), 0)
+            else:
+                header = codec.read_header(image, max_pixels=self.max_pixels, data=view.data)
+        except codec.PixelLimitError as exc:
+            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except codec.ImageError as exc:
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        h, w, c = header.height, header.width, header.channels
+        self._check_output_size(h, w)
+        last = is_last_step(self.step)
+        measure_kind = native.output_kind(self.step.type) == "measure"
+        out_shape = (h, w, c) if measure_kind else self._output_shape((h, w, c))
+        oh, ow, oc = out_shape
+        if not last:  # forwarded as RAW pixels
+            self._check_message_size(step_pb2.Image(width=ow, height=oh, channels=oc),
+                                     request.ByteSize() + oh * ow * oc,
+                                     "request for the next step", 0)
+        elif request.output_encoding == codec.RAW:
+            self._check_message_size(step_pb2.Image(width=ow, height=oh, channels=oc),
+                                     oh * ow * oc, "response", RESPONSE_HEADROOM)
+        return memory_budget.request_bytes(
+            wire=len(view.raw), width=w, height=h, channels=c,
+            encoded=bool(request.image.encoding), out_shape=out_shape,
+            kernel=native.canonical_name(self.step.type),
+            answers_encoded=last and request.output_encoding != codec.RAW,
+            forwards=not last) + header.decode_bytes
 
     def _run(self, view: wire.RequestView, context: grpc.ServicerContext,
              timing: step_pb2.StepTiming, cleanup: ExitStack, request_id: str, threads: int,
@@ -292,7 +346,6 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         if request.image.encoding:  # the header says what the server found (telemetry)
             request.image.height, request.image.width = img.shape[0], img.shape[1]
 
-        self._check_output_size(img.shape[0], img.shape[1])
         labels = dict(request.labels)
         measures: dict[str, float] = {}
         last = is_last_step(self.step)

@@ -24,6 +24,7 @@ import yaml
 from stepsvc.config import PipelineConfig, dump_config
 from stepsvc.config import StepSpec as ConfigStep
 from stepsvc.limits import DEFAULT_MAX_PIXELS
+from stepsvc.memory_budget import default_memory_mb
 from topology.model import parse_quantity
 from topology.pipeline import Pipeline, Step
 
@@ -245,6 +246,12 @@ def is_headless(service: Mapping[str, Any]) -> bool:
     return (service.get("spec") or {}).get("clusterIP") == "None"
 
 
+def max_memory_mb_for(memory_limit: str) -> int:
+    """A step's `--max-memory-mb` for its memory limit: the share the step budgets for requests
+    (what it would derive from its cgroup, stated so the manifest shows it)."""
+    return default_memory_mb(int(parse_quantity(memory_limit)))
+
+
 def max_pixels_for(memory_limit: str) -> int:
     """A step's `--max-pixels` for its memory limit (a Kubernetes quantity): the limit divided
     by BYTES_PER_PIXEL, at most the step server's default."""
@@ -308,7 +315,8 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
                  "--discovery", "kubernetes", "--metrics-port", str(METRICS_PORT),
                  "--grace", str(options.drain_grace_s),
                  "--max-connection-age", str(MAX_CONNECTION_AGE_S),
-                 "--max-pixels", str(max_pixels_for(resources["limits"]["memory"]))],
+                 "--max-pixels", str(max_pixels_for(resources["limits"]["memory"])),
+                 "--max-memory-mb", str(max_memory_mb_for(resources["limits"]["memory"]))],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "env": _env(pipeline, step, options),
