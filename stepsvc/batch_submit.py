@@ -164,7 +164,7 @@ def _whole(channel: grpc.Channel, job: Job, args: argparse.Namespace, policy: Re
         report.reasons[code.name] = report.reasons.get(code.name, 0) + 1
     try:
         response: step_pb2.ProcessResponse = with_retries(
-            lambda t: stub.Process(request, timeout=t), args.timeout, policy, on_retry)
+            lambda t, w: stub.Process(request, timeout=t, wait_for_ready=w), args.timeout, policy, on_retry)
     except grpc.RpcError as err:
         report.failed[0] = _error(err)
         advance(1, 1)

@@ -113,7 +113,7 @@ def describe(channel: grpc.Channel, timeout: float) -> step_pb2.DescribeResponse
     """The entry step's description of its pipeline (retried like a tile)."""
     stub = step_pb2_grpc.StepServiceStub(channel)
     response: step_pb2.DescribeResponse = with_retries(
-        lambda t: stub.Describe(step_pb2.DescribeRequest(), timeout=t), timeout,
+        lambda t, w: stub.Describe(step_pb2.DescribeRequest(), timeout=t, wait_for_ready=w), timeout,
         RetryPolicy(attempts=4), lambda code, msg: None)
     return response
 
@@ -225,7 +225,7 @@ class TileJob:
                 overrides=step_pb2.Overrides(threads=self.threads, passes=self.passes))
             codec.write_image(request.image, np.ascontiguousarray(
                 image[tile.py0:tile.py1, tile.px0:tile.px1]), codec.RAW)
-            response = with_retries(lambda t: stub.Process(request, timeout=t), self.timeout,
+            response = with_retries(lambda t, w: stub.Process(request, timeout=t, wait_for_ready=w), self.timeout,
                                      self.policy, on_retry)
             result = codec.decode_image(response.image, max_pixels=CLIENT_MAX_PIXELS)
             output.place(tile, result, self.reach)
@@ -278,13 +278,19 @@ def _failure(future: futures.Future[None]) -> str | None:
     return f"{type(exc).__name__}: {exc}"
 
 
-def with_retries(call: Callable[[float], Any], timeout: float, policy: RetryPolicy,
+def with_retries(call: Callable[[float, bool], Any], timeout: float, policy: RetryPolicy,
                   on_retry: Callable[[grpc.StatusCode, str], None]) -> Any:
-    """`call(timeout)` until it succeeds, a non-retryable error, or policy.attempts tries."""
+    """`call(timeout, wait_for_ready)` until it succeeds, a non-retryable error, or
+    policy.attempts tries.
+
+    The first try fails fast; retries wait (gRPC ``wait_for_ready``, within their deadline)
+    for a replica to be connected, so a tile outlives a moment when every replica of the
+    entry step is restarting instead of burning its tries on "connection refused".
+    """
     rng = random.Random()
     for attempt in range(1, policy.attempts + 1):
         try:
-            return call(timeout)
+            return call(timeout, attempt > 1)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
             if code not in RETRYABLE or attempt == policy.attempts:
