@@ -3,8 +3,10 @@
  *
  * Separable and fixed point, as OpenCV's 8-bit resize: weights are rounded to 11 fractional
  * bits (each set adjusted to sum to exactly 2048, so flat areas and scale 1 stay exact);
- * the horizontal pass turns a source row into int32 sums (u8 x int16 weight), the vertical
- * pass blends `taps` of those rows with int32 weights and rounds once, (sum + 2^21) >> 22.
+ * the horizontal pass turns a source row into sums of u8 x int16 weight, kept as int16 with
+ * 6 fractional bits, (sum + 16) >> 5 (|sum| < 2^20, so they fit; the error is 1/64 of a grey
+ * level); the vertical pass blends `taps` of those rows with the int16 weights (`pmaddwd`
+ * pairs) and rounds once, (sum + 2^16) >> 17.
  *
  * Order: horizontal first, on source rows, each kept in a per-thread ring of `taps` rows and
  * reused by every output row that needs it (an upscale by 2 computes each source row about
@@ -30,14 +32,15 @@
 #define RS_AVX2_PATH 0
 #endif
 
-enum { COEF_BITS = 11, COEF_ONE = 1 << COEF_BITS, OUT_SHIFT = 2 * COEF_BITS };
+enum { COEF_BITS = 11, COEF_ONE = 1 << COEF_BITS, MID_SHIFT = 5,
+       OUT_SHIFT = 2 * COEF_BITS - MID_SHIFT };
 
 typedef struct {
     const uint8_t *src;
     uint8_t *dst;
     int h, w, c, oh, ow, taps;
     const int *yi;         /* taps clamped source rows per output row */
-    const int32_t *wy;     /* matching fixed-point weights */
+    const int16_t *wy;     /* matching fixed-point weights */
     const int *xi;         /* taps clamped source columns per output pixel (scalar path) */
     const int16_t *xw;     /* matching weights */
     const int *xfirst;     /* first (unclamped) source column per output pixel (vector path) */
@@ -89,8 +92,13 @@ static void resize_table(int in, int out, int taps, int *idx, int16_t *wt, int *
 
 /* ---- horizontal pass: one source row -> ow * c int32 sums ---- */
 
+static inline int16_t mid_round(int32_t acc)
+{
+    return (int16_t)((acc + (1 << (MID_SHIFT - 1))) >> MID_SHIFT);
+}
+
 static void horizontal_scalar(const resize_ctx *r, const uint8_t *restrict row,
-                              int32_t *restrict out, int x0, int x1)
+                              int16_t *restrict out, int x0, int x1)
 {
     const int c = r->c, taps = r->taps;
     for (int x = x0; x < x1; x++) {
@@ -100,17 +108,27 @@ static void horizontal_scalar(const resize_ctx *r, const uint8_t *restrict row,
             int32_t acc = 0;
             for (int k = 0; k < taps; k++)
                 acc += (int32_t)xw[k] * row[(size_t)xi[k] * c + ch];
-            out[(size_t)x * c + ch] = acc;
+            out[(size_t)x * c + ch] = mid_round(acc);
         }
     }
 }
 
 #if RS_AVX2_PATH
-/* Two output pixels per step. For C = 3 each lane's result is [r, g, b, 0]; the lanes are
- * stored 3 int32 apart in order, so each store's fourth value is overwritten by the next
- * pixel's (the row buffer has one spare int32 at the end). */
+/* Stores the two pixels' [c0, c1, c2, c3] of `acc` (one per lane) as int16 at out + x * c and
+ * out + (x + 1) * c, in that order: for C = 3 each 8-byte store's fourth value is overwritten
+ * by the next pixel's (the row buffer has spare values at the end). */
+RS_AVX2 static inline void store_pair(int16_t *out, int x, int c, __m256i acc)
+{
+    acc = _mm256_srai_epi32(_mm256_add_epi32(acc, _mm256_set1_epi32(1 << (MID_SHIFT - 1))),
+                            MID_SHIFT);
+    const __m256i p = _mm256_packs_epi32(acc, acc); /* no saturation: |acc| < 2^15 here */
+    _mm_storel_epi64((__m128i *)(out + (size_t)x * c), _mm256_castsi256_si128(p));
+    _mm_storel_epi64((__m128i *)(out + (size_t)(x + 1) * c), _mm256_extracti128_si256(p, 1));
+}
+
+/* Two output pixels per step; each 128-bit lane computes one pixel's [c0, c1, c2, 0|c3]. */
 RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict row,
-                                    int32_t *restrict out)
+                                    int16_t *restrict out)
 {
     const int c = r->c, taps = r->taps, x_hi = r->x_hi;
     const int *xf = r->xfirst;
@@ -139,9 +157,7 @@ RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict
             const __m256i acc = _mm256_add_epi32(
                 _mm256_madd_epi16(_mm256_shuffle_epi8(px, sa), _mm256_permutevar8x32_epi32(wp, pa)),
                 _mm256_madd_epi16(_mm256_shuffle_epi8(px, sb), _mm256_permutevar8x32_epi32(wp, pb)));
-            _mm_storeu_si128((__m128i *)(out + (size_t)x * c), _mm256_castsi256_si128(acc));
-            _mm_storeu_si128((__m128i *)(out + (size_t)(x + 1) * c),
-                             _mm256_extracti128_si256(acc, 1));
+            store_pair(out, x, c, acc);
         }
     } else {
         const __m256i pa = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
@@ -153,9 +169,7 @@ RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict
                 _mm_loadl_epi64((const __m128i *)(xp + (size_t)x)));
             const __m256i acc =
                 _mm256_madd_epi16(_mm256_shuffle_epi8(px, sa), _mm256_permutevar8x32_epi32(wp, pa));
-            _mm_storeu_si128((__m128i *)(out + (size_t)x * c), _mm256_castsi256_si128(acc));
-            _mm_storeu_si128((__m128i *)(out + (size_t)(x + 1) * c),
-                             _mm256_extracti128_si256(acc, 1));
+            store_pair(out, x, c, acc);
         }
     }
     horizontal_scalar(r, row, out, x, x_hi); /* an odd pixel left over */
@@ -166,7 +180,7 @@ static int cpu_has_avx2(void) { return __builtin_cpu_supports("avx2"); }
 static int cpu_has_avx2(void) { return 0; }
 #endif
 
-static void horizontal(const resize_ctx *r, const uint8_t *row, int32_t *out)
+static void horizontal(const resize_ctx *r, const uint8_t *row, int16_t *out)
 {
 #if RS_AVX2_PATH
     if (r->avx2 && r->x_hi > r->x_lo) {
@@ -179,7 +193,7 @@ static void horizontal(const resize_ctx *r, const uint8_t *row, int32_t *out)
     horizontal_scalar(r, row, out, 0, r->ow);
 }
 
-/* ---- vertical pass: taps int32 rows -> one uint8 output row ---- */
+/* ---- vertical pass: taps int16 rows -> one uint8 output row ---- */
 
 static inline uint8_t round_u8(int32_t v)
 {
@@ -188,23 +202,68 @@ static inline uint8_t round_u8(int32_t v)
     return (uint8_t)(v < 255 ? v : 255);
 }
 
-SC_HOT static void vertical2(const int32_t *restrict a, const int32_t *restrict b, int32_t wa,
-                             int32_t wb, uint8_t *restrict out, size_t n)
+static void vertical_scalar(const int16_t *const *rows, const int16_t *w, int taps,
+                            uint8_t *restrict out, size_t i0, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        out[i] = round_u8(wa * a[i] + wb * b[i]);
+    for (size_t i = i0; i < n; i++) {
+        int32_t acc = 0;
+        for (int k = 0; k < taps; k++)
+            acc += (int32_t)w[k] * rows[k][i];
+        out[i] = round_u8(acc);
+    }
 }
 
-SC_HOT static void vertical4(const int32_t *restrict a, const int32_t *restrict b,
-                             const int32_t *restrict c, const int32_t *restrict d,
-                             const int32_t *restrict w, uint8_t *restrict out, size_t n)
+#if RS_AVX2_PATH
+/* 16 outputs as int16: rows interleaved pairwise and multiplied by (w[k], w[k+1]) pairs. */
+RS_AVX2 static inline __m256i vertical16(const int16_t *const *rows, size_t i, int taps,
+                                         __m256i w01, __m256i w23)
 {
-    const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
-    for (size_t i = 0; i < n; i++)
-        out[i] = round_u8(w0 * a[i] + w1 * b[i] + w2 * c[i] + w3 * d[i]);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)(rows[0] + i));
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(rows[1] + i));
+    __m256i lo = _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), w01);
+    __m256i hi = _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), w01);
+    if (taps == 4) {
+        const __m256i c = _mm256_loadu_si256((const __m256i *)(rows[2] + i));
+        const __m256i d = _mm256_loadu_si256((const __m256i *)(rows[3] + i));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(c, d), w23));
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(c, d), w23));
+    }
+    const __m256i half = _mm256_set1_epi32(1 << (OUT_SHIFT - 1));
+    lo = _mm256_srai_epi32(_mm256_add_epi32(lo, half), OUT_SHIFT);
+    hi = _mm256_srai_epi32(_mm256_add_epi32(hi, half), OUT_SHIFT);
+    return _mm256_packs_epi32(lo, hi); /* unpack and pack both work per lane: order restored */
 }
 
-/* Scratch per thread: `taps` int32 rows of ow * c (+1 spare) values and their tags. */
+RS_AVX2 static size_t vertical_avx2(const int16_t *const *rows, const int16_t *w, int taps,
+                                    uint8_t *restrict out, size_t n)
+{
+    const __m256i w01 = _mm256_set1_epi32((int32_t)((uint32_t)(uint16_t)w[0] |
+                                                    (uint32_t)(uint16_t)w[1] << 16));
+    const __m256i w23 = taps == 4
+        ? _mm256_set1_epi32((int32_t)((uint32_t)(uint16_t)w[2] | (uint32_t)(uint16_t)w[3] << 16))
+        : _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i p = _mm256_packus_epi16(vertical16(rows, i, taps, w01, w23),
+                                              vertical16(rows, i + 16, taps, w01, w23));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_permute4x64_epi64(p, 0xD8));
+    }
+    return i;
+}
+#endif
+
+static void vertical(const resize_ctx *r, const int16_t *const *rows, const int16_t *w,
+                     uint8_t *out, size_t n)
+{
+    size_t i = 0;
+#if RS_AVX2_PATH
+    if (r->avx2)
+        i = vertical_avx2(rows, w, r->taps, out, n);
+#endif
+    vertical_scalar(rows, w, r->taps, out, i, n);
+}
+
+/* Scratch per thread: `taps` int16 rows of ow * c (+ spare) values. */
 static size_t ring_row(const resize_ctx *r) { return ((size_t)r->ow * r->c + 16) & ~(size_t)15; }
 
 static void resize_rows(const void *p, int y0, int y1, void *scratch)
@@ -212,16 +271,16 @@ static void resize_rows(const void *p, int y0, int y1, void *scratch)
     const resize_ctx *r = p;
     const int taps = r->taps;
     const size_t n = (size_t)r->w * r->c, on = (size_t)r->ow * r->c, stride = ring_row(r);
-    int32_t *ring = scratch;
+    int16_t *ring = scratch;
     int tag[4] = {-1, -1, -1, -1}; /* source row held by each ring slot */
     for (int y = y0; y < y1; y++) {
         const int *yi = r->yi + (size_t)y * taps;
-        const int32_t *rows[4];
+        const int16_t *rows[4];
         for (int k = 0; k < taps; k++) {
             /* the taps of one output row are consecutive source rows (clamped copies are the
              * same row), so row % taps never maps two needed rows onto one slot */
             const int slot = yi[k] % taps;
-            int32_t *buf = ring + (size_t)slot * stride;
+            int16_t *buf = ring + (size_t)slot * stride;
             if (tag[slot] != yi[k]) {
                 horizontal(r, r->src + (size_t)yi[k] * n, buf);
                 tag[slot] = yi[k];
@@ -229,11 +288,7 @@ static void resize_rows(const void *p, int y0, int y1, void *scratch)
             rows[k] = buf;
         }
         uint8_t *out = r->dst + (size_t)y * on;
-        const int32_t *wy = r->wy + (size_t)y * taps;
-        if (taps == 2)
-            vertical2(rows[0], rows[1], wy[0], wy[1], out, on);
-        else
-            vertical4(rows[0], rows[1], rows[2], rows[3], wy, out, on);
+        vertical(r, rows, r->wy + (size_t)y * taps, out, on);
     }
 }
 
@@ -246,15 +301,13 @@ int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int 
     const size_t nx = (size_t)ow * taps, ny = (size_t)oh * taps;
     int *xi = malloc(sizeof(int) * nx), *yi = malloc(sizeof(int) * ny);
     int16_t *xw = malloc(sizeof(int16_t) * nx), *wy16 = malloc(sizeof(int16_t) * ny);
-    int32_t *wy = malloc(sizeof(int32_t) * ny), *xpairs = malloc(sizeof(int32_t) * nx / 2);
+    int32_t *xpairs = malloc(sizeof(int32_t) * nx / 2);
     int *xfirst = malloc(sizeof(int) * (size_t)ow), *yfirst = malloc(sizeof(int) * (size_t)oh);
     int rc = SC_ENOMEM;
-    if (!xi || !yi || !xw || !wy16 || !wy || !xpairs || !xfirst || !yfirst)
+    if (!xi || !yi || !xw || !wy16 || !xpairs || !xfirst || !yfirst)
         goto done;
     resize_table(s.w, ow, taps, xi, xw, xfirst);
     resize_table(s.h, oh, taps, yi, wy16, yfirst);
-    for (size_t i = 0; i < ny; i++)
-        wy[i] = wy16[i];
     for (size_t i = 0; i < nx / 2; i++) /* (w[2j], w[2j+1]) as one int32 for pmaddwd */
         xpairs[i] = (int32_t)((uint32_t)(uint16_t)xw[2 * i] | (uint32_t)(uint16_t)xw[2 * i + 1] << 16);
     /* the vector path needs all taps inside the row (no clamping) and a 16-byte load that
@@ -267,17 +320,16 @@ int sc_resize(const uint8_t *src, uint8_t *dst, sc_shape s, int oh, int ow, int 
         while (x_hi < ow && xfirst[x_hi] + taps <= s.w && (size_t)xfirst[x_hi] * c + 16 <= (size_t)s.w * c)
             x_hi++;
     }
-    resize_ctx r = {src, dst, s.h, s.w, c, oh, ow, taps, yi, wy, xi, xw, xfirst, xpairs,
+    resize_ctx r = {src, dst, s.h, s.w, c, oh, ow, taps, yi, wy16, xi, xw, xfirst, xpairs,
                     x_lo, x_hi, cpu_has_avx2()};
     /* 64+ output rows per chunk: an upscaled chunk recomputes at most taps - 1 source rows */
     rc = sc_parallel_rows(ex, oh, sc_chunk_rows(64, ((size_t)s.w + ow) * c * taps), resize_rows,
-                          &r, sizeof(int32_t) * ring_row(&r) * taps);
+                          &r, sizeof(int16_t) * ring_row(&r) * taps);
 done:
     free(xi);
     free(yi);
     free(xw);
     free(wy16);
-    free(wy);
     free(xpairs);
     free(xfirst);
     free(yfirst);
