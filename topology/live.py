@@ -23,7 +23,7 @@ from topology.advice import DEFAULT_TARGET_UTILISATION, StepAdvice, advise
 from topology.scrape import Exemplar, ScrapeError, StepSample, merge_replicas, scrape
 from topology.step_load import StepLoad, step_load
 
-DEFAULT_WINDOW_S = 10.0
+DEFAULT_WINDOW_S = 6.0
 FIRST_WINDOW_S = 1.0
 #: Samples closer together than this are not a window (rates would be noise).
 MIN_WINDOW_S = 0.5
