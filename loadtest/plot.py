@@ -96,7 +96,8 @@ def plot_run(prefix: Path, out_png: Path, *, title: str | None = None) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="upper left")
+            # the users panel's lines often run along the top left (flat, ramp's end)
+            ax.legend(fontsize=8, loc="lower right" if ax is ax_users else "upper left")
     fig.suptitle(title or f"stepchain load test — {prefix.name}, second by second")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +163,9 @@ def _draw_steps(ax: Any, steps: Sequence[StepRow], metric: str, t0: int,
         ax.plot(*means[name], color=colour, label=name)
         if name in p95s:
             ax.plot(*p95s[name], "--", color=colour, alpha=0.6)
+    if not means:
+        ax.text(0.5, 0.5, "no step timings (no request was answered)", transform=ax.transAxes,
+                ha="center", va="center", color="0.4")
     positive = [v for v in values if v > 0]
     if positive and max(positive) / min(positive) > LOG_SCALE_RATIO:
         # symlog keeps the zeros (an idle queue) that a plain log scale would drop

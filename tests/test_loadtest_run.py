@@ -219,6 +219,36 @@ def test_web_ui_has_a_steps_tab_with_each_steps_times_and_defaults_of_the_replac
 
 
 @pytest.mark.slow
+def test_a_master_writes_the_step_times_its_worker_measured(pipeline: ProcessPipeline,
+                                                            tmp_path: Path) -> None:
+    # Distributed Locust: the worker sends its step times with its stats reports.
+    port = free_port()
+    worker = start_locust(["--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
+                           "--host", pipeline.address(1)], cwd=tmp_path,
+                          log=tmp_path / "worker.log")
+    try:
+        master = run_locust(
+            ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+             "--headless", "--expect-workers", "1", "--host", pipeline.address(1),
+             "--curve", "flat", "--users", "2", "--spawn-rate", "2", "--duration", "4",
+             "--csv", str(tmp_path / "d")], cwd=tmp_path, timeout=90)
+    finally:
+        stop_locust(worker)
+    assert master.returncode == 0, master.stderr[-3000:]
+    stats = {row["Name"]: row for row in read_csv(tmp_path / "d_stats.csv")}
+    requests = int(stats["Process"]["Request Count"])
+    assert requests > 0 and int(stats["Aggregated"]["Request Count"]) == requests
+    totals = {row["Step"]: int(row["Count"])
+              for row in read_csv(tmp_path / "d_steps_total.csv")}
+    assert totals["step-1:identity"] == totals["step-2:grayscale"] >= requests
+    per_second = read_csv(tmp_path / "d_steps.csv")
+    # Seconds are written 5 s after they end; a report later than that counts in the totals only.
+    assert 0 < sum(int(r["Count"]) for r in per_second if r["Step"] == "step-2:grayscale") \
+        <= totals["step-2:grayscale"]
+    assert "per-step times (ms)" in master.stderr
+
+
+@pytest.mark.slow
 def test_locust_refuses_bad_curve_parameters_with_the_option_named(tmp_path: Path) -> None:
     result = run_locust(["--curve", "spike", "--duration", "10", "--spike-at", "20",
                          "--headless", "--host", "127.0.0.1:1"], cwd=tmp_path, timeout=60)
