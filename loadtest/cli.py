@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "change within a second)")
     parser.add_argument("--target", action="append", default=None, metavar="HOST:PORT",
                         help="pipeline entry; repeat to load several pipelines together "
-                             "(default: NodePort Services named *step-0 in Kubernetes)")
+                             "(default: the pipelines' entry Services in Kubernetes, labelled "
+                             "stepchain.io/entry=true)")
     parser.add_argument("--out", type=Path, default=Path("out/loadtest"),
                         help="directory for the CSV, HTML and PNG (default out/loadtest)")
     load_options.add_load_options(parser)

@@ -1,10 +1,12 @@
 """Where the load goes: ``--host HOST:PORT[,HOST:PORT...]``, or the pipelines in Kubernetes.
 
-Without a host, every Service of type ``NodePort`` whose name ends in ``step-0`` is a pipeline
-entry (the topology service gives each pipeline's entry step a NodePort Service named
-``<pipeline_id>-step-0``). Its address is a node's address (ExternalIP, else InternalIP, Ready
-nodes first) and the Service's nodePort. Several pipelines found = several targets; the users
-are spread across them.
+Without a host, the targets are the pipelines' entry Services: the topology service labels each
+pipeline's entry Service ``stepchain.io/entry: "true"`` (with ``pipeline_id``) and makes it a
+NodePort, whatever the entry step's id. A NodePort Service named ``*step-0`` without that label
+counts too, as a fallback for Services made by older tools, unless its pipeline already has a
+labelled entry. Its address is a node's address (ExternalIP, else InternalIP, Ready nodes first)
+and the Service's nodePort. Several pipelines found = several targets; the users are spread
+across them.
 
 The filtering is pure (``entry_targets``); ``discover_kubernetes_targets`` only lists Services and
 Nodes with the official client.
@@ -16,7 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Entry Services are named ``<pipeline_id>-step-0``; the rule is "the name ends in step-0".
+from topology.render import ENTRY_LABEL
+
+#: Label the topology service puts on every object of a pipeline.
+PIPELINE_LABEL = "pipeline_id"
+#: Fallback for Services made by older tools: the entry was named ``<pipeline_id>-step-0``.
 ENTRY_SUFFIX = "step-0"
 #: Node address types, most preferred first (load usually comes from outside the cluster).
 ADDRESS_PREFERENCE = ("ExternalIP", "InternalIP")
@@ -53,11 +59,45 @@ def parse_hosts(spec: str) -> list[Target]:
     return targets
 
 
-def is_entry_service(service: Any) -> bool:
-    """True for a NodePort Service whose name ends in ``step-0``."""
+def _labels(service: Any) -> dict[str, str]:
+    return dict((service.metadata.labels if service.metadata else None) or {})
+
+
+def _is_node_port(service: Any) -> bool:
+    return service.spec is not None and service.spec.type == "NodePort"
+
+
+def is_labelled_entry(service: Any) -> bool:
+    """True for a NodePort Service labelled ``stepchain.io/entry: "true"``."""
+    return _is_node_port(service) and _labels(service).get(ENTRY_LABEL) == "true"
+
+
+def is_legacy_entry(service: Any) -> bool:
+    """True for a NodePort Service without the entry label whose name ends in ``step-0``
+    (how older tools named the entry step's Service)."""
+    return (_is_node_port(service) and ENTRY_LABEL not in _labels(service)
+            and (service.metadata.name or "").endswith(ENTRY_SUFFIX))
+
+
+def pipeline_of(service: Any) -> str:
+    """The pipeline an entry Service belongs to: its ``pipeline_id`` label, else its name
+    without ``-step-0``."""
+    labelled = _labels(service).get(PIPELINE_LABEL)
+    if labelled:
+        return labelled
     name = service.metadata.name or ""
-    return service.spec is not None and service.spec.type == "NodePort" and name.endswith(
-        ENTRY_SUFFIX)
+    return name[: -len(ENTRY_SUFFIX)].rstrip("-") if name.endswith(ENTRY_SUFFIX) else name
+
+
+def entry_services(services: Iterable[Any]) -> list[Any]:
+    """The pipelines' entry Services: the labelled ones, then the ``*step-0`` fallbacks of
+    pipelines (per namespace) that have no labelled entry."""
+    services = list(services)
+    labelled = [s for s in services if is_labelled_entry(s)]
+    covered = {(s.metadata.namespace or "", pipeline_of(s)) for s in labelled}
+    legacy = [s for s in services if is_legacy_entry(s)
+              and (s.metadata.namespace or "", pipeline_of(s)) not in covered]
+    return labelled + legacy
 
 
 def node_port_of(service: Any) -> int | None:
@@ -88,19 +128,15 @@ def pick_node_address(nodes: Iterable[Any],
 def entry_targets(services: Iterable[Any], node_address: str) -> list[Target]:
     """The pipeline entries among ``services``, reached through ``node_address``.
 
-    Labels are pipeline ids (the name without ``-step-0``), prefixed with the namespace when the
-    same pipeline id appears in several namespaces.
+    Labels are pipeline ids, prefixed with the namespace when the same pipeline id appears in
+    several namespaces.
     """
     entries = []
-    for service in services:
-        if not is_entry_service(service):
-            continue
+    for service in entry_services(services):
         port = node_port_of(service)
         if port is None:
             continue
-        name = service.metadata.name
-        pipeline = name[: -len(ENTRY_SUFFIX)].rstrip("-") or name
-        entries.append((service.metadata.namespace or "", pipeline, port))
+        entries.append((service.metadata.namespace or "", pipeline_of(service), port))
     entries.sort()
     pipelines = [pipeline for _, pipeline, _ in entries]
     return [
@@ -125,11 +161,14 @@ def discover_kubernetes_targets(*, namespace: str | None = None,
     else:
         services = api.list_service_for_all_namespaces().items
     where = f"namespace {namespace!r}" if namespace else "any namespace"
-    candidates = [s for s in services if is_entry_service(s)]
+    # The label decides (a labelSelector is not enough: not every API server or emulator
+    # honours it, and Services of older tools carry no label), so filter here.
+    candidates = entry_services(services)
     if not candidates:
         raise LookupError(
-            f"no NodePort Service whose name ends in {ENTRY_SUFFIX!r} in {where} "
-            f"({len(services)} Services seen); deploy a pipeline or pass --host HOST:PORT")
+            f"no NodePort Service labelled {ENTRY_LABEL}=true (nor, from older tools, one whose "
+            f"name ends in {ENTRY_SUFFIX!r}) in {where} ({len(services)} Services seen); "
+            "deploy a pipeline or pass --host HOST:PORT")
     if node_address is None:
         node_address = pick_node_address(api.list_node().items)
         if node_address is None:

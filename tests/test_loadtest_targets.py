@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import kmock
 import pytest
@@ -15,6 +16,8 @@ from kube_fixtures import KubeEmulator
 from kubernetes import client
 
 from loadtest.targets import Target, discover_kubernetes_targets, parse_hosts
+from topology.pipeline import parse_pipeline
+from topology.render import RenderOptions, render_manifests
 
 _namespaces = itertools.count(1)
 
@@ -36,11 +39,11 @@ def namespace() -> str:
 
 
 def service(kube: KubeEmulator, ns: str, name: str, kind: str, node_port: int | None = None,
-            port_name: str = "grpc", extra_ports: list[client.V1ServicePort] | None = None
-            ) -> None:
+            port_name: str = "grpc", extra_ports: list[client.V1ServicePort] | None = None,
+            labels: dict[str, str] | None = None) -> None:
     ports = [client.V1ServicePort(name=port_name, port=50051, node_port=node_port)]
     kube.core.create_namespaced_service(ns, client.V1Service(
-        metadata=client.V1ObjectMeta(name=name, namespace=ns),
+        metadata=client.V1ObjectMeta(name=name, namespace=ns, labels=labels),
         spec=client.V1ServiceSpec(type=kind, ports=(extra_ports or []) + ports)))
 
 
@@ -107,9 +110,56 @@ def test_no_entry_service_is_an_error_saying_what_was_searched(kube: KubeEmulato
                                                                nodes: None) -> None:
     ns = namespace()
     service(kube, ns, "only-step-1", "ClusterIP")
-    with pytest.raises(LookupError, match=rf"no NodePort Service whose name ends in 'step-0' in "
-                                          rf"namespace '{ns}' \(1 Services seen\).*--host"):
+    with pytest.raises(LookupError, match=rf"no NodePort Service labelled stepchain.io/entry=true "
+                                          rf"\(nor, from older tools, one whose name ends in "
+                                          rf"'step-0'\) in namespace '{ns}' \(1 Services seen\)"
+                                          rf".*--host"):
         discover_kubernetes_targets(namespace=ns, api=kube.core)
+
+
+def apply_rendered_services(kube: KubeEmulator, ns: str, pipeline: dict[str, Any],
+                            node_port: int) -> None:
+    """Creates the Services the topology service renders for `pipeline`, as the API server
+    would (it assigns the entry's nodePort)."""
+    rendered = render_manifests(parse_pipeline(pipeline), RenderOptions(namespace=ns))
+    for manifest in rendered:
+        if manifest["kind"] != "Service":
+            continue
+        if manifest["spec"]["type"] == "NodePort":
+            manifest["spec"]["ports"][0]["nodePort"] = node_port
+        kube.core.create_namespaced_service(ns, manifest)
+
+
+#: Entered at step 3: the Service named "-step-0" is a headless ClusterIP in the middle.
+ENTRY_IS_STEP_3 = {"name": "late", "steps": [
+    {"step_id": 3, "type": "classify", "next_step": 0},
+    {"step_id": 0, "type": "grayscale", "next_step": 1},
+    {"step_id": 1, "type": "resize", "params": {"scale": 0.5}}]}
+
+
+def test_a_rendered_pipeline_whose_entry_is_not_step_0_is_found_by_its_entry_label(
+        kube: KubeEmulator, nodes: None) -> None:
+    ns = namespace()
+    apply_rendered_services(kube, ns, ENTRY_IS_STEP_3, 30500)
+    assert {s.metadata.name for s in kube.core.list_namespaced_service(ns).items} == {
+        "late-step-3", "late-step-0", "late-step-1"}
+    assert discover_kubernetes_targets(namespace=ns, api=kube.core) == [
+        Target("198.51.100.7:30500", "late")]
+
+
+def test_a_step_0_name_is_only_a_fallback_for_pipelines_without_a_labelled_entry(
+        kube: KubeEmulator, nodes: None) -> None:
+    ns = namespace()
+    apply_rendered_services(kube, ns, ENTRY_IS_STEP_3, 30600)
+    # A stray NodePort named like the old convention, in the labelled pipeline: not an entry.
+    service(kube, ns, "late-step-0-debug-step-0", "NodePort", 30601,
+            labels={"pipeline_id": "late"})
+    # A pipeline made by an older tool: no label, entry named *-step-0: still found.
+    service(kube, ns, "old-step-0", "NodePort", 30602)
+    # Labelled as not the entry: never picked, whatever its name.
+    service(kube, ns, "odd-step-0", "NodePort", 30603, labels={"stepchain.io/entry": "false"})
+    assert discover_kubernetes_targets(namespace=ns, api=kube.core) == [
+        Target("198.51.100.7:30600", "late"), Target("198.51.100.7:30602", "old")]
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

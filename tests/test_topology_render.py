@@ -102,6 +102,20 @@ def test_only_the_entry_step_service_is_a_nodeport() -> None:
                      "demo-step-2": "ClusterIP", "demo-step-3": "ClusterIP"}
 
 
+def test_the_entry_service_is_labelled_as_the_entry_whatever_the_entry_steps_id() -> None:
+    # Step 3 is the entry (nothing points to it); step 0 is in the middle.
+    services = by_kind(render({"name": "late", "steps": [
+        {"step_id": 3, "type": "classify", "next_step": 0},
+        {"step_id": 0, "type": "grayscale", "next_step": 1},
+        {"step_id": 1, "type": "resize", "params": {"scale": 0.5}}]}), "Service")
+    entry = {name for name, s in services.items()
+             if s["metadata"]["labels"].get("stepchain.io/entry") == "true"}
+    assert entry == {"late-step-3"}
+    assert services["late-step-3"]["spec"]["type"] == "NodePort"
+    assert services["late-step-3"]["metadata"]["labels"]["pipeline_id"] == "late"
+    assert services["late-step-0"]["spec"]["type"] == "ClusterIP"
+
+
 def test_every_step_an_upstream_step_forwards_to_has_a_headless_service() -> None:
     services = by_kind(render(DEMO_WITH_EVERYTHING), "Service")
     headless = {name for name, s in services.items() if s["spec"].get("clusterIP") == "None"}

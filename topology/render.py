@@ -3,7 +3,7 @@
 Per step: a ConfigMap ``<pipeline_id>-step-<N>-config`` (key ``PIPELINE_CONFIG``, what the step
 server and Kubernetes discovery read), a Deployment whose pods announce their metrics port with
 ``prometheus.io/*`` annotations, a Service ``<pipeline_id>-step-<N>`` carrying only the gRPC
-port (NodePort for the entry step; headless, ``clusterIP: None``, for every other step so that
+port (NodePort for the entry step, labelled ``stepchain.io/entry: "true"``; headless, ``clusterIP: None``, for every other step so that
 upstream steps balance over its pods with ``dns:///`` and ``round_robin``) and, when the step
 asks for ``autoscale``, a HorizontalPodAutoscaler. Per pipeline of more than one step, a
 NetworkPolicy fences the data plane: the entry step stays reachable from outside (clients,
@@ -79,6 +79,10 @@ def step_name(pipeline_id: str, step_id: int) -> str:
 def config_map_name(pipeline_id: str, step_id: int) -> str:
     """ConfigMap name of a step: ``<pipeline_id>-step-<N>-config``."""
     return f"{step_name(pipeline_id, step_id)}-config"
+
+
+#: Label on the entry step's Service (the NodePort clients and Locust use), whatever its id.
+ENTRY_LABEL = "stepchain.io/entry"
 
 
 def labels(pipeline_id: str, step_id: int) -> dict[str, str]:
@@ -233,10 +237,15 @@ def _service(pipeline: Pipeline, step: Step, namespace: str) -> dict[str, Any]:
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
         ],
     })
+    metadata = _metadata(pipeline, step, name, namespace)
+    if step.id == pipeline.entry_step:
+        # Found by label (with pipeline_id) rather than by a `-step-0` name: the entry is the step
+        # nothing points to, and its id can be anything.
+        metadata["labels"][ENTRY_LABEL] = "true"
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(pipeline, step, name, namespace),
+        "metadata": metadata,
         "spec": spec,
     }
 
