@@ -14,6 +14,7 @@ Exits non-zero on any failure. Outputs land in out/demo/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -110,6 +111,7 @@ def main() -> int:
             ready = sum(1 for s in status["steps"] if s["ready"])
             print(f"\n== GET /pipeline/{created['pipeline_id']}: {ready}/{len(status['steps'])} "
                   "steps ready")
+            show_console(base, client_token(OUT / "state"), created["pipeline_id"])
             reply = api.delete(f"/pipeline/{created['pipeline_id']}")
             if reply.status_code != 200:
                 raise DemoFailed(f"DELETE answered {reply.status_code}: {reply.text}")
@@ -204,6 +206,18 @@ def show_trace(trace_file: Path | None, submitted: str, env: dict[str, str]) -> 
     if shown.returncode != 0:
         raise DemoFailed(f"stepchain trace show failed: {shown.stderr.strip()}")
     print("   " + shown.stdout.rstrip().replace("\n", "\n   "))
+
+
+def show_console(base: str, token: str | None, pipeline_id: str) -> None:
+    """Says where the web console is; on a terminal, keeps it up until the user presses
+    Enter (`make demo` from a script or CI goes straight on)."""
+    url = f"{base}/" + (f"?token={token}" if token else "")
+    print(f"\n== web console: {url}\n   pipeline {pipeline_id} drawn as a graph; Run a photo at "
+          "1, 2, 4... threads; Live metrics and scaling advice; live terminal view: "
+          f"stepchain top --topology {base}")
+    if sys.stdin.isatty() and not os.environ.get("CI"):
+        with contextlib.suppress(EOFError):
+            input("   open it now; press Enter to tear everything down ")
 
 
 def stop(service: subprocess.Popen[bytes]) -> int:

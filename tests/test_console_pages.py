@@ -191,3 +191,22 @@ def test_run_plan_refuses_too_many_requests_naming_runs() -> None:
     plan = run_plan(image=None, image_name="", sample=samples()[0], threads=["2", "1", "2"],
                     passes="3", runs="2", cores=2)
     assert plan.threads == (1, 2) and plan.passes == 3 and plan.requests == 4
+
+
+def test_live_fragment_says_why_it_has_no_numbers_without_metrics_endpoints(
+        reader: TestClient) -> None:
+    live = reader.get("/console/pipelines/demo/live")
+    assert live.status_code == 200
+    assert "stepchain top --target" in live.text
+    advice = reader.get("/pipeline/demo/advice").json()
+    assert advice["steps"] == [] and "*" in advice["errors"]
+
+
+def test_jaeger_url_must_be_http() -> None:
+    from topology.settings import settings_from
+
+    assert settings_from({"jaeger_url": "http://jaeger:16686/"}, {}).jaeger_url == \
+        "http://jaeger:16686"
+    with pytest.raises(ValueError, match="--jaeger-url"):
+        settings_from({"jaeger_url": "jaeger:16686"}, {})
+    assert settings_from({}, {"STEPCHAIN_JAEGER_URL": "https://j"}).jaeger_url == "https://j"
