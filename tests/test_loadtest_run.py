@@ -1,5 +1,9 @@
 """Real load tests, short and on loopback: Locust (as a child process) against step servers.
 
+The Steps tab is also read from Locust's React web UI by Debian's chromium (through
+chromium-driver and Selenium); that test skips, saying why, only when no Chromium/chromedriver is
+installed (`make test` installs them with tests/install-test-tools.sh).
+
 One 2-step pipeline (identity → grayscale) serves every curve's run; each run is a few seconds
 with at most 5 users. A second, deliberately overloaded pipeline shows RESOURCE_EXHAUSTED
 counted as failures — and the run still ending by itself.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +32,13 @@ USERS = 3
 DURATION_S = 6
 #: Locust start-up and shutdown around the curve, generously; a run past this is a hang.
 RUN_BOUND_S = DURATION_S + 60
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "out" / "loadtest"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-dev-shm-usage", "--window-size=1400,1000")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -216,6 +228,64 @@ def test_web_ui_has_a_steps_tab_with_each_steps_times_and_defaults_of_the_replac
     said = log.read_text()
     assert "curve ramp" in said and "peak 20 users over 60s at 2 users/s" in said
     assert read_csv(tmp_path / "ui_steps.csv"), said[-2000:]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                    reason="no Chromium here: `apt-get install chromium chromium-driver` "
+                           "(make test runs tests/install-test-tools.sh to do it)")
+def test_steps_tab_shows_each_steps_times_in_locusts_web_ui(
+        pipeline: ProcessPipeline, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    port = free_port()
+    log = tmp_path / "locust.log"
+    process = start_locust(["--host", pipeline.address(1), "--web-host", "127.0.0.1",
+                            "--web-port", str(port), "--autostart", "--users", "2",
+                            "--spawn-rate", "2"], cwd=tmp_path, log=log)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        poll("the web UI", lambda: urllib.request.urlopen(url, timeout=2).status == 200, log)
+        browser.get(url)
+        tab = poll("the Steps tab", lambda: next(
+            (t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]")
+             if t.text.strip().lower() == "steps"), None), log)
+        tab.click()
+
+        def rows() -> list[list[str]]:
+            found = [[cell.text for cell in row.find_elements(By.CSS_SELECTOR, "td")]
+                     for row in browser.find_elements(By.CSS_SELECTOR, "tbody tr")]
+            return found if [r[0] for r in found] == ["step-1:identity",
+                                                      "step-2:grayscale"] else []
+
+        table = poll("a row per step in the Steps table", rows, log)
+        headers = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "thead th")]
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SHOTS / "steps-tab.png"))
+    finally:
+        stop_locust(process)
+    assert headers[:3] == ["Step", "Requests", "Kernel mean (ms)"]
+    for row in table:
+        assert int(row[1]) > 0
+        assert len(row[2].split(".")[1]) == 3  # milliseconds to the microsecond
 
 
 @pytest.mark.slow
