@@ -13,6 +13,8 @@ from typing import Any
 
 from stepsvc import cli_args, limits
 
+#: Drain grace of a step whose topology service died: it must be gone within ~2 s.
+ORPHAN_GRACE_S = 1.0
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds `step serve`, `submit` and `request` to the `stepchain` command."""
@@ -211,6 +213,17 @@ def serve_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from stepsvc.lifeline import lifeline_fd, watch_lifeline
+
+    orphaned = threading.Event()  # the service that started us died: stop within ~2 s
+    lifeline = lifeline_fd(os.environ)
+    if lifeline is not None:
+
+        def service_gone() -> None:
+            orphaned.set()
+            stop.set()
+
+        watch_lifeline(lifeline, service_gone)
     server.start()
     from stepsvc.http_face import resolve_http_port, start_http_face
 
@@ -234,8 +247,9 @@ def serve_command(args: argparse.Namespace) -> int:
              if metrics_port else "off", "on" if telemetry.tracing.enabled else "off")
     while not stop.wait(1.0):
         pass
-    log.info("draining: up to %.1f s for in-flight requests", settings.grace)
-    finished = server.drain()
+    grace = min(settings.grace, ORPHAN_GRACE_S) if orphaned.is_set() else settings.grace
+    log.info("draining: up to %.1f s for in-flight requests", grace)
+    finished = server.drain(grace)
     if http is not None:
         http.stop()
     telemetry.close()  # flushes queued spans before the process exits
@@ -245,7 +259,7 @@ def serve_command(args: argparse.Namespace) -> int:
     # A kernel call cannot be interrupted, and Python waits for every worker thread before it
     # exits: without this a long kernel would keep a drained step alive past --grace.
     log.warning("stopped: grace period (%.1f s) ran out; %d request(s) cut off; exiting without "
-                "waiting for their kernels", settings.grace, server.cut_off)
+                "waiting for their kernels", grace, server.cut_off)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

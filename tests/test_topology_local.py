@@ -110,17 +110,43 @@ def test_update_restarts_only_changed_steps_and_stops_removed_ones(tmp_path: Pat
         backend.close()
 
 
-def test_restarted_service_stops_steps_its_crashed_predecessor_left(tmp_path: Path) -> None:
+def test_restarted_service_stops_what_its_predecessor_left_and_brings_the_pipeline_back(
+        tmp_path: Path) -> None:
     crashed = LocalBackend(tmp_path)
     result = crashed.apply(parse_pipeline({"name": "orphan", "steps": [{"type": "identity"}]}))
     pids = [r["pid"] for r in result.resources if r["kind"] == "Process"]
+    successor = None
     try:
         # A new service on the same state dir (the old one "crashed" without cleanup).
         successor = LocalBackend(tmp_path)
         assert not any(running(pid) for pid in pids)
-        assert successor.list_pipelines() == []
+        assert successor.restored == ["orphan"]
+        status = successor.status("orphan")
+        assert status is not None and status.ready
+        assert status.entrypoint == result.entrypoint  # its port was free again
+        assert status.details["pids"]["0"] not in pids
     finally:
+        if successor is not None:
+            successor.close()
         crashed.close()
+
+
+def test_step_with_zero_replicas_runs_no_process_and_status_says_so(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path)
+    try:
+        result = backend.apply(parse_pipeline({"name": "idle", "steps": [
+            {"type": "identity", "next_step": 1}, {"type": "identity", "replicas": 0}]}))
+        processes = [r for r in result.resources if r["kind"] == "Process"]
+        assert [r["name"] for r in processes] == ["idle-step-0"]
+        status = backend.status("idle")
+        assert status is not None
+        scaled = status.steps[1]
+        assert (scaled.replicas, scaled.ready_replicas, scaled.ready, scaled.address) == (
+            0, 0, False, None)
+        discovery = json.loads((tmp_path / "idle" / "discovery.json").read_text())
+        assert "1" not in discovery
+    finally:
+        backend.close()
 
 
 def test_step_that_cannot_start_is_reported_with_its_log(tmp_path: Path,

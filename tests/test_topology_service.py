@@ -119,3 +119,89 @@ def test_sigterm_exits_zero(tmp_path: Path, services: list[Service]) -> None:
     service = Service(tmp_path / "state")
     services.append(service)
     assert service.stop(signal.SIGTERM) == 0
+
+
+def create(service: Service, body: dict[str, Any]) -> dict[str, Any]:
+    with service.api(client_token(service.state_dir)) as api:
+        reply = api.post("/pipeline", json=body)
+    assert reply.status_code == 201, reply.text
+    return dict(reply.json())
+
+
+def step_pids(created: dict[str, Any]) -> list[int]:
+    return [int(r["pid"]) for r in created["resources"] if r["kind"] == "Process"]
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, OSError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Pids still running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(running(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if running(p)]
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_service_takes_its_steps_down_within_2_s_and_a_restart_brings_them_back(
+        tmp_path: Path, services: list[Service]) -> None:
+    state = tmp_path / "state"
+    first = Service(state)
+    services.append(first)
+    created = create(first, PIPELINE)
+    pids = step_pids(created)
+    assert len(pids) == 3 and all(running(p) for p in pids)
+
+    first.proc.kill()  # SIGKILL: no shutdown code runs in the service
+    first.proc.wait(10)
+    left = wait_gone(pids, 2.0)
+    assert not left, f"step processes {left} outlived the service by 2 s"
+
+    second = Service(state)
+    services.append(second)
+    with second.api(None) as api:
+        listed = api.get("/pipelines").json()["pipelines"]
+        assert [p["pipeline_id"] for p in listed] == ["sequential"]
+        status = api.get("/pipeline/sequential").json()
+    assert status["ready"] is True
+    assert status["entrypoint"] == created["entrypoint"]  # its port was free again
+    new_pids = [int(p) for p in status["details"]["pids"].values()]
+    assert not set(new_pids) & set(pids) and all(running(p) for p in new_pids)
+
+    # SIGTERM: the steps are stopped first, then the service exits 0 ...
+    assert second.stop(signal.SIGTERM) == 0
+    assert not wait_gone(new_pids, 0.5)
+    # ... and the pipeline is still there for the next start.
+    third = Service(state)
+    services.append(third)
+    with third.api(None) as api:
+        assert [p["pipeline_id"] for p in api.get("/pipelines").json()["pipelines"]] == [
+            "sequential"]
+    with third.api(client_token(state)) as api:
+        assert api.delete("/pipeline/sequential").status_code == 200
+    assert third.stop() == 0
+    fourth = Service(state)  # DELETE forgets
+    services.append(fourth)
+    with fourth.api(None) as api:
+        assert api.get("/pipelines").json()["pipelines"] == []
+
+
+def test_replicas_zero_starts_no_process_and_get_says_so(tmp_path: Path,
+                                                          services: list[Service]) -> None:
+    service = Service(tmp_path / "state")
+    services.append(service)
+    created = create(service, {"name": "scaled", "steps": [
+        {"type": "identity", "next_step": 1}, {"type": "identity", "replicas": 0}]})
+    assert len(step_pids(created)) == 1
+    with service.api(None) as api:
+        status = api.get("/pipeline/scaled").json()
+    idle = status["steps"][1]
+    assert (idle["replicas"], idle["ready_replicas"], idle["ready"], idle["address"]) == (
+        0, 0, False, None)

@@ -101,7 +101,8 @@ class Applied(BaseModel):
     namespace: str
     created: bool = Field(description="true: new pipeline (201); false: it existed (200)")
     resources: list[dict[str, Any]]
-    entrypoint: str = Field(description="host:port of the entry step (gRPC)")
+    entrypoint: str | None = Field(description="host:port of the entry step (gRPC); null while "
+                                               "it runs no process (replicas: 0)")
     details: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list,
                                 description="accepted but worth knowing, each naming its field "

@@ -61,7 +61,8 @@ class ApplyResult:
 
     pipeline_id: str
     resources: list[dict[str, Any]]
-    entrypoint: str
+    #: host:port of the entry step; None while it runs no process (replicas: 0).
+    entrypoint: str | None
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -7,7 +7,10 @@ What the Kubernetes backend keeps in ConfigMaps lives on disk under the state di
                                                 a step with replicas lists every one's address)
     <state-dir>/<pipeline_id>/step-<N>.log      the step's stdout and stderr (step-<N>-<r>.log
                                                 per replica when it has more than one)
-    <state-dir>/<pipeline_id>/processes.json    pids, so a later service can clean up orphans
+    <state-dir>/<pipeline_id>/processes.json    pids and ports, so a later service can clean up
+                                                orphans and start the steps on the same ports
+    <state-dir>/<pipeline_id>/pipeline.json     the pipeline, so a restarted service brings it
+                                                back (same id; same ports where they are free)
 
 Each step serves Prometheus ``/metrics`` on a loopback port of its own, reported with its
 status (``metrics``), which the console, ``stepchain top`` and the advice API scrape.
@@ -21,12 +24,19 @@ on its own is restarted on the same port (so the discovery file stays right; eac
 its own), after a backoff
 that doubles with each restart; a step that exits more than MAX_RESTARTS times within
 RESTART_WINDOW_S is left stopped and reported as failed with the end of its log. Processes are
-stopped (SIGTERM, then SIGKILL after the drain grace) on DELETE and when the service shuts down;
-a service that starts finds the processes a crashed predecessor left behind and stops them.
+stopped (SIGTERM, then SIGKILL after the drain grace) on DELETE and when the service shuts down.
+
+Steps never outlive the service, however it ends: each inherits the read end of a lifeline pipe
+whose only write end the service holds (:mod:`stepsvc.lifeline`); when the service dies (SIGKILL
+included) the kernel closes it and every step stops within about two seconds. A service that
+starts on the same state dir stops whatever a predecessor still left running, then brings back
+the pipelines it had (DELETE forgets a pipeline; a shutdown does not). A step with
+``replicas: 0`` runs no process and is absent from discovery.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,8 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stepsvc.lifeline import LIFELINE_ENV
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
-from topology.pipeline import Pipeline, Step
+from topology.model import PipelineInvalid
+from topology.pipeline import Pipeline, Step, parse_pipeline
 from topology.render import step_config, step_config_text, step_name
 from topology.supervisor import (
     RestartPolicy,
@@ -69,6 +81,7 @@ def installed_stepchain() -> tuple[str, ...]:
 #: How a step server process is launched: the installed `stepchain` command.
 STEP_LAUNCHER: tuple[str, ...] = installed_stepchain()
 STATE_FILE = "processes.json"
+PIPELINE_FILE = "pipeline.json"
 DISCOVERY_FILE = "discovery.json"
 #: Seconds a local step drains after SIGTERM before it is killed.
 LOCAL_DRAIN_GRACE_S = 5
@@ -116,7 +129,10 @@ class _StepProcess:
 
 
 def _target(procs: list[_StepProcess]) -> str:
-    """The gRPC target naming every replica: host:port for one, an ipv4: list for more."""
+    """The gRPC target naming every replica: host:port for one, an ipv4: list for more ("" for
+    none: a step scaled to zero)."""
+    if not procs:
+        return ""
     if len(procs) == 1:
         return procs[0].address
     return "ipv4:" + ",".join(p.address for p in procs)
@@ -158,10 +174,16 @@ class LocalBackend:
         self.restart_policy = restart_policy
         self._pipelines: dict[str, _LocalPipeline] = {}
         self._lock = threading.RLock()
+        # Steps read the lifeline; only this process holds its write end (not inheritable).
+        self._lifeline_read, self._lifeline_write = os.pipe()
+        #: pipeline id -> (step id, replica) -> (port, metrics port) to reuse when restoring
+        self._preferred_ports: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.reap_orphans()
         self._supervisor = SupervisorLoop(self.supervise, supervise_interval_s,
                                           name="stepchain-local-supervisor")
+        #: Ids of the pipelines brought back from the state dir at start.
+        self.restored = self.restore()
 
     # -- the Backend protocol ------------------------------------------------------------------
 
@@ -181,8 +203,8 @@ class LocalBackend:
             keep = {sid: procs for sid, procs in old.items()
                     if sid in wanted and all(p.child.running() for p in procs)
                     and len(procs) == wanted[sid].replicas
-                    and procs[0].config_text == texts[sid]
-                    and procs[0].threads == wanted[sid].threads}
+                    and all(p.config_text == texts[sid] and p.threads == wanted[sid].threads
+                            for p in procs)}
             _stop_steps([p for sid, procs in old.items() if sid not in keep for p in procs],
                         self.drain_grace_s)
             for sid in old:
@@ -198,16 +220,22 @@ class LocalBackend:
             from stepsvc.discovery import write_static_discovery
 
             to_start, attempt = new_ids, 1
+            preferred = self._preferred_ports.get(pipeline.pipeline_id, {})
+            (directory / PIPELINE_FILE).write_text(json.dumps(pipeline_json(pipeline)),
+                                                   encoding="utf-8")
             while True:
                 ports = iter(_free_ports(2 * sum(wanted[sid].replicas for sid in to_start)))
                 for sid in to_start:
                     started[sid] = [
-                        self._start(pipeline, wanted[sid], replica, (next(ports), next(ports)),
+                        self._start(pipeline, wanted[sid], replica,
+                                    _reuse(preferred.get((sid, replica)) if attempt == 1
+                                           else None, ports),
                                     texts[sid], directory, discovery)
                         for replica in range(wanted[sid].replicas)]
                 self._write_state(entry)
+                # A step scaled to zero replicas is inactive: absent from discovery.
                 write_static_discovery(discovery, {sid: _discovery_entry(procs)
-                                                   for sid, procs in started.items()})
+                                                   for sid, procs in started.items() if procs})
                 try:
                     self._wait_ready(entry, [p for sid in new_ids for p in started[sid]])
                     break
@@ -228,7 +256,7 @@ class LocalBackend:
                 for sid, procs in sorted(started.items()) for p in procs]
             resources.append({"kind": "DiscoveryFile", "name": str(discovery)})
             return ApplyResult(pipeline_id=pipeline.pipeline_id, resources=resources,
-                               entrypoint=_target(started[pipeline.entry_step]),
+                               entrypoint=_target(started[pipeline.entry_step]) or None,
                                details={"state_dir": str(directory)})
 
     def status(self, pipeline_id: str) -> PipelineStatus | None:
@@ -241,9 +269,11 @@ class LocalBackend:
             for sid, procs in sorted(entry.steps.items()):
                 ready = sum(p.child.running() and _serving(p.address) for p in procs)
                 failures = [p.child.failure for p in procs if p.child.failure]
-                steps.append(StepStatus(step_id=sid, type=procs[0].type,
-                                        ready=ready == len(procs), ready_replicas=ready,
-                                        replicas=len(procs), address=_target(procs),
+                # replicas: 0 -> no process, not ready, no address (as a Deployment scaled to 0)
+                steps.append(StepStatus(step_id=sid, type=entry.pipeline.step(sid).type,
+                                        ready=bool(procs) and ready == len(procs),
+                                        ready_replicas=ready,
+                                        replicas=len(procs), address=_target(procs) or None,
                                         restarts=sum(p.child.restarts for p in procs),
                                         error="\n".join(failures) or None,
                                         metrics=tuple(p.metrics_address for p in procs)))
@@ -278,11 +308,39 @@ class LocalBackend:
         return sum(proc.child.running() for entry in pipelines for proc in entry.processes())
 
     def close(self) -> None:
-        """Stops the supervisor, then every step process this backend started."""
+        """Stops the supervisor, then every step process this backend started; the pipelines
+        stay in the state dir, so a service started on it brings them back."""
         self._supervisor.close()  # not under the lock: the supervisor may be waiting for it
         with self._lock:
             for pipeline_id in list(self._pipelines):
-                self._remove(pipeline_id)
+                self._remove(pipeline_id, forget=False)
+            for fd in (self._lifeline_write, self._lifeline_read):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def restore(self) -> list[str]:
+        """Starts the pipelines a previous service on this state dir had (same ids, the same
+        ports where they are free); returns their ids. One that cannot start is logged and
+        forgotten, the others come back."""
+        restored = []
+        for saved in sorted(self.state_dir.glob(f"*/{PIPELINE_FILE}")):
+            directory = saved.parent
+            if directory.name in self._pipelines:
+                continue
+            try:
+                pipeline = parse_pipeline(json.loads(saved.read_text(encoding="utf-8")))
+                self._preferred_ports[pipeline.pipeline_id] = _saved_ports(directory)
+                self.apply(pipeline)
+            except (OSError, ValueError, PipelineInvalid, BackendError) as exc:
+                log.error("cannot bring back the pipeline saved in %s; forgetting it: %s",
+                          directory, exc)
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            finally:
+                self._preferred_ports.pop(directory.name, None)
+            log.info("brought back pipeline %s from %s", pipeline.pipeline_id, directory)
+            restored.append(pipeline.pipeline_id)
+        return restored
 
     # -- supervision ---------------------------------------------------------------------------
 
@@ -307,7 +365,8 @@ class LocalBackend:
         name = _process_name(pipeline.pipeline_id, step, step.replicas, replica)
         # Replicas tell themselves apart like pods do: by name (the timings' host column).
         env = {**os.environ, **self.otel_env, "OMP_NUM_THREADS": str(step.threads),
-               "POD_NAME": name, "OTEL_SERVICE_NAME": step_name(pipeline.pipeline_id, step.id)}
+               "POD_NAME": name, "OTEL_SERVICE_NAME": step_name(pipeline.pipeline_id, step.id),
+               LIFELINE_ENV: str(self._lifeline_read)}
         command = [*STEP_LAUNCHER, "step", "serve",
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", str(metrics_port),
@@ -317,7 +376,7 @@ class LocalBackend:
             f" replica {replica}" if step.replicas > 1 else "")
         child = SupervisedProcess.start(
             f"{what} of pipeline {pipeline.pipeline_id}", command, env, directory,
-            directory / log_name, self.restart_policy())
+            directory / log_name, self.restart_policy(), pass_fds=(self._lifeline_read,))
         return _StepProcess(step_id=step.id, replica=replica, type=step.type, port=port,
                             metrics_port=metrics_port, config_path=config_path,
                             config_text=text, threads=step.threads, child=child)
@@ -347,18 +406,20 @@ class LocalBackend:
             if pending:
                 time.sleep(0.1)
 
-    def _remove(self, pipeline_id: str) -> bool:
+    def _remove(self, pipeline_id: str, *, forget: bool = True) -> bool:
         entry = self._pipelines.pop(pipeline_id, None)
         if entry is None:
             return False
         _stop_steps(entry.processes(), self.drain_grace_s)
-        shutil.rmtree(entry.directory, ignore_errors=True)
+        if forget:
+            shutil.rmtree(entry.directory, ignore_errors=True)
         return True
 
     def _write_state(self, entry: _LocalPipeline) -> None:
         state = {"owner_pid": os.getpid(), "pipeline_id": entry.pipeline.pipeline_id,
                  "steps": {(str(p.step_id) if p.replica == 0 else f"{p.step_id}/{p.replica}"):
-                           {"pid": p.child.pid, "config": str(p.config_path)}
+                           {"pid": p.child.pid, "config": str(p.config_path),
+                            "port": p.port, "metrics_port": p.metrics_port}
                            for p in entry.processes()}}
         (entry.directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
 
@@ -381,7 +442,8 @@ class LocalBackend:
                 pid, config = int(step.get("pid", 0)), str(step.get("config", ""))
                 if reap(pid, config, self.drain_grace_s):
                     reaped.append(pid)
-            shutil.rmtree(state_file.parent, ignore_errors=True)
+            if not (state_file.parent / PIPELINE_FILE).exists():  # nothing to bring back
+                shutil.rmtree(state_file.parent, ignore_errors=True)
         return reaped
 
 
@@ -392,6 +454,66 @@ def _process_name(pipeline_id: str, step: Step | _StepProcess, replicas: int,
     if replica is None:
         replica = step.replica if isinstance(step, _StepProcess) else 0
     return name if replicas == 1 else f"{name}-{replica}"
+
+
+def pipeline_json(pipeline: Pipeline) -> dict[str, Any]:
+    """The pipeline as pipeline JSON that parses back to the same pipeline (same fingerprint)."""
+    steps = []
+    for s in pipeline.steps:
+        step: dict[str, Any] = {"id": s.id, "type": s.type, "params": s.params,
+                                "next_step": list(s.next_step), "replicas": s.replicas,
+                                "threads": s.threads, "gpu": s.gpu}
+        if s.preferred_next is not None:
+            step["preferred_next"] = s.preferred_next
+        if s.route:
+            step["route"] = s.route
+        if s.resources is not None:
+            step["resources"] = s.resources.model_dump(exclude_none=True)
+        if s.volumes:
+            step["volumes"] = [v.model_dump(exclude_none=True) for v in s.volumes]
+        if s.node_selector:
+            step["nodeSelector"] = s.node_selector
+        if s.autoscale is not None:
+            step["autoscale"] = s.autoscale.model_dump()
+        steps.append(step)
+    data: dict[str, Any] = {"name": pipeline.pipeline_id, "steps": steps}
+    for key, value in (("namespace", pipeline.namespace), ("image", pipeline.image)):
+        if value is not None:
+            data[key] = value
+    if pipeline.colocate:
+        data["colocate"] = True
+    return data
+
+
+def _saved_ports(directory: Path) -> dict[tuple[int, int], tuple[int, int]]:
+    """(step id, replica) -> (port, metrics port) recorded by the previous service."""
+    try:
+        state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    ports = {}
+    for key, step in (state.get("steps") or {}).items():
+        sid, _, replica = str(key).partition("/")
+        if sid.isdigit() and (replica or "0").isdigit() and "port" in step:
+            ports[(int(sid), int(replica or 0))] = (int(step["port"]),
+                                                    int(step.get("metrics_port", 0)))
+    return ports
+
+
+def _reuse(ports: tuple[int, int] | None, fresh: Any) -> tuple[int, int]:
+    """The saved ports when both are free now, else two fresh ones."""
+    if ports is not None and all(p and _port_free(p) for p in ports):
+        return ports
+    return next(fresh), next(fresh)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _free_ports(count: int) -> list[int]:

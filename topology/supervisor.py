@@ -56,15 +56,15 @@ class RestartPolicy:
 
 
 def spawn(command: Sequence[str], env: dict[str, str], cwd: Path, log_path: Path, *,
-          append_log: bool) -> subprocess.Popen[bytes]:
+          append_log: bool, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     """Starts `command` writing stdout and stderr to `log_path` (appended on restarts: the log
-    keeps why the previous process ended)."""
+    keeps why the previous process ended); `pass_fds` are inherited (e.g. a lifeline)."""
     with open(log_path, "ab" if append_log else "wb") as log_file:
         # A session of its own: a Ctrl-C in the terminal reaches the service, which then
         # stops its children in order, instead of killing the children under it.
         return subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=log_file,
                                 stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=tuple(pass_fds))
 
 
 def log_tail(log_path: Path, lines: int = 15) -> str:
@@ -93,14 +93,17 @@ class SupervisedProcess:
     restart_at: float | None = None
     #: Why the process is not restarted any more (None while supervised).
     failure: str | None = None
+    #: Descriptors the process inherits, on every (re)start.
+    pass_fds: tuple[int, ...] = ()
 
     @classmethod
     def start(cls, name: str, command: list[str], env: dict[str, str], cwd: Path,
-              log_path: Path, policy: RestartPolicy) -> SupervisedProcess:
+              log_path: Path, policy: RestartPolicy,
+              pass_fds: tuple[int, ...] = ()) -> SupervisedProcess:
         """Spawns `command` (its log file started anew) and returns it supervised."""
-        process = spawn(command, env, cwd, log_path, append_log=False)
+        process = spawn(command, env, cwd, log_path, append_log=False, pass_fds=pass_fds)
         return cls(name=name, command=command, env=env, cwd=cwd, log_path=log_path,
-                   policy=policy, process=process)
+                   policy=policy, process=process, pass_fds=pass_fds)
 
     @property
     def pid(self) -> int:
@@ -139,7 +142,8 @@ class SupervisedProcess:
                         self.restart_at - now)
         if now < self.restart_at:
             return False
-        self.process = spawn(self.command, self.env, self.cwd, self.log_path, append_log=True)
+        self.process = spawn(self.command, self.env, self.cwd, self.log_path, append_log=True,
+                             pass_fds=self.pass_fds)
         self.policy.restarted(now)
         self.restarts += 1
         self.restart_at = None
