@@ -38,7 +38,8 @@ PIPELINE = {
         {"step_id": 1, "type": "grayscale", "next_step": 3},
         {"step_id": 2, "type": "sharpen", "params": {"amount": 1.5, "sigma": 1.0},
          "next_step": 3},
-        {"step_id": 3, "type": "resize", "params": {"scale": 0.5}},
+        # next_step 9 names no step: accepted (the pipeline ends at 3) with a warning.
+        {"step_id": 3, "type": "resize", "params": {"scale": 0.5}, "next_step": 9},
     ],
 }
 
@@ -136,6 +137,8 @@ def test_create_run_a_photo_watch_live_and_delete_in_a_real_browser(
     editor.find_element(By.CSS_SELECTOR, "[data-action=create]").click()
     wait_for(lambda: "created" in editor.find_element(By.CLASS_NAME, "result").text,
              "the pipeline to be created")
+    warnings = editor.find_element(By.CSS_SELECTOR, ".result ul.warnings").text
+    assert "not a step of this pipeline" in warnings and "ends the pipeline" in warnings
     card = wait_for(lambda: browser.find_element(By.CSS_SELECTOR,
                                                  "article[data-pipeline=browser]"),
                     "the pipeline card")

@@ -37,9 +37,11 @@ HEAVY_PASSES = 6
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[tuple[Service, dict[str, Any]]]:
-    service = Service(tmp_path / "state")
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory,
+             ) -> Iterator[tuple[Service, dict[str, Any]]]:
+    """One service and pipeline for the module's tests (each starts in 7+ s)."""
+    service = Service(tmp_path_factory.mktemp("top") / "state")
     try:
         with service.api(client_token(service.state_dir)) as api:
             reply = api.post("/pipeline", json=PIPELINE)
