@@ -181,3 +181,18 @@ def test_a_bad_chunk_is_rejected_with_a_message_naming_it(params: dict[str, Any]
                                                            message: str) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         native.gaussian_blur(small_photo("astronaut", 16), **params)
+
+
+@pytest.mark.parametrize(("env", "want"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+                                           ({"GOMP_SPINCOUNT": "1000"}, None)])
+def test_idle_openmp_threads_sleep_unless_the_user_chose_a_wait_policy(
+        env: dict[str, str], want: str | None) -> None:
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, native; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.strip()
+    assert out == str(want)
