@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             for replicas in counts:
                 applied = backend.apply(parse_pipeline(pipeline(replicas, args.passes)))
+                if applied.entrypoint is None:  # only with replicas: 0, which this never asks
+                    raise SystemExit(f"bench replicas: no entry step with {replicas} replicas")
                 elapsed, per_replica = run_load(applied.entrypoint, image, args.requests,
                                                 args.clients)
                 backend.delete(applied.pipeline_id)
