@@ -178,3 +178,24 @@ def test_a_directory_is_submitted_image_by_image_with_accounting_per_image(
         expected = native.sharpen(native.gaussian_blur(arr, sigma=2.0), amount=1.5)
         for folder in ("whole", "tiled"):
             assert np.array_equal(np.asarray(Image.open(tmp_path / folder / name)), expected)
+
+
+def test_an_image_beyond_one_request_and_the_steps_pixel_limit_goes_through_as_tiles(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = noisy_image(900, 1200, 3, seed=11)  # 1.08 MP, 3.2 MB raw
+    np.save(tmp_path / "in.npy", image)
+    with in_process() as pipe:
+        # each step takes at most 0.25 MP and 1 MiB messages: the image fits neither
+        limits = {"max_pixels": 250_000, "max_message_mb": 1}
+        pipe.add(1, BLUR_SHARPEN, **limits)
+        entry = pipe.add(0, BLUR_SHARPEN, **limits)
+        assert submit(tmp_path / "in.npy", "--target", entry.address, "--out",
+                      tmp_path / "whole.npy", "--tile", "2000", "--retries", "1") == 1
+        assert submit(tmp_path / "in.npy", "--target", entry.address, "--out",
+                      tmp_path / "tiled.npy", "--tile", "256") == 0
+    captured = capsys.readouterr()
+    assert "RESOURCE_EXHAUSTED" in captured.err  # the whole image was refused
+    assert "tiles: expected 20, done 20, retried 0, failed 0" in captured.out
+    assert not (tmp_path / "whole.npy").exists()
+    expected = native.sharpen(native.gaussian_blur(image, sigma=2.0), amount=1.5)
+    assert np.array_equal(np.load(tmp_path / "tiled.npy"), expected)
