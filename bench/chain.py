@@ -54,6 +54,7 @@ from bench import RESULTS_DIR
 from stepsvc import codec
 from stepsvc.config import parse_config
 from stepsvc.forward import channel_options
+from stepsvc.ports import free_port
 from stepsvc.server import ServerSettings, build_server
 
 RESULTS = RESULTS_DIR
@@ -117,12 +118,6 @@ def throughput_rounds(paths: dict[str, Callable[[], Any]], clients: int, request
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def child_env(threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}

@@ -26,7 +26,6 @@ import collections
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from bench import RESULTS_DIR
 from stepsvc import codec
 from stepsvc.discovery import write_static_discovery
 from stepsvc.forward import channel_options
+from stepsvc.ports import free_port
 from stepsvc.telemetry import (
     Tracing,
     annotate_current_span,
@@ -80,12 +80,6 @@ class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
         with self._lock:
             self.spans += count
         return trace_service_pb2.ExportTraceServiceResponse()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env() -> dict[str, str]:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from stepsvc.ports import free_port
 from topology.auth import auth_header, client_token
 from topology.local_backend import installed_stepchain
 from topology.supervisor import process_alive
@@ -151,12 +151,6 @@ def ensure_pipeline() -> Path:
         PIPELINE.write_text(json.dumps(DEMO_PIPELINE, indent=2) + "\n", encoding="utf-8")
         print(f"== wrote {PIPELINE.relative_to(ROOT)}")
     return PIPELINE
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(api: httpx.Client, service: subprocess.Popen[bytes], log_path: Path) -> None:

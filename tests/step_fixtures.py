@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -26,17 +25,11 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from stepsvc import codec
 from stepsvc.config import PipelineConfig, parse_config
 from stepsvc.discovery import write_static_discovery
+from stepsvc.ports import free_port
 from stepsvc.server import ServerSettings, StepServer, build_server
 from stepsvc.servicer import StepObserver
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pipeline(step_id: int, steps: Sequence[Mapping[str, Any]], pipeline_id: str = "p1"

@@ -237,15 +237,30 @@ def test_threads_come_from_overrides_then_step_params(pipe: InProcessPipeline) -
 
 
 def test_step_params_passes_and_schedule_are_defaults_that_overrides_replace(
-        pipe: InProcessPipeline) -> None:
+        pipe: InProcessPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Passes and schedules give the same pixels by design, so the kernel calls are recorded:
+    # how many passes ran, with which schedule and threads.
+    calls: list[tuple[str, int]] = []
+    real_run = native.run
+
+    def recording_run(name: str, img: Any, **params: Any) -> Any:
+        calls.append((params["schedule"], params["threads"]))
+        return real_run(name, img, **params)
+
+    monkeypatch.setattr(native, "run", recording_run)
     pipe.add(1, [{"id": 1, "type": "gaussian_blur",
-                  "params": {"sigma": 1.0, "passes": 2, "schedule": "guided"}}])
+                  "params": {"sigma": 1.0, "passes": 2, "schedule": "guided", "threads": 2}}])
     img = noisy_image()
     expected = native.gaussian_blur(img, sigma=1.0)
     resp = pipe.stub(1).Process(raw_request(img), timeout=10)
     np.testing.assert_array_equal(result(resp), expected)
-    req = raw_request(img, overrides=step_pb2.Overrides(passes=3, schedule="dynamic"))
-    np.testing.assert_array_equal(result(pipe.stub(1).Process(req, timeout=10)), expected)
+    assert calls == [("guided", 2)] * 2  # the step's own settings
+    calls.clear()
+    req = raw_request(img, overrides=step_pb2.Overrides(passes=3, schedule="dynamic", threads=1))
+    resp = pipe.stub(1).Process(req, timeout=10)
+    np.testing.assert_array_equal(result(resp), expected)
+    assert calls == [("dynamic", 1)] * 3  # every one replaced by the request's overrides
+    assert resp.timings[0].threads == 1
 
 
 def test_an_override_schedule_may_carry_a_chunk_size(pipe: InProcessPipeline) -> None:

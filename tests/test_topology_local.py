@@ -176,7 +176,7 @@ def test_step_whose_port_was_taken_is_started_again_on_another_port(
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_free_ports = local._free_ports
+    real_free_ports = local.free_ports
     offered: list[list[int]] = []
 
     def free_ports(count: int) -> list[int]:
@@ -184,7 +184,7 @@ def test_step_whose_port_was_taken_is_started_again_on_another_port(
         offered.append(ports)
         return ports
 
-    monkeypatch.setattr(local, "_free_ports", free_ports)
+    monkeypatch.setattr(local, "free_ports", free_ports)
     backend = LocalBackend(tmp_path)
     try:
         result = backend.apply(parse_pipeline({"name": "port", "steps": [{"type": "identity"}]}))

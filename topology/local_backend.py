@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from stepsvc.lifeline import LIFELINE_ENV
+from stepsvc.ports import free_ports, port_free
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
 from topology.model import PipelineInvalid
 from topology.pipeline import Pipeline, Step, parse_pipeline
@@ -224,7 +224,7 @@ class LocalBackend:
             (directory / PIPELINE_FILE).write_text(json.dumps(pipeline_json(pipeline)),
                                                    encoding="utf-8")
             while True:
-                ports = iter(_free_ports(2 * sum(wanted[sid].replicas for sid in to_start)))
+                ports = iter(free_ports(2 * sum(wanted[sid].replicas for sid in to_start)))
                 for sid in to_start:
                     started[sid] = [
                         self._start(pipeline, wanted[sid], replica,
@@ -502,32 +502,9 @@ def _saved_ports(directory: Path) -> dict[tuple[int, int], tuple[int, int]]:
 
 def _reuse(ports: tuple[int, int] | None, fresh: Any) -> tuple[int, int]:
     """The saved ports when both are free now, else two fresh ones."""
-    if ports is not None and all(p and _port_free(p) for p in ports):
+    if ports is not None and all(p and port_free(p) for p in ports):
         return ports
     return next(fresh), next(fresh)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int) -> list[int]:
-    # Hold every socket until all are chosen so the ports differ.
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _serving(address: str) -> bool:
