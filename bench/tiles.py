@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = LocalBackend(Path(work) / "state")
         try:
             applied = backend.apply(parse_pipeline(PIPELINE))
+            if applied.entrypoint is None:  # only a pipeline of replicas: 0 steps has none
+                raise SystemExit("bench tiles: the pipeline has no entry step to send to")
             command = [sys.executable, "-c", CLIENT, "submit", str(source_path), "--target",
                        applied.entrypoint, "--out", str(out_path), "--tile", str(args.tile),
                        "--tile-concurrency", str(args.tile_concurrency), "--timeout", "300"]
