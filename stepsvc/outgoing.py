@@ -15,7 +15,7 @@ import numpy as np
 from stepchain.v1 import step_pb2
 
 from stepsvc import wire
-from stepsvc.shm import FrameStore
+from stepsvc.shm import FrameStore, Segment
 
 
 class OutgoingFrame:
@@ -23,16 +23,22 @@ class OutgoingFrame:
 
     def __init__(self, header: step_pb2.ProcessRequest, shape: tuple[int, int, int], *,
                  frames: FrameStore | None, shared: bool, cleanup: ExitStack,
-                 source: step_pb2.SharedFrame | None = None) -> None:
+                 source: step_pb2.SharedFrame | None = None,
+                 reply: step_pb2.SharedFrame | None = None) -> None:
         """`header` is the request without its image; `shared` says whether to put the frame
         in shared memory (the first candidate reads this step's domain); `source` is a
-        segment the frame already is in (a pass-through step), forwarded as is."""
+        segment the frame already is in (a pass-through step), forwarded as is; `reply` is the
+        caller's reply segment, passed on to a candidate that reads shared memory (without
+        one, this step makes its own: :attr:`own_reply`)."""
         self.header = header
         self.shape = shape
         self._frames = frames
         self._cleanup = cleanup
         self._bytes: wire.OutgoingRequest | None = None
         self._handle: step_pb2.SharedFrame | None = source
+        self._reply = reply
+        #: This step's own reply segment (the final image may come back in it).
+        self.own_reply: Segment | None = None
         if source is not None:
             self.pixels = np.empty((0, 0, 0), dtype=np.uint8)  # nothing to write
         elif shared and frames is not None:
@@ -43,6 +49,11 @@ class OutgoingFrame:
         else:
             self._bytes = wire.allocate_request(header, *shape)
             self.pixels = self._bytes.pixels
+        if self._handle is not None and reply is None and frames is not None \
+                and header.output_encoding == 0:  # RAW: the final image may fit in a reply
+            self.own_reply = frames.create(shape)
+            cleanup.callback(self.own_reply.close)
+            self._reply = self.own_reply.handle()
 
     @property
     def in_shared_memory(self) -> bool:
@@ -58,6 +69,8 @@ class OutgoingFrame:
             h, w, c = self.shape
             msg.image.width, msg.image.height, msg.image.channels = w, h, c
             msg.image.shm.CopyFrom(self._handle)
+            if self._reply is not None:
+                msg.reply.CopyFrom(self._reply)
             return msg.SerializeToString()
         if self._bytes is None:
             self._bytes = wire.allocate_request(self.header, *self.shape)

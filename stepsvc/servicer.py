@@ -48,7 +48,7 @@ from stepsvc.limits import (
 from stepsvc.memory_budget import MemoryBudget, MemoryExhausted
 from stepsvc.outgoing import OutgoingFrame
 from stepsvc.router import choose_next_step, is_last_step
-from stepsvc.shm import DOMAIN_KEY, UNSHARED_KEY, BadHandle, FrameStore, NotShared
+from stepsvc.shm import DOMAIN_KEY, UNSHARED_KEY, BadHandle, FrameStore, NotShared, Segment
 
 log = logging.getLogger("stepchain.step")
 
@@ -108,6 +108,9 @@ class _Answer:
     data: memoryview | bytes = b""
     downstream: bytes = b""
     measures: dict[str, float] | None = None
+    #: This step's reply segment, passed down: a final image that came back in it is put
+    #: inline here (the caller did not give a reply segment of its own).
+    reply: Segment | None = None
 
 
 def host_name() -> str:
@@ -236,10 +239,24 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             if trace_id:
                 answer.head.trace_id = trace_id
             img = answer.image
+            if img.HasField("shm"):  # the final image is in the caller's reply segment
+                answer.head.image.CopyFrom(img)
+                return answer.head.SerializeToString()
             return wire.response_bytes(answer.head, img.width, img.height, img.channels,
                                        img.encoding, answer.data)
-        return wire.join_response(wire.response_fields(timing, answer.measures or {}),
-                                  answer.downstream, wire.trace_id_field(trace_id))
+        before = wire.response_fields(timing, answer.measures or {})
+        after = wire.trace_id_field(trace_id)
+        reply = answer.reply
+        if reply is not None and wire.response_image(answer.downstream).HasField("shm"):
+            image, payload = wire.inline_image(before, answer.downstream, after,
+                                               reply.pixels.data.cast("B"))
+            if (image.shm.name != reply.name or image.shm.token != reply.token
+                    or image.width * image.height * image.channels != reply.size):
+                raise StepAbort(grpc.StatusCode.INTERNAL,
+                                f"the next step answered with a shared-memory image "
+                                f"{image.shm.name!r} that is not this step's reply segment")
+            return payload
+        return wire.join_response(before, answer.downstream, after)
 
     def _process(self, view: wire.RequestView, context: grpc.ServicerContext,
                  timing: step_pb2.StepTiming, cleanup: ExitStack) -> _Answer:
@@ -351,14 +368,18 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         last = is_last_step(self.step)
         measure_kind = native.output_kind(self.step.type) == "measure"
         forward: OutgoingFrame | None = None
+        target: np.ndarray | None = None  # where the kernel writes, if not a new array
+        reply = self._reply_area(request, self._output_shape(img.shape), cleanup) if last else None
         if not last and not measure_kind:
             # The kernel writes straight into the frame for the next step: a shared-memory
             # segment when the first candidate reads ours, else the outgoing request's bytes.
             forward = self._outgoing(request, request_id, labels, self._output_shape(img.shape),
                                      cleanup, self._shares_memory(self._first_address(labels)))
+            target = forward.pixels
+        elif reply is not None and not measure_kind:
+            target = reply  # the last step writes into the caller's reply segment
         with self._phase("kernel", timing, "kernel_ms"):
-            result = self._run_kernel(img, context, threads, passes, schedule,
-                                      None if forward is None else forward.pixels)
+            result = self._run_kernel(img, context, threads, passes, schedule, target)
         if measure_kind:
             labels.update(result["labels"])
             measures.update(result["measures"])
@@ -366,6 +387,14 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         else:
             out = result
 
+        if last and reply is not None:
+            if measure_kind:
+                reply[...] = img
+            head = step_pb2.ProcessResponse(request_id=request_id, labels=labels,
+                                            measures=measures)
+            h, w, c = reply.shape
+            image = step_pb2.Image(width=w, height=h, channels=c, shm=request.reply)
+            return _Answer(request_id, head=head, image=image)
         if last:
             head = step_pb2.ProcessResponse(request_id=request_id, labels=labels,
                                             measures=measures)
@@ -389,7 +418,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             source = (request.image.shm if request.image.HasField("shm")
                       and self._shares_memory(first) else None)
             forward = self._outgoing(request, request_id, labels, out.shape, cleanup,
-                                     source=source)
+                                     self._shares_memory(first), source=source)
             source_pixels = out
             if forward.pixels.size:
                 forward.pixels[...] = out
@@ -400,7 +429,26 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
 
         with self._phase("forward", timing, "forward_ms"):
             downstream = self._forward(payload, context, timing, labels)
-        return _Answer(request_id, downstream=downstream, measures=measures)
+        return _Answer(request_id, downstream=downstream, measures=measures,
+                       reply=frame.own_reply)
+
+    def _reply_area(self, request: step_pb2.ProcessRequest, shape: tuple[int, int, int],
+                    cleanup: ExitStack) -> np.ndarray | None:
+        """The caller's reply segment as an array of the final image's shape, when the caller
+        gave one this step can use (RAW output of exactly its size, same domain)."""
+        if (not request.HasField("reply") or self.frames is None
+                or request.output_encoding != codec.RAW
+                or shape[0] * shape[1] * shape[2] != request.reply.size):
+            return None
+        try:
+            mapped = self.frames.open(request.reply, writable=True)
+        except NotShared:
+            return None  # the image goes back as bytes
+        except BadHandle as exc:
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"step {self.step.id} ({self.step.type}): reply: {exc}") from None
+        cleanup.callback(mapped.close)
+        return mapped.pixels(shape)
 
     def _pixels(self, view: wire.RequestView, cleanup: ExitStack) -> memoryview:
         """The request's pixel bytes: a view of the message, or of a mapped shared segment."""
@@ -463,7 +511,8 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         self._check_message_size(step_pb2.Image(width=w, height=h, channels=c),
                                  header.ByteSize() + h * w * c, "request for the next step", 0)
         return OutgoingFrame(header, (h, w, c), frames=self.frames, shared=shared,
-                             cleanup=cleanup, source=source)
+                             cleanup=cleanup, source=source,
+                             reply=request.reply if request.HasField("reply") else None)
 
     def _run_kernel(self, img: Any, context: grpc.ServicerContext, threads: int, passes: int,
                     schedule: str, out: Any = None) -> Any:

@@ -140,6 +140,10 @@ class Mapped:
     _map: mmap.mmap
     _closed: bool = field(default=False)
 
+    def pixels(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """The segment's bytes as an H x W x C array (writable if opened writable)."""
+        return np.frombuffer(self.data, dtype=np.uint8).reshape(shape)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -214,8 +218,9 @@ class FrameStore:
 
     # -- receiving --------------------------------------------------------------------------------
 
-    def open(self, handle: step_pb2.SharedFrame) -> Mapped:
-        """Maps the segment `handle` names, read-only, after checking everything about it."""
+    def open(self, handle: step_pb2.SharedFrame, *, writable: bool = False) -> Mapped:
+        """Maps the segment `handle` names after checking everything about it: read-only, or
+        `writable` for a caller's reply segment (the final image goes there)."""
         if handle.domain != self.domain:
             raise NotShared(f"the shared-memory handle is from domain {handle.domain!r}; this "
                             f"step reads {self.domain!r} only")
@@ -231,7 +236,8 @@ class FrameStore:
                             f"{TOKEN_BYTES}")
         try:
             # O_NONBLOCK: a FIFO under a valid-looking name must not block the step
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            mode = os.O_RDWR if writable else os.O_RDONLY
+            fd = os.open(name, mode | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                          dir_fd=self._dir_fd)
         except FileNotFoundError:
             raise BadHandle(f"image.shm segment {name} does not exist (stale handle: its "
@@ -249,7 +255,8 @@ class FrameStore:
             if st.st_size != HEADER_SIZE + handle.size:
                 raise BadHandle(f"image.shm segment {name} holds {st.st_size - HEADER_SIZE} "
                                 f"bytes, the handle says {handle.size}")
-            region = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            region = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=prot)
         finally:
             os.close(fd)
         magic, size, token = HEADER.unpack_from(region)

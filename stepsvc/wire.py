@@ -262,6 +262,44 @@ def response_bytes(head: step_pb2.ProcessResponse, width: int, height: int, chan
                      rest_msg.SerializeToString()))
 
 
+def response_image(raw: bytes) -> step_pb2.Image:
+    """The merged image header (everything but data) of a serialized response."""
+    buf = memoryview(raw)
+    parts: list[memoryview] = []
+    for number, wire_type, _, vstart, vend in _fields(buf, 0, len(buf)):
+        if number == RESPONSE_IMAGE and wire_type == LEN:
+            parts += [buf[ib:ie] for inner, _, ib, _, ie in _fields(buf, vstart, vend)
+                      if inner != IMAGE_DATA]
+    return step_pb2.Image.FromString(b"".join(parts))
+
+
+def inline_image(before: bytes, downstream: bytes, after: bytes,
+                 pixels: memoryview) -> tuple[step_pb2.Image, bytes]:
+    """The downstream response with its image's pixels put inline: `before`, every field but
+    the image, the image with `pixels` as data, `after` (one copy of the pixels).
+
+    Used when the image came back in this step's reply segment (``Image.shm``); returns the
+    merged image header as received so the caller can check it names that segment.
+    """
+    buf = memoryview(downstream)
+    kept: list[memoryview | bytes] = [before]
+    image_parts: list[memoryview] = []
+    for number, wire_type, begin, vstart, vend in _fields(buf, 0, len(buf)):
+        if number != RESPONSE_IMAGE or wire_type != LEN:
+            kept.append(buf[begin:vend])
+            continue
+        image_parts += [buf[ib:ie] for inner, _, ib, _, ie in _fields(buf, vstart, vend)
+                        if inner != IMAGE_DATA]
+    image = step_pb2.Image.FromString(b"".join(image_parts))
+    n = pixels.nbytes
+    inner = image_fields(image.width, image.height, image.channels)
+    data_key = len_prefix(IMAGE_DATA, n) if n else b""
+    tail = _encoding_field(image.encoding)
+    size = len(inner) + len(data_key) + n + len(tail)
+    kept += [len_prefix(RESPONSE_IMAGE, size), inner, data_key, pixels, tail, after]
+    return image, b"".join(kept)
+
+
 def response_fields(timing: step_pb2.StepTiming, measures: Mapping[str, float]) -> bytes:
     """This step's timing and measures as ProcessResponse fields, to go before the downstream
     response's bytes (see the module docstring)."""

@@ -76,7 +76,9 @@ def test_co_located_steps_pass_frames_through_shared_memory_after_the_first_answ
         assert [t.step_id for t in resp.timings] == [1, 2, 3]
         assert set(resp.labels) == {"sharpness", "exposure", "color"}
     np.testing.assert_array_equal(codec.decode_image(first.image), _expected(img))
-    assert len(created) == 3  # one segment per request from step 1 (classify passes it on)
+    # per request, step 1 made the frame (classify passes it on) and a reply segment the last
+    # step wrote the final image into; step 1 put it inline for the caller
+    assert len(created) == 6
     assert _segments("stepchain-p1-") == []  # each freed when its request ended
 
 
@@ -133,6 +135,35 @@ def test_a_valid_handle_is_read_and_the_pixels_come_back(
         segment.close()
     np.testing.assert_array_equal(codec.decode_image(resp.image), img)
     assert _segments(segment.name) == []
+
+
+def test_a_caller_on_the_same_host_gets_the_final_image_in_its_reply_segment(
+        single: tuple[InProcessPipeline, FrameStore]) -> None:
+    pipe, frames = single
+    img = noisy_image(8, 8)
+    frame, reply = frames.create((8, 8, 3)), frames.create((8, 8, 3))
+    frame.pixels[...] = img
+    try:
+        request = _shm_request(frame.handle())
+        request.reply.CopyFrom(reply.handle())
+        resp = pipe.stub(1).Process(request, timeout=10)
+        assert resp.image.shm == reply.handle() and not resp.image.data
+        assert (resp.image.width, resp.image.height, resp.image.channels) == (8, 8, 3)
+        np.testing.assert_array_equal(reply.pixels, img)
+        forged = _shm_request(frame.handle())
+        forged.reply.CopyFrom(reply.handle())
+        forged.reply.token = secrets.token_bytes(16)
+        code, details = _status(lambda: pipe.stub(1).Process(forged, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "reply" in details
+        # a reply of another size: the image comes back as bytes
+        small = _shm_request(frame.handle())
+        small.reply.CopyFrom(reply.handle())
+        small.reply.size = 10
+        resp = pipe.stub(1).Process(small, timeout=10)
+        np.testing.assert_array_equal(codec.decode_image(resp.image), img)
+    finally:
+        frame.close()
+        reply.close()
 
 
 def test_forged_stale_and_foreign_handles_are_refused_and_the_step_keeps_serving(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepchain/v1/step.proto\x12\x0cstepchain.v1\"\x9d\x01\n\x05Image\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12-\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x1b.stepchain.v1.ImageEncoding\x12&\n\x03shm\x18\x06 \x01(\x0b\x32\x19.stepchain.v1.SharedFrame\"H\n\x0bSharedFrame\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\">\n\tOverrides\x12\x0f\n\x07threads\x18\x01 \x01(\x05\x12\x0e\n\x06passes\x18\x02 \x01(\x05\x12\x10\n\x08schedule\x18\x03 \x01(\t\"\xb8\x02\n\x0eProcessRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.stepchain.v1.Image\x12\x34\n\x0foutput_encoding\x18\x03 \x01(\x0e\x32\x1b.stepchain.v1.ImageEncoding\x12\x14\n\x0cjpeg_quality\x18\x04 \x01(\r\x12*\n\toverrides\x18\x05 \x01(\x0b\x32\x17.stepchain.v1.Overrides\x12\r\n\x05route\x18\x06 \x03(\x05\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.stepchain.v1.ProcessRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x02\n\nStepTiming\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x07step_id\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tstep_type\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0f\n\x07threads\x18\x05 \x01(\x05\x12\x15\n\rqueue_wait_ms\x18\x06 \x01(\x01\x12\x11\n\tdecode_ms\x18\x07 \x01(\x01\x12\x11\n\tkernel_ms\x18\x08 \x01(\x01\x12\x12\n\nforward_ms\x18\t \x01(\x01\x12\x11\n\tencode_ms\x18\n \x01(\x01\x12\x10\n\x08total_ms\x18\x0b \x01(\x01\x12\x16\n\tnext_step\x18\x0c \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x10\x66orward_attempts\x18\r \x01(\x05\x42\n\n\x08_step_idB\x0c\n\n_next_step\"\xe0\x02\n\x0fProcessResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.stepchain.v1.Image\x12\x39\n\x06labels\x18\x03 \x03(\x0b\x32).stepchain.v1.ProcessResponse.LabelsEntry\x12=\n\x08measures\x18\x04 \x03(\x0b\x32+.stepchain.v1.ProcessResponse.MeasuresEntry\x12)\n\x07timings\x18\x05 \x03(\x0b\x32\x18.stepchain.v1.StepTiming\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMeasuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"|\n\x10\x44\x65scribeResponse\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x12\n\nmax_pixels\x18\x04 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03*X\n\rImageEncoding\x12\x16\n\x12IMAGE_ENCODING_RAW\x10\x00\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x01\x12\x17\n\x13IMAGE_ENCODING_JPEG\x10\x02\x32\xa0\x01\n\x0bStepService\x12\x46\n\x07Process\x12\x1c.stepchain.v1.ProcessRequest\x1a\x1d.stepchain.v1.ProcessResponse\x12I\n\x08\x44\x65scribe\x12\x1d.stepchain.v1.DescribeRequest\x1a\x1e.stepchain.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepchain/v1/step.proto\x12\x0cstepchain.v1\"\x9d\x01\n\x05Image\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12-\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x1b.stepchain.v1.ImageEncoding\x12&\n\x03shm\x18\x06 \x01(\x0b\x32\x19.stepchain.v1.SharedFrame\"H\n\x0bSharedFrame\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64omain\x18\x04 \x01(\t\">\n\tOverrides\x12\x0f\n\x07threads\x18\x01 \x01(\x05\x12\x0e\n\x06passes\x18\x02 \x01(\x05\x12\x10\n\x08schedule\x18\x03 \x01(\t\"\xe2\x02\n\x0eProcessRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.stepchain.v1.Image\x12\x34\n\x0foutput_encoding\x18\x03 \x01(\x0e\x32\x1b.stepchain.v1.ImageEncoding\x12\x14\n\x0cjpeg_quality\x18\x04 \x01(\r\x12*\n\toverrides\x18\x05 \x01(\x0b\x32\x17.stepchain.v1.Overrides\x12\r\n\x05route\x18\x06 \x03(\x05\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.stepchain.v1.ProcessRequest.LabelsEntry\x12(\n\x05reply\x18\x08 \x01(\x0b\x32\x19.stepchain.v1.SharedFrame\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x02\n\nStepTiming\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x07step_id\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tstep_type\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0f\n\x07threads\x18\x05 \x01(\x05\x12\x15\n\rqueue_wait_ms\x18\x06 \x01(\x01\x12\x11\n\tdecode_ms\x18\x07 \x01(\x01\x12\x11\n\tkernel_ms\x18\x08 \x01(\x01\x12\x12\n\nforward_ms\x18\t \x01(\x01\x12\x11\n\tencode_ms\x18\n \x01(\x01\x12\x10\n\x08total_ms\x18\x0b \x01(\x01\x12\x16\n\tnext_step\x18\x0c \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x10\x66orward_attempts\x18\r \x01(\x05\x42\n\n\x08_step_idB\x0c\n\n_next_step\"\xe0\x02\n\x0fProcessResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.stepchain.v1.Image\x12\x39\n\x06labels\x18\x03 \x03(\x0b\x32).stepchain.v1.ProcessResponse.LabelsEntry\x12=\n\x08measures\x18\x04 \x03(\x0b\x32+.stepchain.v1.ProcessResponse.MeasuresEntry\x12)\n\x07timings\x18\x05 \x03(\x0b\x32\x18.stepchain.v1.StepTiming\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMeasuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"|\n\x10\x44\x65scribeResponse\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x12\n\nmax_pixels\x18\x04 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03*X\n\rImageEncoding\x12\x16\n\x12IMAGE_ENCODING_RAW\x10\x00\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x01\x12\x17\n\x13IMAGE_ENCODING_JPEG\x10\x02\x32\xa0\x01\n\x0bStepService\x12\x46\n\x07Process\x12\x1c.stepchain.v1.ProcessRequest\x1a\x1d.stepchain.v1.ProcessResponse\x12I\n\x08\x44\x65scribe\x12\x1d.stepchain.v1.DescribeRequest\x1a\x1e.stepchain.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROCESSRESPONSE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_PROCESSRESPONSE_MEASURESENTRY']._loaded_options = None
   _globals['_PROCESSRESPONSE_MEASURESENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEENCODING']._serialized_start=1456
-  _globals['_IMAGEENCODING']._serialized_end=1544
+  _globals['_IMAGEENCODING']._serialized_start=1498
+  _globals['_IMAGEENCODING']._serialized_end=1586
   _globals['_IMAGE']._serialized_start=42
   _globals['_IMAGE']._serialized_end=199
   _globals['_SHAREDFRAME']._serialized_start=201
@@ -46,21 +46,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OVERRIDES']._serialized_start=275
   _globals['_OVERRIDES']._serialized_end=337
   _globals['_PROCESSREQUEST']._serialized_start=340
-  _globals['_PROCESSREQUEST']._serialized_end=652
-  _globals['_PROCESSREQUEST_LABELSENTRY']._serialized_start=607
-  _globals['_PROCESSREQUEST_LABELSENTRY']._serialized_end=652
-  _globals['_STEPTIMING']._serialized_start=655
-  _globals['_STEPTIMING']._serialized_end=954
-  _globals['_PROCESSRESPONSE']._serialized_start=957
-  _globals['_PROCESSRESPONSE']._serialized_end=1309
-  _globals['_PROCESSRESPONSE_LABELSENTRY']._serialized_start=607
-  _globals['_PROCESSRESPONSE_LABELSENTRY']._serialized_end=652
-  _globals['_PROCESSRESPONSE_MEASURESENTRY']._serialized_start=1262
-  _globals['_PROCESSRESPONSE_MEASURESENTRY']._serialized_end=1309
-  _globals['_DESCRIBEREQUEST']._serialized_start=1311
-  _globals['_DESCRIBEREQUEST']._serialized_end=1328
-  _globals['_DESCRIBERESPONSE']._serialized_start=1330
-  _globals['_DESCRIBERESPONSE']._serialized_end=1454
-  _globals['_STEPSERVICE']._serialized_start=1547
-  _globals['_STEPSERVICE']._serialized_end=1707
+  _globals['_PROCESSREQUEST']._serialized_end=694
+  _globals['_PROCESSREQUEST_LABELSENTRY']._serialized_start=649
+  _globals['_PROCESSREQUEST_LABELSENTRY']._serialized_end=694
+  _globals['_STEPTIMING']._serialized_start=697
+  _globals['_STEPTIMING']._serialized_end=996
+  _globals['_PROCESSRESPONSE']._serialized_start=999
+  _globals['_PROCESSRESPONSE']._serialized_end=1351
+  _globals['_PROCESSRESPONSE_LABELSENTRY']._serialized_start=649
+  _globals['_PROCESSRESPONSE_LABELSENTRY']._serialized_end=694
+  _globals['_PROCESSRESPONSE_MEASURESENTRY']._serialized_start=1304
+  _globals['_PROCESSRESPONSE_MEASURESENTRY']._serialized_end=1351
+  _globals['_DESCRIBEREQUEST']._serialized_start=1353
+  _globals['_DESCRIBEREQUEST']._serialized_end=1370
+  _globals['_DESCRIBERESPONSE']._serialized_start=1372
+  _globals['_DESCRIBERESPONSE']._serialized_end=1496
+  _globals['_STEPSERVICE']._serialized_start=1589
+  _globals['_STEPSERVICE']._serialized_end=1749
 # @@protoc_insertion_point(module_scope)

@@ -55,7 +55,7 @@ class Overrides(_message.Message):
     def __init__(self, threads: _Optional[int] = ..., passes: _Optional[int] = ..., schedule: _Optional[str] = ...) -> None: ...
 
 class ProcessRequest(_message.Message):
-    __slots__ = ("request_id", "image", "output_encoding", "jpeg_quality", "overrides", "route", "labels")
+    __slots__ = ("request_id", "image", "output_encoding", "jpeg_quality", "overrides", "route", "labels", "reply")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class ProcessRequest(_message.Message):
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: Image
     output_encoding: ImageEncoding
@@ -77,7 +78,8 @@ class ProcessRequest(_message.Message):
     overrides: Overrides
     route: _containers.RepeatedScalarFieldContainer[int]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., output_encoding: _Optional[_Union[ImageEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., overrides: _Optional[_Union[Overrides, _Mapping]] = ..., route: _Optional[_Iterable[int]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    reply: SharedFrame
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., output_encoding: _Optional[_Union[ImageEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., overrides: _Optional[_Union[Overrides, _Mapping]] = ..., route: _Optional[_Iterable[int]] = ..., labels: _Optional[_Mapping[str, str]] = ..., reply: _Optional[_Union[SharedFrame, _Mapping]] = ...) -> None: ...
 
 class StepTiming(_message.Message):
     __slots__ = ("pipeline_id", "step_id", "step_type", "host", "threads", "queue_wait_ms", "decode_ms", "kernel_ms", "forward_ms", "encode_ms", "total_ms", "next_step", "forward_attempts")
