@@ -168,8 +168,16 @@ def _draw_steps(ax: Any, steps: Sequence[StepRow], metric: str, t0: int,
                 ha="center", va="center", color="0.4")
     positive = [v for v in values if v > 0]
     if positive and max(positive) / min(positive) > LOG_SCALE_RATIO:
-        # symlog keeps the zeros (an idle queue) that a plain log scale would drop
-        ax.set_yscale("symlog", linthresh=max(min(positive), 0.001))
+        from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
+        # symlog keeps the zeros (an idle queue) that a plain log scale would drop; ticks at
+        # 1, 2, 5 per decade, written as plain milliseconds (0.2, not 2×10⁻¹)
+        linthresh = max(min(positive), 0.001)
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh,
+                                                         subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_ylim(bottom=0)
     else:
         ax.set_ylim(bottom=0)
 
