@@ -12,24 +12,19 @@ with tests/install-test-tools.sh).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_fixtures import browser_fixture, needs_chromium  # noqa: F401 (fixture)
 from test_topology_service import Service
 
 from topology.auth import client_token
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "out" / "console"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-dev-shm-usage", "--window-size=1400,1700")
 PIPELINE = {
     "name": "browser",
     "steps": [
@@ -43,12 +38,7 @@ PIPELINE = {
     ],
 }
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                       reason="no Chromium here: `apt-get install chromium chromium-driver` "
-                              "(make test runs tests/install-test-tools.sh to do it)"),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture
@@ -58,24 +48,6 @@ def service(tmp_path: Path) -> Iterator[Service]:
         yield started
     finally:
         started.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:

@@ -210,3 +210,18 @@ def test_jaeger_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="--jaeger-url"):
         settings_from({"jaeger_url": "jaeger:16686"}, {})
     assert settings_from({}, {"STEPCHAIN_JAEGER_URL": "https://j"}).jaeger_url == "https://j"
+
+
+def test_waterfall_starts_each_step_inside_its_callers_forward() -> None:
+    from topology.console.svg import Phases, waterfall
+
+    steps = [Phases(0, "classify", queue=1, decode=2, kernel=3, forward=40, encode=0,
+                    total=46),
+             Phases(1, "blur", queue=0, decode=0, kernel=30, forward=0, encode=4, total=34)]
+    svg = waterfall(steps, round_trip_ms=50)
+    xs = [float(x) for x in re.findall(r"class='phase (?:\w+)' x='([\d.]+)'", svg)]
+    # classify: queue, decode, kernel, forward; blur: kernel, encode
+    assert len(xs) == 6
+    assert xs[1] < xs[2] < xs[3] < xs[4] < xs[5]
+    assert xs[4] > xs[3]  # blur's kernel starts after classify's kernel, inside its forward
+    assert "round trip 50.0 ms" in svg

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_fixtures import browser_fixture, needs_chromium  # noqa: F401 (fixture)
 from loadtest_fixtures import run_locust, run_stepchain, start_locust, stop_locust
 from PIL import Image
 from step_fixtures import ProcessPipeline, free_port
@@ -34,11 +34,6 @@ DURATION_S = 6
 RUN_BOUND_S = DURATION_S + 60
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "out" / "loadtest"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-dev-shm-usage", "--window-size=1400,1000")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -230,28 +225,8 @@ def test_web_ui_has_a_steps_tab_with_each_steps_times_and_defaults_of_the_replac
     assert read_csv(tmp_path / "ui_steps.csv"), said[-2000:]
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="no Chromium here: `apt-get install chromium chromium-driver` "
-                           "(make test runs tests/install-test-tools.sh to do it)")
+@needs_chromium
 def test_steps_tab_shows_each_steps_times_in_locusts_web_ui(
         pipeline: ProcessPipeline, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By

@@ -116,3 +116,18 @@ def test_flow_order_follows_preferred_next_from_the_entry() -> None:
              spec(9, [])]
     assert layers(steps, 0) == [[0], [2, 1], [3], [9]]
     assert flow_order(steps, 0) == [0, 2, 1, 3, 9]
+
+
+def test_live_metrics_forget_endpoints_nobody_watches_any_more() -> None:
+    from topology.live import STALE_AFTER_S, LiveMetrics
+
+    now = [0.0]
+    metrics, _ = step_metrics()
+    text = generate_latest(metrics.registry).decode()
+    live = LiveMetrics(lambda endpoint, at: parse_samples(text, at), clock=lambda: now[0],
+                       sleep=lambda s: now.__setitem__(0, now[0] + s))
+    live.report(["a:1"])
+    now[0] += STALE_AFTER_S + 1
+    report = live.report(["b:2"])
+    assert [load.step_id for load in report.loads] == [2]
+    assert set(live._history) == {"b:2"}

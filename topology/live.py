@@ -27,6 +27,8 @@ DEFAULT_WINDOW_S = 6.0
 FIRST_WINDOW_S = 1.0
 #: Samples closer together than this are not a window (rates would be noise).
 MIN_WINDOW_S = 0.5
+#: An endpoint not scraped for this long is forgotten.
+STALE_AFTER_S = 300.0
 #: Recent trace ids returned per pipeline.
 RECENT_TRACES = 8
 
@@ -177,6 +179,11 @@ class LiveMetrics:
                 history.append((now, result))
                 while history and history[0][0] < now - self.window_s - self.first_window_s:
                     history.popleft()
+            # Endpoints nobody asked about for a while (deleted pipelines) are forgotten, so
+            # the history stays as small as the steps being watched.
+            for stale in [e for e, h in self._history.items()
+                          if not h or h[-1][0] < now - STALE_AFTER_S]:
+                del self._history[stale]
         return now
 
     def _baselines(self, endpoints: Iterable[str],
