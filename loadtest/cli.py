@@ -87,25 +87,25 @@ def run_loadtest(args: argparse.Namespace) -> int:
     args.duration = curve.duration  # Locust gets the resolved length, not its own default
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    history = out / f"{CSV_PREFIX}_stats_history.csv"
+    seconds = out / f"{CSV_PREFIX}_requests.csv"
     for stale in out.glob(f"{CSV_PREFIX}_*.csv"):
-        stale.unlink()  # a previous run's history would show up as progress
+        stale.unlink()  # a previous run's seconds would show up as progress
     print(f"stepchain loadtest: --curve {curve.name}, peak {curve.peak()} users, "
           f"{curve.duration:g}s -> {out}", file=sys.stderr)
 
     log_path = out / "locust.log"
     with log_path.open("w", encoding="utf-8") as log:
-        code = _run_with_progress(locust_command(args), log, history, curve.duration)
+        code = _run_with_progress(locust_command(args), log, seconds, curve.duration)
     print(file=sys.stderr)
     if code == 2:
         print(f"stepchain loadtest: Locust refused the run; see {log_path}:", file=sys.stderr)
         print(_tail(log_path), file=sys.stderr)
         return code
-    _summarise(out, history)
+    _summarise(out)
     return code
 
 
-def _run_with_progress(command: list[str], log: TextIO, history: Path, duration: float) -> int:
+def _run_with_progress(command: list[str], log: TextIO, seconds: Path, duration: float) -> int:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
     tty = sys.stderr.isatty()
@@ -120,7 +120,7 @@ def _run_with_progress(command: list[str], log: TextIO, history: Path, duration:
                 break
             if tty or elapsed - last_plain >= PLAIN_PROGRESS_EVERY_S:
                 last_plain = elapsed
-                line = _progress_line(elapsed, duration, history)
+                line = _progress_line(elapsed, duration, seconds)
                 print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr,
                       flush=True)
             time.sleep(PROGRESS_EVERY_S)
@@ -128,17 +128,17 @@ def _run_with_progress(command: list[str], log: TextIO, history: Path, duration:
         # Locust got the same Ctrl-C (same process group) and writes its reports on the way out.
         _stop(process)
     if tty:
-        print(f"\r{_progress_line(time.monotonic() - started, duration, history)}", end="",
+        print(f"\r{_progress_line(time.monotonic() - started, duration, seconds)}", end="",
               file=sys.stderr)
     return process.wait()
 
 
-def _progress_line(elapsed: float, duration: float, history: Path) -> str:
-    from loadtest.results import latest_progress, read_history
+def _progress_line(elapsed: float, duration: float, seconds: Path) -> str:
+    from loadtest.results import latest_progress, read_request_seconds
 
     done = min(1.0, elapsed / duration)
     bar = "#" * int(done * 30)
-    progress = latest_progress(read_history(history))
+    progress = latest_progress(read_request_seconds(seconds))
     stats = ("starting" if progress is None else
              f"users {progress.users:4d}  RPS {progress.rps:8.1f}  requests "
              f"{progress.requests}  failures {progress.failures}")
@@ -156,7 +156,7 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         process.wait()
 
 
-def _summarise(out: Path, history: Path) -> None:
+def _summarise(out: Path) -> None:
     from loadtest.interval_stats import step_table
     from loadtest.plot import plot_run
     from loadtest.results import read_failures, read_stats, read_step_totals

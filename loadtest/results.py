@@ -1,15 +1,14 @@
 """Reading a load test's CSV output into typed rows.
 
-Locust's own (``--csv PREFIX --csv-full-history``), whose entries are whole requests only:
+Locust's own (``--csv PREFIX``), whose entries are whole requests only:
 
-* ``PREFIX_stats_history.csv`` — one row per entry per second (``read_history``);
 * ``PREFIX_stats.csv`` — the totals per entry (``read_stats``);
 * ``PREFIX_failures.csv`` — failures by entry and error (``read_failures``).
 
 stepchain's (``loadtest.step_report``), back into ``loadtest.interval_stats`` rows:
 
 * ``PREFIX_requests.csv`` — per second: users, target users, requests, latency
-  (``read_request_seconds``);
+  (``read_request_seconds``; ``latest_progress`` for a progress line);
 * ``PREFIX_steps.csv`` — per step and per second (``read_step_seconds``);
 * ``PREFIX_steps_total.csv`` — per step over the run (``read_step_totals``).
 """
@@ -21,26 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.entries import REQUEST_TYPE
 from loadtest.interval_stats import STEP_METRICS, RequestRow, StepRow
 from loadtest.latency import Summary
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """One entry's state at one second of the test (Locust's current-window figures)."""
-
-    timestamp: int
-    users: int
-    type: str
-    name: str
-    rps: float
-    failures_per_s: float
-    p50_ms: float | None
-    p95_ms: float | None
-    total_requests: int
-    total_failures: int
-    total_average_ms: float
 
 
 @dataclass(frozen=True)
@@ -69,7 +50,8 @@ class FailureRow:
 
 @dataclass(frozen=True)
 class Progress:
-    """The latest second of a running test, for a progress line."""
+    """A running test's last written second, for a progress line: ``rps`` is the requests
+    answered in that second, ``requests`` and ``failures`` the totals so far."""
 
     users: int
     rps: float
@@ -89,27 +71,6 @@ def _number(text: str | None) -> float | None:
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def read_history(path: Path) -> list[HistoryRow]:
-    """The rows of ``*_stats_history.csv`` (empty when the file is not there yet)."""
-    if not path.exists():
-        return []
-    rows = []
-    for raw in _rows(path):
-        try:
-            rows.append(HistoryRow(
-                timestamp=int(raw["Timestamp"]), users=int(raw["User Count"]),
-                type=raw["Type"], name=raw["Name"],
-                rps=_number(raw["Requests/s"]) or 0.0,
-                failures_per_s=_number(raw["Failures/s"]) or 0.0,
-                p50_ms=_number(raw["50%"]), p95_ms=_number(raw["95%"]),
-                total_requests=int(raw["Total Request Count"]),
-                total_failures=int(raw["Total Failure Count"]),
-                total_average_ms=_number(raw["Total Average Response Time"]) or 0.0))
-        except (KeyError, TypeError, ValueError):
-            continue  # a row Locust is still writing
-    return rows
 
 
 def read_stats(path: Path) -> list[StatsRow]:
@@ -133,20 +94,15 @@ def read_failures(path: Path) -> list[FailureRow]:
     return sorted(rows, key=lambda row: -row.occurrences)
 
 
-def latest_progress(rows: Iterable[HistoryRow]) -> Progress | None:
-    """Users, request rate and totals at the last second in ``rows`` (request entries only)."""
-    rows = list(rows)
+def latest_progress(rows: Iterable[RequestRow]) -> Progress | None:
+    """Users, requests in the last second written, and totals so far (``_requests.csv`` rows)."""
+    rows = sorted(rows, key=lambda row: row.second)
     if not rows:
         return None
-    last = max(row.timestamp for row in rows)
-    current = [row for row in rows if row.timestamp == last]
-    requests = [row for row in current if row.type == REQUEST_TYPE]
-    return Progress(
-        users=max(row.users for row in current),
-        rps=sum(row.rps for row in requests),
-        requests=sum(row.total_requests for row in requests),
-        failures=sum(row.total_failures for row in requests),
-    )
+    users = [row.users for row in rows if row.users is not None]
+    return Progress(users=users[-1] if users else 0, rps=float(rows[-1].requests),
+                    requests=sum(row.requests for row in rows),
+                    failures=sum(row.failures for row in rows))
 
 
 def _whole(text: str | None) -> int | None:

@@ -20,19 +20,7 @@ from loadtest.interval_stats import (
     step_name,
 )
 from loadtest.plot import csv_prefix, plot_run
-from loadtest.results import HistoryRow, latest_progress, read_history
-
-HISTORY_HEADER = ("Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,"
-                  "95%,98%,99%,99.9%,99.99%,100%,Total Request Count,Total Failure Count,"
-                  "Total Median Response Time,Total Average Response Time,"
-                  "Total Min Response Time,Total Max Response Time,Total Average Content Size")
-
-
-def history_row(ts: int, users: int, kind: str, name: str, rps: float, p50: str, p95: str,
-                total: int, failures: int, average: float) -> str:
-    pct = f"{p50},{p50},{p50},{p50},{p95},{p95},{p95},{p95},{p95},{p95},{p95}"
-    return (f"{ts},{users},{kind},{name},{rps},0.0,{pct},{total},{failures},{average},"
-            f"{average},0,0,0")
+from loadtest.results import latest_progress, read_request_seconds
 
 
 @pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 4), ("P", 3)])
@@ -130,24 +118,14 @@ def test_command_line_options_round_trip_to_locust_arguments(tmp_path: Path) -> 
         "spike", 180.0, 20, 2)
 
 
-def history_rows(tmp: Path, lines: list[str]) -> list[HistoryRow]:
-    path = tmp / "h_stats_history.csv"
-    path.write_text("\n".join([HISTORY_HEADER, *lines]) + "\n")
-    return read_history(path)
-
-
-def test_progress_counts_requests_not_step_entries(tmp_path: Path) -> None:
-    rows = history_rows(tmp_path, [
-        history_row(1, 2, "grpc", "Process", 50.0, "3", "9", 100, 1, 3.0),
-        history_row(1, 2, "step", "step-1:identity kernel", 50.0, "0", "0", 100, 0, 0.1),
-        history_row(1, 2, "", "Aggregated", 100.0, "1", "9", 200, 1, 1.5),
-        history_row(2, 4, "grpc", "Process", 80.0, "3", "9", 180, 2, 3.0),
-        history_row(2, 4, "step", "step-1:identity kernel", 80.0, "0", "0", 180, 0, 0.1),
-    ])
-    progress = latest_progress(rows)
+def test_progress_is_the_last_written_second_and_the_totals_so_far(tmp_path: Path) -> None:
+    prefix = tmp_path / "run"
+    write_run(prefix, seconds=6)
+    progress = latest_progress(read_request_seconds(Path(f"{prefix}_requests.csv")))
     assert progress is not None
+    # write_run: 2 users send 10 requests a second, 10 users 50 in seconds 4 and 5
     assert (progress.users, progress.rps, progress.requests, progress.failures) == (
-        4, 80.0, 180, 2)
+        10, 50.0, 4 * 10 + 2 * 50, 1)
     assert latest_progress([]) is None
 
 
