@@ -87,37 +87,29 @@ __attribute__((target("avx2"))) static size_t gray_row_avx2(const uint8_t *in, u
 }
 #endif
 
-SC_HOT static void gray_rows_rgb(const void *p, int y0, int y1, void *scratch)
+/* One row with C = cs; inlined with a literal cs so the scalar tail's strided loads vectorise. */
+static inline __attribute__((always_inline)) void gray_row(const gray_ctx *g, int y, int cs)
 {
-    const gray_ctx *g = p;
     const size_t w = (size_t)g->w; /* a local: uint8_t stores may alias *g and block vectorising */
-    for (int y = y0; y < y1; y++) {
-        const uint8_t *restrict in = g->src + (size_t)y * w * 3;
-        uint8_t *restrict out = g->dst + (size_t)y * w;
-        size_t x = 0;
+    const uint8_t *restrict in = g->src + (size_t)y * w * cs;
+    uint8_t *restrict out = g->dst + (size_t)y * w;
+    size_t x = 0;
 #if GRAY_AVX2_PATH
-        if (g->avx2)
-            x = gray_row_avx2(in, out, w, 3);
+    if (g->avx2)
+        x = gray_row_avx2(in, out, w, cs);
 #endif
-        for (; x < w; x++)
-            out[x] = luma_u8(in[3 * x], in[3 * x + 1], in[3 * x + 2]);
-    }
+    for (; x < w; x++)
+        out[x] = luma_u8(in[cs * x], in[cs * x + 1], in[cs * x + 2]);
 }
 
-SC_HOT static void gray_rows_rgba(const void *p, int y0, int y1, void *scratch)
+SC_HOT static void gray_rows(const void *p, int y0, int y1, void *scratch)
 {
     const gray_ctx *g = p;
-    const size_t w = (size_t)g->w;
     for (int y = y0; y < y1; y++) {
-        const uint8_t *restrict in = g->src + (size_t)y * w * 4;
-        uint8_t *restrict out = g->dst + (size_t)y * w;
-        size_t x = 0;
-#if GRAY_AVX2_PATH
-        if (g->avx2)
-            x = gray_row_avx2(in, out, w, 4);
-#endif
-        for (; x < w; x++)
-            out[x] = luma_u8(in[4 * x], in[4 * x + 1], in[4 * x + 2]);
+        if (g->c == 3)
+            gray_row(g, y, 3);
+        else
+            gray_row(g, y, 4);
     }
 }
 
@@ -131,5 +123,5 @@ int sc_grayscale(const uint8_t *src, uint8_t *dst, sc_shape s, const sc_exec *ex
     gray_ctx g = {src, dst, s.w, s.c, 0};
 #endif
     return sc_parallel_rows(ex, s.h, sc_chunk_rows(32, (size_t)s.w * s.c),
-                            s.c == 3 ? gray_rows_rgb : gray_rows_rgba, &g, 0);
+                            gray_rows, &g, 0);
 }

@@ -126,6 +126,14 @@ RS_AVX2 static inline void store_pair(int16_t *out, int x, int c, __m256i acc)
     _mm_storel_epi64((__m128i *)(out + (size_t)(x + 1) * c), _mm256_extracti128_si256(p, 1));
 }
 
+/* The 16 source bytes from output pixel x's first tap (lane 0) and x + 1's (lane 1). */
+RS_AVX2 static inline __m256i load_pixels(const uint8_t *row, const int *xf, int x, int c)
+{
+    return _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + (size_t)xf[x] * c))),
+        _mm_loadu_si128((const __m128i *)(row + (size_t)xf[x + 1] * c)), 1);
+}
+
 /* Two output pixels per step; each 128-bit lane computes one pixel's [c0, c1, c2, 0|c3]. */
 RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict row,
                                     int16_t *restrict out)
@@ -149,9 +157,7 @@ RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict
         const __m256i pa = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
         const __m256i pb = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
         for (; x + 2 <= x_hi; x += 2) {
-            const __m256i px = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + (size_t)xf[x] * c))),
-                _mm_loadu_si128((const __m128i *)(row + (size_t)xf[x + 1] * c)), 1);
+            const __m256i px = load_pixels(row, xf, x, c);
             const __m256i wp = _mm256_castsi128_si256(
                 _mm_loadu_si128((const __m128i *)(xp + 2 * (size_t)x)));
             const __m256i acc = _mm256_add_epi32(
@@ -162,9 +168,7 @@ RS_AVX2 static void horizontal_avx2(const resize_ctx *r, const uint8_t *restrict
     } else {
         const __m256i pa = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
         for (; x + 2 <= x_hi; x += 2) {
-            const __m256i px = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + (size_t)xf[x] * c))),
-                _mm_loadu_si128((const __m128i *)(row + (size_t)xf[x + 1] * c)), 1);
+            const __m256i px = load_pixels(row, xf, x, c);
             const __m256i wp = _mm256_castsi128_si256(
                 _mm_loadl_epi64((const __m128i *)(xp + (size_t)x)));
             const __m256i acc =
