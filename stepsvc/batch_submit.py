@@ -35,6 +35,7 @@ from stepsvc.tile_submit import (
     describe,
     reach_of,
     read_input,
+    rpc_error_text,
     with_retries,
 )
 from stepsvc.tiles import PipelineReach
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             except grpc.RpcError as err:
                 print(f"stepchain submit: {args.target}: cannot describe the pipeline: "
-                      f"{_error(err)}", file=sys.stderr)
+                      f"{rpc_error_text(err)}", file=sys.stderr)
                 return 1
         return _run_jobs(args, channel, jobs, reach, directory=source.is_dir())
     finally:
@@ -164,9 +165,10 @@ def _whole(channel: grpc.Channel, job: Job, args: argparse.Namespace, policy: Re
         report.reasons[code.name] = report.reasons.get(code.name, 0) + 1
     try:
         response: step_pb2.ProcessResponse = with_retries(
-            lambda t, w: stub.Process(request, timeout=t, wait_for_ready=w), args.timeout, policy, on_retry)
+            lambda t, w: stub.Process(request, timeout=t, wait_for_ready=w), args.timeout,
+            policy, on_retry)
     except grpc.RpcError as err:
-        report.failed[0] = _error(err)
+        report.failed[0] = rpc_error_text(err)
         advance(1, 1)
         return report
     if suffix == ".npy":
@@ -176,9 +178,3 @@ def _whole(channel: grpc.Channel, job: Job, args: argparse.Namespace, policy: Re
     report.done = 1
     advance(1, 1)
     return report
-
-
-def _error(err: grpc.RpcError) -> str:
-    code = err.code() if hasattr(err, "code") else None
-    details = err.details() if hasattr(err, "details") else str(err)
-    return f"{code.name if code is not None else 'ERROR'}: {details}"

@@ -113,8 +113,8 @@ def describe(channel: grpc.Channel, timeout: float) -> step_pb2.DescribeResponse
     """The entry step's description of its pipeline (retried like a tile)."""
     stub = step_pb2_grpc.StepServiceStub(channel)
     response: step_pb2.DescribeResponse = with_retries(
-        lambda t, w: stub.Describe(step_pb2.DescribeRequest(), timeout=t, wait_for_ready=w), timeout,
-        RetryPolicy(attempts=4), lambda code, msg: None)
+        lambda t, w: stub.Describe(step_pb2.DescribeRequest(), timeout=t, wait_for_ready=w),
+        timeout, RetryPolicy(attempts=4), lambda code, msg: None)
     return response
 
 
@@ -225,8 +225,9 @@ class TileJob:
                 overrides=step_pb2.Overrides(threads=self.threads, passes=self.passes))
             codec.write_image(request.image, np.ascontiguousarray(
                 image[tile.py0:tile.py1, tile.px0:tile.px1]), codec.RAW)
-            response = with_retries(lambda t, w: stub.Process(request, timeout=t, wait_for_ready=w), self.timeout,
-                                     self.policy, on_retry)
+            response = with_retries(
+                lambda t, w: stub.Process(request, timeout=t, wait_for_ready=w), self.timeout,
+                self.policy, on_retry)
             result = codec.decode_image(response.image, max_pixels=CLIENT_MAX_PIXELS)
             output.place(tile, result, self.reach)
 
@@ -272,10 +273,15 @@ def _failure(future: futures.Future[None]) -> str | None:
     if exc is None:
         return None
     if isinstance(exc, grpc.RpcError):
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        return f"{code.name if code else 'ERROR'}: {details}"
+        return rpc_error_text(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def rpc_error_text(err: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call, as the accounting names a failed tile."""
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    return f"{code.name if code is not None else 'ERROR'}: {details}"
 
 
 def with_retries(call: Callable[[float, bool], Any], timeout: float, policy: RetryPolicy,
