@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -56,6 +57,20 @@ def written_params(kernel: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: checked[k] for k in params if k in checked}
 
 
+def kernel_params_of_step(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """`value` as :func:`written_params` for the kernel in the step's ``type`` field (left as it
+    is when the type itself was invalid: that is reported on its own)."""
+    kernel = info.data.get("type")
+    if kernel is None:
+        return value
+    return written_params(kernel, value)
+
+
+#: A step's ``params``, checked against its kernel: shared by this config model and the topology
+#: service's pipeline model (``topology.model``), so both accept and normalise the same params.
+KernelParams = Annotated[dict[str, Any], AfterValidator(kernel_params_of_step)]
+
+
 def check_route_keys(route: dict[str, int]) -> dict[str, int]:
     """`route` unchanged if every key is a classify label or ``facet=label``; else ValueError."""
     for key in route:
@@ -74,7 +89,7 @@ class StepSpec(BaseModel):
 
     id: int = Field(ge=0)
     type: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: KernelParams = Field(default_factory=dict)
     next_step: list[int] = Field(default_factory=list)
     preferred_next: int | None = None
     route: dict[str, int] = Field(default_factory=dict)
@@ -88,14 +103,6 @@ class StepSpec(BaseModel):
     @classmethod
     def _null_is_empty(cls, value: Any) -> Any:
         return {} if value is None else value
-
-    @field_validator("params")
-    @classmethod
-    def _kernel_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        kernel = info.data.get("type")
-        if kernel is None:  # the type itself was invalid and is reported on its own
-            return value
-        return written_params(kernel, value)
 
     @field_validator("next_step", mode="before")
     @classmethod

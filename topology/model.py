@@ -32,7 +32,6 @@ from pydantic import (
     Field,
     JsonValue,
     Tag,
-    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -40,7 +39,7 @@ from pydantic import (
 from typing_extensions import TypeAliasType
 
 from native.registry import KERNELS, canonical_name
-from stepsvc.config import check_route_keys, written_params
+from stepsvc.config import KernelParams, check_route_keys
 
 #: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
 #: and the Service `<name>-step-<N>` are built from it and must stay within 63 characters.
@@ -319,7 +318,7 @@ class StepSpec(BaseModel):
                            description="step id (`step_id` or `id`); absent: assigned in order")
     type: str = Field(description="kernel type or alias (case-insensitive)",
                       json_schema_extra={"enum": KERNEL_TYPES})
-    params: dict[str, Any] = Field(default_factory=dict, description="kernel parameters")
+    params: KernelParams = Field(default_factory=dict, description="kernel parameters")
     next_step: NextStep = None
     preferred_next: int | None = Field(None, ge=0, le=MAX_STEP_ID)
     route: dict[str, Annotated[int, Field(ge=0, le=MAX_STEP_ID)]] = Field(
@@ -349,14 +348,6 @@ class StepSpec(BaseModel):
     @classmethod
     def _known_type(cls, value: str) -> str:
         return canonical_name(value)
-
-    @field_validator("params")
-    @classmethod
-    def _kernel_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        kernel = info.data.get("type")
-        if kernel is None:  # the type itself was invalid and is reported on its own
-            return value
-        return written_params(kernel, value)
 
     @field_validator("route")
     @classmethod
