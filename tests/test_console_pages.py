@@ -225,3 +225,21 @@ def test_waterfall_starts_each_step_inside_its_callers_forward() -> None:
     assert xs[1] < xs[2] < xs[3] < xs[4] < xs[5]
     assert xs[4] > xs[3]  # blur's kernel starts after classify's kernel, inside its forward
     assert "round trip 50.0 ms" in svg
+
+
+def test_every_command_in_the_console_docs_is_accepted_by_the_cli() -> None:
+    import shlex
+
+    from stepsvc.cli import build_parser
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "console.md").read_text()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", docs, re.S)
+    lines = [line.strip().removeprefix("$ ") for block in blocks for line in block.splitlines()]
+    # Commands, not what they print ("stepchain topology serve: http://...").
+    commands = [line.split(" #")[0].strip() for line in lines
+                if line.startswith("stepchain ") and ": " not in line]
+    assert len(commands) >= 5
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # SystemExit on a bad flag
+        assert callable(args.func), command
