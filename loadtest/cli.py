@@ -157,9 +157,9 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 def _summarise(out: Path) -> None:
-    from loadtest.interval_stats import step_table
     from loadtest.plot import plot_run
     from loadtest.results import read_failures, read_stats, read_step_totals
+    from loadtest.step_format import step_table
 
     prefix = out / CSV_PREFIX
     stats_csv = out / f"{CSV_PREFIX}_stats.csv"

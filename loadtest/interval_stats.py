@@ -4,11 +4,14 @@ Locust's totals count pipeline requests only. The time each step spent (kernel, 
 forward, total — from the response's ``StepTiming`` list) and the requests of each second are
 kept here instead, in :class:`~loadtest.latency.LatencyHistogram` s (sub-millisecond):
 
-* per step and per second → ``step_rows`` (``loadtest_steps.csv``);
+* per step and per second → ``StepRow`` s from ``close_before`` (``loadtest_steps.csv``);
 * per step over the whole run → ``step_totals`` (``loadtest_steps_total.csv``, the Steps tab,
   the headless summary);
 * per second: requests, failures, request latency, users and the curve's target users →
-  ``request_rows`` (``loadtest_requests.csv``, what ``loadtest.plot`` draws from).
+  ``RequestRow`` s from ``close_before`` (``loadtest_requests.csv``, what ``loadtest.plot``
+  draws from).
+
+``loadtest.step_format`` turns the rows into CSV cells and text.
 
 Pure: no Locust, no clock. The caller says which second a sample belongs to and when a second
 is over (``close_before``). Between a Locust worker and its master the open seconds travel as
@@ -88,8 +91,6 @@ class IntervalStats:
         self._totals.clear()
         self.late_samples = 0
 
-    # -- recording -----------------------------------------------------------------------------
-
     def record_request(self, second: int, response_ms: float, *, failed: bool) -> None:
         """One whole request (answered or failed) that ended in ``second``."""
         bucket = self._bucket(second)
@@ -130,8 +131,6 @@ class IntervalStats:
             bucket = self._open[second] = _Second()
         return bucket
 
-    # -- reading -------------------------------------------------------------------------------
-
     def close_before(self, second: int | None = None) -> tuple[list[RequestRow], list[StepRow]]:
         """Rows of every open second before ``second`` (all of them when None), oldest first.
 
@@ -159,8 +158,6 @@ class IntervalStats:
         """Each step's times over the whole run, in pipeline then step-id order."""
         return [_step_row(None, name, self._totals[name])
                 for name in sorted(self._totals, key=_step_order)]
-
-    # -- Locust worker -> master ---------------------------------------------------------------
 
     def drain(self) -> dict[str, Any]:
         """The open seconds as plain data (for the master), forgetting them here."""
@@ -220,63 +217,3 @@ def _step_order(name: str) -> tuple[str, int, str]:
         return label, int(number), kind
     except ValueError:
         return label, 1 << 30, name
-
-
-# -- CSV (pure: rows to lists of cells) -----------------------------------------------------------
-
-_SUMMARY_COLUMNS = (("Mean", "mean_ms"), ("50%", "p50_ms"), ("95%", "p95_ms"),
-                    ("99%", "p99_ms"))
-
-STEP_HEADER: list[str] = ["Timestamp", "Step", "Count"] + [
-    f"{metric.capitalize()} {title} (ms)" for metric in STEP_METRICS
-    for title, _ in _SUMMARY_COLUMNS]
-STEP_TOTAL_HEADER: list[str] = STEP_HEADER[1:]
-REQUEST_HEADER: list[str] = ["Timestamp", "Target Users", "Users", "Requests", "Failures"] + [
-    f"{title} (ms)" for title, _ in _SUMMARY_COLUMNS]
-
-
-def ms_cell(value: float | None) -> str:
-    """Milliseconds to the microsecond (``0.042``); empty when there is no sample."""
-    return "" if value is None else f"{value:.3f}"
-
-
-def _summary_cells(summary: Summary) -> list[str]:
-    return [ms_cell(getattr(summary, field)) for _, field in _SUMMARY_COLUMNS]
-
-
-def step_cells(row: StepRow) -> list[str]:
-    """One ``loadtest_steps.csv`` row (or, for a whole-run row, a ``_steps_total.csv`` row)."""
-    cells = [] if row.second is None else [str(row.second)]
-    cells += [row.step, str(row.count)]
-    for metric in STEP_METRICS:
-        cells += _summary_cells(row.metrics[metric])
-    return cells
-
-
-def request_cells(row: RequestRow) -> list[str]:
-    """One ``loadtest_requests.csv`` row."""
-    def whole(value: int | None) -> str:
-        return "" if value is None else str(value)
-
-    return [str(row.second), whole(row.target_users), whole(row.users), str(row.requests),
-            str(row.failures), *_summary_cells(row.latency)]
-
-
-def step_table(rows: Iterable[StepRow]) -> list[str]:
-    """The per-step summary as text lines (headless output, ``stepchain loadtest``)."""
-    rows = list(rows)
-    if not rows:
-        return ["per-step times: no step timings (no request answered?)"]
-    width = max(24, *(len(row.step) for row in rows))
-    lines = [f"{'per-step times (ms)':<{width}} {'count':>8}  {'kernel mean':>11} {'p50':>9} "
-             f"{'p95':>9} {'p99':>9}  {'queue p95':>9}  {'forward p95':>11}  "
-             f"{'total mean':>10} {'p95':>9}"]
-    for row in rows:
-        kernel, queue, forward, total = (row.metrics[m] for m in STEP_METRICS)
-        lines.append(
-            f"{row.step:<{width}} {row.count:>8}  {ms_cell(kernel.mean_ms):>11} "
-            f"{ms_cell(kernel.p50_ms):>9} {ms_cell(kernel.p95_ms):>9} "
-            f"{ms_cell(kernel.p99_ms):>9}  {ms_cell(queue.p95_ms):>9}  "
-            f"{ms_cell(forward.p95_ms):>11}  {ms_cell(total.mean_ms):>10} "
-            f"{ms_cell(total.p95_ms):>9}")
-    return lines

@@ -31,12 +31,11 @@ import gevent
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 from loadtest.entries import REQUEST_TYPE
-from loadtest.interval_stats import (
+from loadtest.interval_stats import IntervalStats, StepRow
+from loadtest.step_format import (
     REQUEST_HEADER,
     STEP_HEADER,
     STEP_TOTAL_HEADER,
-    IntervalStats,
-    StepRow,
     request_cells,
     step_cells,
     step_table,
@@ -78,8 +77,6 @@ class StepReport:
     @property
     def is_master(self) -> bool:
         return isinstance(self.environment.runner, MasterRunner)
-
-    # -- wiring ---------------------------------------------------------------------------------
 
     def install(self) -> StepReport:
         """Hooks into the environment's events (and web UI); starts writing on master/local."""
@@ -140,8 +137,6 @@ class StepReport:
             if handle is not None:
                 handle.close()
         self._steps_file = self._requests_file = None
-
-    # -- the running test ---------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:

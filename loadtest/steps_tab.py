@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify, make_response, request
 
-from loadtest.interval_stats import STEP_TOTAL_HEADER, StepRow, ms_cell, step_cells
+from loadtest.interval_stats import StepRow
+from loadtest.step_format import STEP_TOTAL_HEADER, ms_cell, step_cells
 
 if TYPE_CHECKING:
     from loadtest.step_report import StepReport

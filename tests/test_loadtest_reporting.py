@@ -11,16 +11,10 @@ from PIL import Image
 from stepchain.v1 import step_pb2
 
 from loadtest import entries, options, payload
-from loadtest.interval_stats import (
-    REQUEST_HEADER,
-    STEP_HEADER,
-    IntervalStats,
-    request_cells,
-    step_cells,
-    step_name,
-)
+from loadtest.interval_stats import IntervalStats, step_name
 from loadtest.plot import csv_prefix, plot_run
 from loadtest.results import latest_progress, read_request_seconds
+from loadtest.step_format import REQUEST_HEADER, STEP_HEADER, request_cells, step_cells
 
 
 @pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 4), ("P", 3)])

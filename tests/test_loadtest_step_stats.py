@@ -9,14 +9,9 @@ import msgpack
 import pytest
 from stepchain.v1 import step_pb2
 
-from loadtest.interval_stats import (
-    STEP_HEADER,
-    IntervalStats,
-    request_cells,
-    step_cells,
-    step_table,
-)
+from loadtest.interval_stats import IntervalStats
 from loadtest.latency import LatencyHistogram, bucket_us
+from loadtest.step_format import STEP_HEADER, request_cells, step_cells, step_table
 
 T0 = 1_800_000_000
 
