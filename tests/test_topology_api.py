@@ -339,3 +339,14 @@ def test_pipeline_namespace_other_than_the_managed_one_is_refused_not_ignored(
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["namespace"] == "default"
         assert {m["metadata"]["namespace"] for m in accepted.json()["manifests"]} == {"default"}
+
+
+def test_post_without_json_content_type_says_to_send_it(client: TestClient) -> None:
+    # What `curl -X POST URL -d @pipeline.json` (no -H) sends.
+    response = client.post("/pipeline", content=json.dumps(DEMO).encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
+    assert "send Content-Type: application/json" in response.json()["detail"]
+    bare = client.post("/pipeline", content=json.dumps(DEMO).encode())
+    assert bare.status_code == 415
+    assert "send Content-Type: application/json" in bare.json()["detail"]

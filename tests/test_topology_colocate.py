@@ -12,7 +12,7 @@ import pytest
 from stepsvc.config import parse_config
 from topology.colocate import COLOCATED_LABEL, FRAMES_DIR
 from topology.pipeline import parse_pipeline
-from topology.render import GRPC_PORT, RenderOptions, render_manifests
+from topology.render import GRPC_PORT, HTTP_PORT, RenderOptions, render_manifests
 
 KUBERNETES_VERSION = "1.30"
 CHAIN: dict[str, Any] = {
@@ -104,11 +104,25 @@ def test_every_step_keeps_its_service_name_pointing_at_its_port_in_the_pod(
         assert spec["ports"][0]["targetPort"] == GRPC_PORT + i
 
 
+def test_each_step_in_the_pod_serves_its_http_face_on_a_port_of_its_own(
+        manifests: list[dict[str, Any]]) -> None:
+    (deployment,) = of_kind(manifests, "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    ports = [int(c["args"][c["args"].index("--http-port") + 1]) for c in containers]
+    assert ports == [HTTP_PORT + i for i in range(4)]
+    services = {m["metadata"]["name"]: m for m in of_kind(manifests, "Service")}
+    for i in range(4):
+        http = services[f"coloc-step-{i}"]["spec"]["ports"][1]
+        assert (http["name"], http["port"], http["targetPort"]) == ("http", HTTP_PORT,
+                                                                    HTTP_PORT + i)
+
+
 def test_only_the_entry_port_and_metrics_are_reachable_from_outside_the_pod(
         manifests: list[dict[str, Any]]) -> None:
     (policy,) = of_kind(manifests, "NetworkPolicy")
     ingress = policy["spec"]["ingress"]
-    assert ingress[0]["ports"] == [{"port": GRPC_PORT, "protocol": "TCP"}]
+    assert ingress[0]["ports"] == [{"port": GRPC_PORT, "protocol": "TCP"},
+                                   {"port": HTTP_PORT, "protocol": "TCP"}]
     assert all("from" not in rule for rule in ingress)
 
 

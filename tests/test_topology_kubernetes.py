@@ -211,3 +211,16 @@ def test_a_step_service_made_before_replicas_were_balanced_is_replaced_by_a_head
     stored = kmock_server.object("services", namespace, "demo-step-1")
     assert stored["spec"]["clusterIP"] == "None"
     assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)
+
+
+def test_get_returns_the_submitted_spec_and_the_http_entrypoint(
+        backend: KubernetesBackend, namespace: str) -> None:
+    app = create_app(Settings(namespace=namespace), backend)
+    with api_client(app) as client:
+        created = client.post("/pipeline", json=DEMO)
+        assert created.status_code == 201, created.text
+        assert created.json()["http_entrypoint"] == f"http://demo-step-0.{namespace}.svc:8080"
+        got = client.get("/pipeline/demo").json()
+        assert got["spec"] == DEMO  # as submitted: step_id, aliases and all
+        assert got["http_entrypoint"] == f"http://demo-step-0.{namespace}.svc:8080"
+        assert got["entrypoint"] == f"demo-step-0.{namespace}.svc:50051"

@@ -170,12 +170,19 @@ def test_single_step_pipeline_has_no_network_policy() -> None:
     assert not by_kind(manifests, "NetworkPolicy")
 
 
-def test_step_services_carry_only_grpc_so_the_nodeport_does_not_expose_metrics() -> None:
+def test_step_services_carry_grpc_and_http_so_the_nodeport_does_not_expose_metrics() -> None:
     services = by_kind(render(DEMO_WITH_EVERYTHING), "Service")
     assert len(services) == 4
     for name, service in services.items():
         assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
-            ("grpc", 50051, "grpc")], name
+            ("grpc", 50051, "grpc"), ("http", 8080, "http")], name
+
+
+def test_every_step_serves_its_http_face_on_the_port_its_service_names() -> None:
+    for name, deployment in by_kind(render(DEMO_WITH_EVERYTHING), "Deployment").items():
+        c = container(deployment)
+        assert c["args"][c["args"].index("--http-port") + 1] == "8080", name
+        assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
 
 
 def test_every_step_pod_announces_its_metrics_port_to_prometheus() -> None:
@@ -219,7 +226,7 @@ def test_deployment_runs_step_serve_from_the_configmap_with_grpc_probes() -> Non
     assert c["image"] == "reg/x:1"
     assert c["args"][:10] == ["step", "serve", "--config-env", "PIPELINE_CONFIG", "--port",
                               "50051", "--discovery", "kubernetes", "--metrics-port", "9464"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 50051,
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 50051, "http": 8080,
                                                                    "metrics": 9464}
     assert c["readinessProbe"]["grpc"] == {"port": 50051}
     assert c["livenessProbe"]["grpc"] == {"port": 50051}

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -86,6 +86,10 @@ class PipelineStatusOut(BaseModel):
     graph: list[dict[str, Any]] = Field(
         default_factory=list, description="the routing graph as deployed: id, type, params, "
                                           "next_step, preferred_next, route of every step")
+    http_entrypoint: str | None = Field(None, description="base URL of the entry step's HTTP "
+                                                          "face; POST an image to its /process")
+    spec: dict[str, Any] | None = Field(None, description="the pipeline JSON as submitted (last "
+                                                          "POST or PUT)")
 
 
 class PipelineList(BaseModel):
@@ -103,6 +107,8 @@ class Applied(BaseModel):
     resources: list[dict[str, Any]]
     entrypoint: str | None = Field(description="host:port of the entry step (gRPC); null while "
                                                "it runs no process (replicas: 0)")
+    http_entrypoint: str | None = Field(None, description="base URL of the entry step's HTTP "
+                                                          "face; POST an image to its /process")
     details: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list,
                                 description="accepted but worth knowing, each naming its field "
@@ -221,9 +227,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                    "--token-file / STEPCHAIN_TOKEN_FILE names another")
     writer = [Depends(require_writer)]
 
-    def checked(spec: PipelineSpec, name: str | None = None, strict: bool = False) -> Pipeline:
+    def checked(spec: PipelineSpec, name: str | None = None, strict: bool = False,
+                source: Any = None) -> Pipeline:
         pipeline = resolve_pipeline(spec, name=name, strict=strict)
         check_policy(pipeline, settings)
+        if isinstance(source, dict):
+            pipeline = replace(pipeline, source=source)
         for warning in pipeline.warnings:
             log.warning("pipeline %s: %s", pipeline.pipeline_id, warning)
         return pipeline
@@ -239,8 +248,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         result = backend.apply(pipeline)
         return Applied(pipeline_id=result.pipeline_id, namespace=backend.namespace,
                        created=created, resources=result.resources,
-                       entrypoint=result.entrypoint, details=result.details,
-                       warnings=[str(w) for w in pipeline.warnings])
+                       entrypoint=result.entrypoint, http_entrypoint=result.http_entrypoint,
+                       details=result.details, warnings=[str(w) for w in pipeline.warnings])
 
     @app.exception_handler(PipelineInvalid)
     async def _invalid(_: Request, exc: PipelineInvalid) -> JSONResponse:
@@ -275,10 +284,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                          409: {"model": ErrorDetail,
                                "description": "the id exists with a different definition"},
                          **ERRORS})
-    def create_pipeline(spec: PipelineSpec, dry_run: DryRun = False,
+    def create_pipeline(spec: PipelineSpec, source: Submitted, dry_run: DryRun = False,
                         strict: Strict = False) -> Any:
         """Creates a pipeline (201). Identical re-POST: 200. Same id, other body: 409."""
-        pipeline = checked(spec, strict=strict)
+        pipeline = checked(spec, strict=strict, source=source)
         if dry_run:
             return _answer(dry_run_result(pipeline), 200)
         with write_lock:
@@ -309,13 +318,13 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
              tags=["pipelines"], dependencies=writer,
              responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
                         **ERRORS})
-    def update_pipeline(pipeline_id: PipelineId, spec: PipelineSpec,
+    def update_pipeline(pipeline_id: PipelineId, spec: PipelineSpec, source: Submitted,
                         dry_run: DryRun = False, strict: Strict = False) -> Any:
         """Replaces an existing pipeline's definition; its objects converge to it."""
         if spec.name is not None and spec.name != pipeline_id:
             raise PipelineInvalid.single(("name",), f"name {spec.name!r} differs from the "
                                                     f"pipeline id {pipeline_id!r} in the path")
-        pipeline = checked(spec, name=pipeline_id, strict=strict)
+        pipeline = checked(spec, name=pipeline_id, strict=strict, source=source)
         if dry_run:
             return _answer(dry_run_result(pipeline), 200)
         with write_lock:
@@ -359,7 +368,29 @@ def _status_out(status: PipelineStatus) -> PipelineStatusOut:
         pipeline_id=status.pipeline_id, namespace=status.namespace, ready=status.ready,
         entrypoint=status.entrypoint, fingerprint=status.fingerprint,
         steps=[StepStatusOut(**asdict(s)) for s in status.steps], details=status.details,
-        entry_step=status.entry_step, graph=[s.model_dump() for s in status.graph])
+        entry_step=status.entry_step, graph=[s.model_dump() for s in status.graph],
+        http_entrypoint=status.http_entrypoint, spec=status.spec)
+
+
+async def submitted_json(request: Request) -> Any:
+    """The request's JSON document as sent (what GET returns as `spec`).
+
+    Refuses (415) a body sent without ``Content-Type: application/json`` -- e.g. ``curl -d``
+    without ``-H`` sends a form -- instead of letting validation say it is not an object.
+    """
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(415, "send Content-Type: application/json (the body is a pipeline "
+                                 f"JSON document; got {media or 'no Content-Type'}), e.g. curl "
+                                 "-H 'Content-Type: application/json' -d @pipeline.json")
+    try:
+        return await request.json()
+    except ValueError:  # malformed JSON: FastAPI's own 422 names the position
+        return None
+
+
+#: The request body as sent, for endpoints that keep it (POST and PUT /pipeline).
+Submitted = Annotated[Any, Depends(submitted_json)]
 
 
 def _not_found(pipeline_id: str, backend: Backend) -> HTTPException:

@@ -48,6 +48,10 @@ class PipelineStatus:
     graph: tuple[RouteStep, ...] = ()
     #: The step clients call (None when unknown).
     entry_step: int | None = None
+    #: Base URL of the entry step's HTTP face (POST an image to it or to its /process).
+    http_entrypoint: str | None = None
+    #: The pipeline JSON as submitted (None when the backend cannot tell).
+    spec: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -64,6 +68,8 @@ class ApplyResult:
     #: host:port of the entry step; None while it runs no process (replicas: 0).
     entrypoint: str | None
     details: dict[str, Any] = field(default_factory=dict)
+    #: Base URL of the entry step's HTTP face (POST an image to it or to its /process).
+    http_entrypoint: str | None = None
 
 
 class Backend(Protocol):

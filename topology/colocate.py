@@ -23,6 +23,7 @@ from topology.pipeline import Pipeline, Step
 from topology.render import (
     CONFIG_KEY,
     GRPC_PORT,
+    HTTP_PORT,
     METRICS_PORT,
     RenderOptions,
     _config_map,
@@ -59,6 +60,11 @@ def step_ports(pipeline: Pipeline) -> dict[int, tuple[int, int]]:
     return {s.id: (GRPC_PORT + i, METRICS_PORT + i) for i, s in enumerate(pipeline.steps)}
 
 
+def http_ports(pipeline: Pipeline) -> dict[int, int]:
+    """The HTTP face's port of each step inside the shared pod (``HTTP_PORT + i``)."""
+    return {s.id: HTTP_PORT + i for i, s in enumerate(pipeline.steps)}
+
+
 def pod_labels(pipeline: Pipeline) -> dict[str, str]:
     """The pod's labels: the pipeline's, no step id (it runs every step), colocated=true."""
     out = {k: v for k, v in labels(pipeline.pipeline_id, pipeline.entry_step).items()
@@ -83,7 +89,9 @@ def render_colocated(pipeline: Pipeline, options: RenderOptions) -> list[dict[st
     texts = {s.id: step_config_text(pipeline, s.id) for s in pipeline.steps}
     config_maps = [_config_map(pipeline, s, namespace, texts[s.id]) for s in pipeline.steps]
     config_maps.append(_discovery_config_map(pipeline, entry, namespace, ports))
-    services = [_step_service(pipeline, s, namespace, ports[s.id][0]) for s in pipeline.steps]
+    http = http_ports(pipeline)
+    services = [_step_service(pipeline, s, namespace, ports[s.id][0], http[s.id])
+                for s in pipeline.steps]
     deployment = _colocated_deployment(pipeline, namespace, image, texts, ports, options)
     out: list[dict[str, Any]] = [*config_maps, *services, deployment]
     if entry.autoscale is not None:
@@ -105,13 +113,15 @@ def _discovery_config_map(pipeline: Pipeline, entry: Step, namespace: str,
             "data": {DISCOVERY_FILE: json.dumps(mapping, sort_keys=True) + "\n"}}
 
 
-def _step_service(pipeline: Pipeline, step: Step, namespace: str, port: int) -> dict[str, Any]:
+def _step_service(pipeline: Pipeline, step: Step, namespace: str, port: int,
+                  http: int) -> dict[str, Any]:
     service = _service(pipeline, step, namespace)
     spec = service["spec"]
     if spec.get("clusterIP") == "None":  # one pod per chain: nothing to balance inside it
         del spec["clusterIP"]
     spec["selector"] = pod_selector(pipeline)
-    spec["ports"] = [{"name": "grpc", "port": GRPC_PORT, "targetPort": port, "protocol": "TCP"}]
+    spec["ports"] = [{"name": "grpc", "port": GRPC_PORT, "targetPort": port, "protocol": "TCP"},
+                     {"name": "http", "port": HTTP_PORT, "targetPort": http, "protocol": "TCP"}]
     return service
 
 
@@ -128,7 +138,8 @@ def _colocated_deployment(pipeline: Pipeline, namespace: str, image: str,
         one = _deployment(pipeline, step, namespace, image, texts[step.id], options)
         container = one["spec"]["template"]["spec"]["containers"][0]
         grpc, metrics = ports[step.id]
-        containers.append(_container(step, container, grpc, metrics))
+        containers.append(_container(step, container, grpc, metrics,
+                                     http_ports(pipeline)[step.id]))
         for volume in one["spec"]["template"]["spec"]["volumes"]:
             if volume["name"] != "tmp":
                 volume = {**volume, "name": _volume_name(step, volume["name"])}
@@ -160,15 +171,18 @@ def _colocated_deployment(pipeline: Pipeline, namespace: str, image: str,
     return base
 
 
-def _container(step: Step, container: dict[str, Any], grpc: int, metrics: int) -> dict[str, Any]:
+def _container(step: Step, container: dict[str, Any], grpc: int, metrics: int,
+               http: int) -> dict[str, Any]:
     c = copy.deepcopy(container)
     c["name"] = f"step-{step.id}"
     args = c["args"]
     args[args.index("--port") + 1] = str(grpc)
     args[args.index("--metrics-port") + 1] = str(metrics)
+    args[args.index("--http-port") + 1] = str(http)
     args[args.index("--discovery") + 1] = f"static:{DISCOVERY_DIR}/{DISCOVERY_FILE}"
     args += ["--shm-dir", FRAMES_DIR]
     c["ports"] = [{"name": f"grpc-{step.id}", "containerPort": grpc, "protocol": "TCP"},
+                  {"name": f"http-{step.id}", "containerPort": http, "protocol": "TCP"},
                   {"name": f"metrics-{step.id}", "containerPort": metrics, "protocol": "TCP"}]
     c["readinessProbe"]["grpc"]["port"] = grpc
     c["livenessProbe"]["grpc"]["port"] = grpc
@@ -209,7 +223,8 @@ def _network_policy(pipeline: Pipeline, namespace: str,
             "podSelector": {"matchLabels": pod_selector(pipeline)},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"ports": [{"port": ports[entry.id][0], "protocol": "TCP"}]},
+                {"ports": [{"port": ports[entry.id][0], "protocol": "TCP"},
+                           {"port": http_ports(pipeline)[entry.id], "protocol": "TCP"}]},
                 {"ports": [{"port": m, "protocol": "TCP"} for _, m in ports.values()]},
             ],
         },

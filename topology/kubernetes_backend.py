@@ -25,9 +25,11 @@ from topology.render import (
     CONFIG_KEY,
     FINGERPRINT_ANNOTATION,
     GRPC_PORT,
+    HTTP_PORT,
     MANAGED_BY,
     STEP_TYPE_ANNOTATION,
     RenderOptions,
+    config_map_name,
     is_headless,
     render_manifests,
     step_name,
@@ -42,6 +44,10 @@ REQUIRED_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("networking.k8s.io", "networkpolicies", ("create", "delete", "list", "patch")),
 )
 FIELD_MANAGER = MANAGED_BY
+#: Annotation of the entry step's ConfigMap holding the pipeline JSON as submitted.
+SPEC_ANNOTATION = "stepchain.io/pipeline-spec"
+#: Annotations of one object may hold 256 KiB in all; a larger spec is not kept.
+MAX_SPEC_ANNOTATION = 200_000
 PIPELINE_LABEL = "pipeline_id"
 STEP_LABEL = "step_id"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -111,7 +117,7 @@ class KubernetesBackend:
         if options is None:
             raise BackendError(f"pipeline namespace {pipeline.namespace!r} is not the managed "
                                f"namespace {self.namespace!r}")
-        manifests = render_manifests(pipeline, options)
+        manifests = _with_spec(render_manifests(pipeline, options), pipeline)
         with self._lock:
             existing = self._owned(pipeline.pipeline_id)
             wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
@@ -143,6 +149,7 @@ class KubernetesBackend:
             resources=[{"kind": m["kind"], "name": m["metadata"]["name"],
                         "namespace": self.namespace} for m in manifests],
             entrypoint=self._service_address(entry),
+            http_entrypoint=self._http_url(entry),
             details=_node_port_details(services.get(entry)),
         )
 
@@ -216,11 +223,18 @@ class KubernetesBackend:
                               fingerprint=fingerprint, entrypoint=entrypoint,
                               steps=tuple(steps), details=_node_port_details(entry_service),
                               graph=_routing_graph(config_maps),
+                              spec=_submitted_spec(config_maps),
+                              http_entrypoint=(self._http_url(entry_service["metadata"]["name"])
+                                               if entry_service else None),
                               entry_step=int(entry_label) if entry_label.isdigit() else None)
 
     def _service_address(self, service: str) -> str:
         # Resolvable inside the cluster; from outside use a node address and the nodePort.
         return f"{service}.{self.namespace}.svc:{GRPC_PORT}"
+
+    def _http_url(self, service: str) -> str:
+        # The HTTP face; from outside: http://<node>:<details.http_node_port>/process.
+        return f"http://{service}.{self.namespace}.svc:{HTTP_PORT}"
 
     def _owned(self, pipeline_id: str) -> set[tuple[str, str]]:
         return {(k.kind, m["metadata"]["name"]) for k in KINDS for m in self._list(k.kind)
@@ -267,6 +281,34 @@ class KubernetesBackend:
                 raise
 
 
+def _with_spec(manifests: list[dict[str, Any]], pipeline: Pipeline) -> list[dict[str, Any]]:
+    """`manifests` with the pipeline JSON as submitted on the entry step's ConfigMap (what GET
+    returns as `spec`); left out when too large for an annotation."""
+    if pipeline.source is None:
+        return manifests
+    text = json.dumps(pipeline.source, separators=(",", ":"), sort_keys=True)
+    if len(text) > MAX_SPEC_ANNOTATION:
+        return manifests
+    entry = config_map_name(pipeline.pipeline_id, pipeline.entry_step)
+    for manifest in manifests:
+        if manifest["kind"] == "ConfigMap" and manifest["metadata"]["name"] == entry:
+            manifest["metadata"]["annotations"][SPEC_ANNOTATION] = text
+    return manifests
+
+
+def _submitted_spec(config_maps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for config_map in config_maps:
+        text = _annotations(config_map).get(SPEC_ANNOTATION)
+        if text:
+            try:
+                spec = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(spec, dict):
+                return spec
+    return None
+
+
 def _routing_graph(config_maps: list[dict[str, Any]]) -> tuple[RouteStep, ...]:
     """The steps of the routing graph, from the first ConfigMap whose PIPELINE_CONFIG parses
     (every step's holds the whole graph)."""
@@ -297,10 +339,13 @@ def _owned_by(obj: dict[str, Any], pipeline_id: str) -> bool:
 def _node_port_details(service: dict[str, Any] | None) -> dict[str, Any]:
     if not service:
         return {}
+    details: dict[str, Any] = {"service": service["metadata"]["name"]}
     for port in (service.get("spec") or {}).get("ports") or []:
         if port.get("name") == "grpc" and port.get("nodePort"):
-            return {"node_port": int(port["nodePort"]), "service": service["metadata"]["name"]}
-    return {"service": service["metadata"]["name"]}
+            details["node_port"] = int(port["nodePort"])
+        if port.get("name") == "http" and port.get("nodePort"):
+            details["http_node_port"] = int(port["nodePort"])
+    return details
 
 
 def _name_of(body: Any) -> str:

@@ -11,9 +11,13 @@ What the Kubernetes backend keeps in ConfigMaps lives on disk under the state di
                                                 orphans and start the steps on the same ports
     <state-dir>/<pipeline_id>/pipeline.json     the pipeline, so a restarted service brings it
                                                 back (same id; same ports where they are free)
+    <state-dir>/<pipeline_id>/spec.json         the pipeline JSON as submitted (GET's `spec`)
 
 Each step serves Prometheus ``/metrics`` on a loopback port of its own, reported with its
-status (``metrics``), which the console, ``stepchain top`` and the advice API scrape.
+status (``metrics``), which the console, ``stepchain top`` and the advice API scrape, and its
+HTTP face (``POST /process``) on another; the entry step's is the pipeline's
+``http_entrypoint``. A step that an update changes restarts on the ports it had, so the
+entry addresses stay what clients were given.
 
 A step with ``replicas: R`` runs R processes, each on its own port; discovery lists all of
 them, so upstream steps' round_robin channels (``ipv4:127.0.0.1:p1,127.0.0.1:p2``) spread
@@ -45,7 +49,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +86,7 @@ def installed_stepchain() -> tuple[str, ...]:
 STEP_LAUNCHER: tuple[str, ...] = installed_stepchain()
 STATE_FILE = "processes.json"
 PIPELINE_FILE = "pipeline.json"
+SPEC_FILE = "spec.json"
 DISCOVERY_FILE = "discovery.json"
 #: Seconds a local step drains after SIGTERM before it is killed.
 LOCAL_DRAIN_GRACE_S = 5
@@ -114,6 +119,7 @@ class _StepProcess:
     type: str
     port: int
     metrics_port: int
+    http_port: int
     config_path: Path
     config_text: str
     threads: int
@@ -126,6 +132,15 @@ class _StepProcess:
     @property
     def metrics_address(self) -> str:
         return f"127.0.0.1:{self.metrics_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the step's HTTP face (POST it or its /process an image)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.port, self.metrics_port, self.http_port
 
 
 def _target(procs: list[_StepProcess]) -> str:
@@ -177,7 +192,7 @@ class LocalBackend:
         # Steps read the lifeline; only this process holds its write end (not inheritable).
         self._lifeline_read, self._lifeline_write = os.pipe()
         #: pipeline id -> (step id, replica) -> (port, metrics port) to reuse when restoring
-        self._preferred_ports: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
+        self._preferred_ports: dict[str, dict[tuple[int, int], tuple[int, int, int]]] = {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.reap_orphans()
         self._supervisor = SupervisorLoop(self.supervise, supervise_interval_s,
@@ -219,17 +234,24 @@ class LocalBackend:
             self._pipelines[pipeline.pipeline_id] = entry
             from stepsvc.discovery import write_static_discovery
 
+            # A changed step comes back on the ports it had: clients keep their addresses.
+            reuse = {sid: [p.ports for p in procs] for sid, procs in old.items()
+                     if sid in wanted and sid not in keep}
             to_start, attempt = new_ids, 1
             preferred = self._preferred_ports.get(pipeline.pipeline_id, {})
             (directory / PIPELINE_FILE).write_text(json.dumps(pipeline_json(pipeline)),
                                                    encoding="utf-8")
+            if pipeline.source is not None:  # what GET answers as `spec`, also after a restart
+                (directory / SPEC_FILE).write_text(json.dumps(pipeline.source), encoding="utf-8")
             while True:
-                ports = iter(free_ports(2 * sum(wanted[sid].replicas for sid in to_start)))
+                fresh = iter(free_ports(3 * sum(wanted[sid].replicas for sid in to_start)))
                 for sid in to_start:
+                    had = reuse.pop(sid, [])
                     started[sid] = [
                         self._start(pipeline, wanted[sid], replica,
-                                    _reuse(preferred.get((sid, replica)) if attempt == 1
-                                           else None, ports),
+                                    had[replica] if replica < len(had)
+                                    else _reuse(preferred.get((sid, replica)) if attempt == 1
+                                                else None, fresh),
                                     texts[sid], directory, discovery)
                         for replica in range(wanted[sid].replicas)]
                 self._write_state(entry)
@@ -257,6 +279,8 @@ class LocalBackend:
             resources.append({"kind": "DiscoveryFile", "name": str(discovery)})
             return ApplyResult(pipeline_id=pipeline.pipeline_id, resources=resources,
                                entrypoint=_target(started[pipeline.entry_step]) or None,
+                               http_entrypoint=(started[pipeline.entry_step][0].http_url
+                                                if started[pipeline.entry_step] else None),
                                details={"state_dir": str(directory)})
 
     def status(self, pipeline_id: str) -> PipelineStatus | None:
@@ -282,7 +306,9 @@ class LocalBackend:
                 pipeline_id=pipeline_id, namespace=self.namespace,
                 fingerprint=entry.pipeline.fingerprint,
                 entrypoint=_target(entry_procs) if entry_procs else None, steps=tuple(steps),
+                http_entrypoint=entry_procs[0].http_url if entry_procs else None,
                 graph=tuple(step_config(entry.pipeline, entry.pipeline.entry_step).steps),
+                spec=entry.pipeline.source,
                 entry_step=entry.pipeline.entry_step,
                 details={"state_dir": str(entry.directory),
                          "pids": {str(s): (ps[0].child.pid if len(ps) == 1
@@ -329,6 +355,7 @@ class LocalBackend:
                 continue
             try:
                 pipeline = parse_pipeline(json.loads(saved.read_text(encoding="utf-8")))
+                pipeline = replace(pipeline, source=_saved_spec(directory))
                 self._preferred_ports[pipeline.pipeline_id] = _saved_ports(directory)
                 self.apply(pipeline)
             except (OSError, ValueError, PipelineInvalid, BackendError) as exc:
@@ -357,9 +384,10 @@ class LocalBackend:
 
     # -- processes -----------------------------------------------------------------------------
 
-    def _start(self, pipeline: Pipeline, step: Step, replica: int, ports: tuple[int, int],
-               text: str, directory: Path, discovery: Path) -> _StepProcess:
-        port, metrics_port = ports
+    def _start(self, pipeline: Pipeline, step: Step, replica: int,
+               ports: tuple[int, int, int], text: str, directory: Path,
+               discovery: Path) -> _StepProcess:
+        port, metrics_port, http_port = ports
         config_path = directory / f"step-{step.id}.yaml"
         config_path.write_text(text, encoding="utf-8")
         name = _process_name(pipeline.pipeline_id, step, step.replicas, replica)
@@ -370,7 +398,7 @@ class LocalBackend:
         command = [*STEP_LAUNCHER, "step", "serve",
                    "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
                    "--discovery", f"static:{discovery}", "--metrics-port", str(metrics_port),
-                   "--grace", str(self.drain_grace_s)]
+                   "--http-port", str(http_port), "--grace", str(self.drain_grace_s)]
         log_name = f"step-{step.id}.log" if step.replicas == 1 else f"step-{step.id}-{replica}.log"
         what = f"step {step.id} ({step.type})" + (
             f" replica {replica}" if step.replicas > 1 else "")
@@ -378,8 +406,9 @@ class LocalBackend:
             f"{what} of pipeline {pipeline.pipeline_id}", command, env, directory,
             directory / log_name, self.restart_policy(), pass_fds=(self._lifeline_read,))
         return _StepProcess(step_id=step.id, replica=replica, type=step.type, port=port,
-                            metrics_port=metrics_port, config_path=config_path,
-                            config_text=text, threads=step.threads, child=child)
+                            metrics_port=metrics_port, http_port=http_port,
+                            config_path=config_path, config_text=text, threads=step.threads,
+                            child=child)
 
     def _wait_ready(self, entry: _LocalPipeline, procs: list[_StepProcess]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -419,7 +448,8 @@ class LocalBackend:
         state = {"owner_pid": os.getpid(), "pipeline_id": entry.pipeline.pipeline_id,
                  "steps": {(str(p.step_id) if p.replica == 0 else f"{p.step_id}/{p.replica}"):
                            {"pid": p.child.pid, "config": str(p.config_path),
-                            "port": p.port, "metrics_port": p.metrics_port}
+                            "port": p.port, "metrics_port": p.metrics_port,
+                            "http_port": p.http_port}
                            for p in entry.processes()}}
         (entry.directory / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
 
@@ -485,8 +515,18 @@ def pipeline_json(pipeline: Pipeline) -> dict[str, Any]:
     return data
 
 
-def _saved_ports(directory: Path) -> dict[tuple[int, int], tuple[int, int]]:
-    """(step id, replica) -> (port, metrics port) recorded by the previous service."""
+def _saved_spec(directory: Path) -> dict[str, Any] | None:
+    """The pipeline JSON as submitted, saved by the previous service (None if it was not)."""
+    try:
+        spec = json.loads((directory / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def _saved_ports(directory: Path) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """(step id, replica) -> (port, metrics port, HTTP port) recorded by the previous
+    service."""
     try:
         state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -496,15 +536,16 @@ def _saved_ports(directory: Path) -> dict[tuple[int, int], tuple[int, int]]:
         sid, _, replica = str(key).partition("/")
         if sid.isdigit() and (replica or "0").isdigit() and "port" in step:
             ports[(int(sid), int(replica or 0))] = (int(step["port"]),
-                                                    int(step.get("metrics_port", 0)))
+                                                    int(step.get("metrics_port", 0)),
+                                                    int(step.get("http_port", 0)))
     return ports
 
 
-def _reuse(ports: tuple[int, int] | None, fresh: Any) -> tuple[int, int]:
-    """The saved ports when both are free now, else two fresh ones."""
+def _reuse(ports: tuple[int, int, int] | None, fresh: Any) -> tuple[int, int, int]:
+    """The saved ports when all are free now, else three fresh ones."""
     if ports is not None and all(p and port_free(p) for p in ports):
         return ports
-    return next(fresh), next(fresh)
+    return next(fresh), next(fresh), next(fresh)
 
 
 def _serving(address: str) -> bool:

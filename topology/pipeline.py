@@ -84,6 +84,8 @@ class Pipeline:
     warnings: tuple[PipelineWarning, ...] = ()
     #: One pod with a container per step, frames through shared memory (topology.colocate).
     colocate: bool = False
+    #: The pipeline JSON as submitted, for GET to return as `spec` (None when not known).
+    source: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def step(self, step_id: int) -> Step:
         """The step with `step_id` (KeyError if none)."""

@@ -23,6 +23,7 @@ import yaml
 
 from stepsvc.config import PipelineConfig, dump_config
 from stepsvc.config import StepSpec as ConfigStep
+from stepsvc.http_face import KUBERNETES_HTTP_PORT
 from stepsvc.limits import DEFAULT_MAX_PIXELS
 from stepsvc.memory_budget import default_memory_mb
 from topology.model import parse_quantity
@@ -30,6 +31,8 @@ from topology.pipeline import Pipeline, Step
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
+#: The HTTP face (POST /process, as the Flask-era pipelines) of every step.
+HTTP_PORT = KUBERNETES_HTTP_PORT
 CONFIG_KEY = "PIPELINE_CONFIG"
 DEFAULT_STEP_IMAGE = "ghcr.io/stepchain/step:0.1.0"
 #: Service account of the step pods unless configured: what the Helm chart creates for a
@@ -231,10 +234,12 @@ def _service(pipeline: Pipeline, step: Step, namespace: str) -> dict[str, Any]:
         spec = {"type": "ClusterIP", "clusterIP": "None"}
     spec.update({
         "selector": selector_labels(pipeline.pipeline_id, step.id),
-        # gRPC only: a NodePort opens every listed port on every node, and /metrics is for
-        # in-cluster scrapers, which find the pods by their prometheus.io/* annotations.
+        # gRPC and the HTTP face only: a NodePort opens every listed port on every node, and
+        # /metrics is for in-cluster scrapers, which find the pods by their prometheus.io/*
+        # annotations.
         "ports": [
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
         ],
     })
     metadata = _metadata(pipeline, step, name, namespace)
@@ -322,11 +327,13 @@ def _deployment(pipeline: Pipeline, step: Step, namespace: str, image: str, conf
         "command": ["stepchain"],
         "args": ["step", "serve", "--config-env", CONFIG_KEY, "--port", str(GRPC_PORT),
                  "--discovery", "kubernetes", "--metrics-port", str(METRICS_PORT),
+                 "--http-port", str(HTTP_PORT),
                  "--grace", str(options.drain_grace_s),
                  "--max-connection-age", str(MAX_CONNECTION_AGE_S),
                  "--max-pixels", str(max_pixels_for(resources["limits"]["memory"])),
                  "--max-memory-mb", str(max_memory_mb_for(resources["limits"]["memory"]))],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                  {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "env": _env(pipeline, step, options),
         "resources": resources,
