@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ def test_update_restarts_only_changed_steps_and_stops_removed_ones(tmp_path: Pat
 def test_restarted_service_stops_what_its_predecessor_left_and_brings_the_pipeline_back(
         tmp_path: Path) -> None:
     crashed = LocalBackend(tmp_path)
-    result = crashed.apply(parse_pipeline({"name": "orphan", "steps": [{"type": "identity"}]}))
+    submitted = {"name": "orphan", "steps": [{"type": "identity"}]}
+    result = crashed.apply(replace(parse_pipeline(submitted), source=submitted))
     pids = [r["pid"] for r in result.resources if r["kind"] == "Process"]
     successor = None
     try:
@@ -124,6 +126,8 @@ def test_restarted_service_stops_what_its_predecessor_left_and_brings_the_pipeli
         status = successor.status("orphan")
         assert status is not None and status.ready
         assert status.entrypoint == result.entrypoint  # its port was free again
+        assert status.http_entrypoint == result.http_entrypoint
+        assert status.spec == submitted  # GET still answers the definition as submitted
         assert status.details["pids"]["0"] not in pids
     finally:
         if successor is not None:
