@@ -8,6 +8,7 @@ size (a decompression bomb) costs nothing.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,11 +245,14 @@ def keep_large_buffers() -> bool:
     it on free, so each 6 MB copy of a 1080p frame (NumPy -> bytes -> protobuf -> gRPC) pays
     thousands of page faults; measured here that turned a 0.7 ms copy into 18-35 ms. Raising
     the mmap and trim thresholds keeps such buffers in the heap for reuse. Process-wide and
-    idempotent; returns False where it does not apply (not glibc).
+    idempotent; returns False where it does not apply (not glibc) or when the environment
+    says ``STEPCHAIN_MALLOC_TUNING=off``.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
         return True
+    if os.environ.get("STEPCHAIN_MALLOC_TUNING", "").lower() in ("0", "off", "no", "false"):
+        return False  # glibc's defaults: `stepchain bench chain` measures the difference
     try:
         import ctypes
         import ctypes.util

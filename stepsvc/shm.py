@@ -8,10 +8,16 @@ of ``Image.data``; the next step maps the segment read-only and runs its kernel 
   kernel. :func:`domain_of` names that (boot id, device and inode of the directory); a step
   advertises its domain in the initial metadata of every answer (:data:`DOMAIN_KEY`) and a
   sender uses shared memory only for an address whose advertised domain equals its own.
-* **Lifetime:** the sender unlinks its segment when its call returns (whatever the outcome). A
-  process killed with SIGKILL cannot, so every segment's name carries its creator's pid
-  namespace, pid and start time, and :meth:`FrameStore.sweep` (run by every step at start and
-  every :data:`SWEEP_INTERVAL_S`) unlinks segments whose creator is gone.
+* **Lifetime:** a frame ends when the sender's call returns (whatever the outcome): its token is
+  replaced, so the handle no longer opens, and the segment goes back to a small pool of the
+  sender's (:data:`POOL_SEGMENTS`; fresh tmpfs pages cost ~5 ms per 1080p frame here, far
+  more than the hop) or is unlinked. Pooled segments idle for :data:`POOL_IDLE_S` are
+  unlinked, and all of them when the step stops. A process killed with SIGKILL cannot do any
+  of that, so every segment's name carries its creator's pid namespace, pid and start time,
+  and :meth:`FrameStore.sweep` (run by every step at start and every
+  :data:`SWEEP_INTERVAL_S`) unlinks segments whose creator is gone. Receivers keep a few
+  mappings of recent segments (:data:`MAPPING_CACHE`) and check the file and token on
+  every use.
 * **Trust:** a handle is input like any other. The receiver accepts only names of this
   pipeline's pattern (no path), regular files owned by its own user, a size that matches the
   handle and the image, and a header with the handle's random token; anything else is
@@ -31,6 +37,7 @@ import secrets
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +54,11 @@ log = logging.getLogger("stepchain.shm")
 DEFAULT_DIR = "/dev/shm"
 #: Seconds between sweeps for segments of dead processes.
 SWEEP_INTERVAL_S = 2.0
+#: Idle segments a store keeps for reuse, and how long one may stay idle.
+POOL_SEGMENTS = 8
+POOL_IDLE_S = 10.0
+#: Mappings of other processes' segments a store keeps open for reuse.
+MAPPING_CACHE = 16
 #: Segment header: magic, payload size, 16-byte token; the pixels start at HEADER_SIZE.
 MAGIC = b"STEPCHN\x01"
 HEADER = struct.Struct("<8sQ16s")
@@ -139,6 +151,8 @@ class Mapped:
     data: memoryview
     _map: mmap.mmap
     _closed: bool = field(default=False)
+    #: False for a mapping the store caches for the next request.
+    _owned: bool = field(default=True)
 
     def pixels(self, shape: tuple[int, int, int]) -> np.ndarray:
         """The segment's bytes as an H x W x C array (writable if opened writable)."""
@@ -150,8 +164,9 @@ class Mapped:
         self._closed = True
         with contextlib.suppress(BufferError):  # exported: released when the array is freed
             self.data.release()
-        with contextlib.suppress(BufferError):  # a view remains: unmapped when it is freed
-            self._map.close()
+        if self._owned:
+            with contextlib.suppress(BufferError):  # a view remains: unmapped when it is freed
+                self._map.close()
 
 
 class FrameStore:
@@ -169,6 +184,8 @@ class FrameStore:
         self._creator = f"{_pid_namespace()}-{pid}-{start}-"
         self._lock = threading.Lock()
         self._live: dict[str, Segment] = {}
+        self._idle: list[tuple[float, Segment]] = []
+        self._maps: dict[tuple[str, bool], tuple[int, mmap.mmap]] = {}
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -185,6 +202,17 @@ class FrameStore:
     def create(self, shape: tuple[int, int, int]) -> Segment:
         """A new segment with room for an H x W x C frame (``pixels`` is writable)."""
         size = shape[0] * shape[1] * shape[2]
+        with self._lock:
+            pooled = next((i for i, (_, s) in enumerate(self._idle) if s.size == size), None)
+            segment = self._idle.pop(pooled)[1] if pooled is not None else None
+        if segment is not None:  # a fresh token: handles to its last frame no longer open
+            segment.token = secrets.token_bytes(TOKEN_BYTES)
+            segment._map[:HEADER.size] = HEADER.pack(MAGIC, size, segment.token)
+            segment.pixels = np.frombuffer(segment._map, dtype=np.uint8, count=size,
+                                           offset=HEADER_SIZE).reshape(shape)
+            with self._lock:
+                self._live[segment.name] = segment
+            return segment
         name = f"{self.prefix}{self._creator}{next(_SEQUENCE)}"
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=self._dir_fd)
@@ -210,6 +238,14 @@ class FrameStore:
         with self._lock:
             if self._live.pop(segment.name, None) is None:
                 return
+            # the frame ends here: its token is void at once; the memory may be reused
+            segment._map[:HEADER.size] = HEADER.pack(MAGIC, segment.size, bytes(TOKEN_BYTES))
+            if not self._stop.is_set() and len(self._idle) < POOL_SEGMENTS:
+                self._idle.append((time.monotonic(), segment))
+                return
+        self._unlink(segment)
+
+    def _unlink(self, segment: Segment) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segment.name, dir_fd=self._dir_fd)
         segment.pixels = np.empty((0, 0, 0), dtype=np.uint8)
@@ -255,17 +291,64 @@ class FrameStore:
             if st.st_size != HEADER_SIZE + handle.size:
                 raise BadHandle(f"image.shm segment {name} holds {st.st_size - HEADER_SIZE} "
                                 f"bytes, the handle says {handle.size}")
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            region = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=prot)
+            key = (name, writable)
+            with self._lock:
+                cached = self._maps.get(key)
+            fresh = cached is None or cached[0] != st.st_ino
+            if fresh:
+                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                region = mmap.mmap(fd, st.st_size, flags=flags, prot=prot)
+            else:
+                assert cached is not None
+                region = cached[1]
         finally:
             os.close(fd)
         magic, size, token = HEADER.unpack_from(region)
         if magic != MAGIC or size != handle.size or not hmac.compare_digest(token, handle.token):
-            region.close()
+            if fresh:
+                region.close()
             raise BadHandle(f"image.shm segment {name} does not match the handle (wrong token "
                             "or size: forged or stale)")
+        if fresh:
+            self._cache_mapping(key, st.st_ino, region)
         view = memoryview(region)[HEADER_SIZE:HEADER_SIZE + handle.size]
-        return Mapped(view, region)
+        return Mapped(view, region, _owned=False)
+
+    def _cache_mapping(self, key: tuple[str, bool], inode: int, region: mmap.mmap) -> None:
+        with self._lock:
+            old = self._maps.pop(key, None)
+            self._maps[key] = (inode, region)
+            evicted = [old] if old else []
+            while len(self._maps) > MAPPING_CACHE:
+                evicted.append(self._maps.pop(next(iter(self._maps))))
+        for _, stale in evicted:
+            with contextlib.suppress(BufferError):  # still in use: unmapped when freed
+                stale.close()
+
+    def _drop_gone_mappings(self) -> None:
+        """Unmaps cached segments that were unlinked (or replaced) since."""
+        with self._lock:
+            items = list(self._maps.items())
+        for (name, writable), (inode, region) in items:
+            try:
+                alive = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_ino == inode
+            except FileNotFoundError:
+                alive = False
+            if not alive:
+                with self._lock:
+                    if self._maps.get((name, writable), (0, None))[1] is region:
+                        del self._maps[(name, writable)]
+                with contextlib.suppress(BufferError):
+                    region.close()
+
+    def _expire_idle(self, max_idle: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [s for t, s in self._idle if now - t >= max_idle]
+            self._idle = [(t, s) for t, s in self._idle if now - t < max_idle]
+        for segment in expired:
+            self._unlink(segment)
 
     # -- cleaning up ------------------------------------------------------------------------------
 
@@ -301,6 +384,8 @@ class FrameStore:
         def loop() -> None:
             while not self._stop.wait(interval):
                 self.sweep()
+                self._expire_idle(POOL_IDLE_S)
+                self._drop_gone_mappings()
 
         self._sweeper = threading.Thread(target=loop, name="shm-sweeper", daemon=True)
         self._sweeper.start()
@@ -312,6 +397,13 @@ class FrameStore:
             live = list(self._live.values())
         for segment in live:
             segment.close()
+        self._expire_idle(0.0)
+        with self._lock:
+            maps = [region for _, region in self._maps.values()]
+            self._maps.clear()
+        for region in maps:
+            with contextlib.suppress(BufferError):
+                region.close()
         if self._sweeper is not None:
             self._sweeper.join(5)
         with contextlib.suppress(OSError):
