@@ -511,12 +511,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_GET
 
     def _read_body(self, limit: int) -> bytes | None:
+        """The request body, at most `limit` bytes (413 beyond, before reading it when the
+        length is declared); None when an error answer was sent instead."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self.close_connection = True
-            self._send_error(HttpError(411, "INVALID_ARGUMENT", "send the image with a "
-                                                                "Content-Length (no chunked "
-                                                                "body)"))
-            return None
+            return self._read_chunked(limit)
         declared = (self.headers.get("Content-Length") or "").strip()
         if not declared.isdigit():
             self.close_connection = True
@@ -526,9 +524,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = int(declared)
         if size > limit:
             self.close_connection = True  # the body is never read
-            self._send_error(HttpError(
-                413, "RESOURCE_EXHAUSTED", f"step {self.server.face.step_id}: the body is "
-                f"{size} bytes; this step accepts at most {limit} (--max-message-mb)"))
+            self._too_large(f"the body is {size} bytes", limit)
             return None
         try:
             body = self.rfile.read(size)
@@ -540,6 +536,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(_bad(f"the body ended after {len(body)} of {size} bytes"))
             return None
         return body
+
+    def _read_chunked(self, limit: int) -> bytes | None:
+        """A chunked body (curl -T -, streaming clients), refused once it passes `limit`."""
+        parts: list[bytes] = []
+        total = 0
+        try:
+            while True:
+                line = self.rfile.readline(1024)
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    self.close_connection = True
+                    self._send_error(_bad(f"bad chunk size line {line[:40]!r}"))
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                total += size
+                if size < 0 or total > limit:
+                    self.close_connection = True
+                    self._too_large("the chunked body passed that", limit)
+                    return None
+                chunk = self.rfile.read(size)
+                self.rfile.readline(1024)  # the CRLF after the chunk
+                if len(chunk) != size:
+                    self.close_connection = True
+                    self._send_error(_bad("the chunked body ended inside a chunk"))
+                    return None
+                parts.append(chunk)
+        except (OSError, TimeoutError):
+            self.close_connection = True
+            return None
+
+    def _too_large(self, what: str, limit: int) -> None:
+        self._send_error(HttpError(
+            413, "RESOURCE_EXHAUSTED", f"step {self.server.face.step_id}: {what}; this step "
+            f"accepts at most {limit} bytes (--max-message-mb)"))
 
     def _send_error(self, error: HttpError, extra: list[tuple[str, str]] | None = None) -> None:
         face = self.server.face

@@ -278,3 +278,24 @@ def test_flask_users_curl_calls_and_load_tests_work_unchanged(tmp_path: Path) ->
         assert httpx.get(f"{service.url}/pipeline/{pipeline_id}").status_code == 404
     finally:
         service.stop()
+
+
+def test_every_stepchain_and_locust_command_in_the_migration_notes_is_accepted() -> None:
+    import re
+    import shlex
+
+    from stepsvc.cli import build_parser
+
+    docs = (ROOT / "docs" / "migrating.md").read_text()
+    lines = [line.split(" #")[0].strip() for block in re.findall(r"```[a-z]*\n(.*?)```", docs,
+                                                                    re.S)
+             for line in block.splitlines()]
+    commands = [line.rstrip("&").strip() for line in lines if line.startswith("stepchain ")]
+    assert len(commands) >= 2
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # SystemExit on a bad flag
+        assert callable(args.func), command
+    locust = [line.removeprefix("locust -f loadtest/locustfile.py ") for line in lines
+              if line.startswith("locust ")]
+    assert locust == FLASK_LOCUST_LINES  # the Flask tool's lines, our locustfile

@@ -180,6 +180,20 @@ def test_body_over_the_message_limit_is_413_before_it_is_read() -> None:
     assert b'"code": "RESOURCE_EXHAUSTED"' in head and b"at most 1048576" in head
 
 
+def test_chunked_body_over_the_message_limit_is_413() -> None:
+    with in_process() as pipe:
+        entry = pipe.add(0, [{"id": 0, "type": "identity"}], max_message_mb=1)
+        http = start_http_face(entry, 0, host="127.0.0.1")
+        try:
+            reply = httpx.post(f"http://127.0.0.1:{http.port}/process",
+                               content=iter([b"\x89PNG" + b"x" * 65536] * 40),
+                               headers={"Content-Type": "image/png"})
+        finally:
+            http.stop()
+    assert reply.status_code == 413
+    assert reply.json()["code"] == "RESOURCE_EXHAUSTED"
+
+
 def test_image_over_the_pixel_limit_is_413_naming_the_flag() -> None:
     with in_process() as pipe:
         entry = pipe.add(0, [{"id": 0, "type": "identity"}], max_pixels=100)
@@ -198,7 +212,8 @@ def test_garbage_on_the_socket_never_stops_the_face(face: tuple[str, Recorder]) 
     url, _ = face
     port = int(url.rsplit(":", 1)[1])
     for junk in (b"\x00\x01garbage\r\n\r\n", b"POST /process HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-                 b"POST /process HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"):
+                 b"POST /process HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n",
+                 b"POST /process HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(junk)
             assert sock.recv(4096).startswith(b"HTTP/1.")
@@ -207,6 +222,19 @@ def test_garbage_on_the_socket_never_stops_the_face(face: tuple[str, Recorder]) 
     ok = httpx.post(f"{url}/process", content=encoded(noisy_image(8, 8), "PNG"),
                     headers={"Content-Type": "image/png"})
     assert ok.status_code == 200
+
+
+def test_chunked_body_is_read_up_to_the_limit(face: tuple[str, Recorder]) -> None:
+    url, _ = face
+    png = encoded(noisy_image(16, 16), "PNG")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: httpx sends it chunked
+        for i in range(0, len(png), 100):
+            yield png[i:i + 100]
+
+    reply = httpx.post(f"{url}/process", content=chunks(), headers={"Content-Type": "image/png"})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "image/png"
 
 
 def test_http_port_comes_from_the_flag_then_service_port_then_kubernetes() -> None:
