@@ -36,7 +36,7 @@ ENV PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
-# gRPC (with grpc.health.v1 and reflection) and Prometheus metrics.
-EXPOSE 50051 9464
+# gRPC (with grpc.health.v1 and reflection), the HTTP face (POST /process) and Prometheus metrics.
+EXPOSE 50051 8080 9464
 ENTRYPOINT ["stepchain"]
-CMD ["step", "serve", "--config-env", "PIPELINE_CONFIG", "--port", "50051", "--discovery", "kubernetes", "--metrics-port", "9464"]
+CMD ["step", "serve", "--config-env", "PIPELINE_CONFIG", "--port", "50051", "--discovery", "kubernetes", "--metrics-port", "9464", "--http-port", "8080"]

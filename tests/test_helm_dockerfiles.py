@@ -72,7 +72,7 @@ def exec_form(args: str) -> list[str]:
 
 
 IMAGES = {
-    "step": {"ports": {50051, 9464}},
+    "step": {"ports": {50051, 8080, 9464}},
     "topology": {"ports": {8080}},
 }
 
@@ -132,9 +132,9 @@ def test_final_stage_exposes_the_service_ports(image: str) -> None:
 
 
 def test_step_image_ports_match_the_rendered_step_deployments() -> None:
-    from topology.render import GRPC_PORT, METRICS_PORT
+    from topology.render import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
-    assert IMAGES["step"]["ports"] == {GRPC_PORT, METRICS_PORT}
+    assert IMAGES["step"]["ports"] == {GRPC_PORT, HTTP_PORT, METRICS_PORT}
 
 
 def test_entrypoint_is_the_stepchain_console_script(image: str) -> None:
@@ -149,7 +149,7 @@ def test_step_image_command_is_a_valid_step_serve_with_kubernetes_discovery() ->
     args = build_parser().parse_args(exec_form(cmd))
     assert args.command == "step"
     assert args.config_env == "PIPELINE_CONFIG"
-    assert args.port == 50051 and args.metrics_port == 9464
+    assert args.port == 50051 and args.metrics_port == 9464 and args.http_port == 8080
     assert args.discovery == "kubernetes"
 
 
