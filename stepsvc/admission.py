@@ -88,6 +88,32 @@ class Admission:
         return (f"{self._inflight} requests in flight (--max-inflight {self.max_inflight}), "
                 f"{len(self._waiters)} waiting (--max-queue {self.max_queue}){bound}")
 
+    def check(self, timeout: float | None = None) -> None:
+        """Raises what acquire(timeout) would raise at once (Draining, QueueFull), without
+        taking or waiting for anything: a step refuses with it before reading the request."""
+        with self._lock:
+            if self._inflight < self.max_inflight and not self._waiters and not self._closed:
+                return
+            self._check(timeout)
+
+    def _check(self, timeout: float | None) -> None:
+        if self._closed:
+            raise Draining("the step is draining (shutting down) and takes no new requests")
+        if len(self._waiters) >= self.max_queue:
+            raise QueueFull(f"step is at its limit: {self._limits()}; retry later or add "
+                            "replicas")
+        expected = self._expected_wait()
+        if timeout is not None and expected > timeout:
+            raise QueueFull(
+                f"the expected wait for a slot, {expected * 1000:.0f} ms (~"
+                f"{(self.hold_s or 0) * 1000:.0f} ms per request), is longer than the "
+                f"request's remaining deadline, {timeout * 1000:.0f} ms: refused now rather "
+                f"than timing out in the queue; {self._limits()}; retry later or add replicas")
+        if self.max_queue_wait is not None and expected > self.max_queue_wait:
+            raise QueueFull(
+                f"step is at its limit: the expected wait for a slot is "
+                f"{expected * 1000:.0f} ms; {self._limits()}; retry later or add replicas")
+
     def acquire(self, timeout: float | None = None) -> float:
         """Takes a slot, waiting at most `timeout` seconds; returns the seconds spent waiting.
 
@@ -97,26 +123,10 @@ class Admission:
         """
         start = time.perf_counter()
         with self._lock:
-            if self._closed:
-                raise Draining("the step is draining (shutting down) and takes no new requests")
-            if self._inflight < self.max_inflight and not self._waiters:
+            if self._inflight < self.max_inflight and not self._waiters and not self._closed:
                 self._inflight += 1
                 return 0.0
-            if len(self._waiters) >= self.max_queue:
-                raise QueueFull(f"step is at its limit: {self._limits()}; retry later or add "
-                                "replicas")
-            expected = self._expected_wait()
-            if timeout is not None and expected > timeout:
-                raise QueueFull(
-                    f"the expected wait for a slot, {expected * 1000:.0f} ms (~"
-                    f"{(self.hold_s or 0) * 1000:.0f} ms per request), is longer than the "
-                    f"request's remaining deadline, {timeout * 1000:.0f} ms: refused now rather "
-                    f"than timing out in the queue; {self._limits()}; retry later or add "
-                    "replicas")
-            if self.max_queue_wait is not None and expected > self.max_queue_wait:
-                raise QueueFull(
-                    f"step is at its limit: the expected wait for a slot is "
-                    f"{expected * 1000:.0f} ms; {self._limits()}; retry later or add replicas")
+            self._check(timeout)
             ticket = threading.Event()
             self._waiters.append(ticket)
         # release() hands a slot directly to the first waiter by setting its event.

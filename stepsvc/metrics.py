@@ -25,7 +25,7 @@ benchmark) never collide; :meth:`StepMetrics.serve_http` exposes it on ``--metri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import HTTPServer
 from threading import Thread
@@ -43,7 +43,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from stepsvc.telemetry.filters import call_code, is_step_call
+from stepsvc.telemetry.filters import behavior_of, call_code, is_step_call, rewrap
 
 if TYPE_CHECKING:
     from stepsvc.admission import Admission
@@ -181,12 +181,21 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if not is_step_call(method, handler):  # health probes and reflection are not requests
             return handler
-        behavior = handler.unary_unary
+        behavior = behavior_of(handler)
         metrics = self._metrics
+        streaming = handler.request_streaming
+
+        def counted(requests: Iterator[Any]) -> Iterator[Any]:
+            for request in requests:  # Process reads its one message after admission
+                metrics.received_bytes.inc(request.ByteSize())
+                yield request
 
         def metered(request: Any, context: grpc.ServicerContext) -> Any:
             metrics.in_flight.inc()
-            metrics.received_bytes.inc(request.ByteSize())
+            if streaming:
+                request = counted(request)
+            else:
+                metrics.received_bytes.inc(request.ByteSize())
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
             try:
@@ -203,6 +212,4 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                 metrics.in_flight.dec()
                 metrics.count_request(code)
 
-        return grpc.unary_unary_rpc_method_handler(
-            metered, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return rewrap(handler, metered)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -165,9 +165,26 @@ def process_handler(servicer: StepServicer) -> grpc.GenericRpcHandler:
     :func:`stepsvc.wire.parse_request` (pixels stay a view of the received bytes) and the
     response goes out as the bytes the servicer built. Same wire format as the generated code,
     so reflection, grpcurl and every other client see no difference."""
-    method = grpc.unary_unary_rpc_method_handler(
-        servicer.process_bytes, request_deserializer=wire.parse_request,
-        response_serializer=_payload)
+    def process(requests: Iterator[wire.RequestView],
+                context: grpc.ServicerContext) -> wire.ResponseBytes:
+        # Registered as client-streaming (the wire is the same as unary's: one message each
+        # way), so this runs when the call starts: the step's admission decides before the
+        # request's megabytes are read (refusing at once, by name), and calls reading their
+        # bytes count against its limits instead of piling up behind gRPC's thread pool.
+        start = time.perf_counter()
+        waited = servicer.admit(context)
+        try:
+            request = next(requests, None)
+            if request is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"step {servicer.step.id} ({servicer.step.type}): {SERVICE_NAME}/"
+                              "Process: the call carried no request message")
+            return servicer.process_bytes(request, context, admitted=waited)
+        finally:
+            servicer.admission.release(time.perf_counter() - start - waited)
+
+    method = grpc.stream_unary_rpc_method_handler(
+        process, request_deserializer=wire.parse_request, response_serializer=_payload)
     describe = grpc.unary_unary_rpc_method_handler(
         servicer.Describe, request_deserializer=step_pb2.DescribeRequest.FromString,
         response_serializer=step_pb2.DescribeResponse.SerializeToString)
@@ -213,10 +230,11 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
         # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
         options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0),
                  *settings.connection_options()],
-        # A last resort only: gRPC counts an RPC until its answer is written, so a cap equal
-        # to the pool answered the generic "Concurrent RPC limit exceeded!" (after seconds)
-        # where the step's admission should have refused by name. Admission decides first.
-        maximum_concurrent_rpcs=4 * workers,
+        # A last resort only: admission holds a thread per admitted call (in flight or queued)
+        # and refuses the rest at once, by name, on the spare threads; gRPC's own cap (its
+        # generic "Concurrent RPC limit exceeded!") leaves room for those refusals and for
+        # answers still being written.
+        maximum_concurrent_rpcs=workers + SPARE_THREADS,
     )
     server.add_generic_rpc_handlers((process_handler(servicer),))
     health_servicer = health.HealthServicer()

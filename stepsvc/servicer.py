@@ -167,24 +167,62 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             config_json=self.config.model_dump_json(), max_pixels=self.max_pixels,
             max_message_bytes=self.max_message_bytes)
 
+    def admit(self, context: grpc.ServicerContext) -> float:
+        """Takes an admission slot at the start of a call, before its request message is read;
+        returns the seconds waited for it. A call admission refuses (draining, queue full,
+        expected wait longer than its deadline) is aborted at once, naming the step and its
+        limits: the answer does not wait for megabytes still on the wire, and calls reading
+        their bytes are bounded by the step's own limits, not gRPC's. The caller gives the
+        slot back with ``admission.release``."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None or remaining > _NO_DEADLINE else remaining
+        where = f"step {self.step.id} ({self.step.type})"
+        started = time.perf_counter()
+        try:
+            with self.observer.phase("queue"):
+                return self.admission.acquire(deadline)
+        except Draining as exc:
+            refusal = StepAbort(grpc.StatusCode.FAILED_PRECONDITION, f"{where}: {exc}",
+                                ((DRAINING_KEY, "1"),))
+        except QueueFull as exc:
+            refusal = StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{where}: {exc}")
+        except QueueTimeout as exc:
+            refusal = StepAbort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{where}: {exc}")
+        timing = step_pb2.StepTiming(
+            pipeline_id=self.config.pipeline_id, step_id=self.step.id,
+            step_type=self.step.type, host=self.host,
+            queue_wait_ms=_ms(time.perf_counter() - started),
+            total_ms=_ms(time.perf_counter() - started))
+        try:  # refused before the request was read: its header is not known
+            self.observer.finished(code=refusal.code, timing=timing,
+                                   request=step_pb2.ProcessRequest(), response=None)
+        except Exception:  # telemetry must never turn an answer into a failure
+            log.exception("step %s: observer.finished failed", self.step.id)
+        context.set_trailing_metadata((*refusal.trailers, (FAILED_STEP_KEY, str(self.step.id))))
+        context.abort(refusal.code, refusal.message)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
     def Process(self, request: step_pb2.ProcessRequest,
                 context: grpc.ServicerContext) -> step_pb2.ProcessResponse:
         """The protobuf-message API (in-process callers); the same path as the gRPC method."""
         raw = self.process_bytes(wire.parse_request(request.SerializeToString()), context)
         return wire.parse_response(raw.payload)
 
-    def process_bytes(self, request: wire.RequestView,
-                      context: grpc.ServicerContext) -> wire.ResponseBytes:
-        """The gRPC method: a parsed request view in, the serialized response out."""
+    def process_bytes(self, request: wire.RequestView, context: grpc.ServicerContext,
+                      admitted: float | None = None) -> wire.ResponseBytes:
+        """The gRPC method: a parsed request view in, the serialized response out.
+
+        `admitted`: the seconds the call waited for the admission slot it already holds
+        (:meth:`admit`); None = take one here."""
         if self.frames is not None:  # where this step reads shared memory (senders cache it)
             send = getattr(context, "send_initial_metadata", None)
             if send is not None:
                 send(((DOMAIN_KEY, self.frames.domain),))
         with ExitStack() as cleanup:  # shared-memory segments live until the answer is built
-            return self._process_bytes(request, context, cleanup)
+            return self._process_bytes(request, context, cleanup, admitted)
 
     def _process_bytes(self, request: wire.RequestView, context: grpc.ServicerContext,
-                       cleanup: ExitStack) -> wire.ResponseBytes:
+                       cleanup: ExitStack, admitted: float | None) -> wire.ResponseBytes:
         started = time.perf_counter()
         timing = step_pb2.StepTiming(
             pipeline_id=self.config.pipeline_id, step_id=self.step.id,
@@ -198,7 +236,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                 raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"step {self.step.id} ({self.step.type}): {PROCESS_METHOD}: "
                                 f"{request.error}")
-            answer = self._process(request, context, timing, cleanup)
+            answer = self._process(request, context, timing, cleanup, admitted)
             probe = step_pb2.ProcessResponse(request_id=answer.request_id)
         except StepAbort as abort:
             failure = abort
@@ -259,9 +297,10 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         return wire.join_response(before, answer.downstream, after)
 
     def _process(self, view: wire.RequestView, context: grpc.ServicerContext,
-                 timing: step_pb2.StepTiming, cleanup: ExitStack) -> _Answer:
+                 timing: step_pb2.StepTiming, cleanup: ExitStack,
+                 admitted: float | None) -> _Answer:
         request = view.header
-        if self.admission.closed:
+        if self.admission.closed and admitted is None:
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"step {self.step.id} ({self.step.type}) is draining (shutting down) "
                             "and takes no new requests; retry on another replica",
@@ -286,32 +325,42 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                             f"step {self.step.id} ({self.step.type}): {exc}") from None
         deadline = self._remaining(context)
 
-        with self._phase("queue", timing, "queue_wait_ms"):
-            try:
-                waited = self.admission.acquire(deadline)
-            except QueueFull as exc:
-                raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"step {self.step.id} ({self.step.type}): {exc}") from None
-            except QueueTimeout as exc:
-                raise StepAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"step {self.step.id} ({self.step.type}): {exc}") from None
-            except Draining as exc:
-                raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"step {self.step.id} ({self.step.type}): {exc}",
-                                ((DRAINING_KEY, "1"),)) from None
-            held = time.perf_counter()
+        if admitted is not None:  # the gRPC method took the slot before reading the request
+            waited = admitted
+            timing.queue_wait_ms = _ms(admitted)
+        else:
+            with self._phase("queue", timing, "queue_wait_ms"):
+                waited = self._acquire(deadline)
+        held = time.perf_counter()
+        try:
             try:  # the slot's memory: what does not fit waits as long as the deadline allows
                 self.memory.reserve(need, max(0.0, deadline - waited))
             except MemoryExhausted as exc:
-                self.admission.release()
                 raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"step {self.step.id} ({self.step.type}): {exc}") from None
-        try:
-            return self._run(view, context, timing, cleanup, request_id, threads, passes,
-                             schedule)
+            try:
+                return self._run(view, context, timing, cleanup, request_id, threads, passes,
+                                 schedule)
+            finally:
+                self.memory.release(need)
         finally:
-            self.memory.release(need)
-            self.admission.release(time.perf_counter() - held)
+            if admitted is None:
+                self.admission.release(time.perf_counter() - held)
+
+    def _acquire(self, deadline: float) -> float:
+        """An admission slot, or StepAbort naming the step (queue full, deadline, draining)."""
+        try:
+            return self.admission.acquire(deadline)
+        except QueueFull as exc:
+            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"step {self.step.id} ({self.step.type}): {exc}") from None
+        except QueueTimeout as exc:
+            raise StepAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"step {self.step.id} ({self.step.type}): {exc}") from None
+        except Draining as exc:
+            raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"step {self.step.id} ({self.step.type}): {exc}",
+                            ((DRAINING_KEY, "1"),)) from None
 
     def _memory_need(self, view: wire.RequestView) -> int:
         """Bytes the request will hold at its peak, from its header (see memory_budget);
@@ -324,10 +373,10 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
                 header = codec.ImageHeader(image.height, image.width, max(image.channels, 1), 0)
             else:
                 header = codec.read_header(image, max_pixels=self.max_pixels, data=view.data)
-        except codec.PixelLimitError as exc:
-            raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-        except codec.ImageError as exc:
-            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except codec.ImageError:
+            # A bad or oversized header costs nothing to hold: the decode phase refuses it with
+            # the same check (and the trace shows it failing there).
+            return 0
         h, w, c = header.height, header.width, header.channels
         self._check_output_size(h, w)
         last = is_last_step(self.step)

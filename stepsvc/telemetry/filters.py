@@ -19,10 +19,24 @@ UNMETERED_METHODS = frozenset({STEP_SERVICE_PREFIX + "Describe"})
 
 def is_step_call(method: str, handler: Any) -> bool:
     """Whether a call to `method`, handled by `handler` (an ``RpcMethodHandler`` or None), is
-    a unary StepService call: the only kind telemetry wraps."""
+    a StepService call with one response: the only kind telemetry wraps. Process is served as
+    client-streaming (one message, read after admission: see stepsvc.server), so its
+    behavior takes a request iterator; wrappers keep the handler's kind (:func:`rewrap`)."""
     return (handler is not None and method.startswith(STEP_SERVICE_PREFIX)
-            and method not in UNMETERED_METHODS
-            and not handler.request_streaming and not handler.response_streaming)
+            and method not in UNMETERED_METHODS and not handler.response_streaming)
+
+
+def behavior_of(handler: Any) -> Any:
+    """The handler's behavior: ``(request or request iterator, context) -> response``."""
+    return handler.stream_unary if handler.request_streaming else handler.unary_unary
+
+
+def rewrap(handler: Any, behavior: Any) -> Any:
+    """A handler of the same kind and (de)serializers as `handler` running `behavior`."""
+    make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler)
+    return make(behavior, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
 
 
 def call_code(context: grpc.ServicerContext, *, raised: bool) -> grpc.StatusCode:

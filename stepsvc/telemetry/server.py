@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from stepsvc.telemetry.filters import call_code, call_details, is_step_call
+from stepsvc.telemetry.filters import behavior_of, call_code, call_details, is_step_call, rewrap
 from stepsvc.telemetry.spans import rpc_attributes, set_rpc_status
 
 
@@ -36,7 +36,7 @@ class ServerTracingInterceptor(grpc.ServerInterceptor):
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if not is_step_call(method, handler):
             return handler
-        behavior = handler.unary_unary
+        behavior = behavior_of(handler)
         tracer = self._tracer
         name = method.lstrip("/")
         attributes = rpc_attributes(method)
@@ -62,6 +62,4 @@ class ServerTracingInterceptor(grpc.ServerInterceptor):
             finally:
                 otel_context.detach(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            traced, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return rewrap(handler, traced)
