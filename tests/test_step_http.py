@@ -6,6 +6,7 @@ import io
 import re
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -28,6 +29,7 @@ from stepsvc.servicer import StepObserver
 
 TWO_STEPS = [{"id": 0, "type": "blur", "params": {"sigma": 1.0}, "next_step": 1},
              {"id": 1, "type": "grayscale"}]
+IDENTITY = [{"id": 0, "type": "identity"}]
 SECONDS = re.compile(r"^\d+(\.\d+)?(e-?\d+)?$")
 
 
@@ -47,18 +49,28 @@ class Recorder(StepObserver):
         self.codes.append(code)
 
 
+@contextmanager
+def http_pipeline(steps: list[dict[str, Any]], *, inactive: tuple[int, ...] = (),
+                  observer: StepObserver | None = None, **settings: Any) -> Iterator[str]:
+    """In-process steps (the first with `observer` and `settings`) and the first one's HTTP
+    face; yields its base URL."""
+    with in_process() as pipe:
+        entry = pipe.add(steps[0]["id"], steps, observer=observer, **settings)
+        for step in steps[1:]:
+            pipe.add(step["id"], steps, active=step["id"] not in inactive)
+        http = start_http_face(entry, 0, host="127.0.0.1")
+        try:
+            yield f"http://127.0.0.1:{http.port}"
+        finally:
+            http.stop()
+
+
 @pytest.fixture()
 def face() -> Iterator[tuple[str, Recorder]]:
     """A two-step in-process pipeline with the HTTP face on the entry step."""
     recorder = Recorder()
-    with in_process() as pipe:
-        entry = pipe.add(0, TWO_STEPS, observer=recorder, max_passes=5)
-        pipe.add(1, TWO_STEPS)
-        http = start_http_face(entry, 0, host="127.0.0.1")
-        try:
-            yield f"http://127.0.0.1:{http.port}", recorder
-        finally:
-            http.stop()
+    with http_pipeline(TWO_STEPS, observer=recorder, max_passes=5) as url:
+        yield url, recorder
 
 
 def test_raw_jpeg_body_comes_back_as_jpeg_with_one_time_header_per_step(
@@ -145,16 +157,9 @@ def test_bad_query_parameters_are_400_naming_the_parameter(face: tuple[str, Reco
 
 
 def test_downstream_failure_names_the_step_with_the_http_status_of_its_code() -> None:
-    with in_process() as pipe:
-        entry = pipe.add(0, TWO_STEPS)
-        pipe.add(1, TWO_STEPS, active=False)  # step 1 is not in discovery
-        http = start_http_face(entry, 0, host="127.0.0.1")
-        try:
-            reply = httpx.post(f"http://127.0.0.1:{http.port}/process",
-                               content=encoded(noisy_image(8, 8), "PNG"),
-                               headers={"Content-Type": "image/png"})
-        finally:
-            http.stop()
+    with http_pipeline(TWO_STEPS, inactive=(1,)) as url:  # step 1 is not in discovery
+        reply = httpx.post(f"{url}/process", content=encoded(noisy_image(8, 8), "PNG"),
+                           headers={"Content-Type": "image/png"})
     assert reply.status_code == 503
     body = reply.json()
     assert (body["code"], body["step"]) == ("UNAVAILABLE", 0)
@@ -163,47 +168,31 @@ def test_downstream_failure_names_the_step_with_the_http_status_of_its_code() ->
 
 
 def test_body_over_the_message_limit_is_413_before_it_is_read() -> None:
-    with in_process() as pipe:
-        entry = pipe.add(0, [{"id": 0, "type": "identity"}], max_message_mb=1)
-        http = start_http_face(entry, 0, host="127.0.0.1")
-        try:
-            with socket.create_connection(("127.0.0.1", http.port), timeout=10) as sock:
-                # Declares 100 MB and sends none of it: the answer must not wait for the body.
-                sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                             b"Content-Length: 100000000\r\n\r\n")
-                head = b""
-                while chunk := sock.recv(65536):  # the face closes after its answer
-                    head += chunk
-        finally:
-            http.stop()
+    with http_pipeline(IDENTITY, max_message_mb=1) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            # Declares 100 MB and sends none of it: the answer must not wait for the body.
+            sock.sendall(b"POST /process HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 100000000\r\n\r\n")
+            head = b""
+            while chunk := sock.recv(65536):  # the face closes after its answer
+                head += chunk
     assert head.startswith(b"HTTP/1.1 413")
     assert b'"code": "RESOURCE_EXHAUSTED"' in head and b"at most 1048576" in head
 
 
 def test_chunked_body_over_the_message_limit_is_413() -> None:
-    with in_process() as pipe:
-        entry = pipe.add(0, [{"id": 0, "type": "identity"}], max_message_mb=1)
-        http = start_http_face(entry, 0, host="127.0.0.1")
-        try:
-            reply = httpx.post(f"http://127.0.0.1:{http.port}/process",
-                               content=iter([b"\x89PNG" + b"x" * 65536] * 40),
-                               headers={"Content-Type": "image/png"})
-        finally:
-            http.stop()
+    with http_pipeline(IDENTITY, max_message_mb=1) as url:
+        reply = httpx.post(f"{url}/process", content=iter([b"\x89PNG" + b"x" * 65536] * 40),
+                           headers={"Content-Type": "image/png"})
     assert reply.status_code == 413
     assert reply.json()["code"] == "RESOURCE_EXHAUSTED"
 
 
 def test_image_over_the_pixel_limit_is_413_naming_the_flag() -> None:
-    with in_process() as pipe:
-        entry = pipe.add(0, [{"id": 0, "type": "identity"}], max_pixels=100)
-        http = start_http_face(entry, 0, host="127.0.0.1")
-        try:
-            reply = httpx.post(f"http://127.0.0.1:{http.port}/process",
-                               content=encoded(noisy_image(20, 20), "PNG"),
-                               headers={"Content-Type": "image/png"})
-        finally:
-            http.stop()
+    with http_pipeline(IDENTITY, max_pixels=100) as url:
+        reply = httpx.post(f"{url}/process", content=encoded(noisy_image(20, 20), "PNG"),
+                           headers={"Content-Type": "image/png"})
     assert reply.status_code == 413
     assert "--max-pixels" in reply.json()["error"]
 
