@@ -27,13 +27,14 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path: Path,
     assert scaling["threads"] == [1, 2] and scaling["speedup"][0] == pytest.approx(1.0)
     targets = {t["target"] for t in doc["targets"]}
     assert "resize (bicubic) time / OpenCV time, 2 thread(s)" in targets
-    assert any(t.startswith("gaussian_blur speed-up 1 -> 2") or
+    assert any(t.startswith("gaussian_blur speed-up 1 -> 2 threads (wall)") or
                t.startswith("gaussian_blur GB/s at 2 threads") for t in targets)
     assert set(doc["copy_bandwidth_gb_per_s"]["160x96"]) == {"1", "2"}
     assert row["roofline"] > 0 and row["bytes"] == 2 * 160 * 96 * 3
     one = next(r for r in doc["results"] if r["label"] == "gaussian_blur" and r["threads"] == 1)
     assert one["vs_opencv_cpu"] > 0 and row["vs_opencv_cpu"] is None  # CPU ratio: 1 thread only
     assert scaling["memory_bound"] in (True, False)
+    assert row["cpu_speedup"] is None or row["cpu_speedup"] > 0
     md = (tmp_path / "kernels.md").read_text()
     assert "| kernel | threads | stepchain ms | OpenCV ms |" in md
     assert "## Targets" in md and "| gaussian_blur | 2 |" in md
