@@ -641,6 +641,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             f = sc["serial_fraction"]
             name = f"{label} (serial {f:.2f})" if f is not None else label
             speed_ax.plot(sc["threads"], sc["speedup"], "o-", color=color, label=name)
+            cpu = [(t, v) for t, v in zip(sc["threads"], sc.get("cpu_speedup", []), strict=False)
+                   if v is not None]
+            if cpu:
+                speed_ax.plot(*zip(*cpu, strict=True), "x", color=color, markersize=10,
+                              markeredgewidth=2)
             if f is not None:
                 speed_ax.plot(t_fine, [amdahl(t, f) for t in t_fine], "--", color=color,
                               alpha=0.5)
@@ -652,7 +657,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         speed_ax.plot(t_fine, t_fine, ":", color="grey", label="ideal")
         speed_ax.axhline(TARGET_SPEEDUP, color="red", linestyle="--", alpha=0.5,
                          label=f"target {TARGET_SPEEDUP}x at 2 threads")
-        speed_ax.set_title(f"{size}: compute-bound kernels, speed-up (dashed: Amdahl fit)")
+        speed_ax.set_title(f"{size}: compute-bound kernels, speed-up: wall (o, dashed Amdahl "
+                           "fit), CPU critical path (x)", fontsize=10)
         roof_ax.set_title(f"{size}: memory-bound kernels, roofline (GB/s in + out)")
         for ax, ylabel in ((speed_ax, "speed-up over 1 thread"), (roof_ax, "GB/s")):
             ax.set_xlabel("threads")
