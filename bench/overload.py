@@ -41,7 +41,7 @@ from stepsvc import codec
 from stepsvc.forward import channel_options
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
 
-CHAIN = (("grayscale", {}), ("gaussian_blur", {"sigma": 2.0}), ("identity", {}))
+CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("grayscale", {}), ("gaussian_blur", {"sigma": 2.0}), ("identity", {}))
 METHOD = "/stepchain.v1.StepService/Process"
 #: Seconds past its deadline after which a call without an answer counts as hung.
 HANG_MARGIN_S = 5.0
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wait_grpc(address)
             channel = grpc.insecure_channel(addresses[0],
                                             options=channel_options(DEFAULT_MAX_MESSAGE_BYTES))
-            call = channel.unary_unary(METHOD)  # bytes in, bytes out: no client-side parsing
+            call = channel.unary_unary(METHOD, None, None)  # bytes in and out: no parsing
             for _ in range(3):  # warm up
                 call(payload, timeout=args.deadline)
             sat = saturation(call, payload, args.clients, args.saturation_seconds,

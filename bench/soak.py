@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wait_grpc(address)
             with grpc.insecure_channel(addresses[0], options=channel_options(
                     DEFAULT_MAX_MESSAGE_BYTES)) as channel:
-                call = channel.unary_unary(METHOD)
+                call = channel.unary_unary(METHOD, None, None)  # bytes in and out
                 done = 0
                 lock = threading.Lock()
                 started = time.monotonic()
