@@ -286,3 +286,15 @@ def test_http_request_is_one_trace_through_every_step_with_its_traceparent(
     finally:
         chain.stop()
         receiver.stop()
+
+
+def test_http_face_benchmark_compares_both_faces_and_writes_its_results(tmp_path: Any) -> None:
+    import json
+
+    from bench import http_face
+
+    assert http_face.main(["--requests", "3", "--size", "32", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "http_face.json").read_text())
+    assert [r["face"] for r in result["runs"]] == ["grpc", "http"]
+    assert all(r["requests"] == 3 and r["p50_ms"] > 0 for r in result["runs"])
+    assert "| http | 3 |" in (tmp_path / "http_face.md").read_text()

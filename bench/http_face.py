@@ -1,0 +1,129 @@
+"""Benchmark: what the HTTP face (``POST /process``) costs over a direct gRPC call.
+
+One in-process ``identity`` step with its HTTP face. The same JPEG (``--size`` x ``--size``,
+answered as JPEG) is sent ``--requests`` times, one caller at a time, alternating between the
+two faces so both see the same machine: gRPC ``Process`` with the encoded image, and HTTP
+``POST /process`` with the image as the raw body (a keep-alive connection, as Locust and
+``requests.Session`` use). The HTTP path is the gRPC path plus the HTTP parse and one loopback
+gRPC hop, so the difference is that overhead.
+
+Prints a table and writes ``bench/results/http_face.json`` and ``http_face.md`` with the load
+average before and after (the machine may be shared).
+
+Usage: ``stepchain bench http_face [--requests 200] [--size 512]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+from PIL import Image
+from stepchain.v1 import step_pb2, step_pb2_grpc
+
+from bench import RESULTS_DIR
+from stepsvc import codec
+from stepsvc.config import parse_config
+from stepsvc.http_face import start_http_face
+from stepsvc.server import ServerSettings, build_server
+
+
+class _NoDiscovery:
+    def active(self) -> dict[int, str]:
+        return {}
+
+
+def _jpeg(size: int) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _summary(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"p50_ms": round(statistics.median(ms), 3),
+            "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 3),
+            "mean_ms": round(statistics.fmean(ms), 3)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepchain bench http_face", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200, help="requests per face")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    args = parser.parse_args(argv)
+    data = _jpeg(args.size)
+    load_before = list(os.getloadavg())
+    config = parse_config(json.dumps({"pipeline_id": "bench", "step_id": 0,
+                                      "steps": [{"id": 0, "type": "identity"}]}))
+    server = build_server(config, _NoDiscovery(), ServerSettings(host="127.0.0.1", port=0))
+    server.start()
+    face = start_http_face(server, 0, host="127.0.0.1")
+    times: dict[str, list[float]] = {"grpc": [], "http": []}
+    try:
+        request = step_pb2.ProcessRequest(output_encoding=codec.JPEG)
+        request.image.data = data
+        request.image.encoding = codec.JPEG
+        url = f"http://127.0.0.1:{face.port}/process"
+        with grpc.insecure_channel(server.address) as channel, httpx.Client() as http:
+            stub = step_pb2_grpc.StepServiceStub(channel)
+            for i in range(args.requests + 10):  # the first 10 of each warm up
+                start = time.perf_counter()
+                stub.Process(request, timeout=60)
+                grpc_s = time.perf_counter() - start
+                start = time.perf_counter()
+                reply = http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
+                http_s = time.perf_counter() - start
+                if reply.status_code != 200:
+                    raise SystemExit(f"bench http_face: HTTP {reply.status_code}: {reply.text}")
+                if i >= 10:
+                    times["grpc"].append(grpc_s)
+                    times["http"].append(http_s)
+    finally:
+        face.stop()
+        server.stop()
+    rows: list[dict[str, Any]] = [{"face": name, "requests": len(values), **_summary(values)}
+            for name, values in times.items()]
+    overhead = round(rows[1]["p50_ms"] - rows[0]["p50_ms"], 3)
+    result: dict[str, Any] = {
+        "benchmark": "http_face", "machine": platform.machine(), "cpus": os.cpu_count(),
+        "shared_machine": True, "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
+        "settings": {"requests": args.requests, "size": args.size, "jpeg_bytes": len(data)},
+        "runs": rows, "http_overhead_p50_ms": overhead,
+    }
+    lines = ["| face | requests | p50 ms | p95 ms | mean ms |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['face']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} | "
+              f"{r['mean_ms']} |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    print(f"HTTP face overhead at the median: {overhead} ms; load average before {load_before}, "
+          f"after {result['load_average_after']} ({os.cpu_count()} CPUs, shared machine)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "http_face.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "http_face.md").write_text(
+        "# HTTP face over gRPC\n\n"
+        f"`stepchain bench http_face --requests {args.requests} --size {args.size}` "
+        f"({len(data)}-byte JPEG in and out, one identity step, one caller, the faces "
+        f"alternating) on {os.cpu_count()} CPUs, a machine shared with other work (load "
+        f"average before {load_before}, after {result['load_average_after']}).\n\n"
+        + table + f"\n\nHTTP overhead at the median: {overhead} ms.\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
