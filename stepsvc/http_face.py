@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
@@ -48,6 +49,8 @@ log = logging.getLogger("stepchain.step.http")
 #: Paths that run the pipeline: the Flask tool's `/process`, and `/` so that the topology
 #: API's `http_entrypoint` works as is.
 PROCESS_PATHS = ("/process", "/")
+#: Health of the step over HTTP (its grpc.health.v1 status), for load balancers.
+HEALTH_PATH = "/healthz"
 #: Environment variable the Flask tool's Deployments set for its HTTP port.
 SERVICE_PORT_ENV = "SERVICE_PORT"
 #: The HTTP port in Kubernetes (the rendered Deployments and Services use it).
@@ -323,6 +326,7 @@ class HttpFace:
         if client_interceptors:
             channel = grpc.intercept_channel(channel, *client_interceptors)
         self._stub = step_pb2_grpc.StepServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._server = _Server((host, port), _Handler, self, max_connections)
         self._thread: threading.Thread | None = None
 
@@ -346,6 +350,17 @@ class HttpFace:
         self._server.wait_idle(grace)
         self._server.server_close()
         self._channel.close()
+
+    def health(self) -> tuple[int, bytes]:
+        """``GET /healthz``: the step's own grpc.health.v1 status (200 SERVING, else 503), for
+        HTTP load balancers and Ingress health checks."""
+        try:
+            reply = self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.RpcError as err:
+            status = f"UNREACHABLE ({err.code().name if hasattr(err, 'code') else 'error'})"
+        code = 200 if status == "SERVING" else 503
+        return code, json.dumps({"status": status, "step": self.step_id}).encode()
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -505,10 +520,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, headers, payload)
 
     def do_GET(self) -> None:
+        if urlsplit(self.path).path == HEALTH_PATH:
+            status, body = self.server.face.health()
+            self._send(status, [("Content-Type", "application/json")], body)
+            return
+        self._refuse_method()
+
+    def _refuse_method(self) -> None:
         self._send_error(HttpError(405, "UNIMPLEMENTED", "POST an image to /process"),
                          [("Allow", "POST")])
 
-    do_PUT = do_DELETE = do_PATCH = do_GET
+    do_PUT = do_DELETE = do_PATCH = _refuse_method
 
     def _read_body(self, limit: int) -> bytes | None:
         """The request body, at most `limit` bytes (413 beyond, before reading it when the

@@ -207,6 +207,8 @@ def test_garbage_on_the_socket_never_stops_the_face(face: tuple[str, Recorder]) 
             sock.sendall(junk)
             assert sock.recv(4096).startswith(b"HTTP/1.")
     assert httpx.get(f"{url}/process").status_code == 405
+    health = httpx.get(f"{url}/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "SERVING", "step": 0})
     assert httpx.post(f"{url}/elsewhere", content=b"x").status_code == 404
     ok = httpx.post(f"{url}/process", content=encoded(noisy_image(8, 8), "PNG"),
                     headers={"Content-Type": "image/png"})
