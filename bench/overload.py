@@ -2,7 +2,8 @@
 
 The chain is grayscale -> gaussian_blur (sigma 2) -> identity, each step a ``stepchain step
 serve`` process on loopback, fed 1920x1080 RGB frames as raw pixels. First its saturation
-throughput is measured closed-loop (``--clients`` callers back to back); then requests arrive
+throughput is measured closed-loop (``--clients`` callers back to back, by default as many as a
+step admits at once); then requests arrive
 open-loop (at fixed intervals, whether or not earlier ones finished, as real clients do) at
 1x, 2x and 3x that rate for ``--duration`` seconds each, every call with a ``--deadline``
 (10 s). Per rate: calls answered and hung (no answer by deadline + 5 s), OK latency p50/p99,
@@ -13,7 +14,7 @@ Targets (issue 11, at 3x): 0 hung; refusals within 50 ms at p99; OK p99 <= 3x th
 saturation; goodput >= 0.8x saturation; DEADLINE_EXCEEDED <= 1 %. The machine these run on is
 shared (load average recorded with the results): the numbers are measurements, not assertions.
 
-Usage: ``stepchain bench overload [--duration 60] [--rates 1,2,3] [--clients 4]``
+Usage: ``stepchain bench overload [--duration 60] [--rates 1,2,3] [--clients 16]``
 (or ``python -m bench.overload``). Writes ``bench/results/overload.json`` and ``overload.md``.
 """
 
@@ -255,8 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds of open-loop load per rate (default 60)")
     parser.add_argument("--rates", type=lambda t: [float(x) for x in t.split(",")],
                         default=[1.0, 2.0, 3.0], help="multiples of saturation (default 1,2,3)")
-    parser.add_argument("--clients", type=int, default=4,
-                        help="closed-loop callers measuring saturation (default 4)")
+    parser.add_argument("--clients", type=int, default=16,
+                        help="closed-loop callers measuring saturation (default 16, the steps' "
+                             "--max-inflight)")
     parser.add_argument("--saturation-seconds", type=float, default=20.0,
                         help="seconds of the saturation measurement (default 20)")
     parser.add_argument("--deadline", type=float, default=10.0,

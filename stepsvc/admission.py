@@ -6,7 +6,10 @@ it will never finish in time. Refused at once are requests that find the queue f
 deadline-aware shedding, as gRPC's load-shedding guidance and Envoy's adaptive concurrency do —
 requests whose remaining deadline is shorter than the wait the step expects for them, or whose
 expected wait exceeds the step's queue-wait bound. The expected wait is the number of requests
-ahead divided by the slots, times the moving average of how long a request holds a slot.
+ahead divided by the slots, times the moving average of how long a request holds a slot. The
+bound is, unless configured, that average itself (a CoDel-like target: a request waits at most
+about one turnover of the requests in flight), so latency under overload stays near latency at
+saturation while the queue still keeps every slot busy.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ EWMA_ALPHA = 0.2
 
 class Admission:
     """In-flight limit `max_inflight` with a FIFO wait queue of at most `max_queue` requests,
-    none expected to wait longer than `max_queue_wait` seconds (None: no bound)."""
+    none expected to wait longer than `max_queue_wait` seconds (None: one average hold time;
+    ``math.inf``: no bound)."""
 
     def __init__(self, max_inflight: int, max_queue: int,
                  max_queue_wait: float | None = None) -> None:
@@ -82,9 +86,15 @@ class Admission:
         return (len(self._waiters) + 1) / self.max_inflight * self.hold_s
 
     def _limits(self) -> str:
-        bound = ("" if self.max_queue_wait is None
-                 else f", expected wait at most {self.max_queue_wait * 1000:.0f} ms "
-                      "(--max-queue-wait-ms)")
+        if self.max_queue_wait is None:
+            bound = (f", expected wait at most one average request, "
+                     f"{self.hold_s * 1000:.0f} ms (--max-queue-wait-ms)"
+                     if self.hold_s is not None else "")
+        elif self.max_queue_wait == float("inf"):
+            bound = ""
+        else:
+            bound = (f", expected wait at most {self.max_queue_wait * 1000:.0f} ms "
+                     "(--max-queue-wait-ms)")
         return (f"{self._inflight} requests in flight (--max-inflight {self.max_inflight}), "
                 f"{len(self._waiters)} waiting (--max-queue {self.max_queue}){bound}")
 
@@ -109,7 +119,8 @@ class Admission:
                 f"{(self.hold_s or 0) * 1000:.0f} ms per request), is longer than the "
                 f"request's remaining deadline, {timeout * 1000:.0f} ms: refused now rather "
                 f"than timing out in the queue; {self._limits()}; retry later or add replicas")
-        if self.max_queue_wait is not None and expected > self.max_queue_wait:
+        bound = self.max_queue_wait if self.max_queue_wait is not None else self.hold_s
+        if bound is not None and expected > bound:
             raise QueueFull(
                 f"step is at its limit: the expected wait for a slot is "
                 f"{expected * 1000:.0f} ms; {self._limits()}; retry later or add replicas")

@@ -46,11 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="requests processed at once (default 16)")
     serve.add_argument("--max-queue", type=cli_args.non_negative_int, default=64,
                        help="requests waiting for a slot before RESOURCE_EXHAUSTED (default 64)")
-    serve.add_argument("--max-queue-wait-ms", type=cli_args.non_negative_int, default=0,
+    serve.add_argument("--max-queue-wait-ms", type=int, default=0,
                        help="refuse at once (RESOURCE_EXHAUSTED) when the expected wait for a "
                             "slot is longer; a request whose remaining deadline is shorter than "
-                            "the expected wait is refused at once anyway (default 0 = no bound "
-                            "beyond the deadline and --max-queue)")
+                            "the expected wait is refused at once anyway (default 0 = one "
+                            "average request's time in the step; -1 = no bound beyond the "
+                            "deadline and --max-queue)")
     serve.add_argument("--max-memory-mb", type=cli_args.positive_int, default=None,
                        help="memory budget for running requests, MiB: a request is admitted "
                             "only when the bytes it will hold (decoded input, output, buffers; "

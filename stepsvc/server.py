@@ -57,8 +57,8 @@ class ServerSettings:
     port: int = 50051
     max_inflight: int = 16
     max_queue: int = 64
-    #: Refuse at once when the expected wait for a slot is longer (0 = only the deadline and
-    #: --max-queue bound the queue).
+    #: Refuse at once when the expected wait for a slot is longer (0 = one average request's
+    #: time in the step; -1 = only the deadline and --max-queue bound the queue).
     max_queue_wait_ms: int = 0
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     #: Memory budget for running requests, MiB; 0 = from the container's limit, else
@@ -196,6 +196,14 @@ def _payload(response: wire.ResponseBytes) -> bytes:
     return response.payload
 
 
+def queue_wait_bound(max_queue_wait_ms: int) -> float | None:
+    """Admission's queue-wait bound for --max-queue-wait-ms: 0 = one average request (None),
+    negative = none (inf), else the milliseconds as seconds."""
+    if max_queue_wait_ms == 0:
+        return None
+    return float("inf") if max_queue_wait_ms < 0 else max_queue_wait_ms / 1000
+
+
 def build_server(config: PipelineConfig, discovery: ActiveSteps,
                  settings: ServerSettings | None = None, *,
                  interceptors: Sequence[grpc.ServerInterceptor] = (),
@@ -209,7 +217,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     settings = settings or ServerSettings()
     codec.keep_large_buffers()
     admission = Admission(settings.max_inflight, settings.max_queue,
-                          settings.max_queue_wait_ms / 1000 or None)
+                          queue_wait_bound(settings.max_queue_wait_ms))
     forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
     frames = (FrameStore.open_dir(settings.shm_dir, config.pipeline_id,
                                   max_bytes=settings.max_pixels * 4)

@@ -130,3 +130,39 @@ def test_expected_wait_beyond_the_queue_wait_bound_is_refused_at_once() -> None:
     assert adm.expected_wait() == pytest.approx(0.15)
     with pytest.raises(QueueFull, match="--max-queue-wait-ms"):
         adm.acquire(10.0)
+
+
+def test_by_default_a_request_expected_to_wait_longer_than_one_average_request_is_refused(
+) -> None:
+    adm = Admission(1, 100)
+    adm.acquire()
+    adm.release(0.2)  # a request holds the slot ~200 ms
+    adm.acquire()
+    waiter = threading.Thread(target=adm.acquire, args=(10.0,))
+    waiter.start()  # expected wait 200 ms: within one average request, it queues
+    deadline = time.monotonic() + 5
+    while adm.queued != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(QueueFull, match="at most one average request"):
+        adm.acquire(10.0)  # would wait ~400 ms
+    adm.release(0.2)
+    waiter.join(5)
+    assert adm.inflight == 1 and adm.queued == 0
+
+
+def test_an_unbounded_queue_wait_leaves_only_the_deadline_and_the_count() -> None:
+    adm = Admission(1, 100, max_queue_wait=float("inf"))
+    adm.acquire()
+    adm.release(0.2)
+    adm.acquire()
+    threads = [threading.Thread(target=adm.acquire, args=(10.0,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while adm.queued != 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert adm.queued == 3  # 600 ms expected: queued, not refused
+    for _ in threads:
+        adm.release(0.2)
+    for t in threads:
+        t.join(5)
