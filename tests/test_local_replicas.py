@@ -57,7 +57,10 @@ def test_every_replica_of_a_step_gets_its_share_of_the_requests(
     step1 = status.steps[1]
     assert (step1.replicas, step1.ready_replicas, len(step1.metrics)) == (3, 3, 3)
 
-    hosts_of_step(result.entrypoint, 1, 9)  # every replica connected: round_robin's steady state
+    # round_robin's steady state: every replica connected (each has answered once)
+    deadline = time.monotonic() + 30
+    while len(hosts_of_step(result.entrypoint, 1, 6)) < 3:
+        assert time.monotonic() < deadline, "a replica never got a request"
     spread = hosts_of_step(result.entrypoint, 1, 60)
     assert set(spread) == {"rep-step-1-0", "rep-step-1-1", "rep-step-1-2"}
     mean = sum(spread.values()) / 3
