@@ -34,6 +34,7 @@ def test_stepchain_bench_rejects_an_unknown_benchmark(capsys: pytest.CaptureFixt
     assert "invalid choice: 'sepia'" in err and "kernels" in err
 
 
+@pytest.mark.slow
 def test_benchmarks_import_from_the_installed_package_outside_the_checkout(
         tmp_path: Path) -> None:
     """No sys.path/PYTHONPATH help: run from an unrelated folder with a clean environment."""

@@ -10,6 +10,7 @@ import pytest
 from bench.kernels import amdahl, amdahl_serial_fraction, main
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--quick", "--threads", "1", "2", "--out", str(tmp_path)]) == 0
