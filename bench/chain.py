@@ -438,6 +438,7 @@ def run_hop(img: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads
     pixels = img.tobytes()
     payload = raw_request_bytes(img)
+    small_payload = raw_request_bytes(img[:1, :40])  # ~150 bytes, about a handle request
     tcp_port, echo_port = free_port(), free_port()
     floors = [[sys.executable, "-m", "bench.chain", "--tcp-echo", str(tcp_port)],
               [sys.executable, "-m", "bench.chain", "--grpc-echo", str(echo_port)]]
@@ -463,6 +464,8 @@ def run_hop(img: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
                 "direct_identity": lambda: native.identity(img, threads=threads),
                 "tcp_echo_floor": lambda: echo(pixels),
                 "grpc_echo_floor": grpc_caller(f"127.0.0.1:{echo_port}", payload),
+                # what a handle-sized message costs: the floor of a shared-memory hop
+                "grpc_echo_small_floor": grpc_caller(f"127.0.0.1:{echo_port}", small_payload),
                 "grpc_hop": grpc_caller(addrs[0], payload),
                 "shm_hop": shm_call,
                 "grpc_hop_malloc_defaults": grpc_caller(uaddrs[0], payload),
@@ -472,7 +475,8 @@ def run_hop(img: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
                                           pixels)
             timing = interleaved(paths, args.requests)
             pids = {"direct_identity": [], "tcp_echo_floor": [procs[0].pid],
-                    "grpc_echo_floor": [procs[1].pid], "grpc_hop": [procs[2].pid],
+                    "grpc_echo_floor": [procs[1].pid], "grpc_echo_small_floor": [procs[1].pid],
+                    "grpc_hop": [procs[2].pid],
                     "shm_hop": [procs[2].pid], "grpc_hop_malloc_defaults": [uprocs[0].pid],
                     "http_jpeg_hop": [procs[3].pid]}
             costs = {name: cost_per_request(fn, pids[name], max(5, args.requests // 3))
@@ -481,7 +485,8 @@ def run_hop(img: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     direct = timing["direct_identity"]
     out: dict[str, Any] = {}
     for name, value in timing.items():
-        base = 0.0 if name in ("direct_identity", "tcp_echo_floor", "grpc_echo_floor") else 1.0
+        base = 0.0 if name in ("direct_identity", "tcp_echo_floor", "grpc_echo_floor",
+                               "grpc_echo_small_floor") else 1.0
         out[name] = {**value, **costs[name],
                      "overhead_ms": round(value["median_ms"] - base * direct["median_ms"], 3)}
     return out
@@ -596,6 +601,7 @@ HOP_LABELS = (
     ("direct_identity", "direct `native.identity` in this process"),
     ("tcp_echo_floor", "floor: raw TCP echo of the pixels (process)"),
     ("grpc_echo_floor", "floor: pure-bytes gRPC echo (process)"),
+    ("grpc_echo_small_floor", "floor: gRPC echo of a handle-sized (~150 B) message"),
     ("grpc_hop", "gRPC hop, `step serve` identity (zero-copy codec)"),
     ("shm_hop", "shared-memory hop (frame + reply segments, handles over gRPC)"),
     ("grpc_hop_malloc_defaults", "gRPC hop, glibc allocator defaults"),
