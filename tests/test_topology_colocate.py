@@ -4,13 +4,16 @@ emptyDir; the default stays one Deployment per step."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
 
 from stepsvc.config import parse_config
 from topology.colocate import COLOCATED_LABEL, FRAMES_DIR
+from topology.kubernetes_backend import KubernetesBackend
 from topology.pipeline import parse_pipeline
 from topology.render import GRPC_PORT, HTTP_PORT, RenderOptions, render_manifests
 
@@ -145,3 +148,22 @@ def test_colocate_must_be_a_boolean() -> None:
     with pytest.raises(PipelineInvalid) as info:
         parse_pipeline({**CHAIN, "colocate": "sometimes"})
     assert "colocate" in str(info.value.errors)
+
+
+def test_kubernetes_backend_applies_a_colocated_pipeline_and_reports_every_step_from_its_pod(
+        kmock_server: RunningKmock) -> None:  # noqa: F811
+    namespace = f"coloc-{uuid.uuid4().hex[:8]}"
+    backend = KubernetesBackend(kmock_server.api_client(), RenderOptions(namespace=namespace))
+    result = backend.apply(parse_pipeline(CHAIN))
+    assert result.entrypoint == f"coloc-step-0.{namespace}.svc:{GRPC_PORT}"
+    assert kmock_server.names("deployments", namespace) == {"coloc-chain"}
+    status = backend.status("coloc")
+    assert status is not None and [s.step_id for s in status.steps] == [0, 1, 2, 3]
+    assert not status.ready
+    kmock_server.emulator.objects["apps/v1/deployments", namespace, "coloc-chain"].patch(
+        {"status": {"readyReplicas": 3}})
+    status = backend.status("coloc")
+    assert status is not None and status.ready
+    assert all(s.ready_replicas == 3 for s in status.steps)
+    assert backend.delete("coloc") is True
+    assert kmock_server.names("deployments", namespace) == set()
