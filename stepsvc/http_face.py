@@ -77,8 +77,9 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.UNIMPLEMENTED: 501,
 }
-#: RESOURCE_EXHAUSTED for an image over a size limit is "too large" (413), not "retry" (429).
-_SIZE_LIMIT_SIGNS = ("--max-pixels", "--max-message-mb")
+#: RESOURCE_EXHAUSTED for an image over a size limit -- pixels, message size, or a memory need
+#: larger than the step's whole budget -- is "too large" (413), not "retry later" (429).
+_SIZE_LIMIT_SIGNS = ("--max-pixels", "--max-message-mb", "whole budget is")
 _FAILED_STEP_KEY = "stepchain-failed-step"
 _BOUNDARY_SAFE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{1,70}$")
 

@@ -241,6 +241,10 @@ def test_grpc_codes_map_to_the_http_statuses_rest_clients_retry_on() -> None:
     assert http_status(grpc.StatusCode.INVALID_ARGUMENT, "") == 400
     assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full") == 429
     assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "... (--max-pixels)") == 413
+    assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "needs about 900 MiB; this step's whole budget is 512 MiB") == 413
+    assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "... hold 500 MiB of this step's 512 MiB budget; retry later") == 429
     assert http_status(grpc.StatusCode.UNAVAILABLE, "") == 503
     assert http_status(grpc.StatusCode.FAILED_PRECONDITION, "draining") == 503
     assert http_status(grpc.StatusCode.DEADLINE_EXCEEDED, "") == 504
