@@ -9,6 +9,7 @@ the segment only for a failover candidate in another domain).
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 
 import numpy as np
@@ -16,6 +17,21 @@ from stepchain.v1 import step_pb2
 
 from stepsvc import wire
 from stepsvc.shm import FrameStore, Segment
+
+log = logging.getLogger("stepchain.shm")
+
+
+def _create(frames: FrameStore | None, shape: tuple[int, int, int]) -> Segment | None:
+    """A segment, or None when the frame directory cannot take one (full, gone): the frame
+    then travels as bytes, the request does not fail."""
+    if frames is None:
+        return None
+    try:
+        return frames.create(shape)
+    except OSError as exc:
+        log.warning("shared memory in %s unavailable (%s); sending the frame as bytes",
+                    frames.directory, exc.strerror or exc)
+        return None
 
 
 class OutgoingFrame:
@@ -39,10 +55,10 @@ class OutgoingFrame:
         self._reply = reply
         #: This step's own reply segment (the final image may come back in it).
         self.own_reply: Segment | None = None
+        segment = _create(frames, shape) if source is None and shared else None
         if source is not None:
             self.pixels = np.empty((0, 0, 0), dtype=np.uint8)  # nothing to write
-        elif shared and frames is not None:
-            segment = frames.create(shape)
+        elif segment is not None:
             cleanup.callback(segment.close)
             self._handle = segment.handle()
             self.pixels = segment.pixels
@@ -51,9 +67,10 @@ class OutgoingFrame:
             self.pixels = self._bytes.pixels
         if self._handle is not None and reply is None and frames is not None \
                 and header.output_encoding == 0:  # RAW: the final image may fit in a reply
-            self.own_reply = frames.create(shape)
-            cleanup.callback(self.own_reply.close)
-            self._reply = self.own_reply.handle()
+            self.own_reply = _create(frames, shape)
+            if self.own_reply is not None:
+                cleanup.callback(self.own_reply.close)
+                self._reply = self.own_reply.handle()
 
     @property
     def in_shared_memory(self) -> bool:

@@ -326,3 +326,22 @@ def test_nothing_is_left_in_dev_shm_after_a_step_is_sigkilled_mid_request(
         pipe.stop()
         for name in _segments(prefix):  # never leave anything behind, even when failing
             os.unlink(os.path.join(DEFAULT_DIR, name))
+
+
+def test_a_full_frame_directory_means_bytes_not_a_failed_request(
+        pipe: InProcessPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = [{"id": 1, "type": "gaussian_blur", "next_step": 2}, {"id": 2, "type": "edges"}]
+    pipe.add(1, steps)
+    pipe.add(2, steps)
+    frames = pipe.servers[1].servicer.frames
+    assert frames is not None
+
+    def full(shape: tuple[int, int, int]) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(frames, "create", full)
+    img = noisy_image(30, 30)
+    for _ in range(2):  # the second request would use shared memory
+        resp = pipe.stub(1).Process(raw_request(img), timeout=20)
+        np.testing.assert_array_equal(codec.decode_image(resp.image),
+                                      native.edges(native.gaussian_blur(img)))
