@@ -101,9 +101,10 @@ def saturation(call: Any, payload: bytes, clients: int, seconds: float,
             "ok_p50_ms": percentile(latencies, 0.5), "ok_p99_ms": percentile(latencies, 0.99)}
 
 
-def open_loop(call: Any, payload: bytes, rate: float, seconds: float,
+def open_loop(calls: Sequence[Any], payload: bytes, rate: float, seconds: float,
               deadline: float) -> dict[str, Any]:
-    """Requests at fixed intervals of 1/rate for `seconds`, each with `deadline`."""
+    """Requests at fixed intervals of 1/rate for `seconds`, each with `deadline`, spread over
+    `calls` (one per client connection, as many clients would open)."""
     results: list[tuple[str, float]] = []
     lock = threading.Lock()
     outstanding = threading.Semaphore(0)
@@ -118,7 +119,7 @@ def open_loop(call: Any, payload: bytes, rate: float, seconds: float,
         if due > now:
             time.sleep(due - now)
         issued = time.perf_counter()
-        future = call.future(payload, timeout=deadline)
+        future = calls[sent % len(calls)].future(payload, timeout=deadline)
 
         def done(f: Any, issued: float = issued) -> None:
             try:
@@ -161,9 +162,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with processes(commands, args.threads):
             for address in addresses:
                 wait_grpc(address)
-            channel = grpc.insecure_channel(addresses[0],
-                                            options=channel_options(DEFAULT_MAX_MESSAGE_BYTES))
-            call = channel.unary_unary(METHOD, None, None)  # bytes in and out: no parsing
+            # Many clients, many connections: one stream's megabytes never hold up another
+            # client's call (a distinct option keeps gRPC from sharing one subchannel).
+            channels = [grpc.insecure_channel(
+                addresses[0], options=[*channel_options(DEFAULT_MAX_MESSAGE_BYTES),
+                                       ("stepchain.bench.client", i)])
+                for i in range(args.connections)]
+            calls = [c.unary_unary(METHOD, None, None) for c in channels]  # bytes, no parsing
+            call = calls[0]
             for _ in range(3):  # warm up
                 call(payload, timeout=args.deadline)
             sat = saturation(call, payload, args.clients, args.saturation_seconds,
@@ -171,8 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rounds = []
             for factor in args.rates:
                 time.sleep(2.0)  # let queues empty between rounds
-                result = open_loop(call, payload, factor * sat["throughput_rps"], args.duration,
-                                   args.deadline)
+                result = open_loop(calls, payload, factor * sat["throughput_rps"],
+                                   args.duration, args.deadline)
                 result["factor"] = factor
                 result["goodput_vs_saturation"] = round(
                     result["goodput_rps"] / max(sat["throughput_rps"], 1e-9), 2)
@@ -181,10 +187,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if result["ok_p99_ms"] and sat["ok_p50_ms"] else None)
                 rounds.append(result)
                 print(line(result), flush=True)
-            channel.close()
+            for channel in channels:
+                channel.close()
     return {"benchmark": "overload", "chain": [name for name, _ in CHAIN],
             "image": f"{args.width}x{args.height} RGB raw", "deadline_s": args.deadline,
             "duration_s": args.duration, "step_args": args.step_arg, "threads": args.threads,
+            "connections": args.connections,
             "saturation": sat, "rounds": rounds,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "shared": "yes: 8 engineers' builds and tests ran on the same 2 cores",
@@ -207,7 +215,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Chain {' -> '.join(doc['chain'])}, each a `stepchain step serve` process on loopback; "
         f"{doc['image']} frames; {doc['deadline_s']:.0f} s deadlines; {doc['duration_s']:.0f} s "
-        f"per rate; step flags: `{' '.join(doc['step_args']) or '(defaults)'}`.",
+        f"per rate; open-loop calls spread over {doc.get('connections', 1)} client connections; "
+        f"step flags: `{' '.join(doc['step_args']) or '(defaults)'}`.",
         "",
         f"**Shared machine**: {m['cpus']} CPUs, {m['shared']}; load average (1/5/15 min) "
         f"{m['load_before']} before, {m['load_after']} after. The client runs on the same cores.",
@@ -261,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--max-inflight)")
     parser.add_argument("--saturation-seconds", type=float, default=20.0,
                         help="seconds of the saturation measurement (default 20)")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="client connections the open-loop calls are spread over "
+                             "(default 8)")
     parser.add_argument("--deadline", type=float, default=10.0,
                         help="deadline of every call, seconds (default 10)")
     parser.add_argument("--width", type=int, default=1920)

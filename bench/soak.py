@@ -3,8 +3,9 @@
 The 3-step chain of ``bench overload`` (grayscale -> gaussian_blur -> identity, each a
 ``stepchain step serve`` process) gets ``--requests`` 1920x1080 RGB frames at steady load
 (``--clients`` callers back to back). Each step's resident memory (VmRSS) is sampled every
-``--sample-every`` requests. Target (issue 11): every step's RSS at the end <= 1.1x its RSS after
-the first 1,000 requests. The entry step is the one that receives the 6 MB frames from the
+``--sample-every`` requests, and between requests (nothing in flight) after the first 1,000 and
+at the end. Target (issue 11): every step's RSS at the end <= 1.1x its RSS after the first 1,000
+requests. The entry step is the one that receives the 6 MB frames from the
 client; its growth was the bug this benchmark watches.
 
 Usage: ``stepchain bench soak [--requests 10000] [--clients 4]`` (or ``python -m bench.soak``).
@@ -38,6 +39,8 @@ from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
 #: The RSS the end is compared with: after this many requests (allocator and caches warm).
 BASELINE_AFTER = 1000
 TARGET_RATIO = 1.1
+#: Seconds the steps get after the last answer before an idle sample.
+IDLE_SETTLE_S = 1.0
 
 
 def rss_mib(pid: int) -> float:
@@ -68,18 +71,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lock = threading.Lock()
                 started = time.monotonic()
 
-                def sample() -> None:
-                    samples.append({"requests": done,
+                def sample(idle: bool) -> None:
+                    samples.append({"requests": done, "idle": idle,
                                     "seconds": round(time.monotonic() - started, 1),
                                     "rss_mib": [rss_mib(p.pid) for p in procs]})
 
-                sample()
+                sample(idle=True)
 
-                def caller() -> None:
+                def caller(until: int) -> None:
                     nonlocal done
                     while True:
                         with lock:
-                            if done >= args.requests:
+                            if done >= until:
                                 return
                             done += 1
                             mine = done
@@ -90,13 +93,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             code = err.code().name
                         with lock:
                             codes[code] = codes.get(code, 0) + 1
-                            if mine % args.sample_every == 0 or mine == BASELINE_AFTER:
-                                sample()
+                            if mine % args.sample_every == 0:
+                                sample(idle=False)
 
-                with ThreadPoolExecutor(args.clients) as pool:
-                    for _ in range(args.clients):
-                        pool.submit(caller)
-                sample()
+                # The baseline and the end are sampled between requests (none in flight), so
+                # they compare what the steps keep, not the frames they hold at that instant.
+                for until in (min(BASELINE_AFTER, args.requests), args.requests):
+                    with ThreadPoolExecutor(args.clients) as pool:
+                        for _ in range(args.clients):
+                            pool.submit(caller, until)
+                    time.sleep(IDLE_SETTLE_S)
+                    sample(idle=True)
                 elapsed = time.monotonic() - started
         finally:
             for proc in procs:
@@ -108,8 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-    baseline = next((s for s in samples if s["requests"] >= min(BASELINE_AFTER, args.requests)),
-                    samples[-1])
+    baseline = next(s for s in samples if s["idle"]
+                    and s["requests"] >= min(BASELINE_AFTER, args.requests))
     end = samples[-1]
     steps = []
     for i, (name, _) in enumerate(CHAIN):
@@ -143,11 +150,12 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(f"| {s['step']} | {s['type']} | {s['rss_start_mib']} | {s['rss_baseline_mib']} "
                    f"| {s['rss_end_mib']} | {s['rss_peak_mib']} | {s['end_vs_baseline']} | "
                    f"{'met' if s['target_met'] else 'NOT met'} |")
-    out += ["", "RSS samples (MiB per step) by requests done:", "",
+    out += ["", "RSS samples (MiB per step) by requests done; the start, the baseline and the end are "
+            "taken between requests (idle), the others under load:", "",
             "| requests | " + " | ".join(f"step {s['step']}" for s in doc["steps"]) + " |",
             "|---|" + "---|" * len(doc["steps"])]
-    out += [f"| {s['requests']} | " + " | ".join(str(v) for v in s["rss_mib"]) + " |"
-            for s in doc["samples"]]
+    out += [f"| {s['requests']}{' (idle)' if s['idle'] else ''} | "
+            + " | ".join(str(v) for v in s["rss_mib"]) + " |" for s in doc["samples"]]
     out += ["", f"Reproduce: `stepchain bench soak --requests {doc['requests']} "
                 f"--clients {doc['clients']}`", ""]
     return "\n".join(out)
