@@ -9,6 +9,9 @@ RUNTIME_STAMP := $(VENV)/.stepchain-runtime
 TEST_STAMP    := $(VENV)/.stepchain-test
 NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h) native/_native.c setup.py
 PYTEST_ARGS ?=
+# setuptools prints an "Editable installation" note for every editable install that maps a
+# package from another folder (stepchain.v1 lives in protos/, on purpose); keep the build quiet.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
 .PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools clean
 
@@ -22,12 +25,12 @@ $(BIN)/python:
 # Editable install of the runtime: builds native/_native*.so in place, pulls the dependencies
 # the servers, the CLI and the demo need, nothing else.
 $(RUNTIME_STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(PIP) install -q -e .
 	touch $@
 
 # The test tools on top of the runtime (the `test` extra).
 $(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(PIP) install -q -e '.[test]'
 	touch $@
 
 runtime: $(RUNTIME_STAMP)

@@ -52,6 +52,7 @@ def test_amdahl_fit_recovers_the_serial_fraction() -> None:
     assert amdahl_serial_fraction([1], [1.0]) is None
 
 
+@pytest.mark.slow
 def test_benchmark_can_run_a_subset_of_kernels_by_alias(tmp_path: Path) -> None:
     assert main(["--quick", "--threads", "1", "--kernels", "blur", "grayscale",
                  "--out", str(tmp_path)]) == 0

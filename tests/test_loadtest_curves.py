@@ -163,6 +163,7 @@ def test_a_knob_of_another_curve_is_rejected() -> None:
         make_curve("ramp", base_users=1)
 
 
+@pytest.mark.slow
 def test_locust_shapes_tick_their_curve_at_the_run_time(tmp_path: Path) -> None:
     # Each LoadTestShape subclass, with get_run_time() driven by the test, in a fresh
     # interpreter (Locust monkey-patches the process it is imported into).
@@ -206,6 +207,7 @@ json.dump(out, sys.stdout)
     assert ticks["abstract"] is True
 
 
+@pytest.mark.slow
 def test_plot_script_writes_one_small_png_per_curve(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "loadtest.curves", "--plot", str(tmp_path)],
                             cwd=ROOT, env=child_env(), capture_output=True, text=True,

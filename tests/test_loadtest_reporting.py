@@ -144,6 +144,7 @@ def write_run(prefix: Path, seconds: int = 12) -> None:
         ",".join(cells) for cells in [STEP_HEADER, *map(step_cells, step_rows)]) + "\n")
 
 
+@pytest.mark.slow
 def test_plot_is_drawn_from_the_per_second_csv_and_refuses_a_run_without_seconds(
         tmp_path: Path) -> None:
     prefix = tmp_path / "loadtest"

@@ -24,6 +24,9 @@ from stepchain.v1 import step_pb2
 import native
 from stepsvc import codec
 
+#: Slow (over ~5 s each): every test shares a chain of real step processes (~10 s to start).
+pytestmark = pytest.mark.slow
+
 CHAIN = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}, "next_step": 2},
          {"id": 2, "type": "grayscale", "next_step": 3},
          {"id": 3, "type": "edges"}]

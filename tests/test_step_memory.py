@@ -95,6 +95,7 @@ def test_eight_concurrent_36_megapixel_pngs_stay_under_1_gib_and_all_are_answere
     assert ok.image.width == 64
 
 
+@pytest.mark.slow
 def test_raw_answer_that_no_message_can_carry_is_refused_from_the_header(
         identity_step: ProcessPipeline, big_png: bytes) -> None:
     request = step_pb2.ProcessRequest()

@@ -31,6 +31,9 @@ from telemetry_fixtures import (
 
 from stepsvc.telemetry import Tracing, current_trace_id
 
+#: Slow (over ~5 s each): every test shares a chain of real step processes exporting OTLP.
+pytestmark = pytest.mark.slow
+
 STEPS = [{"id": 0, "type": "gaussian_blur", "params": {"sigma": 1.0}, "next_step": 1},
          {"id": 1, "type": "resize", "params": {"scale": 0.5}, "next_step": 2},
          {"id": 2, "type": "grayscale"}]

@@ -23,6 +23,9 @@ from topology.kubernetes_backend import KubernetesBackend
 from topology.render import RenderOptions
 from topology.settings import Settings
 
+#: Slow (over ~5 s each): schemathesis explores the whole API (minutes).
+pytestmark = pytest.mark.slow
+
 MAX_EXAMPLES = 30
 
 

@@ -64,6 +64,7 @@ def test_reapplying_the_same_pipeline_converges_without_duplicates(
     assert [s.pipeline_id for s in backend.list_pipelines()] == ["demo"]
 
 
+@pytest.mark.slow
 def test_changed_pipeline_updates_objects_and_removes_stale_steps(
         backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
     backend.apply(parse_pipeline(DEMO))
@@ -86,6 +87,7 @@ def test_changed_pipeline_updates_objects_and_removes_stale_steps(
     assert objects(kmock_server, namespace) == demo_names(0, 1, 2, 3)
 
 
+@pytest.mark.slow
 def test_delete_removes_every_object_of_the_pipeline_and_nothing_else(
         backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
     backend.apply(parse_pipeline(DEMO))
@@ -101,6 +103,7 @@ def test_delete_removes_every_object_of_the_pipeline_and_nothing_else(
     assert backend.delete("demo") is False
 
 
+@pytest.mark.slow
 def test_status_reports_ready_replicas_of_each_deployment(
         backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
     backend.apply(parse_pipeline(DEMO))
@@ -117,6 +120,7 @@ def test_status_reports_ready_replicas_of_each_deployment(
     assert [s.type for s in status.steps] == ["classify", "grayscale", "deblur", "resize"]
 
 
+@pytest.mark.slow
 def test_backend_uses_only_the_api_calls_in_required_permissions(
         kmock_server: RunningKmock) -> None:  # noqa: F811
     namespace = f"rbac-{uuid.uuid4().hex[:8]}"
@@ -140,6 +144,7 @@ def test_backend_uses_only_the_api_calls_in_required_permissions(
         assert list(verbs) == sorted(verbs)
 
 
+@pytest.mark.slow
 def test_api_on_kubernetes_answers_201_then_200_then_409(
         backend: KubernetesBackend, namespace: str) -> None:
     app = create_app(Settings(namespace=namespace), backend)
@@ -195,6 +200,7 @@ def test_unreachable_api_server_is_a_502_naming_the_problem(namespace: str) -> N
         assert "Kubernetes" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_step_service_made_before_replicas_were_balanced_is_replaced_by_a_headless_one(
         backend: KubernetesBackend, kmock_server: RunningKmock, namespace: str) -> None:  # noqa: F811
     from topology.render import render_manifests

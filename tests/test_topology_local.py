@@ -48,6 +48,7 @@ def submit_photo(entrypoint: str) -> step_client.SubmitResult:
         return step_client.submit(channel, request, timeout=60)
 
 
+@pytest.mark.slow
 def test_post_submit_delete_runs_the_pipeline_and_leaves_no_process(tmp_path: Path) -> None:
     app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
     with api_client(app) as api:
@@ -81,6 +82,7 @@ def test_post_submit_delete_runs_the_pipeline_and_leaves_no_process(tmp_path: Pa
         assert api.get("/pipeline/demo").status_code == 404
 
 
+@pytest.mark.slow
 def test_service_shutdown_stops_every_step_process(tmp_path: Path) -> None:
     app = create_app(Settings(state_dir=tmp_path), LocalBackend(tmp_path))
     with api_client(app) as api:
@@ -92,6 +94,7 @@ def test_service_shutdown_stops_every_step_process(tmp_path: Path) -> None:
     assert not any(running(pid) for pid in pids)
 
 
+@pytest.mark.slow
 def test_update_restarts_only_changed_steps_and_stops_removed_ones(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
     try:
@@ -111,6 +114,7 @@ def test_update_restarts_only_changed_steps_and_stops_removed_ones(tmp_path: Pat
         backend.close()
 
 
+@pytest.mark.slow
 def test_restarted_service_stops_what_its_predecessor_left_and_brings_the_pipeline_back(
         tmp_path: Path) -> None:
     crashed = LocalBackend(tmp_path)
@@ -135,6 +139,7 @@ def test_restarted_service_stops_what_its_predecessor_left_and_brings_the_pipeli
         crashed.close()
 
 
+@pytest.mark.slow
 def test_step_with_zero_replicas_runs_no_process_and_status_says_so(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
     try:
@@ -169,6 +174,7 @@ def test_step_that_cannot_start_is_reported_with_its_log(tmp_path: Path,
         backend.close()
 
 
+@pytest.mark.slow
 def test_step_whose_port_was_taken_is_started_again_on_another_port(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
@@ -229,6 +235,7 @@ def wait_for_status(api: TestClient, pipeline_id: str, check: Any, timeout: floa
 HEAL = {"name": "heal", "steps": [{"type": "grayscale"}, {"type": "identity"}]}
 
 
+@pytest.mark.slow
 def test_step_process_that_died_is_restarted_on_its_port_and_the_pipeline_serves_again(
         tmp_path: Path) -> None:
     from topology.supervisor import RestartPolicy
@@ -253,6 +260,7 @@ def test_step_process_that_died_is_restarted_on_its_port_and_the_pipeline_serves
     assert not running(restarted)  # the service's shutdown stops restarted steps too
 
 
+@pytest.mark.slow
 def test_step_that_keeps_exiting_is_given_up_and_reported_with_its_log(tmp_path: Path) -> None:
     from topology.supervisor import RestartPolicy
 

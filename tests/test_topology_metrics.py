@@ -159,6 +159,7 @@ def test_unauthenticated_write_is_a_rejection_and_metrics_need_no_token(tmp_path
         ("POST", "/pipeline", "200"): 1}
 
 
+@pytest.mark.slow
 def test_pipelines_gauge_follows_create_and_delete(kube_api: TestClient) -> None:
     def pipelines() -> float:
         return value(scrape(kube_api), "stepchain_topology_pipelines")
@@ -192,6 +193,7 @@ def test_a_restarted_service_counts_the_pipelines_already_deployed(
         assert value(scrape(second), "stepchain_topology_pipelines") == 1
 
 
+@pytest.mark.slow
 def test_backend_operations_are_timed_per_operation(kube_api: TestClient) -> None:
     histogram = "stepchain_topology_backend_operation_seconds_count"
     before = scrape(kube_api)

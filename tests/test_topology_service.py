@@ -21,6 +21,9 @@ import pytest
 
 from topology.auth import auth_header, client_token
 
+#: Slow (over ~5 s each): each test starts a real `stepchain topology serve` and its steps.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 
@@ -149,7 +152,6 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     return [p for p in pids if running(p)]
 
 
-@pytest.mark.slow
 def test_sigkill_of_the_service_takes_its_steps_down_within_2_s_and_a_restart_brings_them_back(
         tmp_path: Path, services: list[Service]) -> None:
     state = tmp_path / "state"
