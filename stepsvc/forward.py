@@ -58,6 +58,9 @@ def replica_tries(address: str) -> int:
 DOMAIN_KEY = "stepchain-shm-domain"
 #: Trailing metadata on a refused shared-memory handle from another domain: resend as bytes.
 UNSHARED_KEY = "stepchain-shm-unshared"
+#: Asked once per new address for its shared-memory domain (the answer's initial metadata).
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,29 @@ class Forwarder:
         self._stubs: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._channels: list[grpc.Channel] = []
         self._domains: dict[str, str] = {}
+        self._probed: set[str] = set()
+        self._raw_channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
     def domain(self, address: str) -> str | None:
-        """The shared-memory domain `address` advertised in its last answer (None: unknown, so
-        the first request to an address always carries bytes)."""
+        """The shared-memory domain `address` advertised in its last answer; for an address
+        not called yet, asked once with a health check (its answer carries the domain too).
+        None: unknown or none, so the frame goes as bytes."""
+        known = self._domains.get(address)
+        if known is not None or address in self._probed:
+            return known
+        self._probed.add(address)
+        self.stub(address)  # the channel, created once
+        with self._lock:
+            channel = self._raw_channels.get(address)
+        if channel is None:
+            return None
+        try:
+            _, call = channel.unary_unary(HEALTH_CHECK_METHOD, None, None).with_call(
+                b"", timeout=PROBE_TIMEOUT_S)
+            self._learn_domain(address, call)
+        except grpc.RpcError as err:  # down or busy: the first Process answer tells instead
+            self._learn_domain(address, err)
         return self._domains.get(address)
 
     def _learn_domain(self, address: str, call: Any) -> None:
@@ -163,6 +184,7 @@ class Forwarder:
             if stub is None:
                 channel: grpc.Channel = grpc.insecure_channel(address, options=self._options)
                 self._channels.append(channel)
+                self._raw_channels[address] = channel
                 if self._interceptors:
                     channel = grpc.intercept_channel(channel, *self._interceptors)
                 stub = channel.unary_unary(PROCESS_METHOD, None, None)
@@ -247,6 +269,7 @@ class Forwarder:
             for channel in self._channels:
                 channel.close()
             self._channels.clear()
+            self._raw_channels.clear()
             self._stubs.clear()
 
 

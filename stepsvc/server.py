@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +24,7 @@ from stepchain.v1 import step_pb2
 from stepsvc import codec, wire
 from stepsvc.admission import Admission
 from stepsvc.config import PipelineConfig
-from stepsvc.forward import Forwarder, transport_options
+from stepsvc.forward import DOMAIN_KEY, HEALTH_CHECK_METHOD, Forwarder, transport_options
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS, MIB
 from stepsvc.memory_budget import MemoryBudget, default_memory_mb
 from stepsvc.servicer import (
@@ -160,6 +161,29 @@ class StepServer:
         return self.server.wait_for_termination(timeout)
 
 
+class AdvertiseDomain(grpc.ServerInterceptor):
+    """Health checks answer with this step's shared-memory domain in their initial metadata,
+    so an upstream step knows before its first request whether frames can go by handle."""
+
+    def __init__(self, domain: str) -> None:
+        self._metadata = ((DOMAIN_KEY, domain),)
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if (handler is None or handler_call_details.method != HEALTH_CHECK_METHOD
+                or handler.unary_unary is None):
+            return handler
+        behavior, metadata = handler.unary_unary, self._metadata
+
+        def check(request: Any, context: grpc.ServicerContext) -> Any:
+            context.send_initial_metadata(metadata)
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            check, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
 def process_handler(servicer: StepServicer) -> grpc.GenericRpcHandler:
     """StepService/Process with the step's own codec (and the small Describe): the request is parsed by
     :func:`stepsvc.wire.parse_request` (pixels stay a view of the received bytes) and the
@@ -234,7 +258,8 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     workers = settings.max_inflight + settings.max_queue + SPARE_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step"),
-        interceptors=list(interceptors),
+        interceptors=[*interceptors,
+                      *([AdvertiseDomain(frames.domain)] if frames is not None else [])],
         # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
         options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0),
                  *settings.connection_options()],

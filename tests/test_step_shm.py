@@ -61,15 +61,15 @@ def _spy_creates(pipe: InProcessPipeline, step_id: int) -> list[str]:
     return created
 
 
-def test_co_located_steps_pass_frames_through_shared_memory_after_the_first_answer(
+def test_co_located_steps_pass_frames_through_shared_memory_from_the_first_request(
         pipe: InProcessPipeline) -> None:
     for step in CHAIN:
         pipe.add(int(step["id"]), CHAIN)  # type: ignore[call-overload]
     created = _spy_creates(pipe, 1)
     img = noisy_image(40, 56)
     stub = pipe.stub(1)
-    first = stub.Process(raw_request(img), timeout=20)  # bytes: step 2's domain is unknown yet
-    assert created == []
+    first = stub.Process(raw_request(img), timeout=20)
+    assert len(created) == 2  # step 2's health check told its domain before the first frame
     for _ in range(3):
         resp = stub.Process(raw_request(img), timeout=20)
         np.testing.assert_array_equal(codec.decode_image(resp.image), _expected(img))
@@ -78,7 +78,7 @@ def test_co_located_steps_pass_frames_through_shared_memory_after_the_first_answ
     np.testing.assert_array_equal(codec.decode_image(first.image), _expected(img))
     # per request, step 1 made the frame (classify passes it on) and a reply segment the last
     # step wrote the final image into; step 1 put it inline for the caller
-    assert len(created) == 6
+    assert len(created) == 8
     # each frame ended with its request: its token is void; the memory waits in a small pool
     # for the next frame and is unlinked when the step stops
     assert len(_segments("stepchain-p1-")) <= 2
