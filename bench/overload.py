@@ -106,6 +106,7 @@ def open_loop(calls: Sequence[Any], payload: bytes, rate: float, seconds: float,
     """Requests at fixed intervals of 1/rate for `seconds`, each with `deadline`, spread over
     `calls` (one per client connection, as many clients would open)."""
     results: list[tuple[str, float]] = []
+    refused_by: Counter[str] = Counter()
     lock = threading.Lock()
     outstanding = threading.Semaphore(0)
     sent = 0
@@ -127,6 +128,8 @@ def open_loop(calls: Sequence[Any], payload: bytes, rate: float, seconds: float,
                 code = "OK"
             except grpc.RpcError as err:
                 code = err.code().name
+                if code == "RESOURCE_EXHAUSTED":  # which step refused: "step 2 (grayscale)"
+                    refused_by[(err.details() or "").split(":", 1)[0][:40]] += 1
             except Exception as exc:  # a cancelled future
                 code = type(exc).__name__
             with lock:
@@ -150,6 +153,7 @@ def open_loop(calls: Sequence[Any], payload: bytes, rate: float, seconds: float,
             "codes": dict(codes), "goodput_rps": round(codes["OK"] / elapsed, 2),
             "ok_p50_ms": percentile(ok, 0.5), "ok_p99_ms": percentile(ok, 0.99),
             "refusal_p50_ms": percentile(refused, 0.5), "refusal_p99_ms": percentile(refused, 0.99),
+            "refused_by": dict(refused_by),
             "deadline_exceeded_pct": round(100 * codes["DEADLINE_EXCEEDED"] / max(sent, 1), 2)}
 
 
@@ -204,7 +208,7 @@ def line(r: dict[str, Any]) -> str:
             f"codes {r['codes']}, goodput {r['goodput_rps']}/s "
             f"({r['goodput_vs_saturation']}x sat), OK p50/p99 {r['ok_p50_ms']}/{r['ok_p99_ms']} ms, "
             f"refusal p50/p99 {r['refusal_p50_ms']}/{r['refusal_p99_ms']} ms, "
-            f"DEADLINE_EXCEEDED {r['deadline_exceeded_pct']} %")
+            f"DEADLINE_EXCEEDED {r['deadline_exceeded_pct']} %, refused by {r['refused_by']}")
 
 
 def markdown(doc: dict[str, Any]) -> str:
