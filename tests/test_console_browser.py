@@ -154,9 +154,25 @@ def test_create_run_a_photo_watch_live_and_delete_in_a_real_browser(
     browser.execute_script("document.getElementById('live').scrollIntoView()")
     shot(browser, "5-live")
 
+    # Replace it by uploading a changed JSON file into the page's editor.
+    changed = json.loads(json.dumps(PIPELINE))
+    changed["steps"][3]["params"]["scale"] = 0.25
+    upload = tmp_path / "browser.json"
+    upload.write_text(json.dumps(changed))
+    replace = browser.find_element(By.CSS_SELECTOR, "form.editor[data-mode=replace]")
+    replace.find_element(By.NAME, "file").send_keys(str(upload))
+    wait_for(lambda: "0.25" in replace.find_element(By.NAME, "spec").get_attribute("value"),
+             "the uploaded file in the editor")
+    replace.find_element(By.CSS_SELECTOR, "[data-action=replace]").click()
+    wait_for(lambda: "updated" in replace.find_element(By.CLASS_NAME, "result").text,
+             "the pipeline to be replaced")
+    with service.api(token) as api:
+        graph = api.get("/pipeline/browser").json()["graph"]
+    assert graph[3]["params"] == {"scale": 0.25}
+
     # Delete it.
     browser.find_element(By.CSS_SELECTOR, "button[data-delete=browser][data-after]").click()
-    browser.switch_to.alert.accept()
+    wait_for(lambda: browser.switch_to.alert, "the confirmation dialog").accept()
     wait_for(lambda: browser.current_url.rstrip("/") == service.url.rstrip("/"),
              "the return to the pipeline list")
     wait_for(lambda: "No pipelines yet" in browser.page_source, "the empty list")
