@@ -57,6 +57,8 @@ class Admission:
         self._inflight = 0
         self._waiters: deque[threading.Event] = deque()
         self._closed = False
+        #: Set when a drain's grace ran out: queued requests are sent away, running ones stop.
+        self._cut = False
 
     @property
     def inflight(self) -> int:
@@ -142,6 +144,9 @@ class Admission:
             self._waiters.append(ticket)
         # release() hands a slot directly to the first waiter by setting its event.
         if ticket.wait(timeout):
+            if self._cut:  # woken by cut(), not given a slot
+                raise Draining("the step is draining (shutting down) and its grace ran out while "
+                               "this request waited for a slot; retry on another replica")
             return time.perf_counter() - start
         with self._lock:
             if ticket.is_set():  # the slot arrived just as the wait timed out: keep it
@@ -164,6 +169,20 @@ class Admission:
             else:
                 self._inflight -= 1
                 self._idle.notify_all()
+
+    @property
+    def cut(self) -> bool:
+        """True once cut_off() was called: running requests should stop and answer."""
+        return self._cut
+
+    def cut_off(self) -> None:
+        """The drain's grace ran out: sends every queued request away (Draining) and tells
+        running ones to stop at their next chance (see :attr:`cut`)."""
+        with self._lock:
+            self._closed = self._cut = True
+            while self._waiters:
+                self._waiters.popleft().set()
+            self._idle.notify_all()
 
     def close(self) -> None:
         """Refuses new requests from now on; queued and in-flight ones carry on."""

@@ -44,6 +44,8 @@ SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
 SPARE_THREADS = 32
 #: Seconds the last responses get to be written after drain saw every request finish.
 RESPONSE_FLUSH_S = 5.0
+#: Seconds requests cut off by the end of the grace get to answer (draining) before the stop.
+CUT_OFF_ANSWER_S = 1.0
 #: Seconds a client connection lives before the server asks the client to reconnect (GOAWAY).
 #: Reconnecting re-resolves `dns:///` names, so upstream steps find replicas that started
 #: after they connected (gRPC's answer to "new pods get no traffic" behind a headless Service).
@@ -137,10 +139,18 @@ class StepServer:
         if not finished:
             self.cut_off = self.servicer.admission.inflight + self.servicer.admission.queued
             log.warning("drain: %d request(s) still running or queued after %.1f s grace; "
-                        "cancelling", self.cut_off, grace)
+                        "cutting them off", self.cut_off, grace)
+            # Queued requests are answered FAILED_PRECONDITION (draining) now; running ones
+            # between two kernel passes: give them a moment to say so before the server stops
+            # (a call cancelled by the stop would reach its caller as a bare CANCELLED).
+            self.servicer.admission.cut_off()
+            answered = self.servicer.admission.wait_idle(CUT_OFF_ANSWER_S)
+        else:
+            answered = True
         # A request leaves admission just before its response is written: give the last
-        # responses time to go out (stop returns as soon as no RPC is active).
-        self.stop(max(RESPONSE_FLUSH_S, deadline - time.monotonic()) if finished else 0.0)
+        # responses time to go out (stop returns as soon as no RPC is active). A kernel that
+        # cannot be interrupted is not waited for.
+        self.stop(max(RESPONSE_FLUSH_S, deadline - time.monotonic()) if answered else 0.0)
         return finished
 
     def stop(self, grace: float | None = 0.0) -> None:

@@ -592,7 +592,7 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             raise StepAbort(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"{where}: the request's deadline passed after kernel pass {done} of "
                             f"{passes}; stopped there")
-        if not context.is_active() and self.admission.closed:
+        if self.admission.cut or (not context.is_active() and self.admission.closed):
             raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"{where} is draining (shutting down) and its grace period ran out "
                             f"after kernel pass {done} of {passes}; retry on another replica",

@@ -166,3 +166,25 @@ def test_an_unbounded_queue_wait_leaves_only_the_deadline_and_the_count() -> Non
         adm.release(0.2)
     for t in threads:
         t.join(5)
+
+
+def test_cut_off_sends_queued_requests_away_as_draining_and_marks_running_ones() -> None:
+    adm = Admission(1, 5)
+    adm.acquire()
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            adm.acquire(10.0)
+        except Draining as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while adm.queued != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    adm.cut_off()
+    waiter.join(5)
+    assert len(errors) == 1 and "draining" in str(errors[0])
+    assert adm.cut and adm.closed and adm.queued == 0 and adm.inflight == 1

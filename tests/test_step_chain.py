@@ -272,3 +272,43 @@ def test_a_kernel_still_running_after_the_grace_period_is_cut_off_and_the_step_e
         assert "1 request(s) cut off" in proc.log_text()
     finally:
         pipe.stop()
+
+
+def test_sigterm_under_load_never_answers_a_bare_cancelled(tmp_path: Path) -> None:
+    steps = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 5.0}}]
+    pipe = ProcessPipeline(tmp_path, steps, extra_args={1: [
+        "--grace", "1", "--max-passes", "1000", "--max-inflight", "2"]})
+    proc = pipe.procs[1]
+    try:
+        pipe.wait_serving()
+        img = noisy_image(256, 256, 3)
+        # many short passes: a request cut off by the grace stops between two of them
+        slow = step_pb2.ProcessRequest(image=codec.raw_image(img), overrides=step_pb2.Overrides(
+            passes=passes_lasting(4.0, img, sigma=5.0), threads=1))
+        stub = pipe.stub(1)
+        outcomes: list[tuple[grpc.StatusCode, str]] = []
+
+        def call() -> None:
+            try:
+                stub.Process(slow, timeout=60)
+                outcomes.append((grpc.StatusCode.OK, ""))
+            except grpc.RpcError as err:
+                outcomes.append((err.code(), err.details() or ""))
+
+        with ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(call) for _ in range(4)]  # 2 running, 2 queued
+            time.sleep(0.8)
+            proc.signal(signal.SIGTERM)
+            time.sleep(0.2)
+            calls += [pool.submit(call) for _ in range(2)]  # arriving while it drains
+            for f in calls:
+                f.result(timeout=60)
+        assert proc.proc.wait(timeout=30) == 0, proc.log_text()
+        assert len(outcomes) == 6
+        for code, message in outcomes:
+            assert code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE), (
+                code, message)
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                assert "step 1 (gaussian_blur)" in message and "draining" in message
+    finally:
+        pipe.stop()
