@@ -63,6 +63,7 @@ from stepsvc import codec, wire
 from stepsvc.forward import PROCESS_METHOD, channel_options
 from stepsvc.ports import free_port
 from stepsvc.shm import FrameStore
+from topology.supervisor import stop_all
 
 RESULTS = RESULTS_DIR
 Kernels = tuple[tuple[str, dict[str, Any]], ...]
@@ -142,15 +143,7 @@ def processes(commands: Sequence[Sequence[str]], threads: int,
     try:
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_all(procs, grace_s=13.0)  # SIGTERM all, SIGKILL what is left after 15 s
 
 
 def wait_grpc(address: str, timeout: float = 60.0) -> None:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import tempfile
 import threading
@@ -35,6 +34,7 @@ from bench.chain import child_env, step_commands, wait_grpc
 from bench.overload import CHAIN, METHOD, frame, load_average
 from stepsvc.forward import channel_options
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
+from topology.supervisor import stop_all
 
 #: The RSS the end is compared with: after this many requests (allocator and caches warm).
 BASELINE_AFTER = 1000
@@ -106,15 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     sample(idle=True)
                 elapsed = time.monotonic() - started
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_all(procs, grace_s=13.0)  # SIGTERM all, SIGKILL what is left after 15 s
     baseline = next(s for s in samples if s["idle"]
                     and s["requests"] >= min(BASELINE_AFTER, args.requests))
     end = samples[-1]
