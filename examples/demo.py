@@ -14,10 +14,10 @@ Exits non-zero on any failure. Outputs land in out/demo/.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -53,6 +53,8 @@ DEMO_PIPELINE: dict[str, Any] = {
     ],
 }
 START_TIMEOUT_S = 30.0
+#: How long the demo keeps the console up on a terminal before tearing down by itself.
+CONSOLE_WAIT_S = 300
 
 
 class DemoFailed(RuntimeError):
@@ -210,8 +212,14 @@ def show_console(base: str, token: str | None, pipeline_id: str) -> None:
           "1, 2, 4... threads; Live metrics and scaling advice; live terminal view: "
           f"stepchain top --topology {base}")
     if sys.stdin.isatty() and not os.environ.get("CI"):
-        with contextlib.suppress(EOFError):
-            input("   open it now; press Enter to tear everything down ")
+        # Bounded, so a demo started from a terminal by a script still ends by itself.
+        print(f"   open it now; press Enter to tear everything down (or wait "
+              f"{CONSOLE_WAIT_S // 60} min) ", end="", flush=True)
+        ready, _, _ = select.select([sys.stdin], [], [], CONSOLE_WAIT_S)
+        if ready:
+            sys.stdin.readline()
+        else:
+            print()
 
 
 def stop(service: subprocess.Popen[bytes]) -> int:
