@@ -17,20 +17,21 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
 all: venv
 
-# setuptools >= 77 reads pyproject.toml's license expression (`make native` builds in the venv).
+# setuptools >= 77 reads pyproject.toml's license expression; stepchain is built with the venv's
+# own setuptools (no isolated build environment to create on every install, `make native` too).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'
+	$(BIN)/python -m pip install -q 'setuptools>=77'
 
 # Editable install of the runtime: builds native/_native*.so in place, pulls the dependencies
 # the servers, the CLI and the demo need, nothing else.
 $(RUNTIME_STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
-	$(PIP) install -q -e .
+	$(PIP) install -q --no-build-isolation -e .
 	touch $@
 
 # The test tools on top of the runtime (the `test` extra).
 $(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[test]'
 	touch $@
 
 runtime: $(RUNTIME_STAMP)
