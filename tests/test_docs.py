@@ -310,6 +310,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow  # a child interpreter imports Locust (gevent): ~3 s idle, 12 s loaded
 def test_every_locust_command_shown_is_accepted_by_locusts_parser() -> None:
     commands = locust_commands()
     assert commands, "the extractor found no `locust -f loadtest/locustfile.py` command"
