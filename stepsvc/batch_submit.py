@@ -5,12 +5,14 @@ One image with ``--tile``: the tiles of :mod:`stepsvc.tile_submit`, a progress b
 then ``tiles: expected N, done N, retried R, failed 0``. A directory: every image in it (at most
 ``--concurrency`` at a time), tiled with ``--tile`` or sent whole, each with the same line
 prefixed by its name, then ``images: expected N, done N, failed F``. Exit 0 only when nothing
-failed; a failed image writes no output and its failed tiles are named.
+failed; a failed image writes no output and its failed tiles are named. With ``--json`` the
+accounting is one JSON document on stdout instead (:func:`report_json`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from concurrent import futures
@@ -99,6 +101,8 @@ def _run_jobs(args: argparse.Namespace, channel: grpc.Channel, jobs: list[Job],
     policy = RetryPolicy(attempts=args.retries)
     console = Console(stderr=True)
     failed_images = 0
+    as_json = bool(getattr(args, "json", False))
+    results: list[tuple[Job, TileReport | None, str | None]] = []
     lock = threading.Lock()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -126,6 +130,9 @@ def _run_jobs(args: argparse.Namespace, channel: grpc.Channel, jobs: list[Job],
                 with lock:
                     if report is None or not report.ok:
                         failed_images += 1
+                if as_json:
+                    results.append((job, report, error))
+                    continue
                 if report is None:
                     print(f"{prefix}failed: {error}", file=sys.stderr)
                     continue
@@ -138,12 +145,38 @@ def _run_jobs(args: argparse.Namespace, channel: grpc.Channel, jobs: list[Job],
                     continue
                 print(f"{prefix}failed tiles (no output written to {job.out}):\n"
                       f"{report.failures()}", file=sys.stderr)
-    if directory:
+    if as_json:
+        print(json.dumps(report_json(results, directory=directory), indent=2))
+    elif directory:
         print(f"images: expected {len(jobs)}, done {len(jobs) - failed_images}, "
               f"failed {failed_images}")
     elif failed_images == 0:
         print(f"output: {jobs[0].out}")
     return 0 if failed_images == 0 else 1
+
+
+def _image_json(job: Job, report: TileReport | None, error: str | None) -> dict[str, Any]:
+    ok = report is not None and report.ok
+    entry: dict[str, Any] = {"source": str(job.source), "output": str(job.out) if ok else None,
+                             "ok": ok, "error": error}
+    if report is not None:
+        entry["tiles"] = {"expected": report.expected, "done": report.done,
+                          "retried": report.retried, "failed": len(report.failed)}
+        entry["retried_after"] = dict(sorted(report.reasons.items()))
+        entry["failed_tiles"] = {str(i): why for i, why in sorted(report.failed.items())}
+    return entry
+
+
+def report_json(results: list[tuple[Job, TileReport | None, str | None]], *,
+                directory: bool) -> dict[str, Any]:
+    """``--json``: the same accounting as the text lines — one image's entry, or for a
+    directory every image's entry plus ``expected``/``done``/``failed`` counts."""
+    entries = [_image_json(job, report, error) for job, report, error in results]
+    if not directory:
+        return entries[0]
+    failed = sum(1 for e in entries if not e["ok"])
+    return {"images": entries, "expected": len(entries), "done": len(entries) - failed,
+            "failed": failed}
 
 
 def _whole(channel: grpc.Channel, job: Job, args: argparse.Namespace, policy: RetryPolicy,

@@ -180,6 +180,33 @@ def test_a_directory_is_submitted_image_by_image_with_accounting_per_image(
             assert np.array_equal(np.asarray(Image.open(tmp_path / folder / name)), expected)
 
 
+def test_json_with_tiles_or_a_directory_prints_the_accounting_as_one_json_document(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from PIL import Image
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(2):
+        Image.fromarray(noisy_image(40, 50, 3, seed=i)).save(source / f"img{i}.png")
+    with in_process() as pipe:
+        pipe.add(1, BLUR_SHARPEN)
+        entry = pipe.add(0, BLUR_SHARPEN)
+        capsys.readouterr()
+        assert submit(source / "img0.png", "--target", entry.address, "--out",
+                      tmp_path / "one.png", "--tile", "16", "--json") == 0
+        one = json.loads(capsys.readouterr().out)
+        assert submit(source, "--target", entry.address, "--out", tmp_path / "dir",
+                      "--json") == 0
+        many = json.loads(capsys.readouterr().out)
+    assert one["ok"] and one["output"] == str(tmp_path / "one.png")
+    assert one["tiles"] == {"expected": 12, "done": 12, "retried": 0, "failed": 0}
+    assert (many["expected"], many["done"], many["failed"]) == (2, 2, 0)
+    assert [Path(e["output"]).name for e in many["images"]] == ["img0.png", "img1.png"]
+    assert all(e["tiles"]["done"] == 1 for e in many["images"])
+
+
 def test_an_image_beyond_one_request_and_the_steps_pixel_limit_goes_through_as_tiles(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = noisy_image(900, 1200, 3, seed=11)  # 1.08 MP, 3.2 MB raw
