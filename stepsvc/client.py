@@ -21,13 +21,19 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from stepsvc import codec
 from stepsvc.forward import channel_options
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB
+from stepsvc.tile_submit import TileJobError, read_input
 
 OUTPUT_ENCODINGS = {".png": codec.PNG, ".jpg": codec.JPEG, ".jpeg": codec.JPEG}
 
 
 def image_message(path: str | Path, *, raw: bool = False) -> step_pb2.Image:
-    """The file at `path` as an Image: PNG/JPEG bytes as they are, anything else (or `raw`)
-    decoded here and sent as raw pixels."""
+    """The file at `path` as an Image: PNG/JPEG bytes as they are, a ``.npy`` array (uint8
+    H x W [x C]) and anything else (or `raw`) decoded here and sent as raw pixels."""
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            return codec.raw_image(np.ascontiguousarray(read_input(path)))
+        except TileJobError as exc:
+            raise ValueError(str(exc)) from None
     data = Path(path).read_bytes()
     encoding = codec.sniff_encoding(data)
     if encoding is not None and not raw:

@@ -98,6 +98,18 @@ def test_request_raw_sends_pixels_with_their_size(
     np.testing.assert_array_equal(codec.decode_image(req.image), np.asarray(PILImage.open(photo)))
 
 
+def test_request_reads_a_npy_array_as_raw_pixels_and_refuses_a_non_uint8_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = noisy_image(10, 12, 3, seed=3)
+    np.save(tmp_path / "in.npy", image)
+    assert main(["request", str(tmp_path / "in.npy"), "--output-encoding", "raw"]) == 0
+    req = json_format.Parse(capsys.readouterr().out, step_pb2.ProcessRequest())
+    np.testing.assert_array_equal(codec.decode_image(req.image), image)
+    np.save(tmp_path / "bad.npy", image.astype(np.float32))
+    assert main(["request", str(tmp_path / "bad.npy")]) == 2
+    assert "must be uint8" in capsys.readouterr().err
+
+
 def test_request_reports_an_unreadable_image(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "notes.txt"

@@ -180,6 +180,20 @@ def test_a_directory_is_submitted_image_by_image_with_accounting_per_image(
             assert np.array_equal(np.asarray(Image.open(tmp_path / folder / name)), expected)
 
 
+def test_a_npy_image_submitted_whole_goes_through_as_raw_pixels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = noisy_image(30, 40, 3, seed=5)
+    np.save(tmp_path / "in.npy", image)
+    with in_process() as pipe:
+        pipe.add(1, BLUR_SHARPEN)
+        entry = pipe.add(0, BLUR_SHARPEN)
+        assert submit(tmp_path / "in.npy", "--target", entry.address, "--out",
+                      tmp_path / "out.png") == 0
+    expected = native.sharpen(native.gaussian_blur(image, sigma=2.0), amount=1.5)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), expected)
+
+
 def test_json_with_tiles_or_a_directory_prints_the_accounting_as_one_json_document(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
