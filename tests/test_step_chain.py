@@ -281,7 +281,9 @@ def test_sigterm_under_load_never_answers_a_bare_cancelled(tmp_path: Path) -> No
     proc = pipe.procs[1]
     try:
         pipe.wait_serving()
-        img = noisy_image(256, 256, 3)
+        # 1024 x 1024: even with today's faster blur the 4 s stay under the 1000-pass cap (at
+        # 256 x 256 the cap made each request ~0.6 s, done before SIGTERM on an idle machine)
+        img = noisy_image(1024, 1024, 3)
         # many short passes: a request cut off by the grace stops between two of them
         slow = step_pb2.ProcessRequest(image=codec.raw_image(img), overrides=step_pb2.Overrides(
             passes=passes_lasting(4.0, img, sigma=5.0), threads=1))
