@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from bench import RESULTS_DIR
+from bench import RESULTS_DIR, write_results
 from stepsvc import codec
 from stepsvc.config import parse_config
 from stepsvc.http_face import start_http_face
@@ -100,28 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, values in times.items()]
     overhead = round(rows[1]["p50_ms"] - rows[0]["p50_ms"], 3)
     result: dict[str, Any] = {
-        "benchmark": "http_face", "machine": platform.machine(), "cpus": os.cpu_count(),
-        "shared_machine": True, "load_average_before": load_before,
-        "load_average_after": list(os.getloadavg()),
+        "benchmark": "http_face", "load_average_before": load_before,
         "settings": {"requests": args.requests, "size": args.size, "jpeg_bytes": len(data)},
         "runs": rows, "http_overhead_p50_ms": overhead,
     }
     lines = ["| face | requests | p50 ms | p95 ms | mean ms |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['face']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} | "
               f"{r['mean_ms']} |" for r in rows]
-    table = "\n".join(lines)
-    print(table)
-    print(f"HTTP face overhead at the median: {overhead} ms; load average before {load_before}, "
-          f"after {result['load_average_after']} ({os.cpu_count()} CPUs, shared machine)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "http_face.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "http_face.md").write_text(
-        "# HTTP face over gRPC\n\n"
-        f"`stepchain bench http_face --requests {args.requests} --size {args.size}` "
-        f"({len(data)}-byte JPEG in and out, one identity step, one caller, the faces "
-        f"alternating) on {os.cpu_count()} CPUs, a machine shared with other work (load "
-        f"average before {load_before}, after {result['load_average_after']}).\n\n"
-        + table + f"\n\nHTTP overhead at the median: {overhead} ms.\n")
+    write_results(args.out, "http_face", result, "HTTP face over gRPC",
+                  f"stepchain bench http_face --requests {args.requests} --size {args.size}",
+                  f"{len(data)}-byte JPEG in and out, one identity step, one caller, the faces "
+                  "alternating.\n\n" + "\n".join(lines)
+                  + f"\n\nHTTP overhead at the median: {overhead} ms.")
     return 0
 
 

@@ -17,9 +17,7 @@ Usage: ``stepchain bench replicas [--replicas 1,2] [--requests 60] [--clients 4]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from collections import Counter
@@ -30,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import RESULTS_DIR
+from bench import RESULTS_DIR, write_results
 from stepsvc import client, codec
 from topology.local_backend import LocalBackend
 from topology.pipeline import parse_pipeline
@@ -108,25 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         row["speedup"] = round(row["requests_per_s"] / base, 2)
     result = {
-        "benchmark": "replicas", "machine": platform.machine(), "cpus": os.cpu_count(),
-        "shared_machine": True, "load_average_before": load_before,
-        "load_average_after": list(os.getloadavg()),
+        "benchmark": "replicas", "load_average_before": load_before,
         "settings": {"requests": args.requests, "clients": args.clients,
                      "passes": args.passes, "size": args.size},
         "runs": rows,
     }
-    table = _table(rows)
-    print(table)
-    print(f"load average before {load_before}, after {result['load_average_after']} "
-          f"({os.cpu_count()} CPUs, shared machine)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "replicas.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "replicas.md").write_text(
-        "# Replicas of the bottleneck step\n\n"
-        f"`stepchain bench replicas --replicas {args.replicas} --requests {args.requests} "
-        f"--clients {args.clients} --passes {args.passes} --size {args.size}` on "
-        f"{os.cpu_count()} CPUs, a machine shared with other work (load average before "
-        f"{load_before}, after {result['load_average_after']}).\n\n" + table + "\n")
+    write_results(args.out, "replicas", result, "Replicas of the bottleneck step",
+                  f"stepchain bench replicas --replicas {args.replicas} --requests "
+                  f"{args.requests} --clients {args.clients} --passes {args.passes} "
+                  f"--size {args.size}", _table(rows))
     return 0
 
 

@@ -21,9 +21,7 @@ Usage: ``stepchain bench tiles [--side 20000] [--tile 2048] [--tile-concurrency 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -37,7 +35,7 @@ import numpy as np
 from skimage import data
 
 import native
-from bench import RESULTS_DIR
+from bench import RESULTS_DIR, write_results
 from topology.local_backend import LocalBackend
 from topology.pipeline import parse_pipeline
 
@@ -154,21 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "windows_checked": checks,
         "identical": all(c["identical"] for c in checks),
     }
-    out = {"benchmark": "tiles", "machine": platform.machine(), "cpus": os.cpu_count(),
-           "shared_machine": True, "load_average_before": load_before,
-           "load_average_after": list(os.getloadavg()), "result": result_row}
-    table = _table(result_row)
-    print(table)
-    print(f"load average before {load_before}, after {out['load_average_after']} "
-          f"({os.cpu_count()} CPUs, shared machine)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tiles.json").write_text(json.dumps(out, indent=2) + "\n")
-    (args.out / "tiles.md").write_text(
-        "# A 1.2 GB image as tiles\n\n"
-        f"`stepchain bench tiles --side {args.side} --tile {args.tile} --tile-concurrency "
-        f"{args.tile_concurrency}` on {os.cpu_count()} CPUs shared with other work (load "
-        f"average before {load_before}, after {out['load_average_after']}). Steps run with "
-        "their defaults (--max-pixels 40 MP, 64 MiB messages).\n\n" + table + "\n")
+    out = {"benchmark": "tiles", "load_average_before": load_before, "result": result_row}
+    write_results(args.out, "tiles", out, "A 1.2 GB image as tiles",
+                  f"stepchain bench tiles --side {args.side} --tile {args.tile} "
+                  f"--tile-concurrency {args.tile_concurrency}",
+                  "Steps run with their defaults (--max-pixels 40 MP, 64 MiB messages).\n\n"
+                  + _table(result_row))
     return 0 if result_row["identical"] and result_row["failed"] == 0 else 1
 
 

@@ -32,6 +32,7 @@ from topology.render import (
     _metadata,
     _service,
     labels,
+    network_policy_metadata,
     step_config_text,
 )
 
@@ -212,13 +213,10 @@ def _network_policy(pipeline: Pipeline, namespace: str,
     """Only the entry step's port (and every metrics port, for scrapers) is reachable from
     outside the pod; the steps talk to each other over loopback inside it."""
     entry = pipeline.step(pipeline.entry_step)
-    metadata = _metadata(pipeline, entry, f"{pipeline.pipeline_id}-steps", namespace)
-    metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k != "step_id"} | {
-        "app.kubernetes.io/component": "network-policy"}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata,
+        "metadata": network_policy_metadata(pipeline, namespace),
         "spec": {
             "podSelector": {"matchLabels": pod_selector(pipeline)},
             "policyTypes": ["Ingress"],

@@ -149,6 +149,15 @@ def network_policy_name(pipeline_id: str) -> str:
     return f"{pipeline_id}-steps"
 
 
+def network_policy_metadata(pipeline: Pipeline, namespace: str) -> dict[str, Any]:
+    """The pipeline's one NetworkPolicy's metadata: the pipeline's labels (no step_id)."""
+    entry = pipeline.step(pipeline.entry_step)
+    metadata = _metadata(pipeline, entry, network_policy_name(pipeline.pipeline_id), namespace)
+    metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k != "step_id"} | {
+        "app.kubernetes.io/component": "network-policy"}
+    return metadata
+
+
 def network_policy(pipeline: Pipeline, namespace: str) -> dict[str, Any]:
     """Ingress to every step but the entry only from the pipeline's own pods.
 
@@ -159,14 +168,10 @@ def network_policy(pipeline: Pipeline, namespace: str) -> dict[str, Any]:
     """
     pipeline_pods = {"app.kubernetes.io/name": "stepchain-step",
                      "pipeline_id": pipeline.pipeline_id}
-    entry = next(s for s in pipeline.steps if s.id == pipeline.entry_step)
-    metadata = _metadata(pipeline, entry, network_policy_name(pipeline.pipeline_id), namespace)
-    metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k != "step_id"} | {
-        "app.kubernetes.io/component": "network-policy"}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata,
+        "metadata": network_policy_metadata(pipeline, namespace),
         "spec": {
             "podSelector": {
                 "matchLabels": pipeline_pods,
