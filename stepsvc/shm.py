@@ -292,27 +292,32 @@ class FrameStore:
                 raise BadHandle(f"image.shm segment {name} holds {st.st_size - HEADER_SIZE} "
                                 f"bytes, the handle says {handle.size}")
             key = (name, writable)
+            # The view is taken under the lock: a cached mapping is only ever closed after it
+            # left the cache, and close() of a mapping with a view is refused (BufferError), so
+            # another request's eviction or the sweeper can never unmap it under this one.
             with self._lock:
                 cached = self._maps.get(key)
-            fresh = cached is None or cached[0] != st.st_ino
+                fresh = cached is None or cached[0] != st.st_ino
+                if not fresh:
+                    assert cached is not None
+                    region, pinned = cached[1], memoryview(cached[1])
             if fresh:
                 prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
                 flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
                 region = mmap.mmap(fd, st.st_size, flags=flags, prot=prot)
-            else:
-                assert cached is not None
-                region = cached[1]
+                pinned = memoryview(region)  # before it is cached, for the same reason
         finally:
             os.close(fd)
-        magic, size, token = HEADER.unpack_from(region)
+        magic, size, token = HEADER.unpack_from(pinned)
         if magic != MAGIC or size != handle.size or not hmac.compare_digest(token, handle.token):
+            pinned.release()
             if fresh:
                 region.close()
             raise BadHandle(f"image.shm segment {name} does not match the handle (wrong token "
                             "or size: forged or stale)")
+        view = pinned[HEADER_SIZE:HEADER_SIZE + handle.size]
         if fresh:
             self._cache_mapping(key, st.st_ino, region)
-        view = memoryview(region)[HEADER_SIZE:HEADER_SIZE + handle.size]
         return Mapped(view, region, _owned=False)
 
     def _cache_mapping(self, key: tuple[str, bool], inode: int, region: mmap.mmap) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 import signal
@@ -24,7 +25,7 @@ from step_fixtures import (
 from stepchain.v1 import step_pb2
 
 import native
-from stepsvc import codec
+from stepsvc import codec, shm
 from stepsvc.shm import DEFAULT_DIR, HEADER_SIZE, BadHandle, FrameStore, NotShared
 
 CHAIN = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}, "next_step": 2},
@@ -252,6 +253,31 @@ def test_open_checks_owner_regular_file_and_header_without_a_server(tmp_path: Pa
     store.close()
     assert not path.exists()
     assert (tmp_path / fifo).stat().st_size == 0 and HEADER_SIZE == 64
+
+
+def test_a_cached_mapping_evicted_by_another_request_mid_open_stays_readable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under load the console saw INTERNAL "mmap closed or invalid": another request evicted
+    # (and unmapped) the cached mapping between this request's cache lookup and its read.
+    store = FrameStore(str(tmp_path), "p8", max_bytes=1 << 20)
+    segment = store.create((2, 3, 1))
+    segment.pixels[...] = np.arange(6, dtype=np.uint8).reshape(2, 3, 1)
+    store.open(segment.handle()).close()  # the mapping is cached now
+    real = shm.HEADER
+
+    class EvictEverythingFirst:
+        def unpack_from(self, buffer: Any) -> tuple[Any, ...]:
+            monkeypatch.setattr(shm, "MAPPING_CACHE", 0)
+            store._cache_mapping(("another-request", False), 0, mmap.mmap(-1, 4096))
+            return real.unpack_from(buffer)
+
+    monkeypatch.setattr(shm, "HEADER", EvictEverythingFirst())
+    mapped = store.open(segment.handle())
+    monkeypatch.setattr(shm, "HEADER", real)
+    assert bytes(mapped.data) == bytes(range(6))
+    mapped.close()
+    segment.close()
+    store.close()
 
 
 def test_sweep_removes_segments_of_dead_processes_only(tmp_path: Path) -> None:
