@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         backend = LocalBackend(Path(state))
         try:
             applied = backend.apply(parse_pipeline(chaos_pipeline()))
-            print(f"pipeline chaos: gaussian_blur x3 replicas -> sharpen; entry "
-                  f"{applied.entrypoint}")
-            with client.connect(applied.entrypoint) as channel:
+            # every entry replica, round_robin: a killed one's tiles go to the others
+            target = applied.details.get("entry_target") or applied.entrypoint
+            print(f"pipeline chaos: gaussian_blur x3 replicas -> sharpen; entry {target}")
+            with client.connect(target) as channel:
                 reach = reach_of(describe(channel, 30))
                 job = TileJob(channel, reach, args.tile, concurrency=args.tile_concurrency,
                               timeout=60)

@@ -89,3 +89,21 @@ def test_a_killed_replica_is_restarted_on_its_own_port_and_requests_keep_flowing
     deadline = time.monotonic() + 20
     while "rep-step-1-1" not in hosts_of_step(result.entrypoint, 1, 6):
         assert time.monotonic() < deadline, "the restarted replica never got a request again"
+
+
+@pytest.mark.slow
+def test_a_replicated_entry_step_answers_one_host_port_entrypoint_and_a_round_robin_target(
+        backend: LocalBackend) -> None:
+    # grpcurl and curl take host:port only: an ipv4: list as `entrypoint` broke them
+    pipeline = {"name": "ent", "steps": [{"type": "identity", "replicas": 2, "next_step": 1},
+                                        {"type": "identity"}]}
+    result = backend.apply(parse_pipeline(pipeline))
+    assert result.entrypoint is not None and result.entrypoint.startswith("127.0.0.1:")
+    assert "," not in result.entrypoint
+    target = result.details["entry_target"]
+    assert target.startswith("ipv4:") and result.entrypoint in target and target.count(",") == 1
+    status = backend.status("ent")
+    assert status is not None
+    assert (status.entrypoint, status.details["entry_target"]) == (result.entrypoint, target)
+    assert sum(hosts_of_step(target, 0, 4).values()) == 4
+    assert sum(hosts_of_step(result.entrypoint, 0, 2).values()) == 2

@@ -153,6 +153,12 @@ def _target(procs: list[_StepProcess]) -> str:
     return "ipv4:" + ",".join(p.address for p in procs)
 
 
+def _entry_details(procs: list[_StepProcess] | None) -> dict[str, str]:
+    """With several entry replicas: ``entry_target``, the ``ipv4:`` round_robin target naming
+    them all (``entrypoint`` stays one ``host:port``, what grpcurl and curl take)."""
+    return {"entry_target": _target(procs)} if procs and len(procs) > 1 else {}
+
+
 def _discovery_entry(procs: list[_StepProcess]) -> str | list[str]:
     return procs[0].address if len(procs) == 1 else [p.address for p in procs]
 
@@ -278,10 +284,12 @@ class LocalBackend:
                 for sid, procs in sorted(started.items()) for p in procs]
             resources.append({"kind": "DiscoveryFile", "name": str(discovery)})
             return ApplyResult(pipeline_id=pipeline.pipeline_id, resources=resources,
-                               entrypoint=_target(started[pipeline.entry_step]) or None,
+                               entrypoint=(started[pipeline.entry_step][0].address
+                                           if started[pipeline.entry_step] else None),
                                http_entrypoint=(started[pipeline.entry_step][0].http_url
                                                 if started[pipeline.entry_step] else None),
-                               details={"state_dir": str(directory)})
+                               details={"state_dir": str(directory),
+                                        **_entry_details(started[pipeline.entry_step])})
 
     def status(self, pipeline_id: str) -> PipelineStatus | None:
         """Readiness of each step from its gRPC health (and whether its process runs)."""
@@ -305,12 +313,12 @@ class LocalBackend:
             return PipelineStatus(
                 pipeline_id=pipeline_id, namespace=self.namespace,
                 fingerprint=entry.pipeline.fingerprint,
-                entrypoint=_target(entry_procs) if entry_procs else None, steps=tuple(steps),
+                entrypoint=entry_procs[0].address if entry_procs else None, steps=tuple(steps),
                 http_entrypoint=entry_procs[0].http_url if entry_procs else None,
                 graph=tuple(step_config(entry.pipeline, entry.pipeline.entry_step).steps),
                 spec=entry.pipeline.source,
                 entry_step=entry.pipeline.entry_step,
-                details={"state_dir": str(entry.directory),
+                details={"state_dir": str(entry.directory), **_entry_details(entry_procs),
                          "pids": {str(s): (ps[0].child.pid if len(ps) == 1
                                            else [p.child.pid for p in ps])
                                   for s, ps in entry.steps.items()}})
