@@ -28,6 +28,14 @@ def names() -> list[str]:
                   if not m.name.startswith("_") and not m.ispkg)
 
 
+def save_results(out: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """Prints `markdown` and writes it as ``<name>.md`` beside ``<name>.json`` (`result`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / f"{name}.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+
+
 def write_results(out: Path, name: str, result: dict[str, Any], title: str, command: str,
                   body: str) -> None:
     """Prints `body` with the load line and writes ``<name>.json`` (`result`) and ``<name>.md``.
@@ -40,8 +48,5 @@ def write_results(out: Path, name: str, result: dict[str, Any], title: str, comm
     result["load_average_after"] = list(os.getloadavg())
     load = (f"load average before {result['load_average_before']}, after "
             f"{result['load_average_after']} ({os.cpu_count()} CPUs, shared machine)")
-    print(body)
     print(load)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(f"# {title}\n\n`{command}`; {load}.\n\n{body}\n")
+    save_results(out, name, result, f"# {title}\n\n`{command}`; {load}.\n\n{body}\n")

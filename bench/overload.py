@@ -21,7 +21,6 @@ Usage: ``stepchain bench overload [--duration 60] [--rates 1,2,3] [--clients 16]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -36,7 +35,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bench import RESULTS_DIR
+from bench import RESULTS_DIR, save_results
 from bench.chain import processes, step_commands, wait_grpc
 from stepsvc import codec
 from stepsvc.forward import channel_options
@@ -289,11 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder for overload.json and overload.md")
     args = parser.parse_args(argv)
     doc = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overload.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    text = markdown(doc)
-    (args.out / "overload.md").write_text(text, encoding="utf-8")
-    print(text)
+    save_results(args.out, "overload", doc, markdown(doc))
     return 0
 
 

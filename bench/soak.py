@@ -15,7 +15,6 @@ Writes ``bench/results/soak.json`` and ``soak.md``; the machine is shared (load 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from bench import RESULTS_DIR
+from bench import RESULTS_DIR, save_results
 from bench.chain import child_env, step_commands, wait_grpc
 from bench.overload import CHAIN, METHOD, frame, load_average
 from stepsvc.forward import channel_options
@@ -170,11 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     doc = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    text = markdown(doc)
-    (args.out / "soak.md").write_text(text, encoding="utf-8")
-    print(text)
+    save_results(args.out, "soak", doc, markdown(doc))
     return 0
 
 
