@@ -72,10 +72,6 @@ class OutgoingFrame:
                 cleanup.callback(self.own_reply.close)
                 self._reply = self.own_reply.handle()
 
-    @property
-    def in_shared_memory(self) -> bool:
-        return self._handle is not None
-
     def payload(self, shared: bool, source_pixels: np.ndarray | None = None) -> bytes:
         """The serialized request for a candidate: with the handle when `shared` (and the
         frame is in shared memory), else with the pixels (copied once if they are in a
