@@ -58,7 +58,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy native stepsvc topology loadtest bench
 
-# Chromium + chromium-driver (console browser test) and tmux (`stepchain top` test), when missing.
+# Chromium + chromium-driver (console browser test), tmux (`stepchain top` test), iproute2 and
+# nftables (network-fault tests), when missing.
 test-tools:
 	sh tests/install-test-tools.sh
 
