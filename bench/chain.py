@@ -11,7 +11,7 @@ All paths side by side in one run, on scikit-image's astronaut resized to each `
     * the shared-memory hop: a caller on the same host hands the step a frame segment and a
       reply segment (only handles cross gRPC);
     * the gRPC hop with glibc's allocator defaults (``STEPCHAIN_MALLOC_TUNING=off``), to show
-      what :func:`stepsvc.codec.keep_large_buffers` does to page faults;
+      what :func:`stepsvc.frames.codec.keep_large_buffers` does to page faults;
     * HTTP POST of a JPEG that the step decodes and re-encodes (a Flask-style step).
 
     Each path gets CPU ms per request (this client plus the server processes, from
@@ -59,10 +59,10 @@ from stepchain.v1 import step_pb2
 
 import native
 from bench import RESULTS_DIR
-from stepsvc import codec, wire
-from stepsvc.forward import PROCESS_METHOD, channel_options
+from stepsvc.frames import codec, wire
+from stepsvc.frames.shm import FrameStore
 from stepsvc.ports import free_port
-from stepsvc.shm import FrameStore
+from stepsvc.routing.forward import PROCESS_METHOD, channel_options
 from topology.supervisor import stop_all
 
 RESULTS = RESULTS_DIR
@@ -317,7 +317,7 @@ def serve_grpc_echo(port: int) -> None:
     """StepService/Process that answers the request's own bytes (no parsing, no kernel)."""
     from concurrent import futures
 
-    from stepsvc.forward import transport_options
+    from stepsvc.routing.forward import transport_options
 
     codec.keep_large_buffers()
     server = grpc.server(futures.ThreadPoolExecutor(8),

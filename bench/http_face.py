@@ -32,10 +32,10 @@ from PIL import Image
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from bench import RESULTS_DIR, write_results
-from stepsvc import codec
-from stepsvc.config import parse_config
-from stepsvc.http_face import start_http_face
-from stepsvc.server import ServerSettings, build_server
+from stepsvc.frames import codec
+from stepsvc.http.face import start_http_face
+from stepsvc.step.config import parse_config
+from stepsvc.step.server import ServerSettings, build_server
 
 
 class _NoDiscovery:

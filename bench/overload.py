@@ -37,9 +37,9 @@ import numpy as np
 
 from bench import RESULTS_DIR, save_results
 from bench.chain import processes, step_commands, wait_grpc
-from stepsvc import codec
-from stepsvc.forward import channel_options
+from stepsvc.frames import codec
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
+from stepsvc.routing.forward import channel_options
 
 CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("grayscale", {}), ("gaussian_blur", {"sigma": 2.0}), ("identity", {}))
 METHOD = "/stepchain.v1.StepService/Process"

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from bench import RESULTS_DIR, write_results
-from stepsvc import client, codec
+from stepsvc.client import call
+from stepsvc.frames import codec
 from topology.local_backend import LocalBackend
 from topology.pipeline import parse_pipeline
 
@@ -51,11 +52,11 @@ def run_load(entrypoint: str, image: np.ndarray, requests: int, clients: int
     per_replica: Counter[str] = Counter()
 
     def one(i: int) -> list[str]:
-        request = client.build_request(message, request_id=f"bench-{i}")
-        timings = client.submit(channel, request, timeout=120).response.timings
+        request = call.build_request(message, request_id=f"bench-{i}")
+        timings = call.submit(channel, request, timeout=120).response.timings
         return [t.host for t in timings if t.step_id == BLUR_STEP]
 
-    with client.connect(entrypoint) as channel:
+    with call.connect(entrypoint) as channel:
         list(map(one, range(clients * 2)))  # warm-up: every replica connected
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=clients) as pool:

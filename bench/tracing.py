@@ -49,10 +49,10 @@ from opentelemetry.proto.collector.trace.v1 import (
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from bench import RESULTS_DIR
-from stepsvc import codec
-from stepsvc.discovery import write_static_discovery
-from stepsvc.forward import channel_options
+from stepsvc.frames import codec
 from stepsvc.ports import free_port
+from stepsvc.routing.discovery import write_static_discovery
+from stepsvc.routing.forward import channel_options
 from stepsvc.telemetry import (
     Tracing,
     annotate_current_span,

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from skimage import data
 
-from stepsvc import client, codec
-from stepsvc.tile_submit import TileJob, describe, reach_of
+from stepsvc.client import call
+from stepsvc.client.tile_submit import TileJob, describe, reach_of
+from stepsvc.frames import codec
 from topology.local_backend import LocalBackend
 from topology.pipeline import parse_pipeline
 from topology.supervisor import process_alive
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             # every entry replica, round_robin: a killed one's tiles go to the others
             target = applied.details.get("entry_target") or applied.entrypoint
             print(f"pipeline chaos: gaussian_blur x3 replicas -> sharpen; entry {target}")
-            with client.connect(target) as channel:
+            with call.connect(target) as channel:
                 reach = reach_of(describe(channel, 30))
                 job = TileJob(channel, reach, args.tile, concurrency=args.tile_concurrency,
                               timeout=60)
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = job.run(image, out, progress)
                 tiled = np.load(out) if out.exists() else None
                 # the reference: the same image untiled through the same (healed) pipeline
-                reference = client.submit(channel, client.build_request(codec.raw_image(image)),
-                                          timeout=120).image_array()
+                reference = call.submit(channel, call.build_request(codec.raw_image(image)),
+                                        timeout=120).image_array()
             status = backend.status("chaos")
             restarts = status.steps[0].restarts if status else 0
         finally:

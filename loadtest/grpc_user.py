@@ -24,8 +24,8 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from loadtest import entries
 from loadtest.targets import Target, parse_hosts
-from stepsvc.forward import channel_options
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
+from stepsvc.routing.forward import channel_options
 
 # gRPC's C core must cooperate with Locust's gevent loop, or every blocking call stalls all
 # users; this has to happen before the first channel exists.

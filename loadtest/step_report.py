@@ -92,9 +92,9 @@ class StepReport:
         if self.csv_prefix:
             self._open_csv(self.csv_prefix)
         if self.environment.web_ui is not None:
-            from loadtest import steps_tab
+            from loadtest import steps_tab  # Flask: only when Locust serves its web UI
 
-            steps_tab.install(self.environment.web_ui, self)
+            steps_tab.install(self.environment.web_ui, self.stats)
         self._greenlet = gevent.spawn(self._run)
         return self
 

@@ -16,15 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, make_response, request
 
-from loadtest.interval_stats import StepRow
+from loadtest.interval_stats import IntervalStats, StepRow
 from loadtest.step_format import STEP_TOTAL_HEADER, ms_cell, step_cells
-
-if TYPE_CHECKING:
-    from loadtest.step_report import StepReport
 
 TAB_KEY = "steps"
 TAB_TITLE = "Steps"
@@ -54,8 +51,9 @@ def tab_rows(rows: list[StepRow]) -> list[dict[str, Any]]:
             for row in rows]
 
 
-def install(web_ui: Any, report: StepReport) -> None:
-    """Adds the Steps tab and its routes to Locust's ``WebUI``."""
+def install(web_ui: Any, stats: IntervalStats) -> None:
+    """Adds the Steps tab and its routes to Locust's ``WebUI``, showing `stats` (the
+    ``StepReport``'s, which it keeps; this tab only reads them)."""
     web_ui.template_args.update({
         "extended_tabs": [{"title": TAB_TITLE, "key": TAB_KEY}],
         "extended_tables": [{"key": TAB_KEY, "structure": TABLE_STRUCTURE}],
@@ -70,7 +68,7 @@ def install(web_ui: Any, report: StepReport) -> None:
     @blueprint.route("/steps")
     @auth
     def steps_json() -> Response:
-        return jsonify({"steps": tab_rows(report.stats.step_totals())})
+        return jsonify({"steps": tab_rows(stats.step_totals())})
 
     @blueprint.route("/steps/csv")
     @auth
@@ -78,7 +76,7 @@ def install(web_ui: Any, report: StepReport) -> None:
         data = io.StringIO()
         writer = csv.writer(data)
         writer.writerow(STEP_TOTAL_HEADER)
-        writer.writerows(step_cells(row) for row in report.stats.step_totals())
+        writer.writerows(step_cells(row) for row in stats.step_totals())
         response = make_response(data.getvalue())
         response.headers["Content-Type"] = "text/csv"
         response.headers["Content-Disposition"] = "attachment;filename=steps_total.csv"
@@ -91,7 +89,7 @@ def install(web_ui: Any, report: StepReport) -> None:
         body = response.get_json(silent=True)
         if isinstance(body, dict):
             body["extended_stats"] = [{"key": TAB_KEY,
-                                       "data": tab_rows(report.stats.step_totals())}]
+                                       "data": tab_rows(stats.step_totals())}]
             response.set_data(json.dumps(body))
         return response
 

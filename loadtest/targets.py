@@ -184,7 +184,7 @@ def discover_kubernetes_targets(*, namespace: str | None = None,
 def _core_api() -> Any:
     from kubernetes import client
 
-    from stepsvc.discovery_kubernetes import load_api_client
+    from stepsvc.routing.kubernetes import load_api_client
 
     try:
         api_client = load_api_client("finding the pipeline entry")

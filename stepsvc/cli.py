@@ -14,8 +14,9 @@ from collections.abc import Sequence
 #: Modules exposing ``register(subparsers)``; each adds its commands with ``set_defaults(func=)``.
 COMMAND_MODULES = (
     "native.cli",
-    "stepsvc.commands",
-    "stepsvc.trace_cli",
+    "stepsvc.serve",
+    "stepsvc.client.commands",
+    "stepsvc.client.trace.cli",
     "topology.cli",
     "topology.top",
     "loadtest.cli",

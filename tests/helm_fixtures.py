@@ -1,4 +1,4 @@
-"""Shared by tests/test_helm_*.py: a real Helm binary and the chart rendered with it.
+"""Shared by tests/helm/test_helm_*.py: a real Helm binary and the chart rendered with it.
 
 Helm comes from `helm/fetch-helm.sh` (cached under `.cache/helm/`), or from `$STEPCHAIN_HELM`.
 A missing Helm is a test failure, never a skip: CI must not go green without checking the chart.

@@ -22,12 +22,12 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from stepsvc import codec
-from stepsvc.config import PipelineConfig, parse_config
-from stepsvc.discovery import write_static_discovery
+from stepsvc.frames import codec
 from stepsvc.ports import free_port
-from stepsvc.server import ServerSettings, StepServer, build_server
-from stepsvc.servicer import StepObserver
+from stepsvc.routing.discovery import write_static_discovery
+from stepsvc.step.config import PipelineConfig, parse_config
+from stepsvc.step.server import ServerSettings, StepServer, build_server
+from stepsvc.step.servicer import StepObserver
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,10 +32,10 @@ from step_fixtures import (
     wait_serving,
 )
 
-from stepsvc.config import PipelineConfig
-from stepsvc.discovery import write_static_discovery
-from stepsvc.server import ServerSettings, StepServer, build_server
-from stepsvc.step_telemetry import StepTelemetry
+from stepsvc.routing.discovery import write_static_discovery
+from stepsvc.step.config import PipelineConfig
+from stepsvc.step.server import ServerSettings, StepServer, build_server
+from stepsvc.telemetry.observer import StepTelemetry
 
 
 def serve_traced(cfg: PipelineConfig, discovery: MutableDiscovery,

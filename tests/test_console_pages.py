@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from topology_fixtures import api_client
 
-from stepsvc.config import StepSpec
+from stepsvc.step.config import StepSpec
 from topology.api import create_app
 from topology.backend import ApplyResult, PipelineStatus, StepStatus
 from topology.console.amdahl import fit_parallel_fraction, speedup

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stepsvc import client as step_client
-from stepsvc import codec
+from stepsvc.client import call as step_client
+from stepsvc.frames import codec
 from topology.local_backend import LocalBackend
 from topology.pipeline import parse_pipeline
 

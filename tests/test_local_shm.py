@@ -13,9 +13,9 @@ from skimage import data
 from topology_fixtures import api_client
 
 import native
-from stepsvc import client as step_client
-from stepsvc import codec
-from stepsvc.shm import DEFAULT_DIR
+from stepsvc.client import call as step_client
+from stepsvc.frames import codec
+from stepsvc.frames.shm import DEFAULT_DIR
 from topology.api import create_app
 from topology.local_backend import LocalBackend
 from topology.settings import Settings

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from test_topology_service import Service
 
-from stepsvc import client as step_client
-from stepsvc import codec
+from stepsvc.client import call as step_client
+from stepsvc.frames import codec
 from topology.auth import client_token
 
 ROOT = Path(__file__).resolve().parent.parent

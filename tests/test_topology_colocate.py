@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
 
-from stepsvc.config import parse_config
+from stepsvc.step.config import parse_config
 from topology.colocate import COLOCATED_LABEL, FRAMES_DIR
 from topology.kubernetes_backend import KubernetesBackend
 from topology.pipeline import parse_pipeline

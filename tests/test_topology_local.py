@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from skimage import data
 from topology_fixtures import api_client
 
-from stepsvc import client as step_client
-from stepsvc import codec
+from stepsvc.client import call as step_client
+from stepsvc.frames import codec
 from topology.api import create_app
 from topology.local_backend import LocalBackend
 from topology.pipeline import parse_pipeline

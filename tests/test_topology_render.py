@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stepsvc.config import parse_config
+from stepsvc.step.config import parse_config
 from topology.pipeline import parse_pipeline
 from topology.render import RenderOptions, manifests_yaml, render_manifests
 

@@ -6,9 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
-from stepsvc.admission import Admission
-from stepsvc.config import StepSpec
-from stepsvc.metrics import StepMetrics
+from stepsvc.step.admission import Admission
+from stepsvc.step.config import StepSpec
+from stepsvc.telemetry.metrics import StepMetrics
 from topology.flow import flow_order, layers
 from topology.scrape import Histogram, ScrapeError, merge_replicas, parse_samples
 from topology.step_load import step_load

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stepsvc.config import StepSpec as RouteStep
+from stepsvc.step.config import StepSpec as RouteStep
 from topology.pipeline import Pipeline
 
 

@@ -12,7 +12,7 @@ from typing import Protocol
 
 
 class RoutedStep(Protocol):
-    """What the flow needs of a step (``stepsvc.config.StepSpec`` has it)."""
+    """What the flow needs of a step (``stepsvc.step.config.StepSpec`` has it)."""
 
     @property
     def id(self) -> int: ...

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stepsvc.config import parse_config
+from stepsvc.step.config import parse_config
 from topology.backend import ApplyResult, BackendError, PipelineStatus, RouteStep, StepStatus
 from topology.colocate import COLOCATED_LABEL
 from topology.pipeline import Pipeline
@@ -101,7 +101,7 @@ class KubernetesBackend:
     @classmethod
     def from_environment(cls, options: RenderOptions) -> KubernetesBackend:
         """In-cluster credentials when running in a pod, else the local kubeconfig."""
-        from stepsvc.discovery_kubernetes import load_api_client
+        from stepsvc.routing.kubernetes import load_api_client
 
         try:
             api_client = load_api_client("the kubernetes backend")

@@ -31,7 +31,7 @@ RESTART_WINDOW_S is left stopped and reported as failed with the end of its log.
 stopped (SIGTERM, then SIGKILL after the drain grace) on DELETE and when the service shuts down.
 
 Steps never outlive the service, however it ends: each inherits the read end of a lifeline pipe
-whose only write end the service holds (:mod:`stepsvc.lifeline`); when the service dies (SIGKILL
+whose only write end the service holds (:mod:`stepsvc.step.lifeline`); when the service dies (SIGKILL
 included) the kernel closes it and every step stops within about two seconds. A service that
 starts on the same state dir stops whatever a predecessor still left running, then brings back
 the pipelines it had (DELETE forgets a pipeline; a shutdown does not). A step with
@@ -53,8 +53,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from stepsvc.lifeline import LIFELINE_ENV
 from stepsvc.ports import free_ports, port_free
+from stepsvc.step.lifeline import LIFELINE_ENV
 from topology.backend import ApplyResult, BackendError, PipelineStatus, StepStatus
 from topology.model import PipelineInvalid
 from topology.pipeline import Pipeline, Step, parse_pipeline
@@ -238,7 +238,7 @@ class LocalBackend:
             started = dict(keep)
             entry = _LocalPipeline(pipeline, directory, started)
             self._pipelines[pipeline.pipeline_id] = entry
-            from stepsvc.discovery import write_static_discovery
+            from stepsvc.routing.discovery import write_static_discovery
 
             # A changed step comes back on the ports it had: clients keep their addresses.
             reuse = {sid: [p.ports for p in procs] for sid, procs in old.items()

@@ -38,7 +38,7 @@ from prometheus_client import (
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepsvc.metrics import LATENCY_BUCKETS, new_registry
+from stepsvc.telemetry.metrics import LATENCY_BUCKETS, new_registry
 from topology.backend import ApplyResult, Backend, PipelineStatus
 from topology.pipeline import Pipeline
 

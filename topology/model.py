@@ -39,7 +39,7 @@ from pydantic import (
 from typing_extensions import TypeAliasType
 
 from native.registry import KERNELS, canonical_name
-from stepsvc.config import KernelParams, check_route_keys
+from stepsvc.step.config import KernelParams, check_route_keys
 
 #: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
 #: and the Service `<name>-step-<N>` are built from it and must stay within 63 characters.

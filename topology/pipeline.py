@@ -22,7 +22,7 @@ from typing import Any
 
 import pydantic
 
-from stepsvc.graph import ends_pipeline_message, find_cycle
+from stepsvc.step.graph import ends_pipeline_message, find_cycle
 from topology.model import (
     MAX_STEP_ID,
     AlternativesSpec,

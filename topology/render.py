@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from stepsvc.config import PipelineConfig, dump_config
-from stepsvc.config import StepSpec as ConfigStep
-from stepsvc.http_face import KUBERNETES_HTTP_PORT
+from stepsvc.http.face import KUBERNETES_HTTP_PORT
 from stepsvc.limits import DEFAULT_MAX_PIXELS
-from stepsvc.memory_budget import default_memory_mb
+from stepsvc.step.config import PipelineConfig, dump_config
+from stepsvc.step.config import StepSpec as ConfigStep
+from stepsvc.step.memory_budget import default_memory_mb
 from topology.model import parse_quantity
 from topology.pipeline import Pipeline, Step
 

@@ -7,15 +7,19 @@ One module per job, as opentelemetry-python-contrib's gRPC instrumentation is la
 - :mod:`~stepsvc.telemetry.file_exporter` — the OTLP-JSON lines file (``STEPCHAIN_TRACE_FILE``).
 - :mod:`~stepsvc.telemetry.server` / :mod:`~stepsvc.telemetry.client` — the gRPC interceptors.
 - :mod:`~stepsvc.telemetry.filters` — which calls are traced and metered, and their status code
-  (shared with :mod:`stepsvc.metrics`).
+  (shared with :mod:`~stepsvc.telemetry.metrics`).
 - :mod:`~stepsvc.telemetry.spans` — attribute keys and span helpers.
+- :mod:`~stepsvc.telemetry.metrics` — a step's Prometheus metrics, recorded by an interceptor.
+- :mod:`~stepsvc.telemetry.observer` — a step's spans and metrics hooked into its servicer.
 
 With no variable set, tracing is off: no SDK provider, no exporter thread, and the gRPC
 interceptors only carry the caller's W3C ``traceparent`` through to the next step, so a step
 without tracing does not cut a trace of steps around it in two.
 
 The names below are the public API; import them from here (the file exporter is imported
-only when ``STEPCHAIN_TRACE_FILE`` asks for it).
+only when ``STEPCHAIN_TRACE_FILE`` asks for it; ``metrics`` and ``observer`` by the step
+server's wiring only). Imports ``step`` (the observer hooks, config and admission it reports
+on) and the loose stepsvc modules; the step server never imports this room.
 """
 
 from stepsvc.telemetry.client import ClientTracingInterceptor

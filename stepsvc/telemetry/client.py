@@ -1,6 +1,6 @@
 """The client interceptor: a CLIENT span per call to a step, its context sent as ``traceparent``.
 
-A standard ``grpc.UnaryUnaryClientInterceptor``, so :class:`stepsvc.forward.Forwarder` and
+A standard ``grpc.UnaryUnaryClientInterceptor``, so :class:`stepsvc.routing.forward.Forwarder` and
 ``grpc.intercept_channel`` take it (the contrib client interceptor is a ``grpcext`` one they
 cannot use). Propagation uses the globally configured propagator, injected here once.
 """

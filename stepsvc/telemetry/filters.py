@@ -1,7 +1,7 @@
 """Which gRPC calls telemetry looks at, and how a finished call's status is read.
 
 Shared by the tracing interceptor (:mod:`stepsvc.telemetry.server`) and the metrics interceptor
-(:mod:`stepsvc.metrics`), so a call that has a span is exactly a call that is counted, and both
+(:mod:`stepsvc.telemetry.metrics`), so a call that has a span is exactly a call that is counted, and both
 report the same status code for it.
 """
 
@@ -20,7 +20,7 @@ UNMETERED_METHODS = frozenset({STEP_SERVICE_PREFIX + "Describe"})
 def is_step_call(method: str, handler: Any) -> bool:
     """Whether a call to `method`, handled by `handler` (an ``RpcMethodHandler`` or None), is
     a StepService call with one response: the only kind telemetry wraps. Process is served as
-    client-streaming (one message, read after admission: see stepsvc.server), so its
+    client-streaming (one message, read after admission: see stepsvc.step.server), so its
     behavior takes a request iterator; wrappers keep the handler's kind (:func:`rewrap`)."""
     return (handler is not None and method.startswith(STEP_SERVICE_PREFIX)
             and method not in UNMETERED_METHODS and not handler.response_streaming)

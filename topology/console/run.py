@@ -1,7 +1,7 @@
 """The console's Run: a photo through the pipeline's real entry step, per thread count.
 
 :func:`run_plan` checks what the form asked for (pure), :func:`run_pipeline` sends the
-requests over gRPC to the entry step (``stepsvc.client``, the path ``stepchain submit``
+requests over gRPC to the entry step (``stepsvc.client.call``, the path ``stepchain submit``
 takes) and :func:`summarize` turns the answers into what the page shows: medians per step and
 thread count, the speed-up against one thread and its Amdahl fit (pure).
 """
@@ -126,7 +126,7 @@ def normalise_photo(data: bytes) -> bytes:
     what is not an image or is too large."""
     from PIL import Image, UnidentifiedImageError
 
-    from stepsvc import codec
+    from stepsvc.frames import codec
 
     try:
         with Image.open(io.BytesIO(data)) as pil:
@@ -165,17 +165,18 @@ def run_pipeline(entrypoint: str, plan: RunPlan) -> list[Answer]:
     """
     from stepchain.v1 import step_pb2
 
-    from stepsvc import client, codec
+    from stepsvc.client import call
+    from stepsvc.frames import codec
 
     encoding = codec.sniff_encoding(plan.image)
     image = step_pb2.Image(data=plan.image, encoding=encoding or codec.PNG)
     answers = []
-    with client.connect(entrypoint) as channel:
+    with call.connect(entrypoint) as channel:
         for threads in plan.threads:
             for run in range(plan.runs):
-                request = client.build_request(image, output_encoding=codec.PNG,
-                                               threads=threads, passes=plan.passes)
-                result = client.submit(channel, request, timeout=REQUEST_TIMEOUT_S)
+                request = call.build_request(image, output_encoding=codec.PNG,
+                                             threads=threads, passes=plan.passes)
+                result = call.submit(channel, request, timeout=REQUEST_TIMEOUT_S)
                 last = threads == plan.threads[-1] and run == plan.runs - 1
                 answers.append(answer_of(result.response, threads, result.round_trip_ms,
                                          keep_image=last))

@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from stepchain.v1 import step_pb2_grpc
 
-    from stepsvc import codec
-    from stepsvc.client import build_request, connect
+    from stepsvc.client.call import build_request, connect
+    from stepsvc.frames import codec
 
     args = parse_args(argv)
     width, height = args.size

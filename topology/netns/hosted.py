@@ -21,8 +21,8 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from stepsvc.discovery import write_static_discovery
-from stepsvc.lifeline import LIFELINE_ENV
+from stepsvc.routing.discovery import write_static_discovery
+from stepsvc.step.lifeline import LIFELINE_ENV
 from topology.local_backend import STEP_LAUNCHER
 from topology.netns.network import Host, NetnsError, Network, port_open
 from topology.pipeline import Pipeline, parse_pipeline

@@ -1,0 +1,7 @@
+"""Which step comes next and how a request reaches it.
+
+``router`` (pure: the order of candidates from the config, discovery and labels),
+``discovery`` (which steps are active: static file), ``kubernetes`` (the same from a
+ConfigMap watch), ``forward`` (cached channels, failover in order). Imports ``step.config``
+for the step model, ``frames`` and the loose stepsvc modules; never the server.
+"""

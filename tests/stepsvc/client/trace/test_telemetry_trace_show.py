@@ -1,0 +1,244 @@
+"""`stepchain trace show|list`: the waterfall from an OTLP JSON file and from Jaeger's query API.
+
+Jaeger cannot run here, so its HTTP query API is a test double: a stdlib HTTP server on loopback
+answering ``GET /api/traces/{id}`` with a trace in Jaeger's JSON format (the shape Jaeger's
+``/api/traces`` endpoint returns for OTLP-ingested spans: ``tags`` carrying ``span.kind``,
+``otel.status_code`` and ``error``, times in microseconds, services under ``processes``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stepsvc.cli import main
+from stepsvc.client.trace import cli as trace_cli
+from stepsvc.client.trace.show import SpanRecord, render_waterfall
+from stepsvc.telemetry import TRACE_FILE_ENV, Tracing, current_trace_id
+
+MS = 1_000_000  # nanoseconds
+T0 = 1_700_000_000_000 * MS // 1000 * 1000
+
+
+def span(span_id: str, parent: str | None, name: str, start_ms: float, end_ms: float,
+         **kw: Any) -> SpanRecord:
+    return SpanRecord(trace_id="ab" * 16, span_id=span_id, parent_id=parent, name=name,
+                      service=kw.pop("service", "svc"), start_ns=T0 + int(start_ms * MS),
+                      end_ns=T0 + int(end_ms * MS), **kw)
+
+
+def test_waterfall_rows_are_indented_by_depth_with_bars_placed_by_start_and_duration() -> None:
+    spans = [
+        span("c2", "s1", "kernel", 40, 60),  # out of order on purpose: rows follow the tree
+        span("r0", None, "stepchain submit", 0, 100, service="client"),
+        span("s1", "r0", "stepchain.v1.StepService/Process", 10, 90, kind="SERVER",
+             attributes={"stepchain.step_id": 0, "stepchain.step_type": "grayscale",
+                         "stepchain.threads": 2, "stepchain.pixels": 2_073_600,
+                         "stepchain.megapixels_per_second": 412.5}),
+        span("c1", "s1", "decode", 10, 40, status="ERROR", status_message="bad PNG"),
+    ]
+    # 196 columns: name 30, ms 10, details 53 (the longest), so the time axis gets 100: 1 ms each
+    lines = render_waterfall(spans, width=196, ascii_only=True).splitlines()
+    assert lines[0] == ("trace " + "ab" * 16 + " · 4 spans · 100.00 ms · services: client, svc"
+                        " · 1 error(s)")
+    assert lines[1] == "span".ljust(30) + " " + "ms".rjust(10) + " 0 ms" + " " * 87 + "100.00 ms"
+    assert lines[5] == "      error: bad PNG"  # a failed span's message on a line of its own
+    rows = lines[2:5] + lines[6:]
+    names = [line[:30].rstrip() for line in rows]
+    assert names == ["stepchain submit", "  StepService/Process (server)", "    decode",
+                     "    kernel"]
+    assert [line[31:41] for line in rows] == ["   100.000", "    80.000", "    30.000",
+                                              "    20.000"]
+    bars = [line[42:142].ljust(100) for line in rows]
+    assert bars[0] == "#" * 100
+    assert bars[1] == " " * 10 + "#" * 80 + " " * 10
+    assert bars[2] == " " * 10 + "!" * 30 + " " * 60  # errors drawn differently
+    assert bars[3] == " " * 40 + "#" * 20 + " " * 40
+    assert lines[2].endswith(" client")
+    assert lines[3].endswith(" svc · step 0 grayscale · 2 thr · 2.07 MP · 412.5 MP/s")
+    assert rows[2].endswith(" ERROR")
+
+
+def test_a_span_whose_parent_is_missing_is_shown_as_a_root_not_dropped() -> None:
+    lines = render_waterfall([span("a", "gone", "orphan", 0, 1)], width=80).splitlines()
+    assert lines[2].startswith("orphan ")
+
+
+def test_spans_whose_parent_links_form_a_cycle_are_each_drawn_once_not_a_crash() -> None:
+    spans = [span("a", "a", "self-parented", 0, 2), span("b", "c", "loop-1", 1, 3),
+             span("c", "b", "loop-2", 2, 4)]
+    lines = render_waterfall(spans, width=100).splitlines()
+    names = sorted(line.split()[0] for line in lines[2:])
+    assert names == ["loop-1", "loop-2", "self-parented"]
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Two traces written by the real file exporter; returns (file, [older id, newer id])."""
+    path = tmp_path / "spans.jsonl"
+    tracing = Tracing.from_env("writer", env={"STEPCHAIN_TRACE_FILE": str(path)})
+    ids = []
+    for root in ("first", "second"):
+        with tracing.span(root):
+            ids.append(current_trace_id())
+            with tracing.span("kernel", {"stepchain.step_id": 1,
+                                         "stepchain.step_type": "edges"}):
+                pass
+        tracing.force_flush()
+    tracing.shutdown()
+    return path, ids
+
+
+def test_show_file_draws_the_latest_trace(trace_file: tuple[Path, list[str]],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path, ids = trace_file
+    assert main(["trace", "show", str(path), "--width", "90"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"trace {ids[1]} · 2 spans")
+    assert [line.split()[0] for line in lines[2:]] == ["second", "kernel"]
+    assert "writer · step 1 edges" not in lines[3]  # service is named where it changes
+    assert "step 1 edges" in lines[3]
+
+
+def test_show_trace_id_picks_that_trace_from_the_file(trace_file: tuple[Path, list[str]],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path, ids = trace_file
+    assert main(["trace", "show", ids[0].upper(), "--file", str(path), "--ascii"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"trace {ids[0]} · 2 spans") and "\nfirst " in out
+
+
+def test_show_reads_the_trace_file_from_the_environment_the_steps_write_to(
+        trace_file: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path, ids = trace_file
+    assert trace_cli.TRACE_FILE_ENV == TRACE_FILE_ENV == "STEPCHAIN_TRACE_FILE"
+    monkeypatch.setenv(TRACE_FILE_ENV, str(path))
+    assert main(["trace", "show", ids[0]]) == 0
+    assert capsys.readouterr().out.startswith(f"trace {ids[0]}")
+
+
+def test_list_shows_every_trace_latest_first(trace_file: tuple[Path, list[str]],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path, ids = trace_file
+    assert main(["trace", "list", str(path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == [ids[1], ids[0]]
+    assert rows[0].endswith("second [writer]")
+
+
+def test_unknown_trace_id_or_missing_source_is_an_error_saying_what_to_do(
+        trace_file: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = trace_file
+    monkeypatch.delenv("STEPCHAIN_TRACE_FILE", raising=False)
+    assert main(["trace", "show", "0" * 32, "--file", str(path), "--wait", "0.3"]) == 1
+    assert f"trace {'0' * 32} is not in {path} (2 trace(s) there" in capsys.readouterr().err
+    assert main(["trace", "show", "1" * 32]) == 2
+    assert "pass --jaeger URL" in capsys.readouterr().err
+    assert main(["trace", "show", "no-such-file.jsonl"]) == 2
+    assert "neither a file nor a trace id" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_otlp_json_lines_is_refused_naming_the_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"resourceSpans": []}\n{"hello": 1}\n')
+    assert main(["trace", "show", str(bad)]) == 1
+    assert f"{bad}:2: no 'resourceSpans'" in capsys.readouterr().err
+
+
+# -- Jaeger query API (test double, see the module docstring) ---------------------------------
+
+JAEGER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+JAEGER_TRACE = {
+    "data": [{
+        "traceID": JAEGER_TRACE_ID,
+        "spans": [
+            {"traceID": JAEGER_TRACE_ID, "spanID": "00f067aa0ba902b7",
+             "operationName": "stepchain submit", "references": [],
+             "startTime": 1_700_000_000_000_000, "duration": 20_000,
+             "tags": [{"key": "otel.scope.name", "type": "string", "value": "stepchain"},
+                      {"key": "span.kind", "type": "string", "value": "internal"}],
+             "logs": [], "processID": "p1", "warnings": None, "flags": 1},
+            {"traceID": JAEGER_TRACE_ID, "spanID": "1111111111111111",
+             "operationName": "stepchain.v1.StepService/Process",
+             "references": [{"refType": "CHILD_OF", "traceID": JAEGER_TRACE_ID,
+                             "spanID": "00f067aa0ba902b7"}],
+             "startTime": 1_700_000_000_002_000, "duration": 15_000,
+             "tags": [{"key": "span.kind", "type": "string", "value": "server"},
+                      {"key": "stepchain.step_id", "type": "int64", "value": 0},
+                      {"key": "stepchain.step_type", "type": "string", "value": "deblur"},
+                      {"key": "stepchain.threads", "type": "int64", "value": 4},
+                      {"key": "error", "type": "bool", "value": True},
+                      {"key": "otel.status_code", "type": "string", "value": "ERROR"},
+                      {"key": "otel.status_description", "type": "string",
+                       "value": "DEADLINE_EXCEEDED: step 0 (deblur): deadline passed"}],
+             "logs": [], "processID": "p2", "warnings": None, "flags": 1},
+        ],
+        "processes": {
+            "p1": {"serviceName": "stepchain-submit", "tags": []},
+            "p2": {"serviceName": "demo-step-0",
+                   "tags": [{"key": "telemetry.sdk.language", "type": "string",
+                             "value": "python"}]},
+        },
+        "warnings": None,
+    }],
+    "total": 0, "limit": 0, "offset": 0, "errors": None,
+}
+
+
+class _JaegerQuery(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == f"/api/traces/{JAEGER_TRACE_ID}":
+            status, body = 200, JAEGER_TRACE
+        else:
+            status, body = 404, {"data": None, "total": 0, "limit": 0, "offset": 0,
+                                 "errors": [{"code": 404, "msg": "trace not found"}]}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def jaeger() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JaegerQuery)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_show_with_jaeger_draws_the_trace_from_the_query_api(
+        jaeger: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "show", JAEGER_TRACE_ID, "--jaeger", jaeger + "/", "--width",
+                 "160", "--ascii"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"trace {JAEGER_TRACE_ID} · 2 spans · 20.00 ms · services: "
+                        "demo-step-0, stepchain-submit · 1 error(s)")
+    assert lines[2].startswith("stepchain submit ") and lines[2].endswith("stepchain-submit")
+    assert lines[3].startswith("  StepService/Process (server) ")
+    assert "    15.000 " in lines[3]
+    assert lines[3].endswith("demo-step-0 · step 0 deblur · 4 thr · ERROR")
+    assert lines[4] == "    error: DEADLINE_EXCEEDED: step 0 (deblur): deadline passed"
+
+
+def test_show_with_jaeger_reports_an_unknown_trace_and_an_unreachable_server(
+        jaeger: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "show", "f" * 32, "--jaeger", jaeger, "--wait", "0.3"]) == 1
+    assert f"Jaeger at {jaeger} has no trace {'f' * 32} (HTTP 404)" in capsys.readouterr().err
+    assert main(["trace", "show", "f" * 32, "--jaeger", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach Jaeger query API" in capsys.readouterr().err
