@@ -7,7 +7,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.stepchain-runtime
 TEST_STAMP    := $(VENV)/.stepchain-test
-NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h) native/_native.c setup.py
+PLUGINS_STAMP := $(VENV)/.stepchain-example-plugins
+# The example plugins (examples/plugins/*): installed into the test venv as a user installs a
+# plugin, so the suite runs them through every surface. Reinstalled when their sources change.
+EXAMPLE_PLUGINS := $(sort $(dir $(wildcard examples/plugins/*/pyproject.toml)))
+EXAMPLE_PLUGIN_SOURCES := $(wildcard examples/plugins/*/pyproject.toml examples/plugins/*/setup.py \
+	examples/plugins/*/*/*.py examples/plugins/*/src/*.c examples/plugins/*/src/*.h)
+NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/stepchain/*.h) native/_native.c setup.py
 PYTEST_ARGS ?=
 # setuptools prints an "Editable installation" note for every editable install that maps a
 # package from another folder (stepchain.v1 lives in protos/, on purpose); keep the build quiet.
@@ -34,10 +40,16 @@ $(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(PIP) install -q --no-build-isolation -e '.[test]'
 	touch $@
 
+# Not editable, no build isolation: built against this venv's stepchain (the C plugin includes
+# native.get_include()), copied into site-packages like any installed plugin.
+$(PLUGINS_STAMP): $(TEST_STAMP) $(EXAMPLE_PLUGIN_SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps --force-reinstall $(EXAMPLE_PLUGINS)
+	touch $@
+
 runtime: $(RUNTIME_STAMP)
 
-# The developer set-up: runtime + test tools.
-venv: $(TEST_STAMP)
+# The developer set-up: runtime + test tools + the example plugins.
+venv: $(TEST_STAMP) $(PLUGINS_STAMP)
 
 # Rebuild only the kernels after editing native/src (fast path while developing).
 native: | $(BIN)/python

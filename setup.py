@@ -27,7 +27,7 @@ if sys.platform == "darwin":  # Apple clang needs libomp; kept for contributors 
 kernels = Extension(
     "native._native",
     sources=[*sorted(glob("native/src/*.c")), "native/_native.c"],
-    include_dirs=["native/src"],
+    include_dirs=["native/src", "native/include"],
     extra_compile_args=compile_args,
     extra_link_args=["-fopenmp"],
 )

@@ -1,8 +1,11 @@
-"""stepchain's native C/OpenMP image kernels.
+"""stepchain's image kernels: the native C/OpenMP built-ins and the installed plugins.
 
 ``native.grayscale(img, threads=2)``, ``native.gaussian_blur(img, sigma=3.0)``, ... and
-``native.run(name, img, **params)`` by canonical name or alias. See :mod:`native.registry` for
-every kernel's parameters.
+``native.run(name, img, **params)`` by canonical name or alias, built-in or plugin
+(``native.run("acme.denoise", img)``). :mod:`native.registry` lists every kernel and its
+parameters; :mod:`native.spec` holds the public specification types a plugin is written with
+(:class:`KernelSpec`, :class:`Param`, :class:`Reach`), and :func:`get_include` the folder of
+the C headers a C/OpenMP plugin builds against (docs/plugins.md).
 
 Importing the package makes OpenMP's idle threads sleep instead of spin (``OMP_WAIT_POLICY``
 defaults to ``PASSIVE`` here unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set; it takes
@@ -14,30 +17,39 @@ spinning threads and the team's final barrier fight other processes for the core
 """
 
 import os
+from pathlib import Path
 
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+from native.builtins import BUILTINS, check_size, resize_shape
+from native.dispatch import PluginError, output_kind, output_shape, run
 from native.kernels import (
     as_image,
     brightness,
-    check_size,
     classify,
     deblur,
     edges,
     gaussian_blur,
     grayscale,
     identity,
-    output_kind,
     resize,
-    resize_shape,
-    run,
     sharpen,
 )
-from native.registry import KERNELS, canonical_name, validate_params
+from native.registry import canonical_name, entries, failures, load_plugins, validate_params
+from native.spec import EXEC_PARAMS, KernelSpec, NotTileable, Param, Reach, Shape, exec_args
+
+
+def get_include() -> str:
+    """The folder holding ``stepchain/kernel.h`` and ``stepchain/python.h``, the C headers a
+    C/OpenMP plugin includes (pass it to setuptools' ``include_dirs``, as NumPy's is)."""
+    return str(Path(__file__).resolve().parent / "include")
+
 
 __all__ = [
-    "KERNELS", "as_image", "brightness", "canonical_name", "check_size", "classify", "deblur",
-    "edges", "gaussian_blur", "grayscale", "identity", "output_kind", "resize", "resize_shape",
-    "run", "sharpen", "validate_params",
+    "BUILTINS", "EXEC_PARAMS", "KernelSpec", "NotTileable", "Param", "PluginError", "Reach",
+    "Shape", "as_image", "brightness", "canonical_name", "check_size", "classify", "deblur",
+    "edges", "entries", "exec_args", "failures", "gaussian_blur", "get_include", "grayscale",
+    "identity", "load_plugins", "output_kind", "output_shape", "resize", "resize_shape", "run",
+    "sharpen", "validate_params",
 ]

@@ -10,21 +10,13 @@ on fewer threads (results are identical for every thread count and schedule eith
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from native import _native  # type: ignore[attr-defined]
-from native.registry import (
-    MAX_PIXELS,
-    MAX_SIDE,
-    SCHEDULES,
-    canonical_name,
-    default_threads,
-    spec_of,
-    validate_params,
-)
+from native.builtins import BUILTINS, blur_radius, blur_sigma, check_size, resize_shape
+from native.spec import exec_args
 
 Image = np.ndarray
 
@@ -44,35 +36,6 @@ def as_image(img: Any, *, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name} must have 1, 3 or 4 channels, got {c}")
     check_size(h, w, name=name)
     return np.ascontiguousarray(img)
-
-
-def check_size(h: int, w: int, *, name: str = "image") -> None:
-    """Rejects zero-sized and absurdly large images before anything is allocated."""
-    if h < 1 or w < 1:
-        raise ValueError(f"{name} is empty ({h}x{w}); width and height must be >= 1")
-    if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
-        raise ValueError(
-            f"{name} is {w}x{h} = {w * h} pixels; the limit is {MAX_SIDE} per side and "
-            f"{MAX_PIXELS} pixels")
-
-
-def _exec(p: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(threads, schedule index, chunk rows or 0 for the kernel's own, passes) for the binding."""
-    threads = p.get("threads") or default_threads()
-    return threads, SCHEDULES.index(p["schedule"]), p.get("chunk") or 0, p["passes"]
-
-
-def _radius(p: dict[str, Any], sigma: float) -> int:
-    return int(p["radius"]) if p.get("radius") else max(1, math.ceil(3.0 * sigma))
-
-
-def _sigma_from(p: dict[str, Any], default: float) -> float:
-    if p.get("sigma"):
-        return float(p["sigma"])
-    if p.get("radius"):
-        # OpenCV's rule for a kernel of size 2r+1 given without sigma
-        return 0.3 * (p["radius"] - 1) + 0.8
-    return default
 
 
 def _kernel_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +61,9 @@ def _simple(fn_name: str, img: Any, out_c: int | None, params: dict[str, Any], *
     src = as_image(img)
     h, w, c = src.shape
     out = params.get("out")
-    p = validate_params(fn_name, _kernel_params(params))
+    p = BUILTINS[fn_name].validate(_kernel_params(params))
     dst = _destination(out, (h, w, out_c or c))
-    getattr(_native, fn_name)(src, dst, h, w, c, *_exec(p), *extra)
+    getattr(_native, fn_name)(src, dst, h, w, c, *exec_args(p), *extra)
     return dst
 
 
@@ -121,7 +84,7 @@ def edges(img: Image, **params: Any) -> Image:
 
 def brightness(img: Image, **params: Any) -> Image:
     """out = ((in * factor) - 128) * contrast + 128, clamped; alpha kept."""
-    p = validate_params("brightness", _kernel_params(params))
+    p = BUILTINS["brightness"].validate(_kernel_params(params))
     return _simple("brightness", img, None, params, p["factor"], p["contrast"])
 
 
@@ -131,16 +94,16 @@ def gaussian_blur(img: Image, **params: Any) -> Image:
     Radius defaults to ceil(3 sigma); sigma alone defaults to 2, radius alone gives OpenCV's
     sigma = 0.3 (radius - 1) + 0.8. Matches cv2.GaussianBlur(ksize=2r+1, BORDER_REPLICATE)
     within 1."""
-    p = validate_params("gaussian_blur", _kernel_params(params))
-    sigma = _sigma_from(p, 2.0)
-    return _simple("gaussian_blur", img, None, params, sigma, _radius(p, sigma))
+    p = BUILTINS["gaussian_blur"].validate(_kernel_params(params))
+    sigma = blur_sigma(p, 2.0)
+    return _simple("gaussian_blur", img, None, params, sigma, blur_radius(p, sigma))
 
 
 def sharpen(img: Image, **params: Any) -> Image:
     """Unsharp mask: img + amount * (img - gaussian(img, sigma)), clamped."""
-    p = validate_params("sharpen", _kernel_params(params))
+    p = BUILTINS["sharpen"].validate(_kernel_params(params))
     sigma = float(p["sigma"])
-    return _simple("sharpen", img, None, params, float(p["amount"]), sigma, _radius(p, sigma))
+    return _simple("sharpen", img, None, params, float(p["amount"]), sigma, blur_radius(p, sigma))
 
 
 def deblur(img: Image, **params: Any) -> Image:
@@ -148,21 +111,9 @@ def deblur(img: Image, **params: Any) -> Image:
 
     Per channel in float: u0 = img; u <- u * G(img / max(G(u), 1e-6)) with G the normalised
     Gaussian (replicate border); the result is rounded and clamped to uint8."""
-    p = validate_params("deblur", _kernel_params(params))
+    p = BUILTINS["deblur"].validate(_kernel_params(params))
     sigma = float(p["sigma"])
-    return _simple("deblur", img, None, params, sigma, _radius(p, sigma), int(p["iterations"]))
-
-
-def resize_shape(h: int, w: int, p: dict[str, Any]) -> tuple[int, int]:
-    """Output (height, width) of resize for validated params `p` on an h x w input."""
-    if "width" in p or "height" in p:
-        ow = p.get("width") or max(1, round(w * p["height"] / h))
-        oh = p.get("height") or max(1, round(h * p["width"] / w))
-    else:
-        scale = p.get("scale", 2.0)
-        oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
-    check_size(oh, ow, name="resize output")
-    return int(oh), int(ow)
+    return _simple("deblur", img, None, params, sigma, blur_radius(p, sigma), int(p["iterations"]))
 
 
 def resize(img: Image, **params: Any) -> Image:
@@ -170,11 +121,11 @@ def resize(img: Image, **params: Any) -> Image:
     src = as_image(img)
     h, w, c = src.shape
     out = params.get("out")
-    p = validate_params("resize", _kernel_params(params))
+    p = BUILTINS["resize"].validate(_kernel_params(params))
     oh, ow = resize_shape(h, w, p)
     dst = _destination(out, (oh, ow, c))
     method = 0 if p["method"] == "bilinear" else 1
-    _native.resize(src, dst, h, w, c, *_exec(p), oh, ow, method)
+    _native.resize(src, dst, h, w, c, *exec_args(p), oh, ow, method)
     return dst
 
 
@@ -186,8 +137,8 @@ def classify(img: Image, **params: Any) -> dict[str, Any]:
     """
     src = as_image(img)
     h, w, c = src.shape
-    p = validate_params("classify", _kernel_params(params))
-    lap_var, mean_luma, colorfulness = _native.classify(src, h, w, c, *_exec(p))
+    p = BUILTINS["classify"].validate(_kernel_params(params))
+    lap_var, mean_luma, colorfulness = _native.classify(src, h, w, c, *exec_args(p))
     exposure = ("dark" if mean_luma < p["dark_threshold"]
                 else "bright" if mean_luma > p["bright_threshold"] else "normal")
     return {
@@ -201,21 +152,9 @@ def classify(img: Image, **params: Any) -> dict[str, Any]:
     }
 
 
-_FUNCTIONS = {
+#: The function of each built-in kernel, by canonical name (the registry joins them to BUILTINS).
+FUNCTIONS = {
     "identity": identity, "grayscale": grayscale, "gaussian_blur": gaussian_blur,
     "sharpen": sharpen, "edges": edges, "brightness": brightness, "resize": resize,
     "deblur": deblur, "classify": classify,
 }
-
-
-def run(name: str, img: Image, **params: Any) -> Any:
-    """Runs kernel `name` (canonical or alias): an array for image kernels, a dict for classify.
-
-    Image kernels also take ``out=``: an array of the output's exact shape to write into
-    instead of a new one (the step server passes the pixel area of its outgoing message)."""
-    return _FUNCTIONS[canonical_name(name)](img, **params)
-
-
-def output_kind(name: str) -> str:
-    """'image' or 'measure' for kernel `name`."""
-    return spec_of(name).output

@@ -1,226 +1,189 @@
-"""The one place that names kernels: canonical names, aliases and parameter schemas.
+"""The one place that names kernels: built-ins and plugins, their aliases and parameters.
 
 Everything that accepts a kernel name or parameters (the Python API, the step server, the
-pipeline JSON model) validates through :func:`canonical_name` and :func:`validate_params`, so a
-bad value is rejected with the same message wherever it enters.
+pipeline JSON model, ``stepchain kernels``, the console and the OpenAPI schema) looks it up
+here and validates through :func:`validate_params`, so a bad value is rejected with the same
+message wherever it enters, for a built-in and a plugin alike.
+
+Plugins (:mod:`native.plugins`) are loaded once, on the first lookup that needs them: a name
+with a dot, a listing of every kernel, or :func:`load_plugins` (the step server and the
+topology service call it at start so a broken plugin is logged then). Built-in names never
+contain a dot, so looking up a built-in never imports a plugin.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-#: Largest side and pixel count any kernel accepts or produces (a 16k x 16k image).
-MAX_SIDE = 65_536
-MAX_PIXELS = 1 << 28
-MAX_THREADS = 256
-MAX_PASSES = 1000
-SCHEDULES = ("static", "dynamic", "guided")
-#: Largest OpenMP chunk (rows a thread takes at a time) a call may ask for.
-MAX_CHUNK = 65_536
-
-
-def _short(value: Any) -> str:
-    """repr() cut to a readable length: a hostile 400-digit number stays one line."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-@dataclass(frozen=True)
-class Param:
-    """One kernel parameter: its type, default and allowed range."""
-
-    name: str
-    kind: type  # float, int or str
-    default: Any
-    doc: str
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    choices: tuple[str, ...] | None = None
-    #: JSON Schema pattern of a string parameter checked by its own parser (schedule)
-    pattern: str | None = None
-
-    def check(self, kernel: str, value: Any) -> Any:
-        where = f"{kernel}.{self.name}"
-        if value is None:
-            if self.default is None:
-                return None
-            value = self.default
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise ValueError(f"{where} must be a string, got {type(value).__name__}")
-            if self.choices and value not in self.choices:
-                raise ValueError(f"{where} must be one of {', '.join(self.choices)}; got {value!r}")
-            return value
-        # numbers.Real admits NumPy scalars too; bool (and numpy.bool_) is no number here
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{where} must be a number, got {type(value).__name__} {_short(value)}")
-        try:
-            as_float = float(value)
-        except OverflowError:  # an int too large for a double
-            raise ValueError(f"{where} is out of range, got {_short(value)}") from None
-        if not math.isfinite(as_float):
-            raise ValueError(f"{where} must be a finite number, got {_short(value)}")
-        if self.kind is int:
-            if not as_float.is_integer():
-                raise ValueError(f"{where} must be an integer, got {_short(value)}")
-            value = int(value) if isinstance(value, numbers.Integral) else int(as_float)
-        else:
-            value = as_float
-        lo, hi = self.minimum, self.maximum
-        if lo is not None and (value <= lo if self.exclusive_minimum else value < lo):
-            op = ">" if self.exclusive_minimum else ">="
-            raise ValueError(f"{where} must be {op} {lo:g}, got {_short(value)}")
-        if hi is not None and value > hi:
-            raise ValueError(f"{where} must be <= {hi:g}, got {_short(value)}")
-        return value
-
-    def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"description": self.doc}
-        if self.kind is str:
-            schema["type"] = "string"
-            if self.choices:
-                schema["enum"] = list(self.choices)
-            if self.pattern:
-                schema["pattern"] = self.pattern
-        else:
-            schema["type"] = "integer" if self.kind is int else "number"
-            if self.minimum is not None:
-                key = "exclusiveMinimum" if self.exclusive_minimum else "minimum"
-                schema[key] = self.minimum
-            if self.maximum is not None:
-                schema["maximum"] = self.maximum
-        if self.default is not None:
-            schema["default"] = self.default
-        return schema
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    """A kernel: canonical name, aliases, parameters, and whether it returns an image."""
-
-    name: str
-    doc: str
-    params: tuple[Param, ...] = ()
-    aliases: tuple[str, ...] = ()
-    #: "image" kernels return a new array; "measure" kernels (classify) return labels and pass
-    #: the image through unchanged.
-    output: str = "image"
-    param_names: frozenset[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
-
-
-def _sigma(default: float | None, doc: str) -> Param:
-    return Param("sigma", float, default, doc, 0.0, 100.0, exclusive_minimum=True)
-
-
-_RADIUS = Param("radius", int, None, "kernel half-width in pixels (default ceil(3 sigma))", 1, 300)
-
-#: Parameters every kernel takes: this call's OpenMP team size, loop schedule and repeat count.
-EXEC_PARAMS: tuple[Param, ...] = (
-    Param("threads", int, None, "OpenMP threads for this call (default: OMP_NUM_THREADS or all cores)",
-          1, MAX_THREADS),
-    Param("schedule", str, "static",
-          "OpenMP loop schedule: static, dynamic or guided, optionally with a chunk size in rows "
-          "('dynamic,16')", pattern=r"^\s*(static|dynamic|guided)\s*(,\s*[0-9]+\s*)?$"),
-    Param("chunk", int, None,
-          "rows per OpenMP chunk (for guided: the smallest chunk); default: the kernel's own, "
-          "sized to ~64K samples", 1, MAX_CHUNK),
-    Param("passes", int, 1, "compute the kernel this many times (heavier on purpose; same result)",
-          1, MAX_PASSES),
+from native import plugins
+from native.builtins import BUILTINS
+from native.spec import (  # re-exported: the limits and exec params used to live here
+    EXEC_PARAM_NAMES,
+    EXEC_PARAMS,
+    MAX_CHUNK,
+    MAX_PASSES,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_THREADS,
+    SCHEDULES,
+    KernelSpec,
+    default_threads,
+    parse_schedule,
 )
-EXEC_PARAM_NAMES = frozenset(p.name for p in EXEC_PARAMS)
 
-KERNELS: dict[str, KernelSpec] = {
-    spec.name: spec
-    for spec in (
-        KernelSpec("identity", "copies the image; measures transport overhead"),
-        KernelSpec("grayscale", "ITU-R BT.601 luma; returns one channel"),
-        KernelSpec(
-            "gaussian_blur",
-            "separable Gaussian blur, replicate border",
-            (_sigma(None, "standard deviation in pixels (default 2, or from radius)"), _RADIUS),
-            aliases=("blur",),
-        ),
-        KernelSpec(
-            "sharpen",
-            "unsharp mask: img + amount * (img - gaussian(img, sigma))",
-            (Param("amount", float, 1.0, "strength of the mask", 0.0, 20.0),
-             _sigma(1.0, "blur sigma of the mask"), _RADIUS),
-        ),
-        KernelSpec("edges", "Sobel gradient magnitude per channel (alpha kept)"),
-        KernelSpec(
-            "brightness",
-            "out = ((in * factor) - 128) * contrast + 128, clamped; alpha kept",
-            (Param("factor", float, 1.2, "brightness multiplier", 0.0, 16.0),
-             Param("contrast", float, 1.0, "contrast around mid-grey", 0.0, 16.0)),
-        ),
-        KernelSpec(
-            "resize",
-            "bilinear or bicubic resampling by scale or to width/height",
-            (Param("scale", float, None, "scale factor for both sides (default 2 when no size)",
-                   0.0, 16.0, exclusive_minimum=True),
-             Param("width", int, None, "output width (height keeps the aspect unless given)", 1,
-                   MAX_SIDE),
-             Param("height", int, None, "output height (width keeps the aspect unless given)", 1,
-                   MAX_SIDE),
-             Param("method", str, "bilinear", "interpolation", choices=("bilinear", "bicubic"))),
-            aliases=("upscaling",),
-        ),
-        KernelSpec(
-            "deblur",
-            "Richardson-Lucy deconvolution with a Gaussian PSF",
-            (_sigma(1.5, "PSF standard deviation in pixels"), _RADIUS,
-             Param("iterations", int, 10, "Richardson-Lucy iterations", 1, 500)),
-        ),
-        KernelSpec(
-            "classify",
-            "measures sharpness, exposure and colourfulness and returns labels; image unchanged",
-            (Param("blur_threshold", float, 100.0, "variance of Laplacian below this is 'blurry'",
-                   0.0, 1e9),
-             Param("dark_threshold", float, 60.0, "mean luma below this is 'dark'", 0.0, 255.0),
-             Param("bright_threshold", float, 190.0, "mean luma above this is 'bright'", 0.0, 255.0),
-             Param("color_threshold", float, 10.0, "colourfulness below this is 'grayscale'", 0.0,
-                   1000.0)),
-            aliases=("classifier", "detection"),
-            output="measure",
-        ),
-    )
-}
+__all__ = [
+    "BUILTINS", "EXEC_PARAMS", "EXEC_PARAM_NAMES", "MAX_CHUNK", "MAX_PASSES", "MAX_PIXELS",
+    "MAX_SIDE", "MAX_THREADS", "SCHEDULES", "Entry", "Registry", "canonical_name",
+    "default_threads", "entries", "entry", "failures", "kernel_types", "load_plugins",
+    "params_json_schema", "parse_schedule", "registry", "spec_of", "validate_params",
+]
 
-_ALIASES: dict[str, str] = {alias: spec.name for spec in KERNELS.values() for alias in spec.aliases}
+BUILTIN_PACKAGE = "stepchain"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered kernel: its specification (with its function) and where it came from."""
+
+    spec: KernelSpec
+    package: str
+    version: str
+    builtin: bool
+    entry_point: str = ""
+
+    @property
+    def source(self) -> str:
+        """``built-in`` or ``acme-denoise 0.1.0``: what `stepchain kernels` prints."""
+        return "built-in" if self.builtin else f"{self.package} {self.version}"
+
+
+class Registry:
+    """Kernels by canonical name and alias: the built-ins, then the plugins `discover` yields.
+
+    `discover` returns (entry point, package, version) triples (by default the installed
+    distributions' ``stepchain.kernels`` group); it runs once, on first need.
+    """
+
+    def __init__(self, builtins: Iterable[Entry],
+                 discover: Callable[[], Iterable[tuple[Any, str, str]]] | None = None) -> None:
+        self._entries: dict[str, Entry] = {e.spec.name: e for e in builtins}
+        self._aliases: dict[str, str] = {a: e.spec.name for e in self._entries.values()
+                                         for a in e.spec.aliases}
+        self._discover = discover
+        self._failures: list[plugins.PluginFailure] = []
+        self._loaded = discover is None
+        self._lock = threading.Lock()
+
+    def load_plugins(self) -> None:
+        """Discovers and vets the plugins (once; later calls return at once)."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded or self._discover is None:
+                return
+            taken = plugins.builtin_owners({n: e.spec.aliases for n, e in self._entries.items()})
+            found = plugins.scan(self._discover(), taken)
+            for p in found.plugins:
+                self._entries[p.spec.name] = Entry(p.spec, p.package, p.version, False,
+                                                   p.entry_point)
+                self._aliases.update({a: p.spec.name for a in p.spec.aliases})
+            self._failures = found.failures
+            self._loaded = True
+
+    def entries(self) -> list[Entry]:
+        """Every kernel: built-ins in their order, then plugins by package."""
+        self.load_plugins()
+        return list(self._entries.values())
+
+    def failures(self) -> list[plugins.PluginFailure]:
+        """Plugins that were not loaded, with the reason."""
+        self.load_plugins()
+        return list(self._failures)
+
+    def canonical_name(self, name: str) -> str:
+        """Maps a kernel name or alias (case-insensitive) to its canonical name."""
+        if not isinstance(name, str):
+            raise ValueError(f"kernel type must be a string, got {type(name).__name__}")
+        key = name.strip().lower()
+        if "." in key:
+            self.load_plugins()
+        if key in self._entries:
+            return key
+        if key in self._aliases:
+            return self._aliases[key]
+        self.load_plugins()
+        failed = [f for f in self._failures if f.name == key]
+        if failed:
+            raise ValueError(f"kernel type {name!r} is from plugin package {failed[0].package}, "
+                             f"which failed to load: {failed[0].reason}")
+        types = self.kernel_types()
+        near = [t for t in types if "." in t and t.rsplit(".", 1)[1] == key]
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        raise ValueError(f"unknown kernel type {name!r}{hint}; installed types: "
+                         f"{', '.join(types)}")
+
+    def entry(self, name: str) -> Entry:
+        return self._entries[self.canonical_name(name)]
+
+    def kernel_types(self) -> list[str]:
+        """Every accepted type name (canonical names and aliases), sorted."""
+        self.load_plugins()
+        return sorted([*self._entries, *self._aliases])
+
+
+def _builtin_entries() -> list[Entry]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from native.kernels import FUNCTIONS
+
+    try:
+        own = version(BUILTIN_PACKAGE)
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        own = "0+unknown"
+    return [Entry(replace(spec, function=FUNCTIONS[name]), BUILTIN_PACKAGE, own, True)
+            for name, spec in BUILTINS.items()]
+
+
+#: The process's registry: built-ins and the installed plugins.
+registry = Registry(_builtin_entries(), plugins.installed_entry_points)
+
+
+def load_plugins() -> None:
+    """Loads the installed plugins now (a server calls it at start so failures log then)."""
+    registry.load_plugins()
 
 
 def canonical_name(name: str) -> str:
-    """Maps a kernel name or alias (case-insensitive) to its canonical name."""
-    if not isinstance(name, str):
-        raise ValueError(f"kernel type must be a string, got {type(name).__name__}")
-    key = name.strip().lower()
-    if key in KERNELS:
-        return key
-    if key in _ALIASES:
-        return _ALIASES[key]
-    known = sorted([*KERNELS, *_ALIASES])
-    raise ValueError(f"unknown kernel type {name!r}; known types: {', '.join(known)}")
+    """Maps a kernel name or alias (case-insensitive) to its canonical name; ValueError lists
+    the installed types (or says which plugin package failed to provide it)."""
+    return registry.canonical_name(name)
+
+
+def entry(name: str) -> Entry:
+    """The registered kernel `name` (canonical or alias)."""
+    return registry.entry(name)
+
+
+def entries() -> list[Entry]:
+    """Every registered kernel, built-ins first."""
+    return registry.entries()
+
+
+def failures() -> list[plugins.PluginFailure]:
+    """Installed plugins that failed to load, with the reason."""
+    return registry.failures()
+
+
+def kernel_types() -> list[str]:
+    """Every accepted `type` (canonical names and aliases), sorted: what the OpenAPI lists."""
+    return registry.kernel_types()
 
 
 def spec_of(name: str) -> KernelSpec:
-    return KERNELS[canonical_name(name)]
-
-
-def default_threads() -> int:
-    """Threads used when a call gives none: OMP_NUM_THREADS if set, else every core."""
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return min(int(env), MAX_THREADS)
-    return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+    return registry.entry(name).spec
 
 
 def validate_params(name: str, params: Mapping[str, Any] | None, *,
@@ -230,68 +193,9 @@ def validate_params(name: str, params: Mapping[str, Any] | None, *,
     Unknown names, wrong types, NaN and out-of-range values raise ValueError naming the
     parameter and what is allowed. With `allow_exec`, threads/schedule/passes are accepted too.
     """
-    spec = spec_of(name)
-    params = dict(params or {})
-    allowed = spec.param_names | (EXEC_PARAM_NAMES if allow_exec else frozenset())
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ValueError(
-            f"{spec.name} does not take parameter(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-    out: dict[str, Any] = {}
-    for p in spec.params + (EXEC_PARAMS if allow_exec else ()):
-        if p.name in params or p.default is not None:
-            value = p.check(spec.name, params.get(p.name))
-            if value is not None:
-                out[p.name] = value
-    _check_relations(spec.name, out)
-    return out
-
-
-def parse_schedule(text: str, *, where: str = "schedule") -> tuple[str, int | None]:
-    """'dynamic' -> ('dynamic', None); 'dynamic,16' -> ('dynamic', 16); ValueError otherwise."""
-    if not isinstance(text, str):
-        raise ValueError(f"{where} must be a string, got {type(text).__name__}")
-    kind, sep, chunk_text = text.partition(",")
-    kind = kind.strip()
-    if kind not in SCHEDULES:
-        raise ValueError(f"{where} must be one of {', '.join(SCHEDULES)}, optionally with a "
-                         f"chunk size ('dynamic,16'); got {_short(text)}")
-    if not sep:
-        return kind, None
-    chunk_text = chunk_text.strip()
-    if not chunk_text.isdigit() or not 1 <= int(chunk_text) <= MAX_CHUNK:
-        raise ValueError(f"{where} chunk must be an integer 1..{MAX_CHUNK} after the comma "
-                         f"('dynamic,16'); got {_short(text)}")
-    return kind, int(chunk_text)
-
-
-def _check_schedule(kernel: str, p: dict[str, Any]) -> None:
-    """Splits 'kind,chunk' into schedule and chunk; a chunk given both ways must agree."""
-    if "schedule" not in p:
-        return
-    kind, chunk = parse_schedule(p["schedule"], where=f"{kernel}.schedule")
-    p["schedule"] = kind
-    if chunk is not None:
-        if p.get("chunk", chunk) != chunk:
-            raise ValueError(f"{kernel}.schedule gives chunk {chunk} but {kernel}.chunk is "
-                             f"{p['chunk']}; give one")
-        p["chunk"] = chunk
-
-
-def _check_relations(kernel: str, p: dict[str, Any]) -> None:
-    _check_schedule(kernel, p)
-    if kernel == "classify" and p["dark_threshold"] >= p["bright_threshold"]:
-        raise ValueError("classify.dark_threshold must be below classify.bright_threshold")
-    if kernel == "resize" and "scale" in p and ("width" in p or "height" in p):
-        raise ValueError("resize takes either scale or width/height, not both")
+    return spec_of(name).validate(params, allow_exec=allow_exec)
 
 
 def params_json_schema(name: str) -> dict[str, Any]:
     """JSON Schema of a kernel's `params` object (used in the topology API's OpenAPI)."""
-    spec = spec_of(name)
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {p.name: p.json_schema() for p in spec.params + EXEC_PARAMS},
-    }
+    return spec_of(name).params_json_schema()

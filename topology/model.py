@@ -30,7 +30,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    JsonValue,
     Tag,
     WithJsonSchema,
     field_validator,
@@ -38,7 +37,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from native.registry import KERNELS, canonical_name
+from native.registry import canonical_name, kernel_types
 from stepsvc.step.config import KernelParams, check_route_keys
 
 #: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
@@ -87,9 +86,12 @@ SYSTEM_MOUNT_RE = re.compile(r"^/lib[^/]*(/|$)")
 STEP_CONFIG_MAP_RE = re.compile(r"-step-[0-9]+-config$")
 
 Loc = tuple[str | int, ...]
-#: Canonical kernel names and aliases, as the OpenAPI document lists them.
-KERNEL_TYPES: list[JsonValue] = [*sorted(
-    {name for spec in KERNELS.values() for name in (spec.name, *spec.aliases)})]
+
+
+def kernel_type_enum(schema: dict[str, Any]) -> None:
+    """The `type` field's enum: every installed kernel name and alias, built-ins and plugins,
+    read when the schema is generated (so the OpenAPI document lists the plugins)."""
+    schema["enum"] = list(kernel_types())
 
 
 class PipelineInvalid(ValueError):
@@ -317,7 +319,7 @@ class StepSpec(BaseModel):
                            validation_alias=AliasChoices("step_id", "id"),
                            description="step id (`step_id` or `id`); absent: assigned in order")
     type: str = Field(description="kernel type or alias (case-insensitive)",
-                      json_schema_extra={"enum": KERNEL_TYPES})
+                      json_schema_extra=kernel_type_enum)
     params: KernelParams = Field(default_factory=dict, description="kernel parameters")
     next_step: NextStep = None
     preferred_next: int | None = Field(None, ge=0, le=MAX_STEP_ID)
