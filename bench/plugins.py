@@ -1,0 +1,209 @@
+"""Plugin kernels next to built-ins of similar cost: kernel time and thread scaling in process,
+what a step server adds around each (the hop), and whether concurrent calls overlap (the GIL).
+
+``stepchain bench plugins [--size WxH] [--requests N] [--out DIR]`` needs the example plugins
+(``examples/plugins``, installed by ``make venv``). Pairs, each a built-in and a plugin doing
+similar work:
+
+* C/OpenMP: ``gaussian_blur`` radius 3 vs ``acme.box_blur`` radius 3 (C, stepchain/kernel.h);
+* pointwise: ``brightness`` vs ``acme.sepia`` (NumPy, holds the GIL between array operations);
+* neighbourhood: ``sharpen`` vs ``acme.denoise`` (OpenCV bilateral; its cost is its own).
+
+(a) in process, ``native.run`` at 1 and 2 threads, interleaved; speed-up = 1-thread / 2-thread.
+(b) the registry's own cost on a plugin call: ``native.run`` vs the plugin's function called
+    directly, on a 64 x 64 image (validation and result checks, per call).
+(c) one step server per kernel (a one-step pipeline, gRPC, raw pixels): round trip minus the
+    step's own kernel time = what the hop and the step cost around the kernel.
+(d) two callers at once vs one, 1 thread per call, in process: 2.0 is perfect overlap (the
+    GIL released), 1.0 none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import native
+from bench import RESULTS_DIR, write_results
+from bench.chain import (
+    bench_image,
+    grpc_caller,
+    interleaved,
+    parse_size,
+    processes,
+    raw_request_bytes,
+    stats,
+    step_commands,
+    throughput_rounds,
+    wait_grpc,
+)
+from stepsvc import wire
+
+Kernel = tuple[str, dict[str, Any]]
+PAIRS: tuple[tuple[str, Kernel, Kernel], ...] = (
+    ("C/OpenMP", ("gaussian_blur", {"sigma": 1.0, "radius": 3}), ("acme.box_blur", {"radius": 3})),
+    ("pointwise", ("brightness", {"factor": 1.1}), ("acme.sepia", {"strength": 0.8})),
+    ("neighbourhood", ("sharpen", {"amount": 1.0}), ("acme.denoise", {"radius": 2})),
+)
+
+
+def kernels() -> list[Kernel]:
+    return [k for _, builtin, plugin in PAIRS for k in (builtin, plugin)]
+
+
+def check_installed() -> None:
+    missing = [name for name, _ in kernels() if "." in name
+               and name not in {e.spec.name for e in native.entries()}]
+    if missing:
+        raise SystemExit(f"plugin kernel(s) {', '.join(missing)} are not installed; "
+                         "`make venv` installs the example plugins (examples/plugins)")
+
+
+def in_process(img: np.ndarray, requests: int) -> dict[str, Any]:
+    """(a) every kernel at 1 and 2 threads, timed in turns."""
+    paths: dict[str, Callable[[], Any]] = {}
+    for name, params in kernels():
+        for threads in (1, 2):
+            paths[f"{name}@{threads}"] = (
+                lambda n=name, p=params, t=threads: native.run(n, img, threads=t, **p))
+    timing = interleaved(paths, requests)
+    out: dict[str, Any] = {}
+    for name, _ in kernels():
+        one, two = timing[f"{name}@1"], timing[f"{name}@2"]
+        out[name] = {"threads_1": one, "threads_2": two,
+                     "speedup_2_threads": round(one["median_ms"] / two["median_ms"], 3)}
+    return out
+
+
+def dispatch_cost(requests: int) -> dict[str, Any]:
+    """(b) native.run on a plugin against its function called directly (64 x 64 image)."""
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out: dict[str, Any] = {}
+    for name, params in kernels():
+        e = native.registry.entry(name)
+        if e.builtin:
+            continue
+        fn = e.spec.function
+        assert fn is not None
+        full = e.spec.validate(params)
+        own = {k: v for k, v in full.items() if k in e.spec.param_names}
+        direct = {"threads": 1, "schedule": "static", "chunk": None, "passes": 1, **own}
+        timing = interleaved({
+            "registry": lambda n=name, p=params: native.run(n, img, threads=1, **p),
+            "direct": lambda f=fn, d=direct: f(img, out=None, **d),
+        }, max(200, requests * 20))
+        out[name] = {"registry_us": round(timing["registry"]["median_ms"] * 1000, 1),
+                     "direct_us": round(timing["direct"]["median_ms"] * 1000, 1),
+                     "overhead_us": round((timing["registry"]["median_ms"]
+                                           - timing["direct"]["median_ms"]) * 1000, 1)}
+    return out
+
+
+def hop(img: np.ndarray, requests: int) -> dict[str, Any]:
+    """(c) one one-step server per kernel; round trip and the step's own kernel time."""
+    payload = raw_request_bytes(img)
+    with tempfile.TemporaryDirectory() as tmp:
+        commands: list[list[str]] = []
+        addresses: list[str] = []
+        for i, kernel in enumerate(kernels()):
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            cmds, addrs = step_commands(folder, [kernel], 1)
+            commands += cmds
+            addresses += addrs
+        with processes(commands, 1):
+            for address in addresses:
+                wait_grpc(address)
+            callers = {name: grpc_caller(address, payload)
+                       for (name, _), address in zip(kernels(), addresses, strict=True)}
+            samples: dict[str, list[tuple[float, float]]] = {name: [] for name in callers}
+            for fn in callers.values():
+                fn()
+            for _ in range(requests):
+                for name, fn in callers.items():
+                    start = time.perf_counter()
+                    raw = fn()
+                    rtt = (time.perf_counter() - start) * 1000.0
+                    kernel_ms = wire.parse_response(raw).timings[0].kernel_ms
+                    samples[name].append((rtt, kernel_ms))
+    out: dict[str, Any] = {}
+    for name, pairs in samples.items():
+        out[name] = {"round_trip": stats([r for r, _ in pairs]),
+                     "kernel": stats([k for _, k in pairs]),
+                     "around_kernel": stats([r - k for r, k in pairs])}
+    return out
+
+
+def overlap(img: np.ndarray, requests: int) -> dict[str, Any]:
+    """(d) throughput with two concurrent callers over one, 1 thread per call."""
+    paths = {name: (lambda n=name, p=params: native.run(n, img, threads=1, **p))
+             for name, params in kernels()}
+    one = throughput_rounds(paths, 1, requests, 2)
+    two = throughput_rounds(paths, 2, requests, 2)
+    return {name: {"rps_1_caller": one[name]["rps"], "rps_2_callers": two[name]["rps"],
+                   "overlap": round(two[name]["rps"] / one[name]["rps"], 3),
+                   "releases_gil": native.registry.entry(name).spec.releases_gil}
+            for name in paths}
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = ["## (a) kernel in process (median ms) and (c) through a step server", "",
+             "| pair | kernel | source | 1 thread | 2 threads | speed-up | round trip | "
+             "step's kernel | around the kernel (hop + step) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for label, builtin, plugin in PAIRS:
+        for name, _ in (builtin, plugin):
+            a, c = res["in_process"][name], res["hop"][name]
+            lines.append(
+                f"| {label} | `{name}` | {native.registry.entry(name).source} | "
+                f"{a['threads_1']['median_ms']:.2f} | {a['threads_2']['median_ms']:.2f} | "
+                f"{a['speedup_2_threads']:.2f} | {c['round_trip']['median_ms']:.2f} | "
+                f"{c['kernel']['median_ms']:.2f} | {c['around_kernel']['median_ms']:.2f} |")
+    lines += ["", "## (b) the registry's cost per plugin call (64 x 64 image, median)", "",
+              "| kernel | native.run µs | function directly µs | overhead µs |",
+              "|---|---:|---:|---:|"]
+    for name, r in res["dispatch"].items():
+        lines.append(f"| `{name}` | {r['registry_us']:.1f} | {r['direct_us']:.1f} | "
+                     f"{r['overhead_us']:.1f} |")
+    lines += ["", "## (d) two callers at once over one (1 thread per call; 2.0 = full overlap)",
+              "", "| kernel | releases the GIL (declared) | req/s, 1 caller | req/s, 2 callers "
+              "| overlap |", "|---|---|---:|---:|---:|"]
+    for name, r in res["overlap"].items():
+        lines.append(f"| `{name}` | {'yes' if r['releases_gil'] else 'no'} | "
+                     f"{r['rps_1_caller']:.1f} | {r['rps_2_callers']:.1f} | {r['overlap']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepchain bench plugins",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=(1280, 720),
+                        help="image size WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--requests", type=int, default=20, help="samples per figure")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    args = parser.parse_args(argv)
+    check_installed()
+    width, height = args.size
+    img, source = bench_image(width, height)
+    res: dict[str, Any] = {"image": f"{width}x{height}x3 {source}",
+                           "load_average_before": list(os.getloadavg()),
+                           "pairs": [[label, b[0], p[0]] for label, b, p in PAIRS]}
+    res["in_process"] = in_process(img, args.requests)
+    res["dispatch"] = dispatch_cost(args.requests)
+    res["hop"] = hop(img, args.requests)
+    res["overlap"] = overlap(img, max(8, args.requests))
+    command = (f"stepchain bench plugins --size {width}x{height} --requests {args.requests}")
+    write_results(args.out, "plugins", res, f"Plugin kernels beside built-ins ({width}x{height} "
+                  f"{source})", command, table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

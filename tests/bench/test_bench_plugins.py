@@ -1,0 +1,30 @@
+"""`stepchain bench plugins`: each plugin beside a built-in of similar cost, through a step
+server too, with the JSON and Markdown a reader checks the figures in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stepsvc.cli import main
+
+
+@pytest.mark.slow
+def test_bench_plugins_reports_every_pair_in_process_through_a_step_and_concurrently(
+        tmp_path: Path) -> None:
+    assert main(["bench", "plugins", "--size", "96x64", "--requests", "2",
+                 "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "plugins.json").read_text())
+    kernels = {"gaussian_blur", "acme.box_blur", "brightness", "acme.sepia", "sharpen",
+               "acme.denoise"}
+    assert set(doc["in_process"]) == set(doc["hop"]) == set(doc["overlap"]) == kernels
+    assert set(doc["dispatch"]) == {"acme.box_blur", "acme.sepia", "acme.denoise"}
+    for name in kernels:
+        hop = doc["hop"][name]
+        assert hop["kernel"]["median_ms"] > 0 and hop["round_trip"]["n"] == 2
+    assert doc["overlap"]["acme.sepia"]["releases_gil"] is False
+    text = (tmp_path / "plugins.md").read_text()
+    assert "| C/OpenMP | `acme.box_blur` | acme-boxblur 0.1.0 |" in text
+    assert "load average before" in text
