@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from bench.chain import (
     throughput_rounds,
     wait_grpc,
 )
-from stepsvc import wire
+from stepsvc.frames import wire
 
 Kernel = tuple[str, dict[str, Any]]
 PAIRS: tuple[tuple[str, Kernel, Kernel], ...] = (
@@ -71,8 +72,8 @@ def in_process(img: np.ndarray, requests: int) -> dict[str, Any]:
     paths: dict[str, Callable[[], Any]] = {}
     for name, params in kernels():
         for threads in (1, 2):
-            paths[f"{name}@{threads}"] = (
-                lambda n=name, p=params, t=threads: native.run(n, img, threads=t, **p))
+            paths[f"{name}@{threads}"] = partial(native.run, name, img, threads=threads,
+                                                 **params)
     timing = interleaved(paths, requests)
     out: dict[str, Any] = {}
     for name, _ in kernels():
@@ -95,10 +96,9 @@ def dispatch_cost(requests: int) -> dict[str, Any]:
         full = e.spec.validate(params)
         own = {k: v for k, v in full.items() if k in e.spec.param_names}
         direct = {"threads": 1, "schedule": "static", "chunk": None, "passes": 1, **own}
-        timing = interleaved({
-            "registry": lambda n=name, p=params: native.run(n, img, threads=1, **p),
-            "direct": lambda f=fn, d=direct: f(img, out=None, **d),
-        }, max(200, requests * 20))
+        timing = interleaved({"registry": partial(native.run, name, img, threads=1, **params),
+                              "direct": partial(fn, img, out=None, **direct)},
+                             max(200, requests * 20))
         out[name] = {"registry_us": round(timing["registry"]["median_ms"] * 1000, 1),
                      "direct_us": round(timing["direct"]["median_ms"] * 1000, 1),
                      "overhead_us": round((timing["registry"]["median_ms"]
@@ -143,8 +143,8 @@ def hop(img: np.ndarray, requests: int) -> dict[str, Any]:
 
 def overlap(img: np.ndarray, requests: int) -> dict[str, Any]:
     """(d) throughput with two concurrent callers over one, 1 thread per call."""
-    paths = {name: (lambda n=name, p=params: native.run(n, img, threads=1, **p))
-             for name, params in kernels()}
+    paths: dict[str, Callable[[], Any]] = {
+        name: partial(native.run, name, img, threads=1, **params) for name, params in kernels()}
     one = throughput_rounds(paths, 1, requests, 2)
     two = throughput_rounds(paths, 2, requests, 2)
     return {name: {"rps_1_caller": one[name]["rps"], "rps_2_callers": two[name]["rps"],
