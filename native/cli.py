@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "parameters, and plugins that failed to load")
     p.add_argument("--json", action="store_true",
                    help="print every kernel's specification and the failed plugins as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a plugin failed to load (image builds, CI)")
     p.set_defaults(func=_kernels)
 
 
@@ -43,7 +45,7 @@ def _kernels(args: argparse.Namespace) -> int:
                           "failed": [{"name": f.name, "package": f.package,
                                       "version": f.version, "entry_point": f.entry_point,
                                       "reason": f.reason} for f in failed]}, indent=2))
-        return 0
+        return 1 if args.check and failed else 0
     rows = [(e.spec.name, e.source, ", ".join(e.spec.aliases) or "-",
              (", ".join(f"{p.name}={p.default if p.default is not None else '-'}"
                         for p in e.spec.params) or "-")
@@ -59,4 +61,4 @@ def _kernels(args: argparse.Namespace) -> int:
         print("\nplugins that failed to load (their kernels are not available):")
         for f in failed:
             print(f"  {f.name:<16} {f.package} {f.version}: {f.reason}")
-    return 0
+    return 1 if args.check and failed else 0

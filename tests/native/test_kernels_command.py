@@ -49,3 +49,11 @@ def test_json_gives_each_kernels_specification_and_the_failures(tmp_path: Path) 
     assert by_name["acme.box_blur"]["params"]["properties"]["radius"]["maximum"] == 100
     assert {f["package"] for f in doc["failed"]} == {"test-import-error", "test-bad-spec",
                                                     "test-clash"}
+
+
+def test_check_exits_1_when_a_plugin_failed_and_0_when_all_loaded(tmp_path: Path) -> None:
+    assert kernels("--check").returncode == 0
+    broken = subprocess.run([sys.executable, "-m", "stepsvc.cli", "kernels", "--check"],
+                            capture_output=True, text=True, timeout=120,
+                            env=env_with_path(broken_plugins(tmp_path)))
+    assert broken.returncode == 1 and "plugins that failed to load" in broken.stdout
