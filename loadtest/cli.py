@@ -12,9 +12,11 @@ request failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +24,7 @@ from typing import Any, TextIO
 from loadtest import curves
 from loadtest import options as load_options
 from loadtest.entries import REQUEST_TYPE
+from loadtest.plot import load_matplotlib
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "loadtest"
@@ -42,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"peak concurrent users (default {curves.DEFAULT_USERS})")
     parser.add_argument("--spawn-rate", type=float, default=None,
                         help="users started/stopped per second when the curve changes "
-                             f"(default {curves.DEFAULT_SPAWN_RATE:g}; the peak lands every "
-                             "change within a second)")
+                             "(default: as fast as the curve's shape needs, so a spike lands "
+                             f"within a second; at least {curves.DEFAULT_SPAWN_RATE:g})")
     parser.add_argument("--target", action="append", default=None, metavar="HOST:PORT",
                         help="pipeline entry; repeat to load several pipelines together "
                              "(default: the pipelines' entry Services in Kubernetes, labelled "
@@ -94,6 +97,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
           f"{curve.duration:g}s -> {out}", file=sys.stderr)
 
     log_path = out / "locust.log"
+    # The plot's library loads while Locust runs: the report then follows Locust's end at once.
+    threading.Thread(target=load_matplotlib, name="import matplotlib", daemon=True).start()
     with log_path.open("w", encoding="utf-8") as log:
         code = _run_with_progress(locust_command(args), log, seconds, curve.duration)
     print(file=sys.stderr)
@@ -123,7 +128,8 @@ def _run_with_progress(command: list[str], log: TextIO, seconds: Path, duration:
                 line = _progress_line(elapsed, duration, seconds)
                 print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr,
                       flush=True)
-            time.sleep(PROGRESS_EVERY_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=PROGRESS_EVERY_S)  # returns the moment Locust exits
     except KeyboardInterrupt:
         # Locust got the same Ctrl-C (same process group) and writes its reports on the way out.
         _stop(process)

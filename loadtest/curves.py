@@ -17,6 +17,7 @@ monkey-patches the process with gevent), so the curves can be tested and plotted
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ DEFAULT_DURATION_S = 60.0
 DEFAULT_SPAWN_RATE = 2.0
 #: Plateaus of the step curve when ``--step-count`` is not given.
 DEFAULT_STEP_COUNT = 5
+#: How finely ``Curve.needed_rate`` samples a curve, in seconds.
+_RATE_SAMPLE_S = 0.25
 
 
 def _default_base_users(users: int) -> int:
@@ -43,9 +46,10 @@ def _default_base_users(users: int) -> int:
 class Curve:
     """A load curve: ``users`` at the peak, ``duration`` seconds long.
 
-    ``spawn_rate`` (users started/stopped per second when the count changes) defaults to
-    ``DEFAULT_SPAWN_RATE`` (2/s, as the tool this replaces); pass ``--spawn-rate N`` (the peak)
-    for changes that land within about one second, Locust's tick interval.
+    ``spawn_rate`` (users started/stopped per second when the count changes) is
+    ``--spawn-rate`` when given. Without it the curve spawns as fast as its own shape needs
+    (``needed_rate``: a spike lands within a second instead of ramping at 2/s), never slower
+    than the 2/s of the tool this replaces (``DEFAULT_SPAWN_RATE``).
     """
 
     #: Name on the command line (``--curve NAME``).
@@ -67,8 +71,27 @@ class Curve:
 
     @property
     def rate(self) -> float:
-        """Users started or stopped per second when the user count changes."""
-        return float(self.spawn_rate) if self.spawn_rate is not None else DEFAULT_SPAWN_RATE
+        """Users started or stopped per second when the user count changes: ``--spawn-rate``
+        when given, else ``needed_rate()`` (at least ``DEFAULT_SPAWN_RATE``)."""
+        if self.spawn_rate is not None:
+            return float(self.spawn_rate)
+        return max(DEFAULT_SPAWN_RATE, float(self.needed_rate()))
+
+    def needed_rate(self) -> int:
+        """The largest change in users the curve asks for within any one second (the start,
+        from 0, included): spawning this many users per second follows every change of the
+        shape within about a second, Locust's tick."""
+        return self._needed_rate
+
+    @functools.cached_property
+    def _needed_rate(self) -> int:
+        # Sampled every quarter second against the count one second earlier: exact for the
+        # jumps of spike and step, and within a user of the steepest slope of ramp and sinus.
+        largest = 0
+        for i in range(math.ceil(self.duration / _RATE_SAMPLE_S) + 1):
+            t = min(i * _RATE_SAMPLE_S, math.nextafter(self.duration, 0.0))
+            largest = max(largest, abs(self.users_at(t) - self.users_at(t - 1.0)))
+        return max(1, largest)
 
     def users_at(self, t: float) -> int:
         """Users the curve asks for at ``t`` seconds; 0 before the start and from ``duration``."""

@@ -98,8 +98,15 @@ class PipelineUser(User):
         name = entries.request_name(self._label)
         context: dict[str, Any] = {"target": self._target.address if self._target else ""}
         start = time.perf_counter()
+        # A future, not the blocking call: Locust stops a user by killing its greenlet, and a
+        # blocking call killed mid-flight leaves grpcio's gevent thread pool completing it
+        # behind the user's back, and grpcio then logs `Invalid encoding on b'\xff\xff\xff\xff
+        # 061dCANCELLED:Stream removed...'` tracebacks: the call's status text read after its
+        # memory was reused. Waiting on a future is safe to interrupt: the channel's own
+        # poller completes the call we cancel.
+        call = self._stub.Process.future(plan.request, timeout=plan.timeout_s)
         try:
-            response = self._stub.Process(plan.request, timeout=plan.timeout_s)
+            response = call.result()
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             details = err.details() if hasattr(err, "details") else str(err)
@@ -109,6 +116,9 @@ class PipelineUser(User):
                                                    details or ""),
                  context=context)
             return
+        except BaseException:  # the user is being stopped (GreenletExit): not a request result
+            call.cancel()
+            raise
         context["step_timings"] = response.timings
         if self._label:
             context["pipeline_label"] = self._label

@@ -20,8 +20,8 @@ from typing import Any
 from locust import events
 from locust import stats as locust_stats
 
+from loadtest import locust_csv, payload, step_report, targets
 from loadtest import options as load_options
-from loadtest import payload, step_report, targets
 from loadtest.grpc_user import LoadPlan, PipelineUser
 from loadtest.shapes import shape_for
 
@@ -68,6 +68,8 @@ def _configure(environment: Any, **_kwargs: Any) -> None:
     environment.shape_class = shape
     # Step timings go to their own CSV, table and web UI tab, never into Locust's totals.
     step_report.install(environment)
+    # Locust's CSV then holds the last second too, so it agrees with the step files exactly.
+    locust_csv.install(environment)
     logger.info("curve %s: %s; peak %d users over %gs at %g users/s; targets: %s",
                 curve.name, type(curve).formula, curve.peak(), curve.duration, curve.rate,
                 ", ".join(f"{t.label}={t.address}" for t in found))

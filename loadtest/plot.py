@@ -36,6 +36,8 @@ _KNOWN_SUFFIXES = (REQUESTS_SUFFIX, STEPS_SUFFIX, "_steps_total.csv", "_stats_hi
                    "_stats.csv")
 #: Step panels use a log scale when their largest value is this many times their smallest.
 LOG_SCALE_RATIO = 100.0
+#: Room around the panels (fractions of the figure) for the title, labels and tick labels.
+FIGURE_MARGINS = {"left": 0.1, "right": 0.98, "top": 0.955, "bottom": 0.04, "hspace": 0.12}
 
 Series = tuple[list[float], list[float]]
 
@@ -62,6 +64,18 @@ def step_series(rows: Sequence[StepRow], metric: str, field: str, t0: int
     return dict(series)
 
 
+def load_matplotlib() -> Any:
+    """``matplotlib.pyplot`` with the file-only Agg backend. Importing it costs over a second of
+    CPU: ``stepchain loadtest`` calls this in a thread while Locust runs, so the plot at the end
+    does not wait for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_run(prefix: Path, out_png: Path, *, title: str | None = None) -> Path:
     """Draws the run whose CSV files start with ``prefix`` into ``out_png``.
 
@@ -73,11 +87,7 @@ def plot_run(prefix: Path, out_png: Path, *, title: str | None = None) -> Path:
     if not seconds:
         raise ValueError(f"{requests_csv}: no seconds to plot (did the test run at all?)")
     steps = read_step_seconds(Path(f"{prefix}{STEPS_SUFFIX}"))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = load_matplotlib()
     seconds.sort(key=lambda row: row.second)
     t0 = seconds[0].second
     fig, axes = plt.subplots(5, 1, figsize=(10, 14), sharex=True, dpi=100)
@@ -99,7 +109,9 @@ def plot_run(prefix: Path, out_png: Path, *, title: str | None = None) -> Path:
             # the users panel's lines often run along the top left (flat, ramp's end)
             ax.legend(fontsize=8, loc="lower right" if ax is ax_users else "upper left")
     fig.suptitle(title or f"stepchain load test — {prefix.name}, second by second")
-    fig.tight_layout()
+    # Fixed margins rather than tight_layout(), which measures every tick label by drawing the
+    # figure once more: half of the plot's time for the same picture.
+    fig.subplots_adjust(**FIGURE_MARGINS)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
     plt.close(fig)
@@ -115,14 +127,12 @@ def _draw_target_behind(axes: Sequence[Any], seconds: Sequence[RequestRow], t0: 
     if not rows:
         return
     peak = max(max(row.target_users or 0 for row in rows), 1)
+    # In each panel's own axes: x in seconds, y as a fraction of the panel's height (the peak at
+    # 1/1.1 of it), so the panel's scale and ticks stay its own without a twin axis to draw.
+    heights = [(row.target_users or 0) / (peak * 1.1) for row in rows]
     for ax in axes[1:]:
-        behind = ax.twinx()
-        behind.fill_between(_xs(rows, t0), [row.target_users or 0 for row in rows], step="post",
-                            color="0.85", alpha=0.5, linewidth=0)
-        behind.set_ylim(0, peak * 1.1)
-        behind.set_yticks([])
-        ax.set_zorder(behind.get_zorder() + 1)
-        ax.patch.set_visible(False)
+        ax.fill_between(_xs(rows, t0), heights, step="post", transform=ax.get_xaxis_transform(),
+                        color="0.85", alpha=0.5, linewidth=0, zorder=0)
 
 
 def _draw_users(ax: Any, seconds: Sequence[RequestRow], t0: int) -> None:

@@ -18,8 +18,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from topology.render import ENTRY_LABEL
-
 #: Label the topology service puts on every object of a pipeline.
 PIPELINE_LABEL = "pipeline_id"
 #: Fallback for Services made by older tools: the entry was named ``<pipeline_id>-step-0``.
@@ -59,6 +57,15 @@ def parse_hosts(spec: str) -> list[Target]:
     return targets
 
 
+def _entry_label() -> str:
+    # The label's one home is the manifest renderer. Imported on use: importing the renderer
+    # (the pipeline model, the step config) is most of Locust's start-up, and only a run
+    # without --host looks at labels.
+    from topology.render import ENTRY_LABEL
+
+    return ENTRY_LABEL
+
+
 def _labels(service: Any) -> dict[str, str]:
     return dict((service.metadata.labels if service.metadata else None) or {})
 
@@ -69,13 +76,13 @@ def _is_node_port(service: Any) -> bool:
 
 def is_labelled_entry(service: Any) -> bool:
     """True for a NodePort Service labelled ``stepchain.io/entry: "true"``."""
-    return _is_node_port(service) and _labels(service).get(ENTRY_LABEL) == "true"
+    return _is_node_port(service) and _labels(service).get(_entry_label()) == "true"
 
 
 def is_legacy_entry(service: Any) -> bool:
     """True for a NodePort Service without the entry label whose name ends in ``step-0``
     (how older tools named the entry step's Service)."""
-    return (_is_node_port(service) and ENTRY_LABEL not in _labels(service)
+    return (_is_node_port(service) and _entry_label() not in _labels(service)
             and (service.metadata.name or "").endswith(ENTRY_SUFFIX))
 
 
@@ -166,7 +173,7 @@ def discover_kubernetes_targets(*, namespace: str | None = None,
     candidates = entry_services(services)
     if not candidates:
         raise LookupError(
-            f"no NodePort Service labelled {ENTRY_LABEL}=true (nor, from older tools, one whose "
+            f"no NodePort Service labelled {_entry_label()}=true (nor, from older tools, one whose "
             f"name ends in {ENTRY_SUFFIX!r}) in {where} ({len(services)} Services seen); "
             "deploy a pipeline or pass --host HOST:PORT")
     if node_address is None:

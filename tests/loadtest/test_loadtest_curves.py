@@ -107,7 +107,7 @@ def test_every_curve_ticks_users_and_rate_until_duration_then_none(name: str) ->
         assert tick is not None
         users, rate = tick
         assert 0 < users <= 20
-        assert rate == curves.DEFAULT_SPAWN_RATE == 2.0  # the tool this replaces: 2 users/s
+        assert rate == curve.rate >= curves.DEFAULT_SPAWN_RATE == 2.0  # the replaced tool's
     assert curve.tick_at(30.0) is None
     assert curve.tick_at(1000.0) is None
     assert curve.users_at(30.0) == 0 and curve.users_at(-1) == 0
@@ -118,6 +118,37 @@ def test_spawn_rate_given_is_the_rate_every_tick_uses() -> None:
     curve = make_curve("spike", users=10, duration=10, spawn_rate=2.5)
     assert curve.tick_at(0) == (1, 2.5)
     assert curve.tick_at(4) == (10, 2.5)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "rate"), [
+    # the jump from ⌈N/10⌉ to N (and back) lands within a second
+    ("spike", {"users": 20, "duration": 60}, 18.0),
+    ("spike", {"users": 100, "duration": 180, "base_users": 40}, 60.0),
+    # every user from the first second
+    ("flat", {"users": 20, "duration": 60}, 20.0),
+    # each plateau adds N/K users at once
+    ("step", {"users": 20, "duration": 60}, 4.0),
+    ("step", {"users": 100, "duration": 100, "step_count": 4}, 25.0),
+    # starts at N/2, then at most π·N/P users a second
+    ("sinus", {"users": 20, "duration": 60}, 11.0),
+    # a gentle ramp keeps the replaced tool's 2 users/s; a steep one is faster
+    ("ramp", {"users": 20, "duration": 60}, 2.0),
+    ("ramp", {"users": 100, "duration": 60, "ramp_up": 10}, 10.0),
+])
+def test_without_spawn_rate_a_curve_spawns_as_fast_as_its_shape_needs(
+        name: str, kwargs: dict[str, float], rate: float) -> None:
+    curve = make_curve(name, **kwargs)  # type: ignore[arg-type]
+    assert curve.rate == rate
+    assert {tick[1] for tick in map(curve.tick_at, range(int(curve.duration)))
+            if tick is not None} == {rate}
+    # Spawning at that rate, every change of the shape lands within a second (Locust's tick).
+    for t in range(1, int(curve.duration)):
+        assert abs(curve.users_at(t) - curve.users_at(t - 1)) <= curve.rate
+
+
+def test_an_explicit_spawn_rate_wins_over_the_shapes_need() -> None:
+    assert make_curve("spike", users=20, duration=60, spawn_rate=2).rate == 2.0
+    assert make_curve("flat", users=20, duration=60, spawn_rate=50).rate == 50.0
 
 
 @pytest.mark.parametrize(("name", "kwargs", "message"), [
@@ -202,7 +233,7 @@ json.dump(out, sys.stdout)
         assert ticks[name] == expected, name
         assert ticks[name][-2:] == [None, None]
     # Locust's --run-time cuts the curve short (Locust itself would wait for the shape).
-    assert ticks["cut"] == [[3, 2.0], [3, 2.0], None, None]
+    assert ticks["cut"] == [[3, 3.0], [3, 3.0], None, None]  # all 3 users from the start
     assert ticks["default_flat"] == curves.DEFAULT_USERS
     assert ticks["abstract"] is True
 

@@ -92,9 +92,9 @@ def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
     assert {row["Step"] for row in steps} == {"step-1:identity", "step-2:grayscale"}
     per_step = {name: sum(int(r["Count"]) for r in steps if r["Step"] == name)
                 for name in ("step-1:identity", "step-2:grayscale")}
-    # Each answered request timed both steps. (Locust writes its own CSV once a second, so its
-    # count can miss the run's last second.)
-    assert per_step["step-1:identity"] == per_step["step-2:grayscale"] >= requests
+    # Each request Locust counted timed both steps, and only those: the step files agree with
+    # Locust's CSV exactly, the run's last second included.
+    assert per_step["step-1:identity"] == per_step["step-2:grayscale"] == requests
     kernels = [row["Kernel 50% (ms)"] for row in steps]
     assert all(len(value.split(".")[1]) == 3 for value in kernels)
     assert any(0 < float(value) < 1 for value in kernels)  # sub-ms, not rounded to 0
@@ -113,6 +113,58 @@ def test_stepchain_loadtest_runs_each_curve_and_writes_csv_html_and_plot(
     assert "per-step times (ms)" in result.stderr
     assert "\nstep-2:grayscale " in result.stderr
     assert f"plot: {out / 'loadtest.png'}" in result.stderr
+    assert "Traceback" not in result.stderr + log
+
+
+@pytest.mark.slow
+def test_locust_prints_no_traceback_when_it_stops_users_mid_request(
+        pipeline: ProcessPipeline, photo: Path, tmp_path: Path) -> None:
+    # A wave of 30 users that swings by about 25 every second: Locust stops users mid-request
+    # (by default it kills them at once) well over a hundred times, as a ramp-down or the end
+    # of any run does a few times. Not one of those stops may print a traceback.
+    result = run_locust(
+        ["--headless", "--curve", "sinus", "--users", "30", "--duration", "8", "--period",
+         "2.5", "--image", str(photo), "--host", pipeline.address(1), "--only-summary"],
+        cwd=tmp_path, timeout=RUN_BOUND_S)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert "Invalid encoding" not in output
+
+
+@pytest.mark.slow
+def test_a_spike_without_spawn_rate_reaches_its_peak_within_about_a_second(
+        pipeline: ProcessPipeline, photo: Path, tmp_path: Path) -> None:
+    # 1 user, then 10 from the 2nd to the 6th second: at the replaced tool's 2 users/s the peak
+    # would come 4.5 s after the jump; the curve's own rate (9/s) lands it within Locust's tick.
+    out = tmp_path / "out"
+    result = run_stepchain(
+        ["loadtest", "--curve", "spike", "--users", "10", "--base-users", "1", "--duration",
+         "8", "--spike-at", "2", "--spike-length", "4", "--image", str(photo),
+         "--target", pipeline.address(1), "--out", str(out)], timeout=RUN_BOUND_S)
+    log = (out / "locust.log").read_text() if (out / "locust.log").exists() else ""
+    assert result.returncode == 0, result.stderr + log
+    assert "at 9 users/s" in log
+    seconds = [row for row in read_csv(out / "loadtest_requests.csv") if row["Users"]]
+    jump = next(i for i, row in enumerate(seconds) if row["Target Users"] == "10")
+    # the second the target jumps, or the next one (Locust ticks once a second)
+    assert max(int(row["Users"]) for row in seconds[jump:jump + 2]) == 10, seconds
+
+
+@pytest.mark.slow
+def test_an_explicit_spawn_rate_still_paces_the_spike(
+        pipeline: ProcessPipeline, photo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_stepchain(
+        ["loadtest", "--curve", "spike", "--users", "10", "--base-users", "1", "--duration",
+         "8", "--spike-at", "2", "--spike-length", "4", "--spawn-rate", "2", "--image",
+         str(photo), "--target", pipeline.address(1), "--out", str(out)], timeout=RUN_BOUND_S)
+    log = (out / "locust.log").read_text() if (out / "locust.log").exists() else ""
+    assert result.returncode == 0, result.stderr + log
+    assert "at 2 users/s" in log
+    seconds = [row for row in read_csv(out / "loadtest_requests.csv") if row["Users"]]
+    jump = next(i for i, row in enumerate(seconds) if row["Target Users"] == "10")
+    assert max(int(row["Users"]) for row in seconds[jump:jump + 2]) < 10, seconds
 
 
 @pytest.mark.slow
