@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from step_fixtures import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 TOUR_START, TOUR_END = "## A five-minute tour", "## Documentation"
 #: What the tour's load test becomes here (a 60 s run does not belong in a test suite).
