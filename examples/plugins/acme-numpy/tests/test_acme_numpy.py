@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from acme_numpy import CONTRAST, SEPIA, SEPIA_MATRIX
 
 import native
 
+acme_numpy = pytest.importorskip("acme_numpy", reason="the example plugins are not installed in this venv: run `make venv`")
+CONTRAST, SEPIA, SEPIA_MATRIX = acme_numpy.CONTRAST, acme_numpy.SEPIA, acme_numpy.SEPIA_MATRIX
 RNG = np.random.default_rng(7)
 IMG = RNG.integers(0, 256, (23, 31, 3), dtype=np.uint8)
 

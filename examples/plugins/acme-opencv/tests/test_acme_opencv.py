@@ -9,6 +9,7 @@ import pytest
 import native
 from native.halo import kernel_reach
 
+pytest.importorskip("acme_opencv", reason="the example plugins are not installed in this venv: run `make venv`")
 RNG = np.random.default_rng(11)
 
 
