@@ -23,3 +23,13 @@ DEFAULT_MAX_MESSAGE_MB = 64
 DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_MB * MIB
 #: gRPC keeps message sizes in a signed 32-bit int: 2048 MiB would overflow it.
 MAX_MESSAGE_MB = 2047
+#: Seconds between keepalive pings on a connection to a step, and the time a ping gets to be
+#: answered before the connection is dropped (`--keepalive`): a next step that vanished without
+#: a reset is found within ~2 x this.
+DEFAULT_KEEPALIVE_S = 1.0
+#: The shortest keepalive a client may use: step servers accept pings this often (gRPC's own
+#: default calls more than one ping per 5 minutes without data abuse and closes the connection).
+MIN_KEEPALIVE_S = 0.1
+#: Longest a request waits for a next step to come back when none answered, within its deadline
+#: (`--next-step-wait`): a step restarting in place, a channel in reconnect back-off.
+DEFAULT_NEXT_STEP_WAIT_S = 10.0

@@ -86,6 +86,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="deadline for the next hop when the caller set none, > 0 "
                             "(default 60 s)")
     serve.add_argument(
+        "--keepalive", type=cli_args.float_range(limits.MIN_KEEPALIVE_S), default=limits.DEFAULT_KEEPALIVE_S, metavar="SECONDS",
+        help="ping every connection to a next step each SECONDS and drop it when a ping is not "
+             "answered within SECONDS more: a next step that vanished without a reset (node "
+             "gone, partition, frozen process) costs a request at most ~2 x SECONDS before "
+             f"failover (default {limits.DEFAULT_KEEPALIVE_S:g})")
+    serve.add_argument(
+        "--next-step-wait", type=cli_args.non_negative_seconds, default=limits.DEFAULT_NEXT_STEP_WAIT_S,
+        metavar="SECONDS",
+        help="when no next step answers at all (down, restarting, channels in reconnect "
+             "back-off), wait up to SECONDS, within the request's deadline, for one to come back "
+             f"before answering UNAVAILABLE (default {limits.DEFAULT_NEXT_STEP_WAIT_S:g}; 0 = fail at once)")
+    serve.add_argument(
         "--max-connection-age", type=cli_args.non_negative_seconds, default=30.0,
         help="seconds before a client connection is asked to reconnect (GOAWAY), so clients "
              "re-resolve dns:/// names and reach new replicas (default 30; 0 = never)")
@@ -135,6 +147,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_passes=args.max_passes, grace=args.grace, forward_timeout=args.forward_timeout,
         metrics_port=args.metrics_port, max_connection_age=args.max_connection_age,
         max_connection_age_grace=args.max_connection_age_grace,
+        keepalive=args.keepalive, next_step_wait=args.next_step_wait,
         shm_dir="" if args.no_shm else args.shm_dir)
     discovery.start()
     try:

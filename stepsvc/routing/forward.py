@@ -11,6 +11,14 @@ again first (round_robin picks the step's next replica), up to :func:`replica_tr
 then skipped for the next step; any other error ends the attempt and reaches the caller naming
 the step.
 
+A next step that vanished without a reset (a node gone, a partition, a frozen process) is found
+by HTTP/2 keepalive: every connection is pinged each KEEPALIVE_S and dropped when a ping is not
+answered within KEEPALIVE_S more, which fails the calls on it as UNAVAILABLE and so fails them
+over; a dead hop costs a request at most about 2 x KEEPALIVE_S. When every candidate failed
+without answering (no connection, the channels in reconnect back-off after a restart), the
+request waits for one of them to come back (:class:`ChannelStates`) within its deadline, less
+the time this step keeps to answer by name (:func:`answer_margin`), instead of failing at once.
+
 Requests and responses are serialized messages (bytes) both ways: the step builds the request
 around its output pixels and adds its timing to the response bytes (:mod:`stepsvc.frames.wire`), so
 nothing here parses or serializes 6 MB of pixels.
@@ -29,6 +37,8 @@ import grpc
 from google.protobuf.message import Message
 from stepchain.v1 import step_pb2
 
+from stepsvc.limits import DEFAULT_KEEPALIVE_S, DEFAULT_NEXT_STEP_WAIT_S, MIN_KEEPALIVE_S
+
 #: Trailing metadata a step sets when it refuses because it is draining: worth failing over.
 DRAINING_KEY = "stepchain-draining"
 #: Trailing metadata on an error that already names the step where it happened.
@@ -42,6 +52,23 @@ ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin":
 #: Shortest pause between two DNS re-resolutions of one channel (gRPC's default is 30 s): pods
 #: that come and go are seen within seconds of a connection closing.
 DNS_MIN_RERESOLUTION_MS = 5000
+#: Keepalive period and ping timeout (stepsvc.limits): a dead next step is found within ~2 x.
+KEEPALIVE_S = DEFAULT_KEEPALIVE_S
+#: Longest reconnect back-off (gRPC adds up to 20 % jitter): a step back on its address is
+#: connected again within a second.
+MAX_RECONNECT_BACKOFF_MS = 800
+#: The share of the remaining deadline a step keeps to answer its caller by name when its next
+#: hop does not answer, between ANSWER_MARGIN_MIN_S and ANSWER_MARGIN_MAX_S.
+ANSWER_MARGIN_SHARE = 0.1
+ANSWER_MARGIN_MIN_S = 0.02
+ANSWER_MARGIN_MAX_S = 0.25
+#: Longest a request waits for a next step to come back when none answered (within its
+#: deadline): a step restarting in place, a channel in reconnect back-off.
+NEXT_STEP_WAIT_S = DEFAULT_NEXT_STEP_WAIT_S
+#: Pause before trying the candidates again when one is READY but the last pass failed on it.
+RETRY_PAUSE_S = 0.05
+#: Failures a message lists (the rest are counted), so a long wait does not grow the message.
+FAILURES_SHOWN = 4
 
 
 def replica_tries(address: str) -> int:
@@ -115,27 +142,94 @@ def transport_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     ]
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
-    """gRPC channel options shared by steps and clients (transport, fast reconnect, round_robin
-    over every replica the target names)."""
+def channel_options(max_message_bytes: int,
+                    keepalive_s: float = KEEPALIVE_S) -> list[tuple[str, int | str]]:
+    """gRPC channel options shared by steps and clients (transport, fast reconnect, keepalive
+    that finds a dead peer within ~2 x `keepalive_s`, round_robin over every replica the
+    target names)."""
+    keepalive_ms = round(max(keepalive_s, MIN_KEEPALIVE_S) * 1000)
     return [
         *transport_options(max_message_bytes),
         ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG),
         ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_RERESOLUTION_MS),
-        # A restarted step should be reachable again within a second or two, not minutes.
+        # A restarted step should be reachable again within a second, not minutes.
         ("grpc.initial_reconnect_backoff_ms", 200),
+        # (also the shortest time a connection attempt gets: a SYN into a blackhole waits this)
         ("grpc.min_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        # A peer that vanished without a reset: pinged every keepalive_s, idle or not and
+        # however long a call runs without data (no cap on pings between data frames), and
+        # dropped when it does not answer within keepalive_s.
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # what gRPC 1.85 times a sent ping by (keepalive or BDP): measured, only this one ends
+        # a connection to a frozen peer whose kernel still ACKs (else the 1-minute default)
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+def server_keepalive_options() -> list[tuple[str, int]]:
+    """What a step server needs to accept the pings of :func:`channel_options`' clients (any
+    keepalive down to MIN_KEEPALIVE_S, pings during long calls without data): gRPC's default
+    counts pings sooner than 5 minutes apart without data as strikes and closes the connection
+    on the third (GOAWAY "too_many_pings"), which cut calls waiting on a restarting next step."""
+    return [("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms",
+             round(MIN_KEEPALIVE_S * 1000)),
+            ("grpc.http2.max_ping_strikes", 0)]
+
+
+def answer_margin(remaining: float) -> float:
+    """Seconds of a request's `remaining` deadline a step keeps for itself when it forwards:
+    a next hop that does not answer times out that much earlier, so this step still answers
+    its caller, naming the hop, before the caller's own deadline turns it into a bare
+    DEADLINE_EXCEEDED."""
+    return min(ANSWER_MARGIN_MAX_S, max(ANSWER_MARGIN_MIN_S, remaining * ANSWER_MARGIN_SHARE))
+
+
+class ChannelStates:
+    """The connectivity state of every channel to a next step, as gRPC reports its changes, so
+    a forward that found every candidate down can wait for the first one that comes back
+    (READY) instead of failing while the channels sit in reconnect back-off."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, grpc.ChannelConnectivity] = {}
+        self._changed = threading.Condition()
+
+    def watch(self, address: str, channel: grpc.Channel) -> None:
+        """Follows `channel`'s state (and keeps it connecting) from now on."""
+        channel.subscribe(lambda state: self.update(address, state), try_to_connect=True)
+
+    def update(self, address: str, state: grpc.ChannelConnectivity) -> None:
+        """Records `address`'s new state (gRPC calls this on every change)."""
+        with self._changed:
+            self._states[address] = state
+            self._changed.notify_all()
+
+    def state(self, address: str) -> grpc.ChannelConnectivity | None:
+        with self._changed:
+            return self._states.get(address)
+
+    def wait_ready(self, addresses: Sequence[str], timeout: float) -> bool:
+        """Waits up to `timeout` seconds until one of `addresses` is READY; True if one is."""
+        ready = grpc.ChannelConnectivity.READY
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: any(self._states.get(a) == ready for a in addresses), timeout)
 
 
 class Forwarder:
     """Sends ProcessRequests to other steps over cached insecure channels."""
 
     def __init__(self, max_message_bytes: int, *,
-                 interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()) -> None:
-        self._options = channel_options(max_message_bytes)
+                 interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+                 keepalive_s: float = KEEPALIVE_S,
+                 next_step_wait: float = NEXT_STEP_WAIT_S) -> None:
+        self._options = channel_options(max_message_bytes, keepalive_s)
+        #: Longest wait for a next step to come back when none answered (within the deadline).
+        self.next_step_wait = next_step_wait
         self._interceptors = tuple(interceptors)
         self._stubs: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._channels: list[grpc.Channel] = []
@@ -143,6 +237,8 @@ class Forwarder:
         self._probed: set[str] = set()
         self._raw_channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
+        #: Each next step's channel state (watched from the channel's creation on).
+        self.states = ChannelStates()
 
     def domain(self, address: str) -> str | None:
         """The shared-memory domain `address` advertised in its last answer; for an address
@@ -185,6 +281,7 @@ class Forwarder:
                 channel: grpc.Channel = grpc.insecure_channel(address, options=self._options)
                 self._channels.append(channel)
                 self._raw_channels[address] = channel
+                self.states.watch(address, channel)
                 if self._interceptors:
                     channel = grpc.intercept_channel(channel, *self._interceptors)
                 stub = channel.unary_unary(PROCESS_METHOD, None, None)
@@ -199,48 +296,85 @@ class Forwarder:
         `request` is a serialized ProcessRequest, a function of the candidate returning one
         (so a co-located candidate can get a shared-memory handle), or a message.
 
-        `timeout` is the caller's remaining deadline in seconds; failover attempts share it, so
-        a candidate that failed slowly leaves the next one only what is left. Raises
-        ForwardError with the code the caller should get and a message naming the failed
-        step(s).
+        `timeout` is the caller's remaining deadline in seconds, less :func:`answer_margin`;
+        failover attempts share it, so a candidate that failed slowly leaves the next one only
+        what is left. When no candidate answered at all (each UNAVAILABLE from the transport:
+        down, unreachable, or its channel in reconnect back-off), the request waits up to
+        `next_step_wait` seconds (within that deadline) for one to be connected again and then
+        tries them again in order. Raises ForwardError with the code the caller should get and
+        a message naming the failed step(s).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout - answer_margin(timeout)
+        wait_until = started + self.next_step_wait if deadline is None else min(
+            deadline, started + self.next_step_wait)
         failures: list[str] = []
         attempts = 0
-        for cand in candidates:
-            for _ in range(replica_tries(cand.address)):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ForwardError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"the request's deadline passed during failover before "
-                        f"{cand.describe()} could be tried (after: {'; '.join(failures)})",
-                        attempts, None)
-                attempts += 1
-                if isinstance(request, Message):
-                    request = request.SerializeToString()
-                try:
-                    response = self._call(cand, request, remaining, metadata)
-                    return ForwardResult(response, cand.step_id, attempts)
-                except grpc.RpcError as err:
-                    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-                    details = (err.details() if hasattr(err, "details") else None) or str(code)
-                    trailers = _trailers(err)
-                    named = FAILED_STEP_KEY in trailers
-                    message = details if named else f"{cand.describe()}: {details}"
-                    failed = int(trailers[FAILED_STEP_KEY]) if named else cand.step_id
-                    draining = (code == grpc.StatusCode.FAILED_PRECONDITION
-                                and DRAINING_KEY in trailers)
-                    if code == grpc.StatusCode.UNAVAILABLE or draining:
-                        failures.append(message)
-                        continue  # another replica of this step, then the next step
-                    if failures:
-                        message += f" (after failover from: {'; '.join(failures)})"
-                    raise ForwardError(code, message, attempts, failed) from None
-        tried = "; ".join(failures)
-        raise ForwardError(
+        if isinstance(request, Message):
+            request = request.SerializeToString()
+        while True:
+            answered = False  # some candidate (or a step behind it) answered: waiting won't help
+            for cand in candidates:
+                for _ in range(replica_tries(cand.address)):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ForwardError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"the request's deadline passed during failover before "
+                            f"{cand.describe()} could be tried (after: {_listed(failures)})",
+                            attempts, None)
+                    attempts += 1
+                    try:
+                        response = self._call(cand, request, remaining, metadata)
+                        return ForwardResult(response, cand.step_id, attempts)
+                    except grpc.RpcError as err:
+                        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+                        details = (err.details() if hasattr(err, "details") else None) or str(code)
+                        trailers = _trailers(err)
+                        named = FAILED_STEP_KEY in trailers
+                        message = details if named else f"{cand.describe()}: {details}"
+                        failed = int(trailers[FAILED_STEP_KEY]) if named else cand.step_id
+                        draining = (code == grpc.StatusCode.FAILED_PRECONDITION
+                                    and DRAINING_KEY in trailers)
+                        if code == grpc.StatusCode.UNAVAILABLE or draining:
+                            failures.append(message)
+                            answered = answered or named or draining
+                            continue  # another replica of this step, then the next step
+                        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not named:
+                            # this step's own deadline for the hop: the candidate said nothing
+                            message = (f"{cand.describe()} did not answer within "
+                                       f"{remaining or 0:.2f} s (the request's deadline, less "
+                                       f"{answer_margin(timeout or 0):.2f} s kept to answer "
+                                       "the caller)")
+                        if failures:
+                            message += f" (after failover from: {_listed(failures)})"
+                        raise ForwardError(code, message, attempts, failed) from None
+            now = time.monotonic()
+            if answered or now + RETRY_PAUSE_S >= wait_until:
+                raise self._none_took(attempts, failures, waited=now - started,
+                                      out_of_time=not answered and wait_until == deadline)
+            # Nobody answered: wait (within the deadline) for a candidate to be connected
+            # again, e.g. a restarted step whose channel is in reconnect back-off.
+            time.sleep(RETRY_PAUSE_S)
+            if not self.states.wait_ready([c.address for c in candidates],
+                                          max(0.0, wait_until - time.monotonic())):
+                raise self._none_took(attempts, failures, waited=time.monotonic() - started,
+                                      out_of_time=wait_until == deadline)
+
+    @staticmethod
+    def _none_took(attempts: int, failures: Sequence[str], *, waited: float,
+                   out_of_time: bool) -> ForwardError:
+        """The error when no candidate took the request: DEADLINE_EXCEEDED when the deadline
+        ended the wait for one to come back, else UNAVAILABLE."""
+        if out_of_time:
+            return ForwardError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no next step answered within the request's deadline (waited {waited:.1f} s "
+                f"for one to come back); tried {attempts}: {_listed(failures)}", attempts, None)
+        after = f" in {waited:.1f} s (--next-step-wait)" if waited >= 0.1 else ""
+        return ForwardError(
             grpc.StatusCode.UNAVAILABLE,
-            f"no next step took the request; tried {attempts}: {tried}",
+            f"no next step took the request{after}; tried {attempts}: {_listed(failures)}",
             attempts, None)
 
     def _call(self, cand: Candidate, request: Payload, timeout: float | None,
@@ -271,6 +405,13 @@ class Forwarder:
             self._channels.clear()
             self._raw_channels.clear()
             self._stubs.clear()
+
+
+def _listed(failures: Sequence[str]) -> str:
+    """The failures for a message: the first FAILURES_SHOWN, then how many more."""
+    shown = "; ".join(failures[:FAILURES_SHOWN])
+    more = len(failures) - FAILURES_SHOWN
+    return f"{shown}; and {more} more" if more > 0 else shown
 
 
 def _trailers(err: grpc.RpcError) -> dict[str, str]:

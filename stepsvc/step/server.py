@@ -24,8 +24,21 @@ from stepchain.v1 import step_pb2
 from stepsvc.frames import codec, wire
 from stepsvc.frames.shm import DEFAULT_DIR as DEFAULT_SHM_DIR
 from stepsvc.frames.shm import FrameStore
-from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_PASSES, DEFAULT_MAX_PIXELS, MIB
-from stepsvc.routing.forward import DOMAIN_KEY, HEALTH_CHECK_METHOD, Forwarder, transport_options
+from stepsvc.limits import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_MAX_MESSAGE_MB,
+    DEFAULT_MAX_PASSES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_NEXT_STEP_WAIT_S,
+    MIB,
+)
+from stepsvc.routing.forward import (
+    DOMAIN_KEY,
+    HEALTH_CHECK_METHOD,
+    Forwarder,
+    server_keepalive_options,
+    transport_options,
+)
 from stepsvc.step.admission import Admission
 from stepsvc.step.config import PipelineConfig
 from stepsvc.step.memory_budget import MemoryBudget, default_memory_mb
@@ -80,6 +93,10 @@ class ServerSettings:
     max_connection_age_grace: float | None = None
     #: Frame directory for shared memory with co-located steps; "" = off (stepsvc.frames.shm).
     shm_dir: str = DEFAULT_SHM_DIR
+    #: Keepalive period and ping timeout towards next steps, seconds (stepsvc.routing.forward).
+    keepalive: float = DEFAULT_KEEPALIVE_S
+    #: Longest wait for a next step to come back when none answered (within the deadline).
+    next_step_wait: float = DEFAULT_NEXT_STEP_WAIT_S
 
     @property
     def max_message_bytes(self) -> int:
@@ -252,7 +269,9 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
     codec.keep_large_buffers()
     admission = Admission(settings.max_inflight, settings.max_queue,
                           queue_wait_bound(settings.max_queue_wait_ms))
-    forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors)
+    forwarder = Forwarder(settings.max_message_bytes, interceptors=client_interceptors,
+                          keepalive_s=settings.keepalive,
+                          next_step_wait=settings.next_step_wait)
     frames = (FrameStore.open_dir(settings.shm_dir, config.pipeline_id,
                                   max_bytes=settings.max_pixels * 4)
               if settings.shm_dir else None)
@@ -272,7 +291,7 @@ def build_server(config: PipelineConfig, discovery: ActiveSteps,
                       *([AdvertiseDomain(frames.domain)] if frames is not None else [])],
         # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
         options=[*transport_options(settings.max_message_bytes), ("grpc.so_reuseport", 0),
-                 *settings.connection_options()],
+                 *settings.connection_options(), *server_keepalive_options()],
         # A last resort only: admission holds a thread per admitted call (in flight or queued)
         # and refuses the rest at once, by name, on the spare threads; gRPC's own cap (its
         # generic "Concurrent RPC limit exceeded!") leaves room for those refusals and for

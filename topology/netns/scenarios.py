@@ -57,7 +57,7 @@ class ScenarioResult:
 
     def report(self) -> str:
         lines = [table(self.summaries, title=self.title)]
-        lines += [f"  {name}: {value}" for name, value in self.figures.items()]
+        lines += [f"  {name}: {_shown(value)}" for name, value in self.figures.items()]
         lines.append("  load average (1/5/15 min): " + " / ".join(f"{v:.1f}" for v in self.load))
         return "\n".join(lines)
 
@@ -83,8 +83,15 @@ def _in_flight(records: list[Record], start: float, end: float) -> list[Record]:
     return [r for r in records if r.start < end and r.end > start]
 
 
-def _ms(seconds: float | None) -> str:
-    return "never" if seconds is None else f"{seconds * 1000:.0f} ms"
+def _ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds for a figure named "... (ms)"; None: it never happened."""
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "never"
+    return f"{value:.0f}" if isinstance(value, float) else str(value)
 
 
 def blackhole_preferred(workdir: Path, *, fault_s: float = 6.0, heal_s: float = 6.0,
@@ -112,10 +119,10 @@ def blackhole_preferred(workdir: Path, *, fault_s: float = 6.0, heal_s: float = 
         summaries=[summarize("before", records, drive.started, t_fault),
                    summarize("step 1 blackholed", records, t_fault, t_heal),
                    summarize("healed", records, t_heal, t_heal + heal_s)],
-        figures={"longest wait of a request in flight during the blackhole":
+        figures={"longest wait of a request in flight during the blackhole (ms)":
                  _ms(max((r.ms for r in waited), default=0) / 1000),
                  "requests that failed": sum(r.code != "OK" for r in records),
-                 "step 1 used again after the heal": _ms(None if back is None
+                 "step 1 used again after the heal (ms)": _ms(None if back is None
                                                          else back.end - t_heal)},
         records=records)
 
@@ -158,13 +165,20 @@ def slow_lossy_links(workdir: Path, *, phase_s: float = 8.0, latency_ms: int = 5
             proxy.latency(name, latency_ms, jitter_ms, stream="upstream")
             proxy.latency(name, latency_ms, jitter_ms, stream="downstream")
         network.loss([s.host for s in hosted.steps.values()], loss_percent)
-        phase(f"{latency_ms}±{jitter_ms}ms {loss_percent:g}%")
+        slow = f"{latency_ms}±{jitter_ms}ms {loss_percent:g}%"
+        phase(slow)
+    by_phase = {summary.phase: summary for summary in summaries}
     return ScenarioResult(
         title=f"2. step-to-step links with {latency_ms} ± {jitter_ms} ms each way (Toxiproxy) "
               f"and {loss_percent:g} % loss (nftables) beside the clean links; chain of 3 steps, "
               f"{concurrency} callers",
         summaries=summaries,
-        figures={"requests that failed": sum(r.code != "OK" for r in records)},
+        figures={"requests that failed": sum(r.code != "OK" for r in records),
+                 # each request crosses 2 links, each twice (request, answer): 4 one-way delays
+                 "latency the links add at least (ms)": 4.0 * (latency_ms - jitter_ms),
+                 **{f"p50 added for {size} (ms)": round(
+                     by_phase[f"{slow} {size}"].p50_ms - by_phase[f"clean {size}"].p50_ms, 1)
+                    for size in sizes}},
         records=records)
 
 
@@ -198,15 +212,16 @@ def frozen_step(workdir: Path, *, freeze_s: float = 8.0, concurrency: int = 4,
         summaries=[summarize("before", records, drive.started, t_freeze),
                    summarize("step 1 frozen", records, t_freeze, t_thaw),
                    summarize("thawed", records, t_thaw, t_thaw + 4.0)],
-        figures={"longest answer while frozen": _ms(max((r.ms for r in frozen), default=0)
+        figures={"longest answer while frozen (ms)": _ms(max((r.ms for r in frozen), default=0)
                                                     / 1000),
                  "answers while frozen that name no step": len(unnamed),
                  "one answer while frozen": next((f"{r.code}: {r.message}" for r in frozen
                                                   if r.code != "OK"), "-"),
-                 "step 0 threads before / peak / after": f"{before[0]} / {peak_threads} / "
-                                                         f"{after[0]}",
-                 "step 0 RSS MiB before / peak / after": f"{before[1]:.0f} / {peak_rss:.0f} / "
-                                                         f"{after[1]:.0f}"},
+                 "step 0 threads before": before[0], "step 0 threads peak": peak_threads,
+                 "step 0 threads after": after[0],
+                 "step 0 RSS before (MiB)": round(before[1], 1),
+                 "step 0 RSS peak (MiB)": round(peak_rss, 1),
+                 "step 0 RSS after (MiB)": round(after[1], 1)},
         records=records)
 
 
@@ -244,9 +259,9 @@ def step_comes_back(workdir: Path, *, concurrency: int = 4, deadline: float = 10
         figures={"requests that failed": sum(r.code != "OK" for r in records),
                  "first failure": next((f"{r.code}: {r.message}" for r in records
                                         if r.code != "OK"), "-"),
-                 "step 1 used again after it listened (alone down)":
+                 "step 1 used again after it listened, alone down (ms)":
                      _ms(None if back_one is None else back_one.end - ready_one),
-                 "step 1 used again after it listened (both down)":
+                 "step 1 used again after it listened, both down (ms)":
                      _ms(None if back_both is None else back_both.end - ready_both),
-                 "longest answer": _ms(max((r.ms for r in records), default=0) / 1000)},
+                 "longest answer (ms)": _ms(max((r.ms for r in records), default=0) / 1000)},
         records=records)

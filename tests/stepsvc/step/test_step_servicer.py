@@ -178,9 +178,23 @@ def test_no_active_next_step_is_unavailable_listing_the_candidates(
 def test_every_candidate_down_is_unavailable_naming_each_one(pipe: InProcessPipeline) -> None:
     pipe.add(2, BRANCH).stop(0)
     pipe.add(3, BRANCH).stop(0)
-    pipe.add(1, BRANCH)
+    pipe.add(1, BRANCH, next_step_wait=0)
     code, message = status_of(lambda: pipe.stub(1).Process(raw_request(noisy_image()), timeout=10))
     assert code == grpc.StatusCode.UNAVAILABLE
+    assert "step 3 (edges) at 127.0.0.1:" in message and "step 2 (grayscale) at" in message
+
+
+def test_every_candidate_down_is_waited_for_and_named_just_before_the_deadline(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(2, BRANCH).stop(0)
+    pipe.add(3, BRANCH).stop(0)
+    pipe.add(1, BRANCH)
+    started = time.monotonic()
+    code, message = status_of(lambda: pipe.stub(1).Process(raw_request(noisy_image()), timeout=2))
+    assert 1.5 < time.monotonic() - started < 2.0  # step 1 answered, not the client's deadline
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert message.startswith("step 1 (identity): no next step answered within the request's "
+                              "deadline (waited")
     assert "step 3 (edges) at 127.0.0.1:" in message and "step 2 (grayscale) at" in message
 
 

@@ -1,0 +1,85 @@
+"""The faults of a real network, played on steps that each run on a host of their own (network
+namespaces): each scenario prints its figures (``pytest -s`` shows them) and asserts what a user
+would see. Needs root; the latency scenario needs Toxiproxy (`make tools`).
+
+The bounds are the documented ones (docs/step-server.md, "Network faults"), with room for a
+shared 2-core machine where timings swing 2-3x.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from topology.netns import scenarios, toxiproxy
+from topology.netns.network import unavailable_reason
+
+pytestmark = pytest.mark.slow
+
+#: The dead-hop bound: keepalive finds a peer that stopped answering within 2 x --keepalive (1 s).
+DEAD_HOP_S = 2.0
+#: Scheduling room on a loaded machine on top of a bound.
+SLACK_S = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _needs_root() -> None:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"these scenarios make network namespaces and need root: {reason}")
+
+
+def test_a_blackholed_next_step_costs_at_most_the_keepalive_bound_and_comes_back_when_healed(
+        tmp_path: Path) -> None:
+    result = scenarios.blackhole_preferred(tmp_path)
+    print("\n" + result.report())
+    figures = result.figures
+    assert figures["requests that failed"] == 0  # none reached its deadline: step 2 took them
+    assert figures["longest wait of a request in flight during the blackhole (ms)"] < (
+        DEAD_HOP_S + SLACK_S) * 1000
+    blackholed = result.summaries[1]
+    assert blackholed.ok > 0 and set(blackholed.served_by) <= {1, 2}
+    assert blackholed.served_by.get(2, 0) > blackholed.served_by.get(1, 0)
+    back = figures["step 1 used again after the heal (ms)"]
+    assert back is not None and back < 3000
+
+
+def test_slow_lossy_links_cost_their_latency_and_no_errors(tmp_path: Path) -> None:
+    reason = toxiproxy.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    result = scenarios.slow_lossy_links(tmp_path)
+    print("\n" + result.report())
+    figures = result.figures
+    assert figures["requests that failed"] == 0
+    assert all(summary.ok > 0 for summary in result.summaries)
+    # A 6 MB frame pays the links' delays, not round trips waiting for HTTP/2 window updates:
+    # with 64 KiB windows each hop would take ~95 round trips (over 9 s).
+    added = figures["p50 added for 1920x1080 (ms)"]
+    assert added < figures["latency the links add at least (ms)"] + 1500
+
+
+def test_a_frozen_next_step_is_named_within_the_deadline_without_piling_up(
+        tmp_path: Path) -> None:
+    result = scenarios.frozen_step(tmp_path)
+    print("\n" + result.report())
+    figures = result.figures
+    frozen = result.summaries[1]
+    assert frozen.count > 0
+    assert figures["answers while frozen that name no step"] == 0
+    assert figures["longest answer while frozen (ms)"] < 3000  # before the caller's deadline
+    assert figures["step 0 threads peak"] <= figures["step 0 threads before"] + 8
+    assert figures["step 0 RSS after (MiB)"] < figures["step 0 RSS before (MiB)"] + 40
+    assert result.summaries[2].ok == result.summaries[2].count > 0  # all well once thawed
+
+
+def test_a_step_back_on_its_address_is_used_within_a_second_and_no_request_fails(
+        tmp_path: Path) -> None:
+    result = scenarios.step_comes_back(tmp_path)
+    print("\n" + result.report())
+    figures = result.figures
+    assert figures["requests that failed"] == 0, figures["first failure"]
+    for case in ("alone down", "both down"):
+        back = figures[f"step 1 used again after it listened, {case} (ms)"]
+        assert back is not None and back < 1000
