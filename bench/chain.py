@@ -63,7 +63,7 @@ from stepsvc.frames import codec, wire
 from stepsvc.frames.shm import FrameStore
 from stepsvc.ports import free_port
 from stepsvc.routing.forward import PROCESS_METHOD, channel_options
-from topology.supervisor import stop_all
+from topology.local.supervisor import stop_all
 
 RESULTS = RESULTS_DIR
 Kernels = tuple[tuple[str, dict[str, Any]], ...]

@@ -31,8 +31,8 @@ import numpy as np
 from bench import RESULTS_DIR, write_results
 from stepsvc.client import call
 from stepsvc.frames import codec
-from topology.local_backend import LocalBackend
-from topology.pipeline import parse_pipeline
+from topology.local.backend import LocalBackend
+from topology.pipeline.graph import parse_pipeline
 
 BLUR_STEP = 1
 

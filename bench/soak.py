@@ -33,7 +33,7 @@ from bench.chain import child_env, step_commands, wait_grpc
 from bench.overload import CHAIN, METHOD, frame, load_average
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
 from stepsvc.routing.forward import channel_options
-from topology.supervisor import stop_all
+from topology.local.supervisor import stop_all
 
 #: The RSS the end is compared with: after this many requests (allocator and caches warm).
 BASELINE_AFTER = 1000

@@ -36,8 +36,8 @@ from skimage import data
 
 import native
 from bench import RESULTS_DIR, write_results
-from topology.local_backend import LocalBackend
-from topology.pipeline import parse_pipeline
+from topology.local.backend import LocalBackend
+from topology.pipeline.graph import parse_pipeline
 
 PIPELINE = {"name": "bigtiles", "steps": [
     {"type": "gaussian_blur", "params": {"sigma": 2.0}},

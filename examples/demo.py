@@ -2,7 +2,7 @@
 
 1. starts `stepchain topology serve --backend local` on a free loopback port,
 2. POSTs examples/pipeline.json (classify -> grayscale or deblur -> resize),
-3. submits a real photograph (the astronaut photo shipped in topology/console/samples) and a
+3. submits a real photograph (the astronaut photo shipped in topology/service/console/samples) and a
    blurred copy of it with `stepchain submit`: the sharp one goes to grayscale (preferred_next), the blurry one is
    routed to deblur (route "blurry") — each prints its per-step timing table,
 4. draws the last request's trace as a waterfall (spans in out/demo/traces.jsonl; with
@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 
 from stepsvc.ports import free_port
-from topology.auth import auth_header, client_token
-from topology.local_backend import installed_stepchain
-from topology.supervisor import process_alive
+from topology.local.backend import installed_stepchain
+from topology.local.supervisor import process_alive
+from topology.service.auth import auth_header, client_token
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The installed `stepchain` command (`make demo` installs it into .venv/bin).

@@ -36,9 +36,9 @@ from skimage import data
 from stepsvc.client import call
 from stepsvc.client.tile_submit import TileJob, describe, reach_of
 from stepsvc.frames import codec
-from topology.local_backend import LocalBackend
-from topology.pipeline import parse_pipeline
-from topology.supervisor import process_alive
+from topology.local.backend import LocalBackend
+from topology.local.supervisor import process_alive
+from topology.pipeline.graph import parse_pipeline
 
 BLUR = {"sigma": 2.0, "passes": 12}
 SHARPEN = {"amount": 1.0}

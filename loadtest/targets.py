@@ -61,7 +61,7 @@ def _entry_label() -> str:
     # The label's one home is the manifest renderer. Imported on use: importing the renderer
     # (the pipeline model, the step config) is most of Locust's start-up, and only a run
     # without --host looks at labels.
-    from topology.render import ENTRY_LABEL
+    from topology.kube.manifests import ENTRY_LABEL
 
     return ENTRY_LABEL
 

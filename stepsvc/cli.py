@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "stepsvc.client.commands",
     "stepsvc.client.trace.cli",
     "topology.cli",
-    "topology.top",
+    "topology.load.top",
     "loadtest.cli",
 )
 

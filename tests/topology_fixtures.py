@@ -1,4 +1,5 @@
-"""Fixtures for the topology tests: kmock's Kubernetes emulator on a real HTTP port.
+"""Fixtures for the topology tests: kmock's Kubernetes emulator on a real HTTP port, and a real
+`stepchain topology serve` process (:class:`Service`).
 
 kmock is asyncio-based and the official Kubernetes client is synchronous, so the emulator runs
 on its own event loop in a daemon thread; tests talk to it over HTTP like to an API server.
@@ -8,11 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 
@@ -114,6 +123,62 @@ def api_client(app: Any, **kwargs: Any) -> Any:
     and the console do (writes need it by default)."""
     from fastapi.testclient import TestClient
 
-    from topology.auth import auth_header
+    from topology.service.auth import auth_header
 
     return TestClient(app, headers=auth_header(app.state.settings.token), **kwargs)
+
+
+#: Seconds `stepchain topology serve` gets to answer /healthz.
+START_TIMEOUT_S = 30.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Service:
+    """A running `stepchain topology serve --backend local` on a free loopback port."""
+
+    def __init__(self, state_dir: Path, *extra: str) -> None:
+        self.state_dir = state_dir
+        self.log = state_dir.parent / f"{state_dir.name}-service.log"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # installed stepchain
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stepsvc.cli", "topology", "serve", "--backend", "local",
+                 "--port", "0", "--state-dir", str(state_dir), *extra],
+                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            found = re.findall(r"(http://127\.0\.0\.1:\d+/)", text)
+            if found:
+                url = found[-1]
+                try:
+                    if httpx.get(url + "healthz", timeout=1.0).status_code == 200:
+                        return url
+                except httpx.TransportError:
+                    pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"topology serve exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.1)
+        self.proc.kill()
+        raise AssertionError("topology serve did not come up:\n" + self.log.read_text())
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def api(self, token: str | None) -> httpx.Client:
+        from topology.service.auth import auth_header
+
+        return httpx.Client(base_url=self.url, headers=auth_header(token), timeout=60.0)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise

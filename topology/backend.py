@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stepsvc.step.config import StepSpec as RouteStep
-from topology.pipeline import Pipeline
+from topology.pipeline.graph import Pipeline
 
 
 class BackendError(RuntimeError):

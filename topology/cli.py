@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from topology.model import PipelineInvalid
+    from topology.pipeline.model import PipelineInvalid
 
 from stepsvc import cli_args
 
@@ -94,10 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from topology.api import create_app
-    from topology.auth import token_path
     from topology.backend import BackendError
-    from topology.settings import settings_from
+    from topology.service.app import create_app
+    from topology.service.auth import token_path
+    from topology.service.settings import settings_from
 
     try:
         settings = settings_from({k: getattr(args, k) for k in SERVE_FLAGS}, os.environ)
@@ -137,11 +137,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from topology.model import PipelineInvalid
-    from topology.pipeline import parse_pipeline
-    from topology.render import manifests_yaml, render_manifests
-    from topology.security import check_policy
-    from topology.settings import RENDER_FLAGS, render_options, render_settings_from
+    from topology.kube.manifests import manifests_yaml, render_manifests
+    from topology.pipeline.graph import parse_pipeline
+    from topology.pipeline.model import PipelineInvalid
+    from topology.service.security import check_policy
+    from topology.service.settings import RENDER_FLAGS, render_options, render_settings_from
 
     try:
         if args.pipeline == "-":
@@ -183,7 +183,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _print_errors(headline: str, exc: PipelineInvalid) -> None:
-    from topology.model import format_loc
+    from topology.pipeline.model import format_loc
 
     print(f"stepchain topology render: {headline}", file=sys.stderr)
     for error in exc.errors:

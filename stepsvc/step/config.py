@@ -67,7 +67,7 @@ def kernel_params_of_step(value: dict[str, Any], info: ValidationInfo) -> dict[s
 
 
 #: A step's ``params``, checked against its kernel: shared by this config model and the topology
-#: service's pipeline model (``topology.model``), so both accept and normalise the same params.
+#: service's pipeline model (``topology.pipeline.model``), so both accept and normalise the same params.
 KernelParams = Annotated[dict[str, Any], AfterValidator(kernel_params_of_step)]
 
 

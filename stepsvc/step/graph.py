@@ -1,7 +1,7 @@
 """The successor graph of a pipeline (step id -> the ids it may forward to), as pure checks.
 
 Both the step's config loader (:mod:`stepsvc.step.config`) and the topology service
-(:mod:`topology.pipeline`) refuse a pipeline whose ``next_step`` links form a cycle: a request
+(:mod:`topology.pipeline.graph`) refuse a pipeline whose ``next_step`` links form a cycle: a request
 would never reach a last step. Each words the error for its own input format.
 """
 

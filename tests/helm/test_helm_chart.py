@@ -267,7 +267,7 @@ def _settings_for(value_set: str, tmp_path: Path) -> Any:
     """The topology service's Settings built from the chart's args and env, the way the
     container starts: fieldRefs resolved, the token file written from the Secret."""
     from stepsvc.cli import build_parser
-    from topology.settings import settings_from
+    from topology.service.settings import settings_from
 
     rendering = render(value_set)
     container = _topology_container(value_set)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helm_fixtures import NAMESPACE, VALUE_SETS, Rendering, render
 
-from topology.kubernetes_backend import REQUIRED_PERMISSIONS
+from topology.kube.backend import REQUIRED_PERMISSIONS
 
 Triple = tuple[str, str, str]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from topology.local.supervisor import process_alive, spawn, stop_all
 from topology.netns import plan
-from topology.supervisor import process_alive, spawn, stop_all
 
 log = logging.getLogger(__name__)
 

@@ -116,7 +116,7 @@ def test_pipeline_config_yaml_example_runs_both_steps_and_step_1_ends_the_pipeli
 
 
 def test_flask_pipeline_json_is_accepted_with_a_warning_naming_next_step() -> None:
-    from topology.pipeline import parse_pipeline
+    from topology.pipeline.graph import parse_pipeline
 
     pipeline = parse_pipeline(json.loads(FLASK_PIPELINE_JSON))
     assert [(s.id, s.type, s.next_step) for s in pipeline.steps] == [
@@ -158,7 +158,7 @@ class TopologyService:
     """`stepchain topology serve` on a loopback port, as the Flask tool's users run it."""
 
     def __init__(self, tmp: Path) -> None:
-        from topology.auth import token_path
+        from topology.service.auth import token_path
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -27,9 +27,9 @@ from topology_fixtures import api_client
 import native
 from stepsvc.client import call
 from stepsvc.frames import codec
-from topology.api import create_app
-from topology.local_backend import LocalBackend
-from topology.settings import Settings
+from topology.local.backend import LocalBackend
+from topology.service.app import create_app
+from topology.service.settings import Settings
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("acme_boxblur", reason="the example plugins are not installed in this venv: "

@@ -1,0 +1,200 @@
+"""`stepchain top` and `GET /pipeline/{id}/advice` against real step processes under load:
+quiet, every step is "maintain"; saturated, the busy step is the bottleneck and "scale up" by
+Little's law. And `top` on a real terminal: tmux, read back with capture-pane.
+
+Loopback only; the load is a bounded number of requests from a few threads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from topology_fixtures import Service
+
+from stepsvc.client import call as step_client
+from stepsvc.frames import codec
+from topology.service.auth import client_token
+
+ROOT = Path(__file__).resolve().parents[3]
+PIPELINE = {"name": "load", "steps": [
+    {"step_id": 0, "type": "identity", "next_step": 1},
+    {"step_id": 1, "type": "gaussian_blur", "params": {"sigma": 3.0}, "threads": 1},
+]}
+SATURATING_CLIENTS = 6
+LOAD_SECONDS = 6.0
+HEAVY_PASSES = 6
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory,
+             ) -> Iterator[tuple[Service, dict[str, Any]]]:
+    """One service and pipeline for the module's tests (each starts in 7+ s)."""
+    service = Service(tmp_path_factory.mktemp("top") / "state")
+    try:
+        with service.api(client_token(service.state_dir)) as api:
+            reply = api.post("/pipeline", json=PIPELINE)
+            assert reply.status_code == 201, reply.text
+            yield service, reply.json()
+    finally:
+        service.stop()
+
+
+def photo_request(passes: int = 0) -> Any:
+    import numpy as np
+    from skimage import data
+
+    image = np.ascontiguousarray(data.astronaut())
+    return step_client.build_request(codec.raw_image(image), passes=passes)
+
+
+def send(entrypoint: str, count: int, pause: float = 0.0) -> None:
+    request = photo_request()
+    with step_client.connect(entrypoint) as channel:
+        for _ in range(count):
+            step_client.submit(channel, request, timeout=60)
+            time.sleep(pause)
+
+
+def saturate(entrypoint: str, seconds: float, clients: int) -> int:
+    """`clients` closed-loop senders of heavy requests (every kernel run HEAVY_PASSES times)
+    for `seconds`; returns the requests answered."""
+    request = photo_request(HEAVY_PASSES)
+    stop = time.monotonic() + seconds
+    done = [0] * clients
+
+    def loop(i: int) -> None:
+        with step_client.connect(entrypoint) as channel:
+            while time.monotonic() < stop:
+                step_client.submit(channel, request, timeout=60)
+                done[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    return sum(done)
+
+
+def top_once(service: Service) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "stepsvc.cli", "top", "--topology", service.url, "--once"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_advice_moves_from_maintain_to_scale_up_when_a_step_saturates(
+        pipeline: tuple[Service, dict[str, Any]]) -> None:
+    service, created = pipeline
+    entry = created["entrypoint"]
+    with service.api(None) as api:
+        api.get("/pipeline/load/advice")  # the service starts watching: rates from here on
+        send(entry, 4, pause=0.4)
+        quiet = api.get("/pipeline/load/advice").json()
+        assert [s["step_id"] for s in quiet["steps"]] == [0, 1]  # flow order
+        assert {s["advice"]["action"] for s in quiet["steps"]} == {"maintain"}
+        assert all(s["requests"] > 0 for s in quiet["steps"])
+        frame = top_once(service)
+        assert "pipeline load" in frame and "keep 1->1" in frame and "UP" not in frame
+
+        # Saturate the blur step while polling the advice every 2 s, as the console does.
+        answered: list[int] = []
+        load = threading.Thread(target=lambda: answered.append(
+            saturate(entry, LOAD_SECONDS, SATURATING_CLIENTS)))
+        load.start()
+        readings = []
+        while load.is_alive():
+            time.sleep(2.0)
+            readings.append(api.get("/pipeline/load/advice").json())
+        load.join()
+        assert answered and answered[0] > SATURATING_CLIENTS
+        busy = readings[-2] if len(readings) > 1 else readings[-1]  # the last under load
+    blur = busy["steps"][1]
+    assert busy["bottleneck_step"] == 1
+    assert blur["advice"]["action"] == "scale up", blur
+    assert blur["advice"]["advised_replicas"] > 1
+    assert blur["utilisation"] > busy["target_utilisation"]
+    assert blur["advice"]["kubectl"] == (
+        f"kubectl scale deployment/load-step-1 --replicas={blur['advice']['advised_replicas']}"
+        " -n default")
+    # Little's law: arrival rate x service time / target utilisation.
+    needed = blur["requests_per_s"] * blur["service_s"] / busy["target_utilisation"]
+    assert blur["advice"]["needed"] == pytest.approx(needed, rel=1e-3)
+
+
+def test_top_targets_step_metrics_directly(pipeline: tuple[Service, dict[str, Any]]) -> None:
+    service, created = pipeline
+    send(created["entrypoint"], 2)
+    with service.api(None) as api:
+        steps = api.get("/pipeline/load").json()["steps"]
+    targets = [arg for s in steps for m in s["metrics"] for arg in ("--target", m)]
+    result = subprocess.run(
+        [sys.executable, "-m", "stepsvc.cli", "top", *targets, "--once"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = [line for line in lines if line.startswith(("0 identity", "1 gaussian_blur"))]
+    assert len(rows) == 2, result.stdout
+    assert "/16" in rows[0]  # busy/in-flight/limit
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None,
+                    reason="no tmux: `apt-get install tmux` (make test runs "
+                           "tests/install-test-tools.sh to do it)")
+def test_top_refreshes_on_a_real_terminal_in_tmux(
+        pipeline: tuple[Service, dict[str, Any]]) -> None:
+    service, created = pipeline
+    socket = f"stepchain-top-{uuid.uuid4().hex[:8]}"
+    tmux = ["tmux", "-L", socket]
+    command = (f"{sys.executable} -m stepsvc.cli top --topology {service.url} --interval 1")
+    # The terminal's own size, not a COLUMNS/LINES inherited from whoever runs the tests.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    subprocess.run([*tmux, "new-session", "-d", "-x", "180", "-y", "40", "-s", "top",
+                    command], check=True, cwd=ROOT, env=env)
+    try:
+        def screen() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"],
+                                  capture_output=True, text=True, check=True).stdout
+
+        deadline = time.monotonic() + 30
+        while "pipeline load" not in screen() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        first = screen()
+        assert "stepchain top" in first and "pipeline load" in first
+        assert "0 identity" in first and "1 gaussian_blur" in first
+        send(created["entrypoint"], 3)
+        # The screen refreshes by itself: the requests just sent show up as a rate.
+        deadline = time.monotonic() + 30
+        rate = 0.0
+        while rate <= 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            row = next(line for line in screen().splitlines() if "1 gaussian_blur" in line)
+            cells = row.split()  # step, type, [*], rep, busy/infl/lim, util%, queue, req/s
+            rate = float(cells[next(i for i, c in enumerate(cells) if c.endswith("%")) + 2])
+        assert rate > 0, screen()
+        subprocess.run([*tmux, "send-keys", "-t", "top", "C-c"], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = subprocess.run([*tmux, "has-session", "-t", "top"], capture_output=True)
+            if alive.returncode != 0:
+                break  # top exited on Ctrl-C and its window closed
+            time.sleep(0.2)
+        else:
+            raise AssertionError("top did not exit on Ctrl-C:\n" + screen())
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
