@@ -16,6 +16,7 @@ tries, fails the job: nothing is written and the failed tiles are named.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import tempfile
@@ -123,6 +124,7 @@ def reach_of(description: step_pb2.DescribeResponse) -> PipelineReach:
     cannot be tiled exactly."""
     from native.halo import NotTileable
 
+    _check_kernels_installed(description)
     try:
         return pipeline_reach(parse_config(description.config_json))
     except NotTileable as exc:
@@ -132,6 +134,27 @@ def reach_of(description: step_pb2.DescribeResponse) -> PipelineReach:
     except ValueError as exc:
         raise TileJobError(f"the entry step described its pipeline in a form this client "
                            f"does not read: {exc}") from None
+
+
+def _check_kernels_installed(description: step_pb2.DescribeResponse) -> None:
+    """Halos come from each kernel's specification in this process: a pipeline step whose
+    kernel (a plugin) is not installed here is refused naming the step, before any tile."""
+    from native.registry import canonical_name
+
+    try:
+        steps = json.loads(description.config_json).get("steps", [])
+    except (ValueError, AttributeError):
+        return  # parse_config says what is wrong with it
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, dict):
+            continue
+        try:
+            canonical_name(step.get("type"))
+        except ValueError as exc:
+            raise TileJobError(
+                f"step {step.get('id')} ({step.get('type')}): {exc}. --tile reads each "
+                "kernel's halo from its specification here: install the plugin package that "
+                "provides it where you run stepchain submit, or submit without --tile") from None
 
 
 class _Output:
