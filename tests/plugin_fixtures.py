@@ -13,6 +13,7 @@ import os
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from native.plugins import GROUP
 
@@ -47,6 +48,17 @@ INVERT = KernelSpec(
                   choices=("ok", "raise", "refuse", "float", "shape")),),
     halo=0, function=invert)
 
+def grow(img, *, out=None, threads, schedule, chunk, passes):
+    dst = out if out is not None else np.empty((2 * img.shape[0], 2 * img.shape[1], img.shape[2]),
+                                               np.uint8)
+    dst[...] = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)
+    return dst
+
+GROW = KernelSpec(
+    name="test.grow", doc="nearest-neighbour 2x upscale; declares its exact output shape",
+    output_shape=lambda s, p: (2 * s[0], 2 * s[1], s[2]), resizes=True,
+    not_tileable="test.grow declares no scale", function=grow)
+
 HALF = KernelSpec(
     name="test.half", doc="top-left quarter; declares a bound, not an exact shape",
     params=(Param("grow", int, 0, "1 returns more than the bound", 0, 1),),
@@ -73,7 +85,8 @@ def make_distribution(root: Path, name: str, entry_points: Mapping[str, str],
 
 def broken_plugins(root: Path) -> Path:
     """Three broken packages and one good one in `root`: an import error, a bad specification,
-    a name clash with a built-in, and ``test-good`` providing test.invert and test.half."""
+    a name clash with a built-in, and ``test-good`` providing test.invert, test.half (an output
+    bound) and test.grow (an exact, larger output)."""
     make_distribution(root, "test-import-error", {"test.missing": "test_import_error:K"},
                       {"test_import_error": "import numpy_that_is_not_installed\n"})
     make_distribution(root, "test-bad-spec", {"test.bad": "test_bad_spec:K"},
@@ -90,7 +103,8 @@ def broken_plugins(root: Path) -> Path:
                                          function=print)
                           """})
     make_distribution(root, "test-good", {"test.invert": "test_good:INVERT",
-                                          "test.half": "test_good:HALF"},
+                                          "test.half": "test_good:HALF",
+                                          "test.grow": "test_good:GROW"},
                       {"test_good": INVERT_MODULE})
     return root
 
@@ -100,3 +114,14 @@ def env_with_path(folder: Path, base: Mapping[str, str] | None = None) -> dict[s
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)
     return env
+
+
+def use_plugins_from(folder: Path, monkeypatch: Any) -> None:
+    """This process's registry: the built-ins and the plugins installed in `folder` (as if in
+    site-packages), for in-process servers and clients; undone with `monkeypatch`."""
+    import native.registry
+    from native.plugins import installed_entry_points
+
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(native.registry, "registry", native.registry.Registry(
+        native.registry._builtin_entries(), lambda: installed_entry_points([str(folder)])))

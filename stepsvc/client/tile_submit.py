@@ -149,7 +149,7 @@ def _check_kernels_installed(description: step_pb2.DescribeResponse) -> None:
         if not isinstance(step, dict):
             continue
         try:
-            canonical_name(step.get("type"))
+            canonical_name(str(step.get("type", "")))
         except ValueError as exc:
             raise TileJobError(
                 f"step {step.get('id')} ({step.get('type')}): {exc}. --tile reads each "

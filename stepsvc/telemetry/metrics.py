@@ -43,6 +43,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from stepsvc.telemetry import spans
 from stepsvc.telemetry.filters import behavior_of, call_code, is_step_call, rewrap
 
 if TYPE_CHECKING:
@@ -127,6 +128,12 @@ class StepMetrics:
         self.sent_bytes = Counter(
             "stepchain_step_sent_bytes", "Serialized size of the responses sent.",
             LABELS, registry=reg).labels(**labels)
+        kernel = spans.kernel_identity(step_type)
+        if kernel is not None:  # which code computes this step: a built-in or which plugin
+            Gauge("stepchain_step_kernel_info",
+                  "The step's kernel and the package it comes from (1; built-ins: stepchain).",
+                  (*LABELS, "kernel", "package", "version"), registry=reg).labels(
+                **labels, **kernel).set(1)
 
     def watch_admission(self, admission: Admission) -> None:
         """Exposes the step's admission state (busy slots, queue) and limits, read at scrape

@@ -5,6 +5,7 @@ Used by the interceptors, the step's telemetry observer and the CLI's root span;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,24 @@ ATTR_THREADS = "stepchain.threads"
 ATTR_PIXELS = "stepchain.pixels"
 ATTR_MEGAPIXELS_PER_SECOND = "stepchain.megapixels_per_second"
 ATTR_REQUEST_ID = "stepchain.request_id"
+#: Which code computed the step: the kernel's canonical name, its package and version
+#: (``stepchain`` for a built-in, the plugin's distribution otherwise).
+ATTR_KERNEL = "stepchain.kernel"
+ATTR_KERNEL_PACKAGE = "stepchain.kernel.package"
+ATTR_KERNEL_VERSION = "stepchain.kernel.version"
+
+
+@functools.lru_cache(maxsize=64)
+def kernel_identity(step_type: str) -> dict[str, str] | None:
+    """``{"kernel", "package", "version"}`` of a step's kernel (built-in or plugin), or None
+    for a type this process does not know (a step's config refuses those before it serves)."""
+    from native.registry import entry
+
+    try:
+        e = entry(step_type)
+    except ValueError:
+        return None
+    return {"kernel": e.spec.name, "package": e.package, "version": e.version}
 
 
 def mark_error(span: Span, exc: BaseException | None = None, message: str | None = None) -> None:
@@ -48,6 +67,10 @@ def step_attributes(*, pipeline_id: str, step_id: int, step_type: str, threads: 
         ATTR_THREADS: threads,
         ATTR_PIXELS: pixels,
     }
+    kernel = kernel_identity(step_type)
+    if kernel is not None:
+        attributes.update({ATTR_KERNEL: kernel["kernel"], ATTR_KERNEL_PACKAGE: kernel["package"],
+                           ATTR_KERNEL_VERSION: kernel["version"]})
     if request_id:  # a request refused before the step generated its id has none
         attributes[ATTR_REQUEST_ID] = request_id
     if kernel_seconds > 0:
