@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,33 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_kernels)
 
 
-def describe(entry: Any) -> dict[str, Any]:
-    """One kernel as JSON: what `stepchain kernels --json` prints and the console reads."""
-    from native.spec import NotTileable
-
-    spec = entry.spec
-    try:
-        tiling: dict[str, Any] = {"tileable": True,
-                                  "halo_default": spec.reach(spec.validate({})).halo}
-    except NotTileable as exc:
-        tiling = {"tileable": False, "reason": str(exc)}
-    return {"name": spec.name, "aliases": list(spec.aliases), "doc": spec.doc,
-            "package": entry.package, "version": entry.version, "builtin": entry.builtin,
-            "entry_point": entry.entry_point, "output": spec.output,
-            "resizes": spec.resizes,
-            "output_bound": spec.output_bound, "releases_gil": spec.releases_gil,
-            "tiling": tiling, "params": spec.params_json_schema()}
-
-
 def _kernels(args: argparse.Namespace) -> int:
-    from native.registry import EXEC_PARAMS, entries, failures
+    from native.registry import EXEC_PARAMS, catalog, entries, failures
 
     kernels, failed = entries(), failures()
     if args.json:
-        print(json.dumps({"kernels": [describe(e) for e in kernels],
-                          "failed": [{"name": f.name, "package": f.package,
-                                      "version": f.version, "entry_point": f.entry_point,
-                                      "reason": f.reason} for f in failed]}, indent=2))
+        print(json.dumps(catalog(), indent=2))
         return 1 if args.check and failed else 0
     rows = [(e.spec.name, e.source, ", ".join(e.spec.aliases) or "-",
              (", ".join(f"{p.name}={p.default if p.default is not None else '-'}"

@@ -30,13 +30,14 @@ from native.spec import (  # re-exported: the limits and exec params used to liv
     MAX_THREADS,
     SCHEDULES,
     KernelSpec,
+    NotTileable,
     default_threads,
     parse_schedule,
 )
 
 __all__ = [
     "BUILTINS", "EXEC_PARAMS", "EXEC_PARAM_NAMES", "MAX_CHUNK", "MAX_PASSES", "MAX_PIXELS",
-    "MAX_SIDE", "MAX_THREADS", "SCHEDULES", "Entry", "Registry", "canonical_name",
+    "MAX_SIDE", "MAX_THREADS", "SCHEDULES", "Entry", "Registry", "canonical_name", "catalog",
     "default_threads", "entries", "entry", "failures", "kernel_types", "load_plugins",
     "params_json_schema", "parse_schedule", "registry", "spec_of", "validate_params",
 ]
@@ -58,6 +59,21 @@ class Entry:
     def source(self) -> str:
         """``built-in`` or ``acme-denoise 0.1.0``: what `stepchain kernels` prints."""
         return "built-in" if self.builtin else f"{self.package} {self.version}"
+
+    def describe(self) -> dict[str, Any]:
+        """This kernel as JSON: `stepchain kernels --json`, ``GET /kernels``, the console."""
+        spec = self.spec
+        try:
+            tiling: dict[str, Any] = {"tileable": True,
+                                      "halo_default": spec.reach(spec.validate({})).halo}
+        except NotTileable as exc:
+            tiling = {"tileable": False, "reason": str(exc)}
+        return {"name": spec.name, "aliases": list(spec.aliases), "doc": spec.doc,
+                "package": self.package, "version": self.version, "builtin": self.builtin,
+                "entry_point": self.entry_point, "output": spec.output,
+                "resizes": spec.resizes, "output_bound": spec.output_bound,
+                "releases_gil": spec.releases_gil, "tiling": tiling,
+                "params": spec.params_json_schema()}
 
 
 class Registry:
@@ -175,6 +191,14 @@ def entries() -> list[Entry]:
 def failures() -> list[plugins.PluginFailure]:
     """Installed plugins that failed to load, with the reason."""
     return registry.failures()
+
+
+def catalog() -> dict[str, Any]:
+    """Every kernel described (:meth:`Entry.describe`) and every failed plugin with its reason:
+    what `stepchain kernels --json` prints and the topology service's ``GET /kernels`` serves."""
+    return {"kernels": [e.describe() for e in entries()],
+            "failed": [{"name": f.name, "package": f.package, "version": f.version,
+                        "entry_point": f.entry_point, "reason": f.reason} for f in failures()]}
 
 
 def kernel_types() -> list[str]:

@@ -35,6 +35,7 @@ from topology.pipeline.model import (
 from topology.service.advice_routes import advice_router
 from topology.service.auth import token_matches, token_path
 from topology.service.console.routes import mount_console, upload_limit
+from topology.service.kernel_routes import kernels_router
 from topology.service.metrics import (
     METRICS_CONTENT_TYPE,
     METRICS_PATH,
@@ -189,6 +190,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Plugin kernels load now, so a broken one is logged at start (never fatal).
+        from native.registry import load_plugins
+
+        load_plugins()
         # Count the pipelines a previous service left, so the gauge is right from the start.
         try:
             backend.list_pipelines()
@@ -344,6 +349,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         return Deleted(pipeline_id=pipeline_id, deleted=True)
 
     app.include_router(advice_router(backend, live))
+    app.include_router(kernels_router())
     mount_console(app, backend, live, settings, writer)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, limit_for=upload_limit)
     # Added last = outermost: it also records the 413s BodyLimit answers.

@@ -162,6 +162,18 @@ def console_router(backend: Backend, live: LiveMetrics, settings: Settings,
     def index() -> HTMLResponse:
         return page("index.html", pipelines=cards(), example=_example_pipeline())
 
+    @router.get("/console/kernels", response_class=HTMLResponse)
+    def kernels_page() -> HTMLResponse:
+        from native.registry import EXEC_PARAM_NAMES, catalog
+
+        listed = catalog()
+        kernels = [{**k, "own_params": [(name, p) for name, p in
+                                        k["params"]["properties"].items()
+                                        if name not in EXEC_PARAM_NAMES]}
+                   for k in listed["kernels"]]
+        return page("kernels.html", kernels=kernels, failed=listed["failed"],
+                    exec_params=sorted(EXEC_PARAM_NAMES))
+
     @router.get("/console/fragments/pipelines", response_class=HTMLResponse)
     def pipelines_fragment() -> HTMLResponse:
         return page("pipelines.html", pipelines=cards())
