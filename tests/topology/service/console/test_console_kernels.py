@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from plugin_fixtures import broken_plugins, use_plugins_from
 
-from topology.service.app import create_app
 from topology.local.backend import LocalBackend
+from topology.service.app import create_app
 from topology.service.settings import Settings
 
 
