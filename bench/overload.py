@@ -8,7 +8,9 @@ open-loop (at fixed intervals, whether or not earlier ones finished, as real cli
 1x, 2x and 3x that rate for ``--duration`` seconds each, every call with a ``--deadline``
 (10 s). Per rate: calls answered and hung (no answer by deadline + 5 s), OK latency p50/p99,
 refusal (RESOURCE_EXHAUSTED) latency p50/p99, goodput (OK/s) against saturation, and the share
-of DEADLINE_EXCEEDED.
+of DEADLINE_EXCEEDED. Each client connection applies client-side adaptive throttling as every
+stepchain client does (``stepsvc.routing.throttle``; ``--no-client-throttling`` sends
+everything): refusals it makes itself are counted apart (``refused_locally``).
 
 Targets (issue 11, at 3x): 0 hung; refusals within 50 ms at p99; OK p99 <= 3x the p50 at
 saturation; goodput >= 0.8x saturation; DEADLINE_EXCEEDED <= 1 %. The machine these run on is
@@ -40,9 +42,12 @@ from bench.chain import processes, step_commands, wait_grpc
 from stepsvc.frames import codec
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
 from stepsvc.routing.forward import channel_options
+from stepsvc.routing.throttle import throttled
 
 CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("grayscale", {}), ("gaussian_blur", {"sigma": 2.0}), ("identity", {}))
 METHOD = "/stepchain.v1.StepService/Process"
+#: How a refusal made by the client's own throttle starts ("not sent: ..."): counted apart.
+LOCAL_REFUSAL = "not sent"
 #: Seconds past its deadline after which a call without an answer counts as hung.
 HANG_MARGIN_S = 5.0
 
@@ -147,12 +152,14 @@ def open_loop(calls: Sequence[Any], payload: bytes, rate: float, seconds: float,
     codes = Counter(code for code, _ in done_results)
     ok = [ms for code, ms in done_results if code == "OK"]
     refused = [ms for code, ms in done_results if code == "RESOURCE_EXHAUSTED"]
+    with lock:
+        locally = refused_by.get(LOCAL_REFUSAL, 0)
     return {"offered_rps": round(rate, 2), "seconds": round(elapsed, 1), "sent": sent,
             "answered": len(done_results), "hung": sent - len(done_results),
             "codes": dict(codes), "goodput_rps": round(codes["OK"] / elapsed, 2),
             "ok_p50_ms": percentile(ok, 0.5), "ok_p99_ms": percentile(ok, 0.99),
             "refusal_p50_ms": percentile(refused, 0.5), "refusal_p99_ms": percentile(refused, 0.99),
-            "refused_by": dict(refused_by),
+            "refused_by": dict(refused_by), "refused_locally": locally,
             "deadline_exceeded_pct": round(100 * codes["DEADLINE_EXCEEDED"] / max(sent, 1), 2)}
 
 
@@ -171,6 +178,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 addresses[0], options=[*channel_options(DEFAULT_MAX_MESSAGE_BYTES),
                                        ("stepchain.bench.client", i)])
                 for i in range(args.connections)]
+            if args.client_throttling:  # each connection is a client with its own throttle
+                channels = [throttled(c, f"the pipeline at {addresses[0]}") for c in channels]
             calls = [c.unary_unary(METHOD, None, None) for c in channels]  # bytes, no parsing
             call = calls[0]
             for _ in range(3):  # warm up
@@ -195,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "overload", "chain": [name for name, _ in CHAIN],
             "image": f"{args.width}x{args.height} RGB raw", "deadline_s": args.deadline,
             "duration_s": args.duration, "step_args": args.step_arg, "threads": args.threads,
-            "connections": args.connections,
+            "connections": args.connections, "client_throttling": args.client_throttling,
             "saturation": sat, "rounds": rounds,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "shared": "yes: 8 engineers' builds and tests ran on the same 2 cores",
@@ -218,7 +227,10 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Chain {' -> '.join(doc['chain'])}, each a `stepchain step serve` process on loopback; "
         f"{doc['image']} frames; {doc['deadline_s']:.0f} s deadlines; {doc['duration_s']:.0f} s "
-        f"per rate; open-loop calls spread over {doc.get('connections', 1)} client connections; "
+        f"per rate; open-loop calls spread over {doc.get('connections', 1)} client connections "
+        f"({'each with' if doc.get('client_throttling') else 'without'} client-side adaptive "
+        "throttling; a refusal it makes itself is counted as RESOURCE_EXHAUSTED, "
+        "`refused by` says `not sent`); "
         f"step flags: `{' '.join(doc['step_args']) or '(defaults)'}`.",
         "",
         f"**Shared machine**: {m['cpus']} CPUs, {m['shared']}; load average (1/5/15 min) "
@@ -227,9 +239,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Saturation (closed loop, {sat['clients']} callers, {sat['seconds']} s): "
         f"**{sat['throughput_rps']} req/s**, OK p50 {sat['ok_p50_ms']} ms, p99 {sat['ok_p99_ms']} ms.",
         "",
-        "| load | offered req/s | sent | answered | hung | OK | RESOURCE_EXHAUSTED | "
-        "DEADLINE_EXCEEDED | other | goodput req/s | goodput / saturation | OK p50 ms | "
-        "OK p99 ms | OK p99 / sat p50 | refusal p50 ms | refusal p99 ms |",
+        "| load | offered req/s | sent | answered | hung | OK | RESOURCE_EXHAUSTED "
+        "(of them not sent) | DEADLINE_EXCEEDED | other | goodput req/s | goodput / saturation | "
+        "OK p50 ms | OK p99 ms | OK p99 / sat p50 | refusal p50 ms | refusal p99 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rounds"]:
@@ -238,7 +250,8 @@ def markdown(doc: dict[str, Any]) -> str:
         other = ", ".join(f"{k} {v}" for k, v in codes.items()) or "0"
         out.append(
             f"| {r['factor']}x | {r['offered_rps']} | {r['sent']} | {r['answered']} | "
-            f"{r['hung']} | {ok} | {ex} | {de} ({r['deadline_exceeded_pct']} %) | {other} | "
+            f"{r['hung']} | {ok} | {ex} ({r.get('refused_locally', 0)}) | "
+            f"{de} ({r['deadline_exceeded_pct']} %) | {other} | "
             f"{r['goodput_rps']} | {r['goodput_vs_saturation']} | {r['ok_p50_ms']} | "
             f"{r['ok_p99_ms']} | {r['ok_p99_vs_saturation_p50']} | {r['refusal_p50_ms']} | "
             f"{r['refusal_p99_ms']} |")
@@ -276,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8,
                         help="client connections the open-loop calls are spread over "
                              "(default 8)")
+    parser.add_argument("--no-client-throttling", dest="client_throttling",
+                        action="store_false",
+                        help="send every request (no client-side adaptive throttling)")
     parser.add_argument("--deadline", type=float, default=10.0,
                         help="deadline of every call, seconds (default 10)")
     parser.add_argument("--width", type=int, default=1920)

@@ -26,6 +26,7 @@ from loadtest import entries
 from loadtest.targets import Target, parse_hosts
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
 from stepsvc.routing.forward import channel_options
+from stepsvc.routing.throttle import AdaptiveThrottle, throttled
 
 # gRPC's C core must cooperate with Locust's gevent loop, or every blocking call stalls all
 # users; this has to happen before the first channel exists.
@@ -58,6 +59,8 @@ class PipelineUser(User):
     #: Set by the locustfile (``PipelineUser.plan = LoadPlan(...)``) before users start.
     plan: ClassVar[LoadPlan | None] = None
     _dealer: ClassVar[itertools.count[int]] = itertools.count()
+    #: Client-side adaptive throttling, one per target address (stepsvc.routing.throttle).
+    _throttles: ClassVar[dict[str, AdaptiveThrottle]] = {}
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -79,8 +82,13 @@ class PipelineUser(User):
             targets = tuple(parse_hosts(self.host))
         self._target = targets[next(PipelineUser._dealer) % len(targets)]
         self._label = self._target.label if len(targets) > 1 else None
-        self._channel = grpc.insecure_channel(self._target.address,
-                                              options=channel_options(DEFAULT_MAX_MESSAGE_BYTES))
+        address = self._target.address
+        # One adaptive throttle per target, shared by this process's users (SRE book: per
+        # client), so a refusing pipeline is not sent what it will refuse.
+        throttle = PipelineUser._throttles.setdefault(address, AdaptiveThrottle())
+        self._channel = throttled(
+            grpc.insecure_channel(address, options=channel_options(DEFAULT_MAX_MESSAGE_BYTES)),
+            f"the pipeline at {address}", throttle)
         self._stub = step_pb2_grpc.StepServiceStub(self._channel)
 
     def on_stop(self) -> None:

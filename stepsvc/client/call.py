@@ -22,6 +22,7 @@ from stepsvc.client.tile_submit import TileJobError, read_input
 from stepsvc.frames import codec
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB
 from stepsvc.routing.forward import channel_options
+from stepsvc.routing.throttle import throttled
 
 OUTPUT_ENCODINGS = {".png": codec.PNG, ".jpg": codec.JPEG, ".jpeg": codec.JPEG}
 
@@ -85,9 +86,12 @@ def check_output_path(path: str | Path) -> None:
 
 
 def connect(target: str, *, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:
-    """An insecure channel to a step, with the same message limits the steps use."""
+    """An insecure channel to a step, with the same message limits the steps use, and
+    client-side adaptive throttling: while the pipeline refuses (RESOURCE_EXHAUSTED) more than
+    half of what it gets, requests beyond twice its accepts are refused here, not sent."""
     codec.keep_large_buffers()
-    return grpc.insecure_channel(target, options=channel_options(max_message_mb * 1024 * 1024))
+    channel = grpc.insecure_channel(target, options=channel_options(max_message_mb * 1024 * 1024))
+    return throttled(channel, f"the pipeline at {target}")
 
 
 @dataclass

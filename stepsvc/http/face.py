@@ -317,6 +317,7 @@ class HttpFace:
                  client_interceptors: list[grpc.UnaryUnaryClientInterceptor] | None = None,
                  ) -> None:
         from stepsvc.routing.forward import transport_options
+        from stepsvc.routing.throttle import AdaptiveThrottle, ThrottlingInterceptor
 
         self.step_id = step_id
         self.max_body_bytes = max_body_bytes
@@ -324,8 +325,10 @@ class HttpFace:
         self.tracing = tracing
         channel = grpc.insecure_channel(grpc_target, options=transport_options(max_body_bytes))
         self._channel = channel
-        if client_interceptors:
-            channel = grpc.intercept_channel(channel, *client_interceptors)
+        # Client-side adaptive throttling of the loopback call: a step that refuses most of
+        # what it gets is not handed every HTTP body to refuse (stepsvc.routing.throttle).
+        throttle = ThrottlingInterceptor(AdaptiveThrottle(), f"step {step_id}")
+        channel = grpc.intercept_channel(channel, throttle, *(client_interceptors or ()))
         self._stub = step_pb2_grpc.StepServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._server = _Server((host, port), _Handler, self, max_connections)

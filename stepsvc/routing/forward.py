@@ -19,6 +19,10 @@ without answering (no connection, the channels in reconnect back-off after a res
 request waits for one of them to come back (:class:`ChannelStates`) within its deadline, less
 the time this step keeps to answer by name (:func:`answer_margin`), instead of failing at once.
 
+A next step that has been refusing (RESOURCE_EXHAUSTED) is sent only about twice what it
+accepted lately; the rest is refused here, by name, before its megabytes are queued
+(client-side adaptive throttling, :mod:`stepsvc.routing.throttle`).
+
 Requests and responses are serialized messages (bytes) both ways: the step builds the request
 around its output pixels and adds its timing to the response bytes (:mod:`stepsvc.frames.wire`), so
 nothing here parses or serializes 6 MB of pixels.
@@ -38,6 +42,7 @@ from google.protobuf.message import Message
 from stepchain.v1 import step_pb2
 
 from stepsvc.limits import DEFAULT_KEEPALIVE_S, DEFAULT_NEXT_STEP_WAIT_S, MIN_KEEPALIVE_S
+from stepsvc.routing.throttle import REFUSAL, AdaptiveThrottle
 
 #: Trailing metadata a step sets when it refuses because it is draining: worth failing over.
 DRAINING_KEY = "stepchain-draining"
@@ -239,6 +244,8 @@ class Forwarder:
         self._lock = threading.Lock()
         #: Each next step's channel state (watched from the channel's creation on).
         self.states = ChannelStates()
+        #: Client-side adaptive throttling per next step (stepsvc.routing.throttle).
+        self._throttles: dict[str, AdaptiveThrottle] = {}
 
     def domain(self, address: str) -> str | None:
         """The shared-memory domain `address` advertised in its last answer; for an address
@@ -271,6 +278,11 @@ class Forwarder:
                 self._domains[address] = str(value)
                 return
         self._domains.pop(address, None)
+
+    def throttle(self, address: str) -> AdaptiveThrottle:
+        """The adaptive throttle of the next step at `address` (created on first use)."""
+        with self._lock:
+            return self._throttles.setdefault(address, AdaptiveThrottle())
 
     def stub(self, address: str) -> grpc.UnaryUnaryMultiCallable:
         """The cached Process callable for `address` (created on first use): bytes in, bytes
@@ -324,11 +336,18 @@ class Forwarder:
                             f"{cand.describe()} could be tried (after: {_listed(failures)})",
                             attempts, None)
                     attempts += 1
+                    throttle = self.throttle(cand.address)
+                    if not throttle.allow():  # overloaded lately: do not send it what it refuses
+                        raise ForwardError(
+                            REFUSAL, f"{cand.describe()}: "
+                            f"{throttle.describe(f'step {cand.step_id}')}", attempts, None)
                     try:
                         response = self._call(cand, request, remaining, metadata)
+                        throttle.record(grpc.StatusCode.OK)
                         return ForwardResult(response, cand.step_id, attempts)
                     except grpc.RpcError as err:
                         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+                        throttle.record(code)
                         details = (err.details() if hasattr(err, "details") else None) or str(code)
                         trailers = _trailers(err)
                         named = FAILED_STEP_KEY in trailers

@@ -6,6 +6,7 @@ import io
 import re
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -304,3 +305,21 @@ def test_http_face_benchmark_compares_both_faces_and_writes_its_results(tmp_path
     assert [r["face"] for r in result["runs"]] == ["grpc", "http"]
     assert all(r["requests"] == 3 and r["p50_ms"] > 0 for r in result["runs"])
     assert "| http | 3 |" in (tmp_path / "http_face.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_step_that_keeps_refusing_is_not_handed_every_body_by_its_http_face() -> None:
+    slow = [{"id": 0, "type": "gaussian_blur", "params": {"sigma": 3.0, "passes": 8}}]
+    body = encoded(noisy_image(96, 96), "PNG")
+    with http_pipeline(slow, max_inflight=1, max_queue=0) as url:
+        def post(_: int) -> httpx.Response:
+            return httpx.post(f"{url}/process", content=body, timeout=30,
+                              headers={"Content-Type": "image/png"})
+        replies = []
+        for _wave in range(2):
+            with ThreadPoolExecutor(10) as pool:
+                replies += list(pool.map(post, range(10)))
+    refused = [r.json() for r in replies if r.status_code != 200]
+    assert refused and all(r["code"] == "RESOURCE_EXHAUSTED" for r in refused)
+    assert any(r["error"].startswith("not sent: step 0 accepted") for r in refused)
+    assert any(r.status_code == 200 for r in replies)

@@ -205,3 +205,32 @@ def test_a_hop_that_does_not_answer_is_named_before_the_callers_deadline(
 def test_the_answer_margin_is_a_tenth_of_the_deadline_within_bounds(remaining: float,
                                                                     margin: float) -> None:
     assert answer_margin(remaining) == pytest.approx(margin)
+
+
+class _Refused(_Unavailable):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return "step 1 (identity): queue full"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        return ((FAILED_STEP_KEY, "1"),)
+
+
+def test_a_next_step_that_keeps_refusing_is_not_sent_what_it_would_refuse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, float | None]] = []
+    a = _candidates(1)[0].address
+    forwarder = Forwarder(1 << 20)
+    monkeypatch.setattr(forwarder, "stub", _Answers({a: [_Refused()] * 200}, seen).stub)
+    messages = []
+    for _ in range(100):
+        with pytest.raises(ForwardError) as info:
+            forwarder.forward(b"request", _candidates(1), timeout=5.0)
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        messages.append(info.value.message)
+    local = [m for m in messages if "not sent" in m]
+    assert len(seen) + len(local) == 100 and len(local) > 80  # most never left this step
+    assert local[-1].startswith("step 1 (identity) at 127.0.0.1:50051: not sent: step 1 "
+                                "accepted 0 of the last")
