@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "stepsvc.client.commands",
     "stepsvc.client.trace.cli",
     "topology.cli",
+    "topology.jobs.cli",
     "topology.load.top",
     "loadtest.cli",
 )
