@@ -98,6 +98,11 @@ class KubernetesBackend:
                       for name in {k.api for k in KINDS}}
         self._lock = threading.Lock()
 
+    @property
+    def api_client(self) -> Any:
+        """The client this backend calls the API server with (the jobs' Indexed Jobs too)."""
+        return self._client
+
     @classmethod
     def from_environment(cls, options: RenderOptions) -> KubernetesBackend:
         """In-cluster credentials when running in a pod, else the local kubeconfig."""

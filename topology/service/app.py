@@ -9,6 +9,7 @@ Every refused field comes back as 422 with its path in ``detail[].loc``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from topology.backend import Backend, BackendError, PipelineStatus
+from topology.jobs.wiring import make_controller
 from topology.kube.manifests import render_manifests
 from topology.load.live import LiveMetrics
 from topology.pipeline.graph import Pipeline, resolve_pipeline
@@ -36,6 +38,7 @@ from topology.service.advice_routes import advice_router
 from topology.service.auth import token_matches, token_path
 from topology.service.console.routes import mount_console, upload_limit
 from topology.service.kernel_routes import kernels_router
+from topology.service.job_routes import job_router
 from topology.service.metrics import (
     METRICS_CONTENT_TYPE,
     METRICS_PATH,
@@ -187,6 +190,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     backend = MeteredBackend(inner, metrics)
     write_lock = threading.Lock()
     live = LiveMetrics()  # the steps' own /metrics, scraped for advice and the console
+    jobs = make_controller(inner, settings.state_dir, os.environ,
+                           step_image=settings.step_image, pipelines=backend.status)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -199,9 +204,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             backend.list_pipelines()
         except BackendError as exc:
             log.warning("cannot list the pipelines at startup (the service runs on): %s", exc)
+        jobs.start()  # resumes the jobs a previous service left unfinished
         try:
             yield
         finally:
+            jobs.close()
             # The local backend's step processes must not outlive the service.
             backend.close()
             live.close()
@@ -216,6 +223,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     app.state.backend = backend
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.jobs = jobs
 
     def require_writer(
             authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -350,6 +358,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
     app.include_router(advice_router(backend, live))
     app.include_router(kernels_router())
+    app.include_router(job_router(jobs, writer))
     mount_console(app, backend, live, settings, writer)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, limit_for=upload_limit)
     # Added last = outermost: it also records the 413s BodyLimit answers.
