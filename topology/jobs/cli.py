@@ -100,14 +100,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Worker INDEX of COUNT: processes its share of the job kept at OUTPUT "
                     "and exits 0 when the share is done. In a Kubernetes Indexed Job the index "
                     "comes from JOB_COMPLETION_INDEX.")
-    run.add_argument("--output", required=True, metavar="URI", help="the job's output location")
-    run.add_argument("--job", required=True, help="job id")
+    run.add_argument("--standby", action="store_true",
+                     help="start, import everything, then read the assignment (a JSON object "
+                          "with output, job, index, count, target) from stdin")
+    run.add_argument("--output", metavar="URI", help="the job's output location")
+    run.add_argument("--job", help="job id")
     run.add_argument("--index", type=cli_args.non_negative_int,
                      help="this worker's index (default $JOB_COMPLETION_INDEX)")
-    run.add_argument("--count", type=cli_args.positive_int, required=True,
-                     help="number of workers")
-    run.add_argument("--target", required=True, metavar="HOST:PORT",
-                     help="the pipeline's entry step")
+    run.add_argument("--count", type=cli_args.positive_int, help="number of workers")
+    run.add_argument("--target", metavar="HOST:PORT", help="the pipeline's entry step")
     run.add_argument("--concurrency", type=cli_args.positive_int,
                      help="requests in flight in this worker (default: the job's concurrency "
                           "divided by the workers)")
@@ -314,6 +315,19 @@ def _run(args: argparse.Namespace) -> int:
     from topology.jobs.store import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.standby:
+        line = sys.stdin.readline()
+        if not line.strip():
+            return EXIT_OK  # the pool closed without giving this standby a job
+        assignment = json.loads(line)
+        args.output, args.job, args.index = (assignment["output"], assignment["job"],
+                                             int(assignment["index"]))
+        args.count, args.target = int(assignment["count"]), assignment["target"]
+    missing = [f"--{name}" for name in ("output", "job", "count", "target")
+               if getattr(args, name) is None]
+    if missing:
+        print(f"stepchain jobs run: give {', '.join(missing)} (or --standby)", file=sys.stderr)
+        return EXIT_REFUSED
     index = args.index
     if index is None:
         text = os.environ.get("JOB_COMPLETION_INDEX", "")
