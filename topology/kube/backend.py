@@ -42,6 +42,8 @@ REQUIRED_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("apps", "deployments", ("create", "delete", "list", "patch")),
     ("autoscaling", "horizontalpodautoscalers", ("create", "delete", "list", "patch")),
     ("networking.k8s.io", "networkpolicies", ("create", "delete", "list", "patch")),
+    # The Indexed Job of each batch job (topology.jobs.kube_job), on this backend's client.
+    ("batch", "jobs", ("create", "delete", "get")),
 )
 FIELD_MANAGER = MANAGED_BY
 #: Annotation of the entry step's ConfigMap holding the pipeline JSON as submitted.

@@ -69,6 +69,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-token" (include "stepchain.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
+{{- define "stepchain.storeSecretName" -}}
+{{- if .Values.store.existingSecret -}}
+{{- .Values.store.existingSecret -}}
+{{- else if and .Values.store.accessKeyId .Values.store.secretAccessKey -}}
+{{- printf "%s-store" (include "stepchain.fullname" .) -}}
+{{- end -}}
+{{- end }}
+
 {{- define "stepchain.tokenSecretKey" -}}
 {{- if .Values.auth.existingSecret }}
 {{- .Values.auth.existingSecretKey }}
