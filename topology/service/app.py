@@ -359,7 +359,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     app.include_router(advice_router(backend, live))
     app.include_router(kernels_router())
     app.include_router(job_router(jobs, writer))
-    mount_console(app, backend, live, settings, writer)
+    mount_console(app, backend, live, settings, writer,
+                  jobs=lambda: [status.to_json() for status in jobs.list()])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, limit_for=upload_limit)
     # Added last = outermost: it also records the 413s BodyLimit answers.
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)

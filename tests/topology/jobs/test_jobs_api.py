@@ -80,6 +80,10 @@ def test_a_bucket_to_bucket_job_writes_one_output_per_input_and_reports_the_non_
     assert outputs == [f"{dst}p{i}.jpg" for i in range(5)]
     listed = service.get("/v1/jobs").json()["jobs"]
     assert job["id"] in [j["id"] for j in listed]
+    page = service.get("/console/jobs").text  # the console shows progress and failures
+    row = page[page.index(job["id"]):]
+    assert '<progress max="6" value="6">' in row and "notes.txt" in row
+    assert "INVALID_ARGUMENT" in row
 
 
 def test_refusals_are_4xx_naming_the_field(service: TestClient, tmp_path: Path) -> None:

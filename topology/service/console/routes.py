@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -121,14 +121,17 @@ def _example_pipeline() -> str:
 
 
 def mount_console(app: FastAPI, backend: Backend, live: LiveMetrics, settings: Settings,
-                  writer: Sequence[Any]) -> None:
-    """Adds the console's pages, fragments and static files to `app`."""
+                  writer: Sequence[Any], jobs: Callable[[], list[dict[str, Any]]] | None = None
+                  ) -> None:
+    """Adds the console's pages, fragments and static files to `app`; `jobs` lists the jobs'
+    status documents for the Jobs page."""
     app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="console-static")
-    app.include_router(console_router(backend, live, settings, writer))
+    app.include_router(console_router(backend, live, settings, writer, jobs or list))
 
 
 def console_router(backend: Backend, live: LiveMetrics, settings: Settings,
-                   writer: Sequence[Any]) -> APIRouter:
+                   writer: Sequence[Any],
+                   jobs: Callable[[], list[dict[str, Any]]] = list) -> APIRouter:
     """The console routes (not part of the API's OpenAPI document)."""
     router = APIRouter(include_in_schema=False)
     cores = os.cpu_count() or 1
@@ -173,6 +176,14 @@ def console_router(backend: Backend, live: LiveMetrics, settings: Settings,
                    for k in listed["kernels"]]
         return page("kernels.html", kernels=kernels, failed=listed["failed"],
                     exec_params=sorted(EXEC_PARAM_NAMES))
+
+    @router.get("/console/jobs", response_class=HTMLResponse)
+    def jobs_page() -> HTMLResponse:
+        return page("jobs.html", jobs=jobs())
+
+    @router.get("/console/fragments/jobs", response_class=HTMLResponse)
+    def jobs_fragment() -> HTMLResponse:
+        return page("jobs_table.html", jobs=jobs())
 
     @router.get("/console/fragments/pipelines", response_class=HTMLResponse)
     def pipelines_fragment() -> HTMLResponse:

@@ -250,6 +250,25 @@ function setupLive() {
   window.setInterval(tick, 2000);
 }
 
+function setupJobs() {
+  const body = document.getElementById("jobs-body");
+  if (!body) return;
+  let busy = false;
+  async function tick() {
+    if (busy || document.hidden) return;
+    busy = true;
+    try {
+      const reply = await fetch("/console/fragments/jobs");
+      if (reply.ok) body.innerHTML = await reply.text();
+    } catch (err) {
+      body.innerHTML = "<p class='err-box'>cannot reach the service: " + escapeHtml(err) + "</p>";
+    } finally {
+      busy = false;
+    }
+  }
+  window.setInterval(tick, 2000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   adoptTokenFromUrl();
   setupToken();
@@ -257,4 +276,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setupDelete();
   setupRun();
   setupLive();
+  setupJobs();
 });
