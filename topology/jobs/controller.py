@@ -201,10 +201,14 @@ class JobsController:
         with self._lock:
             self._manifests[manifest.id] = manifest
             self._active[manifest.id] = manifest
-        self._advance(manifest)  # start the workers now, not at the next tick
-        status = self.status(manifest.id)
-        assert status is not None
-        return status, True
+        # Start the workers now, not at the next tick: a fresh job has no state to read yet.
+        try:
+            self.pool.start(manifest, pipeline)
+        except Exception as exc:  # the monitor tries again and ends the job if it cannot
+            log.warning("job %s: starting its workers failed (%s); retrying", manifest.id, exc)
+        return JobStatus(manifest=manifest, progress=Progress(
+            state="queued", total=manifest.total, done=0, failed=0, retried=0,
+            throughput=None, eta_s=None), failed_items=[]), True
 
     def status(self, job_id: str, *, fresh: bool = False) -> JobStatus | None:
         """The job's status from its store; None when there is no such job."""
@@ -255,7 +259,7 @@ class JobsController:
         for manifest in active:
             try:
                 self._advance(manifest)
-            except StoreError as exc:
+            except Exception as exc:  # a store or API server hiccup: the next round retries
                 log.warning("job %s: %s (retrying next round)", manifest.id, exc)
 
     def _advance(self, manifest: JobManifest) -> None:

@@ -126,7 +126,6 @@ class Worker:
         todo = self.todo()
         log.info("job %s worker %d/%d: %d input(s) to do", self.files.job_id, self.index,
                  self.count, len(todo))
-        self._report()
         watcher = threading.Thread(target=self._watch, name="job-watch", daemon=True)
         watcher.start()
         try:
@@ -155,6 +154,10 @@ class Worker:
         return self.tally
 
     def _watch(self) -> None:
+        try:
+            self._report()  # started: the job is running
+        except StoreError as exc:
+            log.warning("job %s worker %d: %s", self.files.job_id, self.index, exc)
         while not self.stop.wait(POLL_S):
             try:
                 if self.files.cancel_requested():

@@ -22,6 +22,9 @@ from topology.jobs.runner import Worker, run_worker
 from topology.jobs.store import Store
 from topology.jobs.submission import JobInvalid, create_job
 
+#: A real S3 server (SeaweedFS) starts for these: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
+
 STEPS = [{"id": 0, "type": "grayscale", "next_step": 1},
          {"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}}]
 

@@ -20,6 +20,8 @@ from topology.jobs.store import (
     open_store,
 )
 
+#: A real S3 server (SeaweedFS) starts for these: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(params=["s3", "file"])
 def store_and_prefix(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Store, str]:
