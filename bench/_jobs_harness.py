@@ -135,16 +135,25 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def worker_pids(job_id: str) -> list[int]:
-    """Running ``stepchain jobs run`` processes of the job."""
+def worker_pids(store: Any, output_prefix: str, job_id: str) -> list[int]:
+    """The pids of the job's running workers on this machine: each worker writes its pid into
+    its tallies in the job's state (a standby worker's command line names no job)."""
+    import json
+    import socket
+
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for info in store.list(f"{output_prefix}_stepchain/{job_id}/workers/"):
+        try:
+            tallies = json.loads(store.get(info.key))
+        except (OSError, ValueError, RuntimeError):
+            continue
+        pid = int(tallies.get("pid", 0))
+        if tallies.get("host") != socket.gethostname() or pid <= 0:
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"run" in cmd and b"jobs" in cmd and job_id.encode() in cmd:
-            pids.append(int(entry.name))
+        if b"jobs" in cmd and b"run" in cmd:
+            pids.append(pid)
     return pids

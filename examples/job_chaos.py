@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--passes", type=int, default=2,
+    parser.add_argument("--passes", type=int, default=4,
                         help="kernel passes per step (a slower job gives the kills room)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 time.sleep(0.1)
             time.sleep(rng.uniform(0.0, 0.6))
-            workers = worker_pids(job_id)
+            # a worker of this job, once one runs (after a restart they start again)
+            victim_deadline = time.monotonic() + 20
+            workers = worker_pids(outputs_store, "chaos/", job_id)
+            while not workers and time.monotonic() < victim_deadline:
+                time.sleep(0.1)
+                workers = worker_pids(outputs_store, "chaos/", job_id)
             if workers:
                 victim = rng.choice(workers)
                 os.kill(victim, signal.SIGKILL)

@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from stepsvc.lifeline import lifeline_fd, watch_lifeline
+    from stepsvc.step.lifeline import lifeline_fd, watch_lifeline
     from topology.jobs.runner import run_worker
     from topology.jobs.store import StoreError
 

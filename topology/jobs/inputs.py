@@ -14,7 +14,7 @@ import io
 import numpy as np
 from stepchain.v1 import step_pb2
 
-from stepsvc import codec
+from stepsvc.frames import codec
 from topology.jobs.locations import output_encoding_of
 
 #: Largest input decoded here (a tiled job's steps only ever see tiles): 2^32 pixels.

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from stepsvc.lifeline import LIFELINE_ENV
+from stepsvc.step.lifeline import LIFELINE_ENV
 from topology.backend import PipelineStatus
 from topology.jobs.manifest import JobManifest
 from topology.local_backend import installed_stepchain

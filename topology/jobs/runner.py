@@ -37,8 +37,8 @@ from typing import Any
 import grpc
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from stepsvc import client
-from stepsvc.tile_submit import (
+from stepsvc.client import call
+from stepsvc.client.tile_submit import (
     RETRYABLE,
     RetryPolicy,
     TileJobError,
@@ -47,7 +47,7 @@ from stepsvc.tile_submit import (
     rpc_error_text,
     with_retries,
 )
-from stepsvc.tiles import PipelineReach
+from stepsvc.client.tiles import PipelineReach
 from topology.jobs.inputs import WIRE_ENCODINGS, NotAnImage, request_image, response_output
 from topology.jobs.locations import Location, output_encoding_of, parse_location
 from topology.jobs.manifest import Item, JobFiles, JobManifest, key_digest
@@ -221,7 +221,7 @@ class Worker:
     def _whole(self, item: Item, data: bytes) -> bytes | None:
         image = request_image(item.input_key, data)
         encoding = WIRE_ENCODINGS[output_encoding_of(item.output_key)]
-        request = client.build_request(
+        request = call.build_request(
             image, output_encoding=encoding, threads=self.options.threads,
             passes=self.options.passes, jpeg_quality=self.options.jpeg_quality,
             request_id=f"{self.files.job_id}/{key_digest(item.input_key)}")
@@ -254,7 +254,7 @@ class Worker:
 def run_worker(output_uri: str, job_id: str, index: int, count: int, target: str, *,
                concurrency: int | None = None, stop: threading.Event | None = None,
                environ: dict[str, str] | None = None,
-               channel_factory: Callable[[str], grpc.Channel] = client.connect) -> Tally:
+               channel_factory: Callable[[str], grpc.Channel] = call.connect) -> Tally:
     """Runs worker `index` of `count` of the job kept at `output_uri` against `target`."""
     env = dict(os.environ if environ is None else environ)
     output = parse_location(output_uri, field="output").as_prefix()

@@ -1,6 +1,6 @@
 """A huge input as tiles whose results are kept in the store until the output is assembled.
 
-The tiles are those of ``stepchain submit --tile`` (:mod:`stepsvc.tiles`: SIZE x SIZE cores
+The tiles are those of ``stepchain submit --tile`` (:mod:`stepsvc.client.tiles`: SIZE x SIZE cores
 padded by the pipeline's halo, so the assembled output equals the untiled result byte for byte).
 Each tile's cropped result is written once (conditional put) as ``tiles/<h>/<n>.npy`` in the
 job's state; a worker that starts on the input lists them and sends only the missing tiles.
@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 from stepchain.v1 import step_pb2
 
-from stepsvc import codec
-from stepsvc.tiles import PipelineReach, Tile, output_shape, plan_tiles
+from stepsvc.client.tiles import PipelineReach, Tile, output_shape, plan_tiles
+from stepsvc.frames import codec
 from topology.jobs.inputs import MAX_INPUT_PIXELS, NotAnImage, array_output, decode_input, npy_bytes
 from topology.jobs.manifest import Item, JobFiles, JobOptions, key_digest
 from topology.jobs.store import Store

@@ -47,7 +47,7 @@ def make_pool(backend: Backend, state_dir: Path, environ: Mapping[str, str], *,
               step_image: str) -> WorkerPool:
     """Local processes for the local backend, Indexed Jobs for the Kubernetes one."""
     if backend.name == "kubernetes":
-        from stepsvc.discovery_kubernetes import load_api_client
+        from stepsvc.routing.kubernetes import load_api_client
         from topology.jobs.kube_job import JobPodOptions, KubeJobPool
 
         options = JobPodOptions(

@@ -21,6 +21,7 @@ def test_sigkilling_the_service_and_a_worker_three_times_loses_and_duplicates_no
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert out.count("SIGKILL the topology service; starting it again") == 3
+    assert out.count(": SIGKILL worker pid ") == 3
     assert "succeeded after 3 service restart(s)" in out
     assert "expected 24, written 24, duplicated 0, missing 0" in out
     assert "outputs byte-identical to the uninterrupted run: yes (0 differ)" in out

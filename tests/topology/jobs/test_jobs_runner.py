@@ -16,7 +16,8 @@ from step_fixtures import InProcessPipeline, in_process
 from stepchain.v1 import step_pb2
 from store_fixtures import bucket_store, photo_bytes, unique_prefix
 
-from stepsvc import client, codec
+from stepsvc.client import call
+from stepsvc.frames import codec
 from topology.jobs.manifest import JobFiles, JobOptions
 from topology.jobs.runner import Worker, run_worker
 from topology.jobs.store import Store
@@ -39,10 +40,10 @@ def chain() -> Iterator[InProcessPipeline]:
 
 def direct(pipe: InProcessPipeline, data: bytes, encoding: int) -> bytes:
     """The pipeline's answer for `data` sent by hand, the reference a job must equal."""
-    channel = client.connect(pipe.servers[0].address)
+    channel = call.connect(pipe.servers[0].address)
     try:
         image = step_pb2.Image(data=data, encoding=codec.sniff_encoding(data))
-        return bytes(client.submit(channel, client.build_request(image, output_encoding=encoding))
+        return bytes(call.submit(channel, call.build_request(image, output_encoding=encoding))
                      .response.image.data)
     finally:
         channel.close()
@@ -181,7 +182,7 @@ def test_a_huge_image_keeps_its_tiles_and_a_resumed_worker_sends_only_the_missin
                           options=JobOptions(concurrency=1, tile_size=64), environ=s3_env)
     out_store = bucket_store(s3_env, "outputs")
     files = JobFiles(out_store, manifest.output_location, manifest.id)
-    channel = client.connect(chain.servers[0].address)
+    channel = call.connect(chain.servers[0].address)
     try:
         first = CountingWorker(files, manifest, 0, 1, channel, input_store=store,
                                concurrency=1, stop_after=5)
