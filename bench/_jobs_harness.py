@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from stepsvc.ports import free_port
-from topology.local_backend import installed_stepchain
+from topology.local.backend import installed_stepchain
 
-SAMPLES = Path(__file__).resolve().parent.parent / "topology" / "console" / "samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "topology" / "service" / "console" / "samples"
 TERMINAL = ("succeeded", "failed", "canceled")
 
 

@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "stepsvc.client.commands",
     "stepsvc.client.trace.cli",
     "topology.cli",
-    "topology.jobs.cli",
+    "topology.jobs_cli",
     "topology.load.top",
     "loadtest.cli",
 )

@@ -2,7 +2,7 @@
 
 The local backend's way to run a job: worker ``i`` of ``n`` is a ``stepchain jobs run --index i
 --count n`` process calling the pipeline's entry step on loopback. A worker that exits non-zero
-(or is SIGKILLed) is restarted with the local backend's backoff (:mod:`topology.supervisor`);
+(or is SIGKILLed) is restarted with the local backend's backoff (:mod:`topology.local.supervisor`);
 one that exits 0 finished its share and stays stopped; one that keeps exiting fails the job
 with the end of its log. Like the step processes, workers hold the read end of a lifeline pipe
 whose write end only the service has, so they stop when the service dies, however it dies;
@@ -30,8 +30,8 @@ from pathlib import Path
 from stepsvc.step.lifeline import LIFELINE_ENV
 from topology.backend import PipelineStatus
 from topology.jobs.manifest import JobManifest
-from topology.local_backend import installed_stepchain
-from topology.supervisor import RestartPolicy, SupervisedProcess, SupervisorLoop, stop_all
+from topology.local.backend import installed_stepchain
+from topology.local.supervisor import RestartPolicy, SupervisedProcess, SupervisorLoop, stop_all
 
 #: Restarts of one worker within the supervisor's window before the job fails.
 MAX_WORKER_RESTARTS = 8

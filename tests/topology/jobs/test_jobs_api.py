@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from store_fixtures import bucket_store, photo_bytes, unique_prefix
 from topology_fixtures import api_client
 
-from topology.api import create_app
-from topology.local_backend import LocalBackend
-from topology.settings import Settings
+from topology.local.backend import LocalBackend
+from topology.service.app import create_app
+from topology.service.settings import Settings
 
 pytestmark = pytest.mark.slow
 

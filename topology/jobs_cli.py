@@ -10,8 +10,8 @@ codes: 0 every input has an output; 1 the job ended otherwise (failed items, fai
 canceled); 2 the request was refused or the service could not be reached; 3 ``wait
 --timeout`` ran out first.
 
-This is the room's command module, its top floor: it may read the client token as the other
-client commands do.
+A loose module at topology's top floor, beside ``topology/cli.py``: it drives the jobs room
+(:mod:`topology.jobs`) and, as a client, reads the token the service's auth module keeps.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _request(args: argparse.Namespace, method: str, path: str, *,
              ) -> dict[str, Any]:
     import httpx
 
-    from topology.auth import auth_header, client_token
+    from topology.service.auth import auth_header, client_token
 
     sent = dict(headers or {})
     if method != "GET":
