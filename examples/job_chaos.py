@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         job_id = job["id"]
         print(f"chaos job {job_id}: {job['counts']['total']} inputs")
         for k in range(args.kills):
-            target = (k + 1) * args.images // (args.kills + 2)
+            # the kills fall in the first half of the job, so each restarted service has
+            # workers to kill and work left to resume
+            target = (k + 1) * args.images // (2 * (args.kills + 1))
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
                 current = service.get(f"/v1/jobs/{job_id}")
