@@ -37,8 +37,8 @@ from topology.pipeline.model import (
 from topology.service.advice_routes import advice_router
 from topology.service.auth import token_matches, token_path
 from topology.service.console.routes import mount_console, upload_limit
-from topology.service.kernel_routes import kernels_router
 from topology.service.job_routes import job_router
+from topology.service.kernel_routes import kernels_router
 from topology.service.metrics import (
     METRICS_CONTENT_TYPE,
     METRICS_PATH,
