@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from stepsvc.ports import free_port
-from topology.local.backend import installed_stepchain
+from topology.local.launch import installed_stepchain
 
 SAMPLES = Path(__file__).resolve().parent.parent / "topology" / "service" / "console" / "samples"
 TERMINAL = ("succeeded", "failed", "canceled")

@@ -43,7 +43,7 @@ from bench._jobs_harness import ServiceProcess, photos, rss_kb
 from bench._s3_server import S3Server
 from topology.jobs.locations import Location
 from topology.jobs.store import Store, open_store
-from topology.local.backend import installed_stepchain
+from topology.local.launch import installed_stepchain
 
 PIPELINE = {"name": "benchjobs", "steps": [
     {"type": "gaussian_blur", "params": {"sigma": 1.5}},

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from stepsvc.ports import free_port
-from topology.local.backend import installed_stepchain
+from topology.local.launch import installed_stepchain
 from topology.local.supervisor import process_alive
 from topology.service.auth import auth_header, client_token
 

@@ -58,10 +58,10 @@ def parse_hosts(spec: str) -> list[Target]:
 
 
 def _entry_label() -> str:
-    # The label's one home is the manifest renderer. Imported on use: importing the renderer
-    # (the pipeline model, the step config) is most of Locust's start-up, and only a run
+    # The label's one home is topology.kube.names. Imported on use: it brings the pipeline
+    # model (pydantic, the kernel registry), a good part of Locust's start-up, and only a run
     # without --host looks at labels.
-    from topology.kube.manifests import ENTRY_LABEL
+    from topology.kube.names import ENTRY_LABEL
 
     return ENTRY_LABEL
 

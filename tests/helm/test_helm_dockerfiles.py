@@ -113,7 +113,7 @@ def test_final_stage_has_the_openmp_runtime_and_no_compiler(image: str) -> None:
 
 
 def test_final_stage_runs_as_the_non_root_uid_of_the_pods(image: str) -> None:
-    from topology.kube.manifests import RUN_AS_USER
+    from topology.kube.objects import RUN_AS_USER
 
     final = _stages(image)[-1]
     users = final.args("USER")
@@ -132,7 +132,7 @@ def test_final_stage_exposes_the_service_ports(image: str) -> None:
 
 
 def test_step_image_ports_match_the_rendered_step_deployments() -> None:
-    from topology.kube.manifests import GRPC_PORT, HTTP_PORT, METRICS_PORT
+    from topology.kube.names import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
     assert IMAGES["step"]["ports"] == {GRPC_PORT, HTTP_PORT, METRICS_PORT}
 

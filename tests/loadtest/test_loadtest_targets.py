@@ -16,7 +16,8 @@ from kube_fixtures import KubeEmulator
 from kubernetes import client
 
 from loadtest.targets import Target, discover_kubernetes_targets, parse_hosts
-from topology.kube.manifests import RenderOptions, render_manifests
+from topology.kube.manifests import render_manifests
+from topology.kube.objects import RenderOptions
 from topology.pipeline.graph import parse_pipeline
 
 _namespaces = itertools.count(1)

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from stepsvc.cli import build_parser
-from topology.kube.manifests import RUN_AS_USER
+from topology.kube.objects import RUN_AS_USER
 
 PLUGINS = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 DOCKERFILE = PLUGINS / "Dockerfile"

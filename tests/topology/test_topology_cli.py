@@ -12,7 +12,8 @@ import yaml
 from topology_fixtures import api_client
 
 from stepsvc.cli import main as stepchain
-from topology.kube.manifests import RenderOptions, render_manifests
+from topology.kube.manifests import render_manifests
+from topology.kube.objects import RenderOptions
 from topology.local.backend import LocalBackend
 from topology.pipeline.graph import parse_pipeline
 from topology.service.app import create_app

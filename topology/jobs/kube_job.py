@@ -23,7 +23,8 @@ from typing import Any
 
 from topology.backend import BackendError, PipelineStatus
 from topology.jobs.manifest import JobManifest
-from topology.kube.manifests import DEFAULT_STEP_IMAGE, MANAGED_BY, RUN_AS_USER
+from topology.kube.names import MANAGED_BY
+from topology.kube.objects import DEFAULT_STEP_IMAGE, RUN_AS_USER
 
 log = logging.getLogger(__name__)
 

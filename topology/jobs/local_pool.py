@@ -30,7 +30,7 @@ from pathlib import Path
 from stepsvc.step.lifeline import LIFELINE_ENV
 from topology.backend import PipelineStatus
 from topology.jobs.manifest import JobManifest
-from topology.local.backend import installed_stepchain
+from topology.local.launch import installed_stepchain
 from topology.local.supervisor import RestartPolicy, SupervisedProcess, SupervisorLoop, stop_all
 
 #: Restarts of one worker within the supervisor's window before the job fails.

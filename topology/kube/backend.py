@@ -19,21 +19,20 @@ from typing import Any
 
 from stepsvc.step.config import parse_config
 from topology.backend import ApplyResult, BackendError, PipelineStatus, RouteStep, StepStatus
-from topology.kube.colocated import COLOCATED_LABEL
-from topology.kube.manifests import (
+from topology.kube.manifests import render_manifests
+from topology.kube.names import (
+    COLOCATED_LABEL,
     CONFIG_KEY,
     FINGERPRINT_ANNOTATION,
     GRPC_PORT,
     HTTP_PORT,
     MANAGED_BY,
     STEP_TYPE_ANNOTATION,
-    RenderOptions,
     config_map_name,
-    is_headless,
-    render_manifests,
-    step_name,
 )
+from topology.kube.objects import RenderOptions, is_headless
 from topology.pipeline.graph import Pipeline
+from topology.pipeline.model import step_name
 
 #: (apiGroup, resource, verbs) — everything this backend calls, nothing more.
 REQUIRED_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (

@@ -15,29 +15,25 @@ pipeline of one Deployment per step.
 
 from __future__ import annotations
 
-import copy
 import json
+from functools import partial
 from typing import Any
 
-from topology.kube.manifests import (
-    CONFIG_KEY,
+from topology.kube import objects
+from topology.kube.names import (
+    COLOCATED_LABEL,
     GRPC_PORT,
     HTTP_PORT,
     METRICS_PORT,
-    RenderOptions,
-    _config_map,
-    _deployment,
-    _hpa,
-    _metadata,
-    _service,
-    labels,
-    network_policy_metadata,
-    step_config_text,
+    colocated_name,
+    colocated_selector,
+    discovery_config_map_name,
+    pipeline_labels,
 )
+from topology.kube.objects import ContainerLayout, RenderOptions, StepPorts
+from topology.pipeline.dump import step_config_text
 from topology.pipeline.graph import Pipeline, Step
 
-#: Label on the colocated Deployment and its pod (the pod runs every step of the pipeline).
-COLOCATED_LABEL = "stepchain.io/colocated"
 #: Where every container mounts the shared in-memory frame directory.
 FRAMES_DIR = "/frames"
 #: Where the discovery file (step id -> 127.0.0.1:port) is mounted.
@@ -45,38 +41,19 @@ DISCOVERY_DIR = "/etc/stepchain/discovery"
 DISCOVERY_FILE = "discovery.json"
 #: Frames in flight per step the emptyDir has room for (sizeLimit): request + output segments.
 FRAMES_PER_STEP = 4
+#: Bytes per pixel of a frame in the shared directory (RGBA).
+FRAME_BYTES_PER_PIXEL = 4
 
 
-def colocated_name(pipeline_id: str) -> str:
-    """Name of the one Deployment: ``<pipeline_id>-chain``."""
-    return f"{pipeline_id}-chain"
-
-
-def discovery_config_map_name(pipeline_id: str) -> str:
-    return f"{pipeline_id}-chain-discovery"
-
-
-def step_ports(pipeline: Pipeline) -> dict[int, tuple[int, int]]:
-    """(gRPC port, metrics port) of each step inside the shared pod."""
-    return {s.id: (GRPC_PORT + i, METRICS_PORT + i) for i, s in enumerate(pipeline.steps)}
-
-
-def http_ports(pipeline: Pipeline) -> dict[int, int]:
-    """The HTTP face's port of each step inside the shared pod (``HTTP_PORT + i``)."""
-    return {s.id: HTTP_PORT + i for i, s in enumerate(pipeline.steps)}
+def step_ports(pipeline: Pipeline) -> dict[int, StepPorts]:
+    """Where each step listens inside the shared pod: the i-th step on each port + i."""
+    return {s.id: StepPorts(grpc=GRPC_PORT + i, http=HTTP_PORT + i, metrics=METRICS_PORT + i)
+            for i, s in enumerate(pipeline.steps)}
 
 
 def pod_labels(pipeline: Pipeline) -> dict[str, str]:
     """The pod's labels: the pipeline's, no step id (it runs every step), colocated=true."""
-    out = {k: v for k, v in labels(pipeline.pipeline_id, pipeline.entry_step).items()
-           if k != "step_id"}
-    out["app.kubernetes.io/component"] = "chain"
-    out[COLOCATED_LABEL] = "true"
-    return out
-
-
-def pod_selector(pipeline: Pipeline) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "stepchain-step", "pipeline_id": pipeline.pipeline_id,
+    return {**pipeline_labels(pipeline.pipeline_id, pipeline.entry_step, "chain"),
             COLOCATED_LABEL: "true"}
 
 
@@ -88,115 +65,75 @@ def render_colocated(pipeline: Pipeline, options: RenderOptions) -> list[dict[st
     ports = step_ports(pipeline)
     entry = pipeline.step(pipeline.entry_step)
     texts = {s.id: step_config_text(pipeline, s.id) for s in pipeline.steps}
-    config_maps = [_config_map(pipeline, s, namespace, texts[s.id]) for s in pipeline.steps]
+    config_maps = [objects.config_map(pipeline, s, namespace, texts[s.id])
+                   for s in pipeline.steps]
     config_maps.append(_discovery_config_map(pipeline, entry, namespace, ports))
-    http = http_ports(pipeline)
-    services = [_step_service(pipeline, s, namespace, ports[s.id][0], http[s.id])
+    # One pod per chain: nothing to balance inside it, so no Service is headless.
+    services = [objects.service(pipeline, s, namespace, headless=False,
+                                selector=colocated_selector(pipeline.pipeline_id),
+                                ports=ports[s.id])
                 for s in pipeline.steps]
-    deployment = _colocated_deployment(pipeline, namespace, image, texts, ports, options)
+    deployment = _colocated_deployment(pipeline, namespace, image, texts[entry.id], ports,
+                                       options)
     out: list[dict[str, Any]] = [*config_maps, *services, deployment]
     if entry.autoscale is not None:
-        hpa = _hpa(pipeline, entry, namespace)
-        hpa["metadata"]["name"] = colocated_name(pipeline.pipeline_id)
-        hpa["spec"]["scaleTargetRef"]["name"] = colocated_name(pipeline.pipeline_id)
-        out.append(hpa)
+        out.append(objects.hpa(pipeline, entry, namespace, colocated_name(pipeline.pipeline_id)))
     out.append(_network_policy(pipeline, namespace, ports))
     return out
 
 
 def _discovery_config_map(pipeline: Pipeline, entry: Step, namespace: str,
-                          ports: dict[int, tuple[int, int]]) -> dict[str, Any]:
-    mapping = {str(sid): f"127.0.0.1:{grpc}" for sid, (grpc, _) in ports.items()}
-    metadata = _metadata(pipeline, entry, discovery_config_map_name(pipeline.pipeline_id),
-                         namespace)
+                          ports: dict[int, StepPorts]) -> dict[str, Any]:
+    mapping = {str(sid): f"127.0.0.1:{p.grpc}" for sid, p in ports.items()}
+    metadata = objects.metadata(pipeline, entry,
+                                discovery_config_map_name(pipeline.pipeline_id), namespace)
     metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k != "step_id"}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
             "data": {DISCOVERY_FILE: json.dumps(mapping, sort_keys=True) + "\n"}}
 
 
-def _step_service(pipeline: Pipeline, step: Step, namespace: str, port: int,
-                  http: int) -> dict[str, Any]:
-    service = _service(pipeline, step, namespace)
-    spec = service["spec"]
-    if spec.get("clusterIP") == "None":  # one pod per chain: nothing to balance inside it
-        del spec["clusterIP"]
-    spec["selector"] = pod_selector(pipeline)
-    spec["ports"] = [{"name": "grpc", "port": GRPC_PORT, "targetPort": port, "protocol": "TCP"},
-                     {"name": "http", "port": HTTP_PORT, "targetPort": http, "protocol": "TCP"}]
-    return service
+def _layout(step: Step, ports: StepPorts) -> ContainerLayout:
+    """Step `step`'s container in the shared pod: its own ports and volume names, static
+    discovery, frames through the shared directory."""
+    return ContainerLayout(
+        name=f"step-{step.id}", ports=ports, port_suffix=f"-{step.id}",
+        discovery=f"static:{DISCOVERY_DIR}/{DISCOVERY_FILE}", shm_dir=FRAMES_DIR,
+        rename_volume=partial(_volume_name, step),
+        extra_mounts=({"name": "frames", "mountPath": FRAMES_DIR},
+                      {"name": "discovery", "mountPath": DISCOVERY_DIR, "readOnly": True}))
 
 
-def _colocated_deployment(pipeline: Pipeline, namespace: str, image: str,
-                          texts: dict[int, str], ports: dict[int, tuple[int, int]],
+def _colocated_deployment(pipeline: Pipeline, namespace: str, image: str, entry_text: str,
+                          ports: dict[int, StepPorts],
                           options: RenderOptions) -> dict[str, Any]:
     entry = pipeline.step(pipeline.entry_step)
-    base = _deployment(pipeline, entry, namespace, image, texts[entry.id], options)
-    pod = base["spec"]["template"]["spec"]
     containers = []
     volumes: dict[str, dict[str, Any]] = {}
     frames_bytes = 0
     for step in pipeline.steps:
-        one = _deployment(pipeline, step, namespace, image, texts[step.id], options)
-        container = one["spec"]["template"]["spec"]["containers"][0]
-        grpc, metrics = ports[step.id]
-        containers.append(_container(step, container, grpc, metrics,
-                                     http_ports(pipeline)[step.id]))
-        for volume in one["spec"]["template"]["spec"]["volumes"]:
-            if volume["name"] != "tmp":
-                volume = {**volume, "name": _volume_name(step, volume["name"])}
+        containers.append(objects.container(pipeline, step, image, options,
+                                            _layout(step, ports[step.id])))
+        own, _ = objects.volumes(step, partial(_volume_name, step))
+        for volume in own:
             volumes[volume["name"]] = volume
-        max_pixels = int(container["args"][container["args"].index("--max-pixels") + 1])
-        frames_bytes += FRAMES_PER_STEP * 4 * max_pixels
+        max_pixels = objects.max_pixels_for(objects.memory_limit(step))
+        frames_bytes += FRAMES_PER_STEP * FRAME_BYTES_PER_PIXEL * max_pixels
     volumes["frames"] = {"name": "frames",
                          "emptyDir": {"medium": "Memory", "sizeLimit": _mebibytes(frames_bytes)}}
     volumes["discovery"] = {"name": "discovery", "configMap": {
         "name": discovery_config_map_name(pipeline.pipeline_id)}}
-    pod["containers"] = containers
-    pod["volumes"] = list(volumes.values())
-    # One process namespace: the shared-memory sweeper tells a dead neighbour's segments by pid.
-    pod["shareProcessNamespace"] = True
-    selectors = [s.node_selector for s in pipeline.steps if s.node_selector]
-    if selectors:
-        pod["nodeSelector"] = {k: v for sel in selectors for k, v in sel.items()}
-    template_metadata = base["spec"]["template"]["metadata"]
-    template_metadata["labels"] = pod_labels(pipeline)
-    template_metadata["annotations"]["prometheus.io/port"] = str(METRICS_PORT)
-    spec = base["spec"]
-    spec["selector"] = {"matchLabels": pod_selector(pipeline)}
-    if entry.autoscale is None:
-        spec["replicas"] = max(s.replicas for s in pipeline.steps)
-    metadata = base["metadata"]
-    metadata["name"] = colocated_name(pipeline.pipeline_id)
+    name = colocated_name(pipeline.pipeline_id)
+    metadata = objects.metadata(pipeline, entry, name, namespace)
     metadata["labels"] = pod_labels(pipeline)
-    metadata["annotations"].pop("stepchain.io/step-type", None)
-    return base
-
-
-def _container(step: Step, container: dict[str, Any], grpc: int, metrics: int,
-               http: int) -> dict[str, Any]:
-    c = copy.deepcopy(container)
-    c["name"] = f"step-{step.id}"
-    args = c["args"]
-    args[args.index("--port") + 1] = str(grpc)
-    args[args.index("--metrics-port") + 1] = str(metrics)
-    args[args.index("--http-port") + 1] = str(http)
-    args[args.index("--discovery") + 1] = f"static:{DISCOVERY_DIR}/{DISCOVERY_FILE}"
-    args += ["--shm-dir", FRAMES_DIR]
-    c["ports"] = [{"name": f"grpc-{step.id}", "containerPort": grpc, "protocol": "TCP"},
-                  {"name": f"http-{step.id}", "containerPort": http, "protocol": "TCP"},
-                  {"name": f"metrics-{step.id}", "containerPort": metrics, "protocol": "TCP"}]
-    c["readinessProbe"]["grpc"]["port"] = grpc
-    c["livenessProbe"]["grpc"]["port"] = grpc
-    mounts = []
-    for mount in c["volumeMounts"]:
-        if mount["name"] != "tmp":
-            mount = {**mount, "name": _volume_name(step, mount["name"])}
-        mounts.append(mount)
-    mounts += [{"name": "frames", "mountPath": FRAMES_DIR},
-               {"name": "discovery", "mountPath": DISCOVERY_DIR, "readOnly": True}]
-    c["volumeMounts"] = mounts
-    assert any(e["name"] == CONFIG_KEY for e in c["env"])  # each container: its own ConfigMap
-    return c
+    return objects.deployment(
+        metadata, options, containers=containers, volumes=list(volumes.values()),
+        pod_labels=pod_labels(pipeline), selector=colocated_selector(pipeline.pipeline_id),
+        config_text=entry_text,
+        replicas=None if entry.autoscale else max(s.replicas for s in pipeline.steps),
+        node_selector={k: v for s in pipeline.steps for k, v in s.node_selector.items()},
+        # One process namespace: the shared-memory sweeper tells a dead neighbour's segments
+        # by pid.
+        share_process_namespace=True)
 
 
 def _volume_name(step: Step, name: str) -> str:
@@ -209,21 +146,12 @@ def _mebibytes(n: int) -> str:
 
 
 def _network_policy(pipeline: Pipeline, namespace: str,
-                    ports: dict[int, tuple[int, int]]) -> dict[str, Any]:
-    """Only the entry step's port (and every metrics port, for scrapers) is reachable from
+                    ports: dict[int, StepPorts]) -> dict[str, Any]:
+    """Only the entry step's ports (and every metrics port, for scrapers) are reachable from
     outside the pod; the steps talk to each other over loopback inside it."""
-    entry = pipeline.step(pipeline.entry_step)
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": network_policy_metadata(pipeline, namespace),
-        "spec": {
-            "podSelector": {"matchLabels": pod_selector(pipeline)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"ports": [{"port": ports[entry.id][0], "protocol": "TCP"},
-                           {"port": http_ports(pipeline)[entry.id], "protocol": "TCP"}]},
-                {"ports": [{"port": m, "protocol": "TCP"} for _, m in ports.values()]},
-            ],
-        },
-    }
+    entry = ports[pipeline.entry_step]
+    return objects.network_policy(
+        pipeline, namespace, {"matchLabels": colocated_selector(pipeline.pipeline_id)},
+        [{"ports": [{"port": entry.grpc, "protocol": "TCP"},
+                    {"port": entry.http, "protocol": "TCP"}]},
+         {"ports": [{"port": p.metrics, "protocol": "TCP"} for p in ports.values()]}])

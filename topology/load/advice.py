@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from topology.load.step_load import StepLoad
+from topology.pipeline.model import step_name
 
 DEFAULT_TARGET_UTILISATION = 0.7
 #: Below target x this, a step with spare replicas may scale down.
@@ -56,11 +57,6 @@ class StepAdvice:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def deployment_name(pipeline_id: str, step_id: int) -> str:
-    """The step's Deployment (and Service) name, as the renderer names it."""
-    return f"{pipeline_id}-step-{step_id}"
 
 
 def confidence(load: StepLoad) -> tuple[str, float]:
@@ -108,7 +104,7 @@ def advise_step(load: StepLoad, *, namespace: str = "default",
         action, advised = MAINTAIN, replicas
         reason = f"utilisation {util_pct:.0f}% per replica is within the {target:.0%} target: {rate}"
     label, score = confidence(load)
-    name = deployment_name(load.pipeline_id, load.step_id)
+    name = step_name(load.pipeline_id, load.step_id)  # its Deployment (and HPA) name
     kubectl = (f"kubectl scale deployment/{name} --replicas={advised} -n {namespace}"
                if advised != replicas else "")
     max_replicas = max(advised * 2, replicas)

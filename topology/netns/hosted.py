@@ -23,11 +23,12 @@ from typing import Any
 
 from stepsvc.routing.discovery import write_static_discovery
 from stepsvc.step.lifeline import LIFELINE_ENV
-from topology.kube.manifests import step_config_text, step_name
-from topology.local.backend import STEP_LAUNCHER
+from topology.local.launch import STEP_LAUNCHER
 from topology.local.supervisor import log_tail
 from topology.netns.network import Host, NetnsError, Network, port_open
+from topology.pipeline.dump import step_config_text
 from topology.pipeline.graph import Pipeline, parse_pipeline
+from topology.pipeline.model import step_name
 
 #: The port every step listens on inside its own host.
 STEP_PORT = 50051

@@ -82,10 +82,20 @@ SYSTEM_MOUNT_PATHS = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", 
                       "/run", "/boot", "/root")
 SYSTEM_MOUNT_RE = re.compile(r"^/lib[^/]*(/|$)")
 #: ConfigMap names of stepchain step configs (`<pipeline_id>-step-<N>-config`, see
-#: topology.kube.manifests.config_map_name): no pipeline may mount another's (or its own) routing.
+#: topology.kube.names.config_map_name): no pipeline may mount another's (or its own) routing.
 STEP_CONFIG_MAP_RE = re.compile(r"-step-[0-9]+-config$")
 
 Loc = tuple[str | int, ...]
+
+
+def step_name(pipeline_id: str, step_id: int) -> str:
+    """A step's name wherever it runs: ``<pipeline_id>-step-<N>``.
+
+    Its Kubernetes Deployment and Service, its local process, its ``OTEL_SERVICE_NAME``;
+    :data:`MAX_PIPELINE_NAME` keeps it (and the ``-config`` ConfigMap) within 63 characters.
+    """
+    return f"{pipeline_id}-step-{step_id}"
+
 
 
 def kernel_type_enum(schema: dict[str, Any]) -> None:

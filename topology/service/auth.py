@@ -24,6 +24,15 @@ MIN_TOKEN_CHARS = 16
 TOKEN_ENV = "STEPCHAIN_TOKEN"
 
 
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """The state dir unless configured (``$XDG_STATE_HOME/stepchain``, else
+    ``~/.local/state/stepchain``): the token lives there, and the local backend keeps step
+    configs, discovery files and logs there."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                         "state")
+    return Path(base) / "stepchain"
+
+
 def token_path(state_dir: Path) -> Path:
     """Where the service keeps its generated token."""
     return Path(state_dir) / TOKEN_FILE_NAME
@@ -66,8 +75,6 @@ def client_token(state_dir: Path | None = None,
     """The token a client on this machine sends: ``STEPCHAIN_TOKEN``, else the file named by
     ``STEPCHAIN_TOKEN_FILE``, else ``<state-dir>/token`` (``STEPCHAIN_STATE_DIR`` or the default
     state dir); None when there is none (a service started with ``--no-auth``)."""
-    from topology.service.settings import default_state_dir
-
     env = os.environ if environ is None else environ
     if env.get(TOKEN_ENV):
         return env[TOKEN_ENV].strip()

@@ -35,14 +35,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from topology.kube.manifests import (
+from topology.kube.objects import (
     DEFAULT_DRAIN_GRACE_S,
     DEFAULT_STEP_IMAGE,
     DEFAULT_STEP_SERVICE_ACCOUNT,
     RenderOptions,
 )
 from topology.service.allowlist import image_allowed
-from topology.service.auth import ensure_token, read_token
+from topology.service.auth import default_state_dir, ensure_token, read_token
 
 DEFAULT_IMAGE_ALLOWLIST = ("ghcr.io/stepchain/*",)
 DEFAULT_MAX_GPUS = 8
@@ -99,13 +99,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def default_state_dir(environ: Mapping[str, str]) -> Path:
-    """Where the local backend keeps step configs, discovery files and logs."""
-    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                         "state")
-    return Path(base) / "stepchain"
 
 
 def split_list(text: str | None) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import pytest
 from store_fixtures import photo_bytes
 
 from bench._jobs_harness import ServiceProcess
-from topology.local.backend import installed_stepchain
+from topology.local.launch import installed_stepchain
 
 pytestmark = pytest.mark.slow  # a service, its steps and workers as processes
 

@@ -13,8 +13,10 @@ from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture
 
 from stepsvc.step.config import parse_config
 from topology.kube.backend import KubernetesBackend
-from topology.kube.colocated import COLOCATED_LABEL, FRAMES_DIR
-from topology.kube.manifests import GRPC_PORT, HTTP_PORT, RenderOptions, render_manifests
+from topology.kube.colocated import FRAMES_DIR
+from topology.kube.manifests import render_manifests
+from topology.kube.names import COLOCATED_LABEL, GRPC_PORT, HTTP_PORT
+from topology.kube.objects import RenderOptions
 from topology.pipeline.graph import parse_pipeline
 
 KUBERNETES_VERSION = "1.30"

@@ -13,7 +13,7 @@ from topology_fixtures import RunningKmock, api_client, kmock_server  # noqa: F4
 
 from topology.backend import BackendError
 from topology.kube.backend import REQUIRED_PERMISSIONS, KubernetesBackend
-from topology.kube.manifests import RenderOptions
+from topology.kube.objects import RenderOptions
 from topology.pipeline.graph import parse_pipeline
 from topology.service.app import create_app
 from topology.service.settings import Settings

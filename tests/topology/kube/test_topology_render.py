@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from stepsvc.step.config import parse_config
-from topology.kube.manifests import RenderOptions, manifests_yaml, render_manifests
+from topology.kube.manifests import manifests_yaml, render_manifests
+from topology.kube.objects import RenderOptions
 from topology.pipeline.graph import parse_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -161,7 +161,7 @@ def test_step_with_zero_replicas_runs_no_process_and_status_says_so(tmp_path: Pa
 def test_step_that_cannot_start_is_reported_with_its_log(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # A step process that exits at once, as a broken installation would.
-    monkeypatch.setattr("topology.local.backend.STEP_LAUNCHER",
+    monkeypatch.setattr("topology.local.launch.STEP_LAUNCHER",
                         (sys.executable, "-c", "import sys; print('cannot start'); sys.exit(3)"))
     backend = LocalBackend(tmp_path / "state")
     try:

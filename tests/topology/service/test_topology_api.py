@@ -118,7 +118,7 @@ def test_volumes_outside_system_paths_and_step_configs_are_accepted(
 
 
 def test_step_config_maps_of_the_renderer_are_the_names_volumes_may_not_mount() -> None:
-    from topology.kube.manifests import config_map_name
+    from topology.kube.names import config_map_name
     from topology.pipeline.model import STEP_CONFIG_MAP_RE
 
     assert STEP_CONFIG_MAP_RE.search(config_map_name("any-pipeline", 9999))

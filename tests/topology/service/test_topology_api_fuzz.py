@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from topology_fixtures import RunningKmock, kmock_server  # noqa: F401  (fixture)
 
 from topology.kube.backend import KubernetesBackend
-from topology.kube.manifests import RenderOptions
+from topology.kube.objects import RenderOptions
 from topology.service.app import create_app
 from topology.service.auth import auth_header
 from topology.service.settings import Settings

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from topology_fixtures import RunningKmock, api_client, kmock_server  # noqa: F401  (fixture)
 
 from topology.kube.backend import KubernetesBackend
-from topology.kube.manifests import RenderOptions
+from topology.kube.objects import RenderOptions
 from topology.local.backend import LocalBackend
 from topology.service.app import create_app
 from topology.service.settings import Settings
