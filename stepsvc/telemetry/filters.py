@@ -40,13 +40,31 @@ def rewrap(handler: Any, behavior: Any) -> Any:
 
 
 def call_code(context: grpc.ServicerContext, *, raised: bool) -> grpc.StatusCode:
-    """The status a server call ended with: the code the handler set or aborted with, else OK
-    for a call that returned and UNKNOWN for one that raised (what gRPC sends then)."""
+    """The status a server call ended with, as its caller saw it.
+
+    The code the handler set or aborted with; else, for a call no longer active (its caller
+    cancelled, or its deadline passed, before the answer), CANCELLED or DEADLINE_EXCEEDED —
+    a caller that goes away is not a server error, whatever reading its request raised;
+    else OK for a call that returned and UNKNOWN for one that raised (what gRPC sends then).
+    """
     code = getattr(context, "code", None)
     value = code() if callable(code) else None
     if value is not None:
         return value  # type: ignore[no-any-return]
+    gone = _caller_gone(context)
+    if gone is not None:
+        return gone
     return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
+
+
+def _caller_gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    is_active = getattr(context, "is_active", None)
+    if not callable(is_active) or is_active():
+        return None
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def call_details(context: grpc.ServicerContext) -> str | None:

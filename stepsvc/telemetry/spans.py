@@ -100,8 +100,16 @@ def rpc_attributes(method: str) -> dict[str, Any]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method}
 
 
+#: Codes that are not an error of the step that answered them: OK, and a caller's own cancel
+#: (OpenTelemetry's RPC conventions leave a server span's status unset for it as well).
+NOT_ERRORS = frozenset({grpc.StatusCode.OK, grpc.StatusCode.CANCELLED})
+
+
 def set_rpc_status(span: Span, code: grpc.StatusCode, details: str | None) -> None:
-    """Records a call's gRPC status on `span`: the code attribute, ERROR unless OK."""
+    """Records a call's gRPC status on `span`: the code attribute, and ERROR with the details
+    unless the code is OK or CANCELLED (the caller went away: an event says so instead)."""
     span.set_attribute("rpc.grpc.status_code", code.value[0])
-    if code != grpc.StatusCode.OK:
+    if code == grpc.StatusCode.CANCELLED:
+        span.add_event("cancelled by the caller", {"rpc.grpc.status_code": code.value[0]})
+    if code not in NOT_ERRORS:
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name))

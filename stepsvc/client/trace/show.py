@@ -29,6 +29,8 @@ TRACE_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 _OTLP_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER",
                5: "CONSUMER"}
 _OTLP_STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
+#: ``rpc.grpc.status_code`` of a call its caller cancelled.
+CANCELLED_CODE = 1
 
 
 class TraceSourceError(Exception):
@@ -304,7 +306,15 @@ def span_details(span: SpanRecord, parent_service: str | None) -> str:
             parts.append(f"{float(attrs['stepchain.megapixels_per_second']):.1f} MP/s")
     if span.status == "ERROR":
         parts.append("ERROR")  # the message gets a line of its own below the row
+    elif is_cancelled(span):
+        parts.append("CANCELLED")  # by its caller: the header says so
     return " · ".join(parts)
+
+
+def is_cancelled(span: SpanRecord) -> bool:
+    """A server span whose caller cancelled the call: not an error of the step."""
+    return (span.kind == "SERVER" and span.status != "ERROR"
+            and str(span.attributes.get("rpc.grpc.status_code")) == str(CANCELLED_CODE))
 
 
 def _display_name(span: SpanRecord) -> str:
@@ -347,8 +357,10 @@ def render_waterfall(spans: Sequence[SpanRecord], width: int = 120, *,
 
     services = sorted({s.service for s in spans})
     errors = sum(1 for s in spans if s.status == "ERROR")
+    cancelled = sum(1 for s in spans if is_cancelled(s))
     header = (f"trace {spans[0].trace_id} · {len(spans)} spans · {total_ns / 1e6:.2f} ms · "
-              f"services: {', '.join(services)}" + (f" · {errors} error(s)" if errors else ""))
+              f"services: {', '.join(services)}" + (f" · {errors} error(s)" if errors else "")
+              + (f" · cancelled by the caller at {cancelled} step(s)" if cancelled else ""))
     axis_right = f"{total_ns / 1e6:.2f} ms"
     axis = "0 ms".ljust(bar_w - len(axis_right)) + axis_right
     lines = [header, f"{'span'.ljust(name_w)} {'ms'.rjust(ms_w)} {axis}"]

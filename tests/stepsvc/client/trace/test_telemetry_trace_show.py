@@ -65,6 +65,19 @@ def test_waterfall_rows_are_indented_by_depth_with_bars_placed_by_start_and_dura
     assert rows[2].endswith(" ERROR")
 
 
+def test_a_call_its_caller_cancelled_is_shown_cancelled_not_as_an_error() -> None:
+    spans = [
+        span("s1", None, "stepchain.v1.StepService/Process", 0, 50, kind="SERVER",
+             attributes={"stepchain.step_id": 0, "stepchain.step_type": "deblur",
+                         "rpc.grpc.status_code": 1}),
+        span("c1", "s1", "kernel", 5, 45),
+    ]
+    text = render_waterfall(spans, width=120)
+    header, _, row = text.splitlines()[:3]
+    assert "error" not in header and "cancelled by the caller at 1 step(s)" in header
+    assert row.endswith("step 0 deblur · CANCELLED") and "▓" not in row
+
+
 def test_a_span_whose_parent_is_missing_is_shown_as_a_root_not_dropped() -> None:
     lines = render_waterfall([span("a", "gone", "orphan", 0, 1)], width=80).splitlines()
     assert lines[2].startswith("orphan ")
