@@ -23,14 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = step_sub.add_parser(
         "serve", help="serve one pipeline step over gRPC",
         description="Serve one pipeline step: StepService, server reflection and "
-                    "grpc.health.v1 on --port. SIGTERM drains gracefully and exits 0.")
+                    "grpc.health.v1 on --port. SIGTERM drains gracefully and exits 0. "
+                    "Listens on every interface (0.0.0.0) by default, as a container needs: "
+                    "gRPC, the HTTP face and metrics alike; --host 127.0.0.1 keeps all three "
+                    "on loopback (a laptop).")
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", metavar="FILE", help="PIPELINE_CONFIG file (YAML or JSON)")
     source.add_argument("--config-env", metavar="VAR",
                         help="environment variable holding the config (e.g. PIPELINE_CONFIG)")
     serve.add_argument("--port", type=cli_args.port, default=50051,
                        help="gRPC port, 0..65535 (default 50051; 0 = any)")
-    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument("--host", default="0.0.0.0",
+                       help="address the gRPC, HTTP (--http-port) and metrics (--metrics-port) "
+                            "ports listen on (default 0.0.0.0: every interface)")
     serve.add_argument(
         "--discovery", metavar="kubernetes|static:FILE",
         help="how to find the next steps (default: kubernetes inside a cluster; required "

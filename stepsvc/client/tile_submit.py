@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import random
-import tempfile
+import secrets
 import threading
 import time
 import uuid
@@ -179,10 +179,11 @@ class _Output:
     def _allocate(self, channels: int) -> np.ndarray:
         shape = (*self.shape, channels)
         if self.path.suffix.lower() == ".npy":
-            # written through a memory map next to the target, renamed into place when done
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                             dir=self.path.parent)
-            os.close(fd)
+            # written through a memory map next to the target, renamed into place when done;
+            # created as open() creates files (0666 less the umask), not mkstemp's 0600
+            self._tmp = str(self.path.with_name(
+                f".{self.path.name}.{secrets.token_hex(6)}.tmp"))
+            os.close(os.open(self._tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666))
             return np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.uint8, shape=shape)
         return np.empty(shape, dtype=np.uint8)
 

@@ -4,8 +4,8 @@ The REST half of the REST + gRPC pair (as KServe and Triton offer them). A clien
 as the raw body (``Content-Type: image/png`` or ``image/jpeg``) or as the multipart form field
 ``image``, with optional ``?threads=&passes=&schedule=&output=png|jpeg|raw``, and gets the final
 image back (by default in the input's encoding: JPEG in, JPEG out), one ``X-Step-{ID}-Time``
-header per executed step (its kernel time in seconds, ``str(seconds)`` as the Flask tool wrote
-it), ``X-Request-Id`` and ``X-Trace-Id``. Errors are JSON ``{"error", "code", "step"}`` with the
+header per executed step (its kernel time in seconds as a decimal, as the Flask tool wrote it,
+to the microsecond), ``X-Request-Id`` and ``X-Trace-Id``. Errors are JSON ``{"error", "code", "step"}`` with the
 HTTP status of the gRPC code.
 
 There is one request path: the handler calls the step's own ``StepService/Process`` over a
@@ -261,9 +261,17 @@ def build_request(data: bytes, encoding: int, options: ProcessOptions,
 
 
 def step_time_headers(response: step_pb2.ProcessResponse) -> list[tuple[str, str]]:
-    """``X-Step-{ID}-Time`` per executed step: its kernel time in seconds, ``str(seconds)``,
-    exactly as the Flask tool wrote them (its Locust file multiplies them by 1000)."""
-    return [(f"X-Step-{t.step_id}-Time", str(t.kernel_ms / 1000.0)) for t in response.timings]
+    """``X-Step-{ID}-Time`` per executed step: its kernel time in seconds as a plain decimal,
+    as the Flask tool wrote them (its Locust file multiplies them by 1000), rounded to the
+    microsecond: ``0.001151``, not the float noise ``0.0011510000000000001``."""
+    return [(f"X-Step-{t.step_id}-Time", seconds_text(t.kernel_ms / 1000.0))
+            for t in response.timings]
+
+
+def seconds_text(seconds: float) -> str:
+    """`seconds` as a decimal to the microsecond, without trailing zeros (``0.0`` for none)."""
+    text = f"{seconds:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def success_headers(response: step_pb2.ProcessResponse,

@@ -200,3 +200,12 @@ def test_serve_defaults_to_a_pixel_limit_a_default_pod_can_hold(
     with pytest.raises(SystemExit):
         main(["step", "serve", "--help"])
     assert "about 8K x 5K" in " ".join(capsys.readouterr().out.split())
+
+
+def test_serve_help_says_it_listens_on_every_interface_unless_told_otherwise(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["step", "serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Listens on every interface (0.0.0.0) by default" in text
+    assert "gRPC, the HTTP face and metrics alike; --host 127.0.0.1 keeps all three" in text

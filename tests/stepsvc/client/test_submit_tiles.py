@@ -3,6 +3,8 @@ untiled result byte for byte, every tile is accounted for, retried, or named as 
 
 from __future__ import annotations
 
+import os
+import stat
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,34 @@ def test_an_image_beyond_one_request_and_the_steps_pixel_limit_goes_through_as_t
     assert not (tmp_path / "whole.npy").exists()
     expected = native.sharpen(native.gaussian_blur(image, sigma=2.0), amount=1.5)
     assert np.array_equal(np.load(tmp_path / "tiled.npy"), expected)
+
+
+def test_an_image_over_the_pixel_limit_sent_whole_is_refused_with_the_advice_to_tile(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "in.npy", noisy_image(600, 500, 3, seed=2))  # 0.3 MP
+    with in_process() as pipe:
+        pipe.add(1, BLUR_SHARPEN, max_pixels=250_000)
+        entry = pipe.add(0, BLUR_SHARPEN, max_pixels=250_000)
+        assert submit(tmp_path / "in.npy", "--target", entry.address, "--out",
+                      tmp_path / "out.png") == 1
+    err = capsys.readouterr().err
+    assert "RESOURCE_EXHAUSTED" in err and "(--max-pixels)" in err
+    assert "--tile 2048 sends it as tiles" in err
+
+
+def test_a_tiled_output_is_written_with_the_users_umask(tmp_path: Path) -> None:
+    np.save(tmp_path / "in.npy", noisy_image(90, 120, 3, seed=3))
+    old = os.umask(0o022)
+    try:
+        with in_process() as pipe:
+            pipe.add(1, BLUR_SHARPEN)
+            entry = pipe.add(0, BLUR_SHARPEN)
+            for name in ("out.npy", "out.png"):
+                assert submit(tmp_path / "in.npy", "--target", entry.address, "--out",
+                              tmp_path / name, "--tile", "64") == 0
+    finally:
+        os.umask(old)
+    # as every other tool writes: 0666 less the umask, not a temporary file's 0600
+    assert stat.S_IMODE((tmp_path / "out.npy").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from step_fixtures import in_process, noisy_image
+from stepchain.v1 import step_pb2
 
 from stepsvc.frames import codec
 from stepsvc.http.face import (
@@ -25,13 +26,15 @@ from stepsvc.http.face import (
     parse_options,
     resolve_http_port,
     start_http_face,
+    step_time_headers,
 )
 from stepsvc.step.servicer import StepObserver
 
 TWO_STEPS = [{"id": 0, "type": "blur", "params": {"sigma": 1.0}, "next_step": 1},
              {"id": 1, "type": "grayscale"}]
 IDENTITY = [{"id": 0, "type": "identity"}]
-SECONDS = re.compile(r"^\d+(\.\d+)?(e-?\d+)?$")
+#: Seconds as a plain decimal, to the microsecond at most (never float noise or an exponent).
+SECONDS = re.compile(r"^\d+\.\d{1,6}$")
 
 
 def encoded(img: np.ndarray, fmt: str) -> bytes:
@@ -323,3 +326,15 @@ def test_a_step_that_keeps_refusing_is_not_handed_every_body_by_its_http_face() 
     assert refused and all(r["code"] == "RESOURCE_EXHAUSTED" for r in refused)
     assert any(r["error"].startswith("not sent: step 0 accepted") for r in refused)
     assert any(r.status_code == 200 for r in replies)
+
+
+@pytest.mark.parametrize(("kernel_ms", "header"), [
+    (1.151, "0.001151"),             # 1.151 / 1000 is 0.0011510000000000001 as a float
+    (0.0049, "0.000005"),            # rounded to the microsecond, never 4.9e-06
+    (11.0, "0.011"), (2500.0, "2.5"), (0.0, "0.0"),
+])
+def test_step_time_headers_are_seconds_rounded_to_the_microsecond(kernel_ms: float,
+                                                                  header: str) -> None:
+    response = step_pb2.ProcessResponse(timings=[step_pb2.StepTiming(step_id=3,
+                                                                     kernel_ms=kernel_ms)])
+    assert step_time_headers(response) == [("X-Step-3-Time", header)]
