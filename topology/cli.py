@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="service account of step pods (needs get/list/watch configmaps)")
     serve.add_argument("--drain-grace", type=int,
                        help="seconds a step drains on SIGTERM (Kubernetes; default 20)")
-    serve.add_argument("--state-dir", help="local backend: configs, discovery file, logs")
+    serve.add_argument("--state-dir", help="local backend: configs, discovery files, logs; one "
+                                           "live service per state dir (a second is refused)")
     serve.add_argument("--jaeger-url", metavar="URL",
                        help="Jaeger UI (e.g. http://localhost:16686): the web console links "
                             "the trace ids of recent requests to it")
@@ -95,28 +96,49 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from topology.backend import BackendError
+    from topology.local.owner import StateDirOwner
     from topology.service.app import create_app
     from topology.service.auth import token_path
     from topology.service.settings import settings_from
 
+    # In this order: the state dir's lock before anything in it is written (the token) or
+    # brought back (the pipelines); then the listen port, before the pipelines come back, so a
+    # service that cannot serve starts no step process.
+    owner: StateDirOwner | None = None
     try:
         settings = settings_from({k: getattr(args, k) for k in SERVE_FLAGS}, os.environ)
-        app = create_app(settings)
-        # Bound here, before uvicorn starts, so the URL printed below has the real port
-        # (also with --port 0).
-        sock = socket.create_server((settings.host.strip("[]"), settings.port),
-                                    family=socket.AF_INET6 if ":" in settings.host
-                                    else socket.AF_INET)
-    except (ValueError, BackendError) as exc:
+        if settings.backend == "local":
+            owner = StateDirOwner.claim(settings.state_dir)
+    except (ValueError, BackendError) as exc:  # StateDirTaken names the owner and the way out
         print(f"stepchain topology serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        print(f"stepchain topology serve: cannot use the state dir {settings.state_dir}: {exc}",
+              file=sys.stderr)
+        return 2
+    try:
+        sock = socket.create_server((settings.host.strip("[]"), settings.port),
+                                    family=socket.AF_INET6 if ":" in settings.host
+                                    else socket.AF_INET)
+    except OSError as exc:
+        if owner is not None:
+            owner.release()
         print(f"stepchain topology serve: cannot listen on {settings.host}:{settings.port}: "
               f"{exc.strerror}", file=sys.stderr)
         return 2
-    served = app.state.settings
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{host}:{sock.getsockname()[1]}/"
+    try:
+        if owner is not None:
+            owner.announce(url)
+        app = create_app(settings)
+    except (ValueError, BackendError) as exc:
+        sock.close()
+        if owner is not None:
+            owner.release()
+        print(f"stepchain topology serve: {exc}", file=sys.stderr)
+        return 2
+    served = app.state.settings
     if served.auth:
         kept = (args.token_file or os.environ.get("STEPCHAIN_TOKEN_FILE")
                 or token_path(served.state_dir))
@@ -130,7 +152,11 @@ def _serve(args: argparse.Namespace) -> int:
     # handler it found; a no-op one for SIGTERM makes a clean stop exit 0, as a service should.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if owner is not None:  # the steps are stopped (the app's lifespan): the dir is free
+            owner.release()
     return 0
 
 
