@@ -136,8 +136,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Service:
     """A running `stepchain topology serve --backend local` on a free loopback port."""
 
-    def __init__(self, state_dir: Path, *extra: str) -> None:
+    def __init__(self, state_dir: Path, *extra: str,
+                 start_timeout: float = START_TIMEOUT_S) -> None:
         self.state_dir = state_dir
+        self.start_timeout = start_timeout
         self.log = state_dir.parent / f"{state_dir.name}-service.log"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # installed stepchain
         with open(self.log, "ab") as log:
@@ -148,7 +150,7 @@ class Service:
         self.url = self._wait_for_url()
 
     def _wait_for_url(self) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             text = self.log.read_text(errors="replace")
             found = re.findall(r"(http://127\.0\.0\.1:\d+/)", text)

@@ -84,7 +84,9 @@ def test_a_crashed_services_state_dir_is_adopted_by_the_next_service(tmp_path: P
         assert api.post("/pipeline", json=PIPELINE).status_code == 201
     crashed.stop(signal.SIGKILL)  # no cleanup at all: the lock goes with the process
     assert json.loads((state / "owner.json").read_text())["pid"] == crashed.proc.pid
-    successor = Service(state)
+    # It brings the pipeline back (and reaps what the crash left) before it serves: on a busy
+    # machine that takes longer than an empty service's start.
+    successor = Service(state, start_timeout=180)
     try:
         assert json.loads((state / "owner.json").read_text())["pid"] == successor.proc.pid
         with successor.api(None) as api:
