@@ -100,7 +100,7 @@ class LocalBackend:
         # Local processes have no namespace; this is the one the service says it manages, so
         # that answers name the namespace a pipeline was checked against.
         self.namespace = namespace
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).resolve()  # steps run in sub-folders of it
         self.otel_env = dict(otel_env or {})
         self.drain_grace_s = drain_grace_s
         self.ready_timeout_s = ready_timeout_s

@@ -172,7 +172,10 @@ def settings_from(flags: Mapping[str, object | None], environ: Mapping[str, str]
         step_image=pick("step_image", "STEPCHAIN_STEP_IMAGE") or DEFAULT_STEP_IMAGE,
         step_service_account=account,
         drain_grace_s=number("drain_grace", "STEPCHAIN_DRAIN_GRACE", DEFAULT_DRAIN_GRACE_S, 0),
-        state_dir=Path(state_dir) if state_dir else default_state_dir(environ),
+        # Resolved once, here: steps are started in their pipeline's folder, where a relative
+        # path would name another place (every POST answered 502, "cannot read config file").
+        state_dir=(Path(state_dir) if state_dir else default_state_dir(environ))
+        .expanduser().resolve(),
         otel_env={k: v for k, v in environ.items() if k.startswith("OTEL_")},
         jaeger_url=_http_url(pick("jaeger_url", "STEPCHAIN_JAEGER_URL")),
     )

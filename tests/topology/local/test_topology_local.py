@@ -23,7 +23,7 @@ from stepsvc.frames import codec
 from topology.local.backend import LocalBackend
 from topology.pipeline.graph import parse_pipeline
 from topology.service.app import create_app
-from topology.service.settings import Settings
+from topology.service.settings import Settings, settings_from
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO = json.loads((ROOT / "examples" / "pipeline.json").read_text())
@@ -80,6 +80,22 @@ def test_post_submit_delete_runs_the_pipeline_and_leaves_no_process(tmp_path: Pa
         assert not any(running(pid) for pid in pids)
         assert not (tmp_path / "demo").exists()
         assert api.get("/pipeline/demo").status_code == 404
+
+
+@pytest.mark.slow
+def test_a_relative_state_dir_works_resolved_once_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = settings_from({"state_dir": "state", "no_auth": True}, {})
+    assert settings.state_dir == (tmp_path / "state").resolve()
+    one_step = {"name": "rel", "steps": [{"type": "grayscale"}]}
+    # Steps run in their pipeline's folder: a relative config path would name another place.
+    with api_client(create_app(settings, LocalBackend(Path("state")))) as api:
+        created = api.post("/pipeline", json=one_step)
+        assert created.status_code == 201, created.text
+        result = submit_photo(created.json()["entrypoint"])
+        assert [t.step_type for t in result.response.timings] == ["grayscale"]
+        assert api.delete("/pipeline/rel").status_code == 200
 
 
 @pytest.mark.slow

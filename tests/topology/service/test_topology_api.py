@@ -276,6 +276,18 @@ def test_serve_command_exits_with_an_error_instead_of_listening_unprotected(
     assert "--no-auth" in capsys.readouterr().err
 
 
+def test_a_relative_state_dir_becomes_absolute_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for flags, env in (({"state_dir": "here"}, {}), ({}, {"STEPCHAIN_STATE_DIR": "here"})):
+        assert settings_from(flags, env).state_dir == (tmp_path / "here").resolve()
+    backend = LocalBackend(Path("here"))
+    try:
+        assert backend.state_dir == (tmp_path / "here").resolve()
+    finally:
+        backend.close()
+
+
 def test_token_comes_from_the_token_file(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
