@@ -70,8 +70,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy native stepsvc topology loadtest bench
 
-# Chromium + chromium-driver (console browser test), tmux (`stepchain top` test), iproute2 and
-# nftables (network-fault tests), when missing.
+# Chromium + chromium-driver (console browser test), tmux (`stepchain top` test), iproute2,
+# nftables and socat (network-fault tests), when missing.
 test-tools:
 	sh tests/install-test-tools.sh
 

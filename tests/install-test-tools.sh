@@ -1,7 +1,7 @@
 #!/bin/sh
 # Debian's chromium + chromium-driver (the console's browser test), tmux (the `stepchain top`
-# terminal test), iproute2 and nftables (the network-fault tests: namespaces, drops, tbf),
-# installed when missing. Idempotent: does nothing when all are there. Never
+# terminal test), iproute2, nftables and socat (the network-fault tests: namespaces, drops,
+# tbf, a relay into a namespace), installed when missing. Idempotent: does nothing when all are there. Never
 # fails the build: without them those tests skip and say why.
 set -u
 need=""
@@ -10,6 +10,7 @@ command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
 command -v tmux >/dev/null 2>&1 || need="$need tmux"
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v nft >/dev/null 2>&1 || need="$need nftables"
+command -v socat >/dev/null 2>&1 || need="$need socat"
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-tools: no apt-get here; the tests needing$need will skip"

@@ -42,6 +42,10 @@ REQUEST_TIMEOUT_S = 10.0
 #: watch has stayed open for HEALTHY_WATCH_S (so a broken RBAC rule cannot turn into a poll).
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
+#: TCP keepalive on every connection to the API server (idle seconds, probe interval, probes):
+#: a watch cut off by a partition (no reset, nothing to send) is dropped and resynced after
+#: ~11 s instead of waiting out TCP's retransmission back-off (up to 2 minutes) once it heals.
+API_KEEPALIVE = (5, 2, 3)
 HEALTHY_WATCH_S = 5.0
 #: How long start() waits for the first list before letting the server start anyway.
 INITIAL_SYNC_TIMEOUT_S = 5.0
@@ -94,7 +98,25 @@ def load_api_client(user: str = "kubernetes discovery") -> client.ApiClient:
             raise ValueError(
                 f"{user} needs either an in-cluster service account "
                 f"({in_cluster_error}) or a kubeconfig ({kubeconfig_error})") from None
+    configuration.socket_options = keepalive_socket_options()
     return client.ApiClient(configuration)
+
+
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    """urllib3's own socket options (no Nagle) plus TCP keepalive at API_KEEPALIVE (urllib3
+    replaces its defaults with what it is given)."""
+    import socket
+
+    import urllib3
+
+    idle, interval, count = API_KEEPALIVE
+    options = list(urllib3.connection.HTTPConnection.default_socket_options)
+    options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):  # Linux names all three
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
 
 
 class ConfigMapDiscovery:

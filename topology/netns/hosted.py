@@ -4,7 +4,9 @@
 Each step is a real ``stepchain step serve`` process on its host's address and one fixed port
 (hosts do not share ports, as pods do not), with the config the topology service would give it
 and a static discovery file of its own, so one link can be sent through a proxy
-(:meth:`HostedPipeline.route`) without changing the others. Steps never share memory across
+(:meth:`HostedPipeline.route`) without changing the others — or, with :class:`KubeDiscovery`,
+the ConfigMap watch of a real API server reached over the network, and Service names that
+resolve to the steps' hosts. Steps never share memory across
 hosts (``--no-shm``): every frame crosses the network. A lifeline pipe stops the steps if the
 process that started them dies before it could.
 """
@@ -35,6 +37,26 @@ STEP_PORT = 50051
 READY_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class KubeDiscovery:
+    """Steps find each other through a Kubernetes API server (``--discovery kubernetes``: a
+    ConfigMap watch) reached inside the network on `api_host`, under the name its certificate
+    carries, ``kubernetes.default.svc`` (`kubeconfig` names that server, e.g.
+    ``https://kubernetes.default.svc:6443``); each step's Service name resolves to its host."""
+
+    kubeconfig: Path
+    namespace: str
+    api_host: Host
+    domain: str = "cluster.local"
+
+    def service_name(self, pipeline_id: str, step_id: int) -> str:
+        return f"{step_name(pipeline_id, step_id)}.{self.namespace}.svc.{self.domain}"
+
+
+#: The API server's name inside the network (one of the names its serving certificate holds).
+API_SERVER_NAME = "kubernetes.default.svc"
+
+
 @dataclass
 class HostedStep:
     """One step on its host: where it listens, its files and its process."""
@@ -59,8 +81,11 @@ class HostedPipeline:
     """
 
     def __init__(self, network: Network, pipeline: Mapping[str, Any] | Pipeline,
-                 workdir: Path, *, step_args: Sequence[str] = ()) -> None:
+                 workdir: Path, *, step_args: Sequence[str] = (),
+                 kube: KubeDiscovery | None = None) -> None:
         self.network = network
+        #: None: each step reads a static discovery file of its own.
+        self.kube = kube
         self.pipeline = (pipeline if isinstance(pipeline, Pipeline)
                          else parse_pipeline(dict(pipeline)))
         self.workdir = workdir
@@ -101,6 +126,11 @@ class HostedPipeline:
             hosted.config_path.write_text(step_config_text(self.pipeline, sid),
                                           encoding="utf-8")
             self._write_discovery(sid)
+            if self.kube is not None:  # what the cluster's DNS would answer
+                names = {self.kube.service_name(self.pipeline.pipeline_id, other): s.host.address
+                         for other, s in self.steps.items()}
+                self.network.name_hosts(hosted.host, {
+                    **names, API_SERVER_NAME: self.kube.api_host.address})
         for sid in self.steps:
             self._spawn(sid, append_log=False)
         self.wait_ready(list(self.steps), timeout=ready_timeout)
@@ -115,9 +145,14 @@ class HostedPipeline:
                "OTEL_SERVICE_NAME": step_name(self.pipeline.pipeline_id, step_id),
                LIFELINE_ENV: str(self._lifeline_read)}
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # no collector inside the namespaces
+        discovery = [f"static:{hosted.discovery_path}"]
+        if self.kube is not None:
+            discovery = ["kubernetes", "--namespace", self.kube.namespace]
+            env.update(KUBECONFIG=str(self.kube.kubeconfig),
+                       STEPCHAIN_CLUSTER_DOMAIN=self.kube.domain)
         command = [*STEP_LAUNCHER, "step", "serve", "--config", str(hosted.config_path),
                    "--host", "0.0.0.0", "--port", str(STEP_PORT),
-                   "--discovery", f"static:{hosted.discovery_path}", "--metrics-port", "0",
+                   "--discovery", *discovery, "--metrics-port", "0",
                    "--http-port", "0", "--no-shm", "--grace", "1", *self.step_args]
         hosted.process = self.network.spawn(hosted.host, command, log_path=hosted.log_path,
                                             env=env, cwd=self.workdir,

@@ -21,8 +21,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +38,8 @@ T = TypeVar("T")
 
 #: Where `ip netns` keeps its named namespaces.
 NETNS_DIR = Path("/run/netns")
+#: Files `ip netns exec NAME` mounts over /etc (hosts: names that resolve inside NAME).
+ETC_NETNS = Path("/etc/netns")
 #: Seconds any one ip/nft/tc command may take.
 COMMAND_TIMEOUT_S = 10.0
 #: Seconds processes started in the network get between SIGTERM and SIGKILL at close.
@@ -144,17 +148,18 @@ def delete_namespaces(namespaces: Sequence[str]) -> None:
                 run(["ip", "netns", "delete", namespace])
             except NetnsError as exc:
                 log.warning("cleanup: %s", exc)
+        shutil.rmtree(ETC_NETNS / namespace, ignore_errors=True)
 
 
 def sweep_stale() -> list[str]:
     """Deletes the namespaces of networks whose creating process is gone (a test killed before
     its cleanup ran); returns their names. Namespaces of live processes and every namespace
     not named by this harness are left alone."""
-    try:
-        names = sorted(entry.name for entry in NETNS_DIR.iterdir())
-    except OSError:
-        return []
-    stale = [name for name in names
+    names: set[str] = set()
+    for folder in (NETNS_DIR, ETC_NETNS):
+        with contextlib.suppress(OSError):
+            names.update(entry.name for entry in folder.iterdir())
+    stale = [name for name in sorted(names)
              if (pid := plan.owner_pid(name)) is not None and not process_alive(pid)]
     if stale:
         log.warning("removing %d namespace(s) left by processes that exited: %s",
@@ -195,6 +200,8 @@ class Network:
         self._namespaces: list[str] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: Relay sockets and logs (removed at close).
+        self._runtime = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         atexit.register(self.close)
         try:
             self._add_namespace(self.switch)
@@ -260,6 +267,41 @@ class Network:
              timeout: float = COMMAND_TIMEOUT_S) -> str:
         """Runs `argv` inside `host` to completion; its stdout."""
         return run(["ip", "netns", "exec", host.namespace, *argv], timeout=timeout)
+
+    def name_hosts(self, host: Host, names: Mapping[str, str]) -> None:
+        """Makes `names` (name -> address) resolve inside `host` for processes started after
+        this (``ip netns exec`` mounts /etc/netns/<namespace>/hosts over /etc/hosts): how steps
+        find Services by name, as a cluster's DNS would answer them."""
+        directory = ETC_NETNS / host.namespace
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+                 *(f"{address}\t{name}" for name, address in sorted(names.items()))]
+        (directory / "hosts").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def expose(self, host: Host, port: int, loopback_port: int) -> str:
+        """Makes a server on the machine's 127.0.0.1:`loopback_port` (one the test started,
+        e.g. a Kubernetes API server) reachable inside the network at `host`'s address and
+        `port`: two socat relays joined by a unix socket, which belongs to no network
+        namespace. Faults on `host`'s link apply to it. Returns "address:port"."""
+        if shutil.which("socat") is None:
+            raise NetnsError("socat not installed (Debian: socat; tests/install-test-tools.sh "
+                             "installs it)")
+        sock = self._runtime / f"{host.name}-{port}.sock"
+        outside = spawn(["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
+                         f"TCP:127.0.0.1:{loopback_port}"], dict(os.environ), self._runtime,
+                        self._runtime / f"{host.name}-{port}-outside.log", append_log=False)
+        with self._lock:
+            self._processes.append(outside)
+        self.spawn(host, ["socat", f"TCP-LISTEN:{port},bind={host.address},fork,reuseaddr",
+                          f"UNIX-CONNECT:{sock}"],
+                   log_path=self._runtime / f"{host.name}-{port}-inside.log")
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        while not (sock.exists() and port_open(host.namespace, host.address, port)):
+            if outside.poll() is not None or time.monotonic() > deadline:
+                raise NetnsError(f"the relay of 127.0.0.1:{loopback_port} to {host.name} did "
+                                 f"not start; see {self._runtime}")
+            time.sleep(0.05)
+        return f"{host.address}:{port}"
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -339,3 +381,4 @@ class Network:
                     os.kill(process.pid, signal.SIGCONT)
         stop_all(processes, STOP_GRACE_S)
         delete_namespaces(namespaces)
+        shutil.rmtree(self._runtime, ignore_errors=True)

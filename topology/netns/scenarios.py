@@ -4,8 +4,8 @@ reduced to figures: what the tests assert on and ``examples/network_faults.py`` 
 1. :func:`blackhole_preferred` — the preferred next step's packets vanish (no reset).
 2. :func:`slow_lossy_links` — every step-to-step link gets latency ± jitter (Toxiproxy) and
    random loss (nftables), beside the clean network.
-3. (the topology service cut off from the steps: needs the Kubernetes control plane; see the
-   scenario test)
+3. :func:`topology_cut_off` — the steps lose the Kubernetes API server they discover each
+   other through (a real one, reached over the network), and a step is removed meanwhile.
 4. :func:`frozen_step` — a step stops (SIGSTOP) with requests inside it.
 5. :func:`step_comes_back` — next steps crash and come back on the same address.
 
@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from topology.kube.manifests import render_manifests
+from topology.kube.names import config_map_name
+from topology.kube.objects import RenderOptions
 from topology.netns.drive import Drive
 from topology.netns.figures import Record, Summary, first_served_by, summarize, table
-from topology.netns.hosted import HostedPipeline
+from topology.netns.hosted import API_SERVER_NAME, HostedPipeline, KubeDiscovery
 from topology.netns.network import Host, Network
 from topology.netns.toxiproxy import Toxiproxy
 
@@ -179,6 +182,71 @@ def slow_lossy_links(workdir: Path, *, phase_s: float = 8.0, latency_ms: int = 5
                  **{f"p50 added for {size} (ms)": round(
                      by_phase[f"{slow} {size}"].p50_ms - by_phase[f"clean {size}"].p50_ms, 1)
                     for size in sizes}},
+        records=records)
+
+
+def topology_cut_off(workdir: Path, *, kubeconfig: Path, api_port: int, namespace: str,
+                     cut_s: float = 8.0, after_s: float = 10.0, concurrency: int = 4,
+                     deadline: float = 5.0, size: str = "64x64") -> ScenarioResult:
+    """Scenario 3: the steps discover each other through the API server at 127.0.0.1:`api_port`
+    (admin `kubeconfig`), relayed into a control host; the control host is cut off from every
+    step, the preferred next step's ConfigMap is deleted meanwhile (as a topology service
+    removing it would), then the link heals."""
+    import yaml
+    from kubernetes import client, config
+
+    pipeline = {**ALTERNATIVES, "name": "cutoff"}
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    with Network() as network:
+        control = network.add_host("control")
+        network.expose(control, 6443, api_port)
+        steps_config = yaml.safe_load(kubeconfig.read_text(encoding="utf-8"))
+        for cluster in steps_config["clusters"]:  # the same server, by its name in the network
+            scheme = cluster["cluster"]["server"].partition("://")[0]
+            cluster["cluster"]["server"] = f"{scheme}://{API_SERVER_NAME}:6443"
+        steps_kubeconfig = workdir / "kubeconfig-steps"
+        workdir.mkdir(parents=True, exist_ok=True)
+        steps_kubeconfig.write_text(yaml.safe_dump(steps_config), encoding="utf-8")
+        hosted = HostedPipeline(network, pipeline, workdir,
+                                kube=KubeDiscovery(steps_kubeconfig, namespace, control))
+        try:
+            for manifest in render_manifests(hosted.pipeline, RenderOptions(namespace=namespace)):
+                body: Any = manifest  # the client takes the plain dict a manifest is
+                if manifest["kind"] == "ConfigMap":  # what the steps' discovery watches
+                    api.create_namespaced_config_map(namespace, body)
+            client_host = network.add_host("client")
+            hosted.start()
+            drive = Drive.start(network, client_host, hosted.entry.address,
+                                workdir / "load.jsonl", concurrency=concurrency,
+                                duration=3600, deadline=deadline, size=size)
+            drive.wait_for(20)
+            steps = [s.host for s in hosted.steps.values()]
+            network.partition([control], steps)
+            t_cut = time.monotonic()
+            time.sleep(1.0)
+            api.delete_namespaced_config_map(config_map_name(hosted.pipeline.pipeline_id, 1),
+                                             namespace)
+            time.sleep(cut_s - 1.0)
+            network.heal(control)
+            t_heal = time.monotonic()
+            time.sleep(after_s)
+            records = drive.stop()
+        finally:
+            hosted.close()
+    through_1 = [r.start for r in records if r.code == "OK" and 1 in r.steps]
+    last_to_1 = max((t for t in through_1 if t >= t_heal), default=None)
+    return ScenarioResult(
+        title=f"3. the steps cut off from the API server they discover each other through for "
+              f"{cut_s:.0f} s; step 1 (preferred) removed meanwhile; {concurrency} callers, "
+              f"{size} frames, deadline {deadline:.0f} s",
+        summaries=[summarize("before", records, drive.started, t_cut),
+                   summarize("cut off, step 1 removed", records, t_cut, t_heal),
+                   summarize("healed", records, t_heal, t_heal + after_s)],
+        figures={"requests that failed": sum(r.code != "OK" for r in records),
+                 "the removal reached step 0, after the heal (ms)":
+                     _ms(0.0 if last_to_1 is None else last_to_1 - t_heal),
+                 "requests sent to step 1 in the last half of the healed phase":
+                     sum(t >= t_heal + after_s / 2 for t in through_1)},
         records=records)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,12 @@ from step_fixtures import free_port
 
 from stepsvc.routing import kubernetes as kube_discovery
 from stepsvc.routing.discovery import Discovery, make_discovery
-from stepsvc.routing.kubernetes import ConfigMapDiscovery, step_service_address
+from stepsvc.routing.kubernetes import (
+    API_KEEPALIVE,
+    ConfigMapDiscovery,
+    load_api_client,
+    step_service_address,
+)
 from stepsvc.step.config import dump_config, parse_config
 
 __all__ = ["kube"]  # the fixture, imported so pytest finds it
@@ -253,6 +259,16 @@ def test_make_discovery_kubernetes_uses_the_kubeconfig(
         assert d.active() == {2: addr(2, ns, port=7000)}
     finally:
         d.close()
+
+
+def test_api_connections_keep_tcp_keepalive_so_a_partitioned_watch_is_resynced(
+        kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path / "kubeconfig")))
+    options = load_api_client().configuration.socket_options
+    assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in options
+    assert (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, API_KEEPALIVE[0]) in options
+    assert (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) in options  # urllib3's own kept
 
 
 def test_make_discovery_kubernetes_without_cluster_access_says_so(

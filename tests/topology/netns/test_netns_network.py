@@ -5,6 +5,7 @@ delays one, and everything is gone afterwards (also for a process that died). Ne
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from topology.netns import network as netns
 from topology.netns import toxiproxy
-from topology.netns.network import Host, Network, in_namespace
+from topology.netns.network import ETC_NETNS, Host, Network, in_namespace
 
 #: Linux's SO_RCVBUFFORCE (root may exceed rmem_max); Python's socket module does not name it.
 SO_RCVBUFFORCE = 33
@@ -211,3 +212,32 @@ def test_namespaces_of_a_process_that_died_are_swept_and_others_left_alone() -> 
     with Network() as net:  # a new network sweeps what dead processes left
         assert not any(p.name.startswith(out) for p in netns.NETNS_DIR.iterdir())
         assert (netns.NETNS_DIR / net.switch).exists()
+
+
+def test_a_loopback_server_is_reachable_inside_by_name_and_cut_by_a_partition(
+        network: Network) -> None:
+    if shutil.which("socat") is None:
+        pytest.skip("socat not installed (tests/install-test-tools.sh installs it)")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    _serve_echo(server)
+    control, a = network.add_host("control"), network.add_host("a")
+    address = network.expose(control, 6443, server.getsockname()[1])
+    network.name_hosts(a, {"kubernetes.default.svc": control.address})
+    assert network.exec(a, ["getent", "hosts", "kubernetes.default.svc"]).split()[0] == \
+        control.address
+    assert not (ETC_NETNS / control.namespace).exists()  # only the host that was given names
+    host, _, port = address.rpartition(":")
+    conn = netns.connect(a.namespace, host, int(port))
+    conn.sendall(b"relay")
+    assert conn.recv(5) == b"relay"
+    conn.close()
+    network.partition([control], [a])
+    with pytest.raises(OSError):
+        netns.connect(a.namespace, host, int(port), timeout=1.0)
+    network.heal(control)
+    assert netns.port_open(a.namespace, host, int(port))
+    server.close()
+    network.close()
+    assert not (ETC_NETNS / a.namespace).exists()

@@ -8,12 +8,15 @@ shared 2-core machine where timings swing 2-3x.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from topology.netns import scenarios, toxiproxy
-from topology.netns.network import unavailable_reason
+from topology.netns.network import NETNS_DIR, unavailable_reason
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +86,16 @@ def test_a_step_back_on_its_address_is_used_within_a_second_and_no_request_fails
     for case in ("alone down", "both down"):
         back = figures[f"step 1 used again after it listened, {case} (ms)"]
         assert back is not None and back < 1000
+
+
+def test_the_example_script_plays_a_scenario_and_prints_its_figures() -> None:
+    root = Path(__file__).resolve().parents[3]
+    child = subprocess.Popen([sys.executable, str(root / "examples" / "network_faults.py"),
+                              "freeze"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=root)
+    out, err = child.communicate(timeout=240)
+    assert child.returncode == 0, err[-2000:]
+    assert "4. step 1 frozen (SIGSTOP)" in out
+    assert "answers while frozen that name no step: 0" in out
+    # everything it made is gone
+    assert not [n for n in os.listdir(NETNS_DIR) if n.startswith(f"stepchain-{child.pid}-")]
