@@ -62,7 +62,8 @@ from bench import RESULTS_DIR
 from stepsvc.frames import codec, wire
 from stepsvc.frames.shm import FrameStore
 from stepsvc.ports import free_port
-from stepsvc.routing.forward import PROCESS_METHOD, channel_options
+from stepsvc.protocol import PROCESS_METHOD
+from stepsvc.routing.forward import channel_options
 from topology.local.supervisor import stop_all
 
 RESULTS = RESULTS_DIR

@@ -33,7 +33,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 
 from bench import RESULTS_DIR, write_results
 from stepsvc.frames import codec
-from stepsvc.http.face import start_http_face
+from stepsvc.http.server import start_http_face
 from stepsvc.step.config import parse_config
 from stepsvc.step.server import ServerSettings, build_server
 

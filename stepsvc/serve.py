@@ -16,6 +16,7 @@ from stepsvc import cli_args, limits
 #: Drain grace of a step whose topology service died: it must be gone within ~2 s.
 ORPHAN_GRACE_S = 1.0
 
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds `step serve` to the `stepchain` command."""
     step = sub.add_parser("step", help="run a pipeline step")
@@ -193,7 +194,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
         watch_lifeline(lifeline, service_gone)
     server.start()
-    from stepsvc.http.face import resolve_http_port, start_http_face
+    from stepsvc.http.server import start_http_face
+    from stepsvc.http.translate import resolve_http_port
 
     try:
         http_port = resolve_http_port(args.http_port, os.environ)

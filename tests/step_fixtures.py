@@ -26,8 +26,8 @@ from stepsvc.frames import codec
 from stepsvc.ports import free_port
 from stepsvc.routing.discovery import write_static_discovery
 from stepsvc.step.config import PipelineConfig, parse_config
+from stepsvc.step.hooks import StepObserver
 from stepsvc.step.server import ServerSettings, StepServer, build_server
-from stepsvc.step.servicer import StepObserver
 
 ROOT = Path(__file__).resolve().parent.parent
 

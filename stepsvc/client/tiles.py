@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from native.halo import NotTileable, halo_in_input_pixels, kernel_reach
+from native.registry import EXEC_PARAM_NAMES
 from stepsvc.step.config import PipelineConfig
 
 
@@ -44,8 +45,7 @@ def pipeline_reach(config: PipelineConfig) -> PipelineReach:
         halo, scale = 0, Fraction(1)
         for step_id in route:
             step = steps[step_id]
-            params = {k: v for k, v in step.params.items()
-                      if k not in ("threads", "passes", "schedule")}
+            params = {k: v for k, v in step.params.items() if k not in EXEC_PARAM_NAMES}
             try:
                 reach = kernel_reach(step.type, params)
             except NotTileable as exc:

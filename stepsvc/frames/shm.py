@@ -43,9 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from stepchain.v1 import step_pb2
 
-from stepsvc.routing.forward import DOMAIN_KEY, UNSHARED_KEY
-
-__all__ = ["DOMAIN_KEY", "UNSHARED_KEY", "BadHandle", "FrameStore", "Mapped", "NotShared",
+__all__ = ["BadHandle", "FrameStore", "Mapped", "NotShared",
            "Segment", "ShmError", "domain_of", "segment_prefix"]
 
 log = logging.getLogger("stepchain.shm")

@@ -39,15 +39,18 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from stepchain.v1 import step_pb2
 
 from stepsvc.limits import DEFAULT_KEEPALIVE_S, DEFAULT_NEXT_STEP_WAIT_S, MIN_KEEPALIVE_S
+from stepsvc.protocol import (
+    DOMAIN_KEY,
+    DRAINING_KEY,
+    FAILED_STEP_KEY,
+    HEALTH_CHECK_METHOD,
+    PROCESS_METHOD,
+    UNSHARED_KEY,
+)
 from stepsvc.routing.throttle import REFUSAL, AdaptiveThrottle
 
-#: Trailing metadata a step sets when it refuses because it is draining: worth failing over.
-DRAINING_KEY = "stepchain-draining"
-#: Trailing metadata on an error that already names the step where it happened.
-FAILED_STEP_KEY = "stepchain-failed-step"
 #: Tries per step behind a `dns:///` name, whose replica count the client does not know: a
 #: failed try moves round_robin to the next replica before failover moves to the next step.
 DNS_REPLICA_TRIES = 3
@@ -86,12 +89,6 @@ def replica_tries(address: str) -> int:
         return DNS_REPLICA_TRIES
     return 1
 
-#: Initial metadata with which a step advertises its shared-memory domain (stepsvc.frames.shm).
-DOMAIN_KEY = "stepchain-shm-domain"
-#: Trailing metadata on a refused shared-memory handle from another domain: resend as bytes.
-UNSHARED_KEY = "stepchain-shm-unshared"
-#: Asked once per new address for its shared-memory domain (the answer's initial metadata).
-HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 PROBE_TIMEOUT_S = 1.0
 
 
@@ -119,8 +116,6 @@ class ForwardError(Exception):
         self.failed_step = failed_step
 
 
-#: The full method name of StepService.Process.
-PROCESS_METHOD = "/" + step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name + "/Process"
 #: A serialized ProcessRequest, or a function giving the one to send to a candidate.
 Payload = bytes | Callable[[Candidate], bytes]
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class QueueFull(Exception):
@@ -100,14 +102,6 @@ class Admission:
         return (f"{self._inflight} requests in flight (--max-inflight {self.max_inflight}), "
                 f"{len(self._waiters)} waiting (--max-queue {self.max_queue}){bound}")
 
-    def check(self, timeout: float | None = None) -> None:
-        """Raises what acquire(timeout) would raise at once (Draining, QueueFull), without
-        taking or waiting for anything: a step refuses with it before reading the request."""
-        with self._lock:
-            if self._inflight < self.max_inflight and not self._waiters and not self._closed:
-                return
-            self._check(timeout)
-
     def _check(self, timeout: float | None) -> None:
         if self._closed:
             raise Draining("the step is draining (shutting down) and takes no new requests")
@@ -156,6 +150,17 @@ class Admission:
         waited = time.perf_counter() - start
         raise QueueTimeout(f"deadline passed after waiting {waited * 1000:.0f} ms for a free slot "
                            f"(--max-inflight {self.max_inflight})")
+
+    @contextmanager
+    def slot(self, timeout: float | None = None) -> Iterator[float]:
+        """A slot held for the body of a ``with`` (acquire, then release with the seconds it
+        was held); yields the seconds waited. Raises what acquire raises."""
+        waited = self.acquire(timeout)
+        held = time.perf_counter()
+        try:
+            yield waited
+        finally:
+            self.release(time.perf_counter() - held)
 
     def release(self, held: float | None = None) -> None:
         """Gives a slot back (to the first waiter, if any); `held`: seconds it was held, which

@@ -2,7 +2,7 @@
 
 :func:`build_server` is the one place a step server is assembled (tests start it in-process on
 port 0; ``stepchain step serve`` wraps it with signal handling). Extra server and client
-interceptors (tracing) and a :class:`~stepsvc.step.servicer.StepObserver` (spans, metrics) plug in
+interceptors (tracing) and a :class:`~stepsvc.step.hooks.StepObserver` (spans, metrics) plug in
 here without touching the servicer.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -32,26 +32,16 @@ from stepsvc.limits import (
     DEFAULT_NEXT_STEP_WAIT_S,
     MIB,
 )
-from stepsvc.routing.forward import (
-    DOMAIN_KEY,
-    HEALTH_CHECK_METHOD,
-    Forwarder,
-    server_keepalive_options,
-    transport_options,
-)
+from stepsvc.protocol import DOMAIN_KEY, HEALTH_CHECK_METHOD, SERVICE_NAME
+from stepsvc.routing.forward import Forwarder, server_keepalive_options, transport_options
 from stepsvc.step.admission import Admission
 from stepsvc.step.config import PipelineConfig
+from stepsvc.step.hooks import ActiveSteps, StepObserver
 from stepsvc.step.memory_budget import MemoryBudget, default_memory_mb
-from stepsvc.step.servicer import (
-    DEFAULT_FORWARD_TIMEOUT_S,
-    ActiveSteps,
-    StepObserver,
-    StepServicer,
-)
+from stepsvc.step.servicer import DEFAULT_FORWARD_TIMEOUT_S, StepServicer
 
 log = logging.getLogger("stepchain.step")
 
-SERVICE_NAME = step_pb2.DESCRIPTOR.services_by_name["StepService"].full_name
 #: Threads beyond the admitted requests: health checks, reflection and the step's own refusals
 #: answer at once under load instead of waiting for a thread behind queued requests.
 SPARE_THREADS = 32
@@ -212,30 +202,16 @@ class AdvertiseDomain(grpc.ServerInterceptor):
 
 
 def process_handler(servicer: StepServicer) -> grpc.GenericRpcHandler:
-    """StepService/Process with the step's own codec (and the small Describe): the request is parsed by
-    :func:`stepsvc.frames.wire.parse_request` (pixels stay a view of the received bytes) and the
-    response goes out as the bytes the servicer built. Same wire format as the generated code,
-    so reflection, grpcurl and every other client see no difference."""
-    def process(requests: Iterator[wire.RequestView],
-                context: grpc.ServicerContext) -> wire.ResponseBytes:
-        # Registered as client-streaming (the wire is the same as unary's: one message each
-        # way), so this runs when the call starts: the step's admission decides before the
-        # request's megabytes are read (refusing at once, by name), and calls reading their
-        # bytes count against its limits instead of piling up behind gRPC's thread pool.
-        start = time.perf_counter()
-        waited = servicer.admit(context)
-        try:
-            request = next(requests, None)
-            if request is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"step {servicer.step.id} ({servicer.step.type}): {SERVICE_NAME}/"
-                              "Process: the call carried no request message")
-            return servicer.process_bytes(request, context, admitted=waited)
-        finally:
-            servicer.admission.release(time.perf_counter() - start - waited)
+    """StepService/Process with the step's own codec (and the small Describe): the request is
+    parsed by :func:`stepsvc.frames.wire.parse_request` (pixels stay a view of the received
+    bytes) and the response goes out as the bytes the servicer built. Same wire format as the
+    generated code, so reflection, grpcurl and every other client see no difference.
 
+    Process is registered as client-streaming (the wire is the same as unary's: one message
+    each way), so the servicer runs when the call starts and admits it before its request's
+    megabytes are read (:meth:`~stepsvc.step.servicer.StepServicer.process_call`)."""
     method = grpc.stream_unary_rpc_method_handler(
-        process, request_deserializer=wire.parse_request, response_serializer=_payload)
+        servicer.process_call, request_deserializer=wire.parse_request, response_serializer=_payload)
     describe = grpc.unary_unary_rpc_method_handler(
         servicer.Describe, request_deserializer=step_pb2.DescribeRequest.FromString,
         response_serializer=step_pb2.DescribeResponse.SerializeToString)

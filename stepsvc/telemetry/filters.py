@@ -11,18 +11,18 @@ from typing import Any
 
 import grpc
 
-#: Calls of this service get spans and metrics; health probes and reflection are not requests.
-STEP_SERVICE_PREFIX = "/stepchain.v1.StepService/"
+from stepsvc.protocol import DESCRIBE_METHOD, SERVICE_PREFIX
+
 #: StepService calls that process no image (a client asking what the pipeline is): not counted.
-UNMETERED_METHODS = frozenset({STEP_SERVICE_PREFIX + "Describe"})
+UNMETERED_METHODS = frozenset({DESCRIBE_METHOD})
 
 
 def is_step_call(method: str, handler: Any) -> bool:
     """Whether a call to `method`, handled by `handler` (an ``RpcMethodHandler`` or None), is
-    a StepService call with one response: the only kind telemetry wraps. Process is served as
+    a StepService call (health probes and reflection are not requests) with one response: the only kind telemetry wraps. Process is served as
     client-streaming (one message, read after admission: see stepsvc.step.server), so its
     behavior takes a request iterator; wrappers keep the handler's kind (:func:`rewrap`)."""
-    return (handler is not None and method.startswith(STEP_SERVICE_PREFIX)
+    return (handler is not None and method.startswith(SERVICE_PREFIX)
             and method not in UNMETERED_METHODS and not handler.response_streaming)
 
 

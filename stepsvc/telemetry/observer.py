@@ -1,9 +1,9 @@
 """A step server's telemetry: spans and Prometheus metrics hooked into the servicer.
 
-:class:`StepTelemetry` is the servicer's :class:`~stepsvc.step.servicer.StepObserver`: each phase
+:class:`StepTelemetry` is the servicer's :class:`~stepsvc.step.hooks.StepObserver`: each phase
 ("queue", "decode", "kernel", "forward", "encode") becomes a child span of the step's SERVER span
 and a histogram observation; when a request finishes, the server span gets the ``stepchain.*``
-attributes and the response gets the trace id. Its interceptors (tracing outermost, then
+attributes and the response the trace id it returns. Its interceptors (tracing outermost, then
 metrics) go on the gRPC server, its client interceptors on the channels to the next step.
 """
 
@@ -19,7 +19,7 @@ import grpc
 from stepchain.v1 import step_pb2
 
 from stepsvc.step.config import PipelineConfig
-from stepsvc.step.servicer import StepObserver
+from stepsvc.step.hooks import StepObserver
 from stepsvc.telemetry import (
     Tracing,
     annotate_current_span,
@@ -105,15 +105,12 @@ class StepTelemetry(StepObserver):
                 self.metrics.observe_phase(name, time.perf_counter() - start)
 
     def finished(self, *, code: grpc.StatusCode, timing: step_pb2.StepTiming,
-                 request: step_pb2.ProcessRequest,
-                 response: step_pb2.ProcessResponse | None) -> None:
-        """Annotates the step's server span and stamps the trace id on the response."""
-        if response is not None:
-            response.trace_id = current_trace_id()
+                 request: step_pb2.ProcessRequest, request_id: str) -> str:
+        """Annotates the step's server span; returns the trace id for the response."""
+        trace_id = current_trace_id()
         if not self.tracing.enabled:
-            return
-        request_id = (response.request_id if response is not None and response.request_id
-                      else request.request_id)
+            return trace_id
+        request_id = request_id or request.request_id
         attributes = step_attributes(
             pipeline_id=timing.pipeline_id, step_id=timing.step_id, step_type=timing.step_type,
             threads=timing.threads, pixels=_input_pixels(request.image),
@@ -124,3 +121,4 @@ class StepTelemetry(StepObserver):
         if timing.forward_attempts:
             attributes["stepchain.forward_attempts"] = timing.forward_attempts
         annotate_current_span(attributes)
+        return trace_id

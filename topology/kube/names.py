@@ -8,7 +8,7 @@ The backend, the renderer and Locust's target lookup all read these, never a cop
 
 from __future__ import annotations
 
-from stepsvc.http.face import KUBERNETES_HTTP_PORT
+from stepsvc.protocol import KUBERNETES_HTTP_PORT
 from stepsvc.step.config import SOURCE
 from topology.pipeline.model import step_name
 

@@ -19,16 +19,16 @@ from step_fixtures import in_process, noisy_image
 from stepchain.v1 import step_pb2
 
 from stepsvc.frames import codec
-from stepsvc.http.face import (
+from stepsvc.http.server import start_http_face
+from stepsvc.http.translate import (
     HttpError,
     extract_image,
     http_status,
     parse_options,
     resolve_http_port,
-    start_http_face,
     step_time_headers,
 )
-from stepsvc.step.servicer import StepObserver
+from stepsvc.step.hooks import StepObserver
 
 TWO_STEPS = [{"id": 0, "type": "blur", "params": {"sigma": 1.0}, "next_step": 1},
              {"id": 1, "type": "grayscale"}]

@@ -188,3 +188,15 @@ def test_cut_off_sends_queued_requests_away_as_draining_and_marks_running_ones()
     waiter.join(5)
     assert len(errors) == 1 and "draining" in str(errors[0])
     assert adm.cut and adm.closed and adm.queued == 0 and adm.inflight == 1
+
+
+def test_a_slot_is_given_back_when_its_block_ends_even_by_an_error() -> None:
+    adm = Admission(1, 0)
+    with adm.slot() as waited:
+        assert waited == 0.0 and adm.inflight == 1
+        with pytest.raises(QueueFull):
+            adm.acquire(0)
+    assert adm.inflight == 0
+    with pytest.raises(RuntimeError), adm.slot():
+        raise RuntimeError("the request failed")
+    assert adm.inflight == 0 and adm.hold_s is not None

@@ -16,8 +16,8 @@ from step_fixtures import MutableDiscovery, in_process, noisy_image, pipeline, r
 from stepchain.v1 import step_pb2
 
 from stepsvc.routing.forward import Candidate, Forwarder, replica_tries
+from stepsvc.step.hooks import StepObserver
 from stepsvc.step.server import ServerSettings, StepServer, build_server
-from stepsvc.step.servicer import StepObserver
 
 CHAIN = [{"id": 0, "type": "identity", "next_step": [1, 2], "preferred_next": 1},
          {"id": 1, "type": "identity"},

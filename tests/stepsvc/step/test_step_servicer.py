@@ -33,7 +33,8 @@ from stepsvc.frames import codec
 from stepsvc.limits import DEFAULT_MAX_PIXELS
 from stepsvc.routing.forward import Forwarder
 from stepsvc.step.admission import Admission
-from stepsvc.step.servicer import StepObserver, StepServicer
+from stepsvc.step.hooks import StepObserver
+from stepsvc.step.servicer import StepServicer
 
 LINEAR = [{"id": 1, "type": "gaussian_blur", "params": {"sigma": 1.5}, "next_step": 2},
           {"id": 2, "type": "grayscale"}]
@@ -165,6 +166,30 @@ def test_route_by_label_sends_blurry_images_to_deblur_and_sharp_ones_to_preferre
     sharp = pipe.stub(1).Process(raw_request(noisy_image()), timeout=20)
     assert sharp.labels["sharpness"] == "sharp"
     assert [(t.step_id, t.step_type) for t in sharp.timings] == [(1, "classify"), (3, "sharpen")]
+
+
+class _CountingDiscovery:
+    """Discovery that counts how often a step asks it what is active."""
+
+    def __init__(self, inner: MutableDiscovery) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def active(self) -> dict[int, str]:
+        self.calls += 1
+        return self.inner.active()
+
+
+@pytest.mark.parametrize(("steps", "route"), [(BRANCH, [1, 3]), (CLASSIFY, [1, 3])])
+def test_a_request_is_routed_from_one_look_at_discovery(
+        pipe: InProcessPipeline, steps: list[dict[str, Any]], route: list[int]) -> None:
+    for i in (2, 3):
+        pipe.add(i, steps)
+    counting = _CountingDiscovery(pipe.discovery)
+    pipe.add(1, steps).servicer.discovery = counting
+    resp = pipe.stub(1).Process(raw_request(noisy_image()), timeout=20)
+    assert [t.step_id for t in resp.timings] == route
+    assert counting.calls == 1  # before and after the kernel: the same snapshot
 
 
 def test_no_active_next_step_is_unavailable_listing_the_candidates(
@@ -596,7 +621,7 @@ def test_last_step_output_too_large_to_answer_is_refused_naming_the_step(
                                                  ((64, 48, 3), codec.PNG)])
 def test_message_size_estimate_without_serializing_is_never_below_the_real_size(
         shape: tuple[int, int, int], encoding: int) -> None:
-    from stepsvc.step.servicer import IMAGE_FIELD_OVERHEAD
+    from stepsvc.step.checks import IMAGE_FIELD_OVERHEAD
 
     msg = step_pb2.ProcessRequest(request_id="r" * 32, route=[1, 2, 3],
                                   labels={"sharpness": "blurry", "exposure": "normal"},
