@@ -63,7 +63,7 @@ from stepsvc.frames import codec, wire
 from stepsvc.frames.shm import FrameStore
 from stepsvc.ports import free_port
 from stepsvc.protocol import PROCESS_METHOD
-from stepsvc.routing.forward import channel_options
+from stepsvc.routing.channels import channel_options
 from topology.local.supervisor import stop_all
 
 RESULTS = RESULTS_DIR
@@ -318,7 +318,7 @@ def serve_grpc_echo(port: int) -> None:
     """StepService/Process that answers the request's own bytes (no parsing, no kernel)."""
     from concurrent import futures
 
-    from stepsvc.routing.forward import transport_options
+    from stepsvc.routing.channels import transport_options
 
     codec.keep_large_buffers()
     server = grpc.server(futures.ThreadPoolExecutor(8),

@@ -41,7 +41,7 @@ from bench import RESULTS_DIR, save_results
 from bench.chain import processes, step_commands, wait_grpc
 from stepsvc.frames import codec
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
-from stepsvc.routing.forward import channel_options
+from stepsvc.routing.channels import channel_options
 from stepsvc.routing.throttle import throttled
 
 CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("grayscale", {}), ("gaussian_blur", {"sigma": 2.0}), ("identity", {}))

@@ -32,7 +32,7 @@ from bench import RESULTS_DIR, save_results
 from bench.chain import child_env, step_commands, wait_grpc
 from bench.overload import CHAIN, METHOD, frame, load_average
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
-from stepsvc.routing.forward import channel_options
+from stepsvc.routing.channels import channel_options
 from topology.local.supervisor import stop_all
 
 #: The RSS the end is compared with: after this many requests (allocator and caches warm).

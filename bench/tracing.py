@@ -51,8 +51,8 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from bench import RESULTS_DIR
 from stepsvc.frames import codec
 from stepsvc.ports import free_port
+from stepsvc.routing.channels import channel_options
 from stepsvc.routing.discovery import write_static_discovery
-from stepsvc.routing.forward import channel_options
 from stepsvc.telemetry import (
     Tracing,
     annotate_current_span,

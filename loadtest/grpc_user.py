@@ -25,7 +25,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from loadtest import entries
 from loadtest.targets import Target, parse_hosts
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
-from stepsvc.routing.forward import channel_options
+from stepsvc.routing.channels import channel_options
 from stepsvc.routing.throttle import AdaptiveThrottle, throttled
 
 # gRPC's C core must cooperate with Locust's gevent loop, or every blocking call stalls all

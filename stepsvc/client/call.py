@@ -21,7 +21,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from stepsvc.client.tile_submit import TileJobError, read_input
 from stepsvc.frames import codec
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_MB
-from stepsvc.routing.forward import channel_options
+from stepsvc.routing.channels import channel_options
 from stepsvc.routing.throttle import throttled
 
 OUTPUT_ENCODINGS = {".png": codec.PNG, ".jpg": codec.JPEG, ".jpeg": codec.JPEG}

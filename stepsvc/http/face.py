@@ -30,7 +30,7 @@ from stepsvc.http.translate import (
     parse_options,
     success_headers,
 )
-from stepsvc.routing.forward import transport_options
+from stepsvc.routing.channels import transport_options
 from stepsvc.routing.throttle import AdaptiveThrottle, ThrottlingInterceptor
 
 #: Status, headers and body of one HTTP answer.

@@ -33,7 +33,8 @@ from stepsvc.limits import (
     MIB,
 )
 from stepsvc.protocol import DOMAIN_KEY, HEALTH_CHECK_METHOD, SERVICE_NAME
-from stepsvc.routing.forward import Forwarder, server_keepalive_options, transport_options
+from stepsvc.routing.channels import server_keepalive_options, transport_options
+from stepsvc.routing.forward import Forwarder
 from stepsvc.step.admission import Admission
 from stepsvc.step.config import PipelineConfig
 from stepsvc.step.hooks import ActiveSteps, StepObserver

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from stepchain.v1 import step_pb2
 
+from stepsvc.protocol import FAILED_STEP_KEY
 from stepsvc.routing.forward import (
     ANSWER_MARGIN_MAX_S,
-    FAILED_STEP_KEY,
     Candidate,
     Forwarder,
     ForwardError,
