@@ -31,42 +31,49 @@ Usage: ``stepchain bench chain [--sizes 1920x1080 3840x2160] [--requests 30]`` (
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
-import io
-import json
 import os
 import platform
-import signal
-import socket
-import statistics
-import subprocess
+import resource
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image as PILImage
 from stepchain.v1 import step_pb2
 
 import native
-from bench import RESULTS_DIR
-from stepsvc.frames import codec, wire
+from bench._echo import (
+    JPEG_QUALITY,
+    HttpClient,
+    grpc_echo_command,
+    http_commands,
+    jpeg_decode,
+    jpeg_encode,
+    tcp_echo_client,
+    tcp_echo_command,
+)
+from bench._harness import (
+    RESULTS_DIR,
+    bench_image,
+    grpc_caller,
+    interleaved,
+    parse_size,
+    processes,
+    raw_request_bytes,
+    raw_stub,
+    save_results,
+    step_commands,
+    throughput_rounds,
+    wait_grpc,
+    wait_tcp,
+)
+from stepsvc.frames import wire
 from stepsvc.frames.shm import FrameStore
 from stepsvc.ports import free_port
-from stepsvc.protocol import PROCESS_METHOD
-from stepsvc.routing.channels import channel_options
-from topology.local.supervisor import stop_all
 
-RESULTS = RESULTS_DIR
 Kernels = tuple[tuple[str, dict[str, Any]], ...]
 #: "light": ~15 ms of kernels per 1080p frame, transport dominates; "heavy": Richardson-Lucy
 #: deblur makes the kernels dominate, as in a real restoration pipeline.
@@ -75,271 +82,16 @@ CHAINS: dict[str, Kernels] = {
     "heavy": (("deblur", {"sigma": 1.5, "iterations": 10}), ("sharpen", {"amount": 1.0}),
               ("edges", {})),
 }
-JPEG_QUALITY = 90
-MAX_MESSAGE = 64 * 1024 * 1024
 
 
-# -- measuring --------------------------------------------------------------------------------
-
-def stats(samples: list[float]) -> dict[str, float]:
-    """Median / p90 / min of millisecond samples."""
-    samples = sorted(samples)
-    return {"median_ms": round(statistics.median(samples), 3),
-            "p90_ms": round(samples[min(len(samples) - 1, int(0.9 * len(samples)))], 3),
-            "min_ms": round(samples[0], 3), "n": len(samples)}
 
 
-def interleaved(paths: dict[str, Callable[[], Any]], n: int, warmup: int = 3
-                ) -> dict[str, dict[str, float]]:
-    """Times every path `n` times, taking turns, so load changes on a shared machine hit all
-    paths alike; returns stats() per path."""
-    for fn in paths.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(n):
-        for name, fn in paths.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: stats(values) for name, values in samples.items()}
 
 
-def throughput_rounds(paths: dict[str, Callable[[], Any]], clients: int, requests: int,
-                      rounds: int) -> dict[str, dict[str, float]]:
-    """Requests per second per path with `clients` concurrent callers, `requests` calls in all,
-    split into `rounds` turns that alternate between the paths."""
-    per_round = max(clients, requests // rounds)
-    done = dict.fromkeys(paths, 0)
-    elapsed = dict.fromkeys(paths, 0.0)
-    with ThreadPoolExecutor(clients) as pool:
-        for fn in paths.values():
-            list(pool.map(lambda _, f=fn: f(), range(clients)))  # warm every client's path
-        for _ in range(rounds):
-            for name, fn in paths.items():
-                start = time.perf_counter()
-                list(pool.map(lambda _, f=fn: f(), range(per_round)))
-                elapsed[name] += time.perf_counter() - start
-                done[name] += per_round
-    return {name: {"rps": round(done[name] / elapsed[name], 3),
-                   "seconds": round(elapsed[name], 3), "requests": done[name],
-                   "clients": clients} for name in paths}
 
 
-# -- processes ----------------------------------------------------------------------------------
-
-def child_env(threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["STEPCHAIN_LOG_LEVEL"] = "WARNING"
-    return env
 
 
-@contextmanager
-def processes(commands: Sequence[Sequence[str]], threads: int,
-              env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [subprocess.Popen(list(cmd), env={**child_env(threads), **(env or {})},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for cmd in commands]
-    try:
-        yield procs
-    finally:
-        stop_all(procs, grace_s=13.0)  # SIGTERM all, SIGKILL what is left after 15 s
-
-
-def wait_grpc(address: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise RuntimeError(f"step at {address} did not become SERVING in {timeout} s")
-
-
-def wait_tcp(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"HTTP step on port {port} did not start in {timeout} s")
-
-
-def step_commands(tmp: Path, kernels: Sequence[tuple[str, dict[str, Any]]],
-                  threads: int, *extra: str) -> tuple[list[list[str]], list[str]]:
-    """`stepchain step serve` command lines for a linear chain, and their addresses."""
-    ports = [free_port() for _ in kernels]
-    steps = [{"id": i + 1, "type": name, "params": {**params, "threads": threads},
-              **({"next_step": i + 2} if i + 1 < len(kernels) else {})}
-             for i, (name, params) in enumerate(kernels)]
-    discovery = tmp / "discovery.json"
-    discovery.write_text(json.dumps({str(i + 1): f"127.0.0.1:{p}" for i, p in enumerate(ports)}))
-    commands = []
-    for i, port in enumerate(ports):
-        cfg = tmp / f"step-{i + 1}.json"
-        cfg.write_text(json.dumps({"pipeline_id": "bench", "step_id": i + 1, "steps": steps}))
-        commands.append([sys.executable, "-m", "stepsvc.cli", "step", "serve", "--config",
-                         str(cfg), "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
-                         "0", "--discovery", f"static:{discovery}", *extra])
-    return commands, [f"127.0.0.1:{p}" for p in ports]
-
-
-def http_commands(kernels: Sequence[tuple[str, dict[str, Any]]],
-                  threads: int) -> tuple[list[list[str]], list[int]]:
-    """HTTP+JPEG step command lines (this script in --http-step mode) for a linear chain."""
-    ports = [free_port() for _ in kernels]
-    commands = []
-    for i, (name, params) in enumerate(kernels):
-        nxt = f"http://127.0.0.1:{ports[i + 1]}/" if i + 1 < len(kernels) else ""
-        commands.append([sys.executable, "-m", "bench.chain", "--http-step", name,
-                         "--http-port", str(ports[i]), "--http-params",
-                         json.dumps({**params, "threads": threads}), "--http-next", nxt])
-    return commands, ports
-
-
-# -- the HTTP + JPEG baseline step --------------------------------------------------------------
-
-def jpeg_encode(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    src = img[:, :, 0] if img.shape[2] == 1 else img
-    PILImage.fromarray(src).save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return buf.getvalue()
-
-
-def jpeg_decode(data: bytes) -> np.ndarray:
-    arr = np.asarray(PILImage.open(io.BytesIO(data)).convert("RGB"))
-    return arr
-
-
-def serve_http_step(kernel: str, port: int, params: dict[str, Any], next_url: str) -> None:
-    """The common Flask-style step: JPEG in, decode, kernel, JPEG out, POST to the next step."""
-    local = threading.local()
-
-    def post_next(body: bytes) -> bytes:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            host, _, _path = next_url.removeprefix("http://").partition("/")
-            hostname, _, p = host.partition(":")
-            conn = local.conn = http.client.HTTPConnection(hostname, int(p), timeout=120)
-        conn.request("POST", "/", body=body, headers={"Content-Type": "image/jpeg"})
-        reply = conn.getresponse()
-        return reply.read()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            img = jpeg_decode(body)
-            out = native.run(kernel, img, **params)
-            data = jpeg_encode(out)
-            if next_url:
-                data = post_next(data)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    server.serve_forever()
-
-
-class HttpClient:
-    """One keep-alive HTTP connection per calling thread."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.local = threading.local()
-
-    def post(self, body: bytes) -> bytes:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                                timeout=120)
-        conn.request("POST", "/", body=body, headers={"Content-Type": "image/jpeg"})
-        return conn.getresponse().read()
-
-
-# -- the floors: raw TCP echo and pure-bytes gRPC echo, each its own process --------------------
-
-def serve_tcp_echo(port: int) -> None:
-    """Echoes length-prefixed messages: what moving the bytes both ways costs at least."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(8)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while True:
-                head = conn.recv(8, socket.MSG_WAITALL)
-                if len(head) < 8:
-                    return
-                size = int.from_bytes(head, "big")
-                buf = bytearray(size)
-                view, got = memoryview(buf), 0
-                while got < size:
-                    got += conn.recv_into(view[got:])
-                conn.sendall(buf)
-
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-
-def tcp_echo_client(port: int) -> Callable[[bytes], bytes]:
-    client = socket.create_connection(("127.0.0.1", port))
-
-    def echo(data: bytes) -> bytes:
-        client.sendall(len(data).to_bytes(8, "big"))
-        client.sendall(data)
-        buf = bytearray(len(data))
-        view, got = memoryview(buf), 0
-        while got < len(data):
-            got += client.recv_into(view[got:])
-        return bytes(buf)
-    return echo
-
-
-def serve_grpc_echo(port: int) -> None:
-    """StepService/Process that answers the request's own bytes (no parsing, no kernel)."""
-    from concurrent import futures
-
-    from stepsvc.routing.channels import transport_options
-
-    codec.keep_large_buffers()
-    server = grpc.server(futures.ThreadPoolExecutor(8),
-                         options=transport_options(MAX_MESSAGE))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, _context: request)
-    service, _, method = PROCESS_METHOD.lstrip("/").rpartition("/")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        service, {method: handler}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
-    server.wait_for_termination()
-
-
-def raw_stub(address: str) -> grpc.UnaryUnaryMultiCallable:
-    """Process with no serializers: bytes in, bytes out (what the steps' forwarder uses)."""
-    channel = grpc.insecure_channel(address, options=channel_options(MAX_MESSAGE))
-    return channel.unary_unary(PROCESS_METHOD, None, None)
-
-
-# -- CPU and page faults ------------------------------------------------------------------------
 
 def _proc_counters(pid: int) -> tuple[float, int]:
     """(CPU seconds, minor + major page faults) of process `pid` so far."""
@@ -350,8 +102,6 @@ def _proc_counters(pid: int) -> tuple[float, int]:
 
 
 def _self_counters() -> tuple[float, int]:
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime, r.ru_minflt + r.ru_majflt
 
@@ -371,32 +121,6 @@ def cost_per_request(fn: Callable[[], Any], pids: Sequence[int], n: int) -> dict
             "server_page_faults_per_frame": round(server_faults / n, 1)}
 
 
-# -- the benchmark ------------------------------------------------------------------------------
-
-def bench_image(width: int, height: int) -> tuple[np.ndarray, str]:
-    """A real photograph (scikit-image's astronaut) resized to width x height, or noise."""
-    try:
-        from skimage import data
-        photo = np.ascontiguousarray(data.astronaut())
-        return native.resize(photo, width=width, height=height, method="bicubic"), "astronaut"
-    except ImportError:  # scikit-image is a test extra; noise is the worst case for JPEG
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "noise"
-
-
-def raw_request_bytes(img: np.ndarray) -> bytes:
-    return step_pb2.ProcessRequest(image=codec.raw_image(img)).SerializeToString()
-
-
-def grpc_caller(address: str, payload: bytes) -> Callable[[], bytes]:
-    """A caller sending pre-serialized bytes; the answer's image header is read, no copy."""
-    stub = raw_stub(address)
-
-    def call() -> bytes:
-        raw: bytes = stub(payload, timeout=120)
-        wire.response_image(raw)
-        return raw
-    return call
 
 
 def shm_caller(address: str, shape: tuple[int, int, int]) -> tuple[Callable[[], Any], FrameStore]:
@@ -434,8 +158,7 @@ def run_hop(img: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     payload = raw_request_bytes(img)
     small_payload = raw_request_bytes(img[:1, :40])  # ~150 bytes, about a handle request
     tcp_port, echo_port = free_port(), free_port()
-    floors = [[sys.executable, "-m", "bench.chain", "--tcp-echo", str(tcp_port)],
-              [sys.executable, "-m", "bench.chain", "--grpc-echo", str(echo_port)]]
+    floors = [tcp_echo_command(tcp_port), grpc_echo_command(echo_port)]
     with tempfile.TemporaryDirectory() as tmp:
         tuned_dir, untuned_dir = Path(tmp) / "tuned", Path(tmp) / "untuned"
         tuned_dir.mkdir()
@@ -535,14 +258,6 @@ def run_chain(kernels: Kernels, img: np.ndarray, args: argparse.Namespace) -> di
     return {"kernels": [f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
                         for name, params in kernels],
             **{k: {**rates[k], **costs[k], "latency": latency[k]} for k in paths}}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    try:
-        return int(w), int(h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -677,32 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=max(2, 2 * (os.cpu_count() or 1)),
                         help="concurrent callers for throughput (default 2 x CPUs)")
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads per kernel call")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    # internal: the helper processes this benchmark starts
-    parser.add_argument("--http-step", help=argparse.SUPPRESS)
-    parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--http-params", default="{}", help=argparse.SUPPRESS)
-    parser.add_argument("--http-next", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--tcp-echo", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--grpc-echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     args = parser.parse_args(argv)
-    if args.http_step:
-        serve_http_step(args.http_step, args.http_port, json.loads(args.http_params),
-                        args.http_next)
-        return 0
-    if args.tcp_echo:
-        serve_tcp_echo(args.tcp_echo)
-        return 0
-    if args.grpc_echo:
-        serve_grpc_echo(args.grpc_echo)
-        return 0
     res = run(args)
-    text = table(res)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "chain.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "chain.md").write_text(text)
-    print(f"wrote {args.out / 'chain.json'} and {args.out / 'chain.md'}")
+    save_results(args.out, "chain", res, table(res))
     return 0
 
 

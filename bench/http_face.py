@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from bench import RESULTS_DIR, write_results
+from bench._harness import RESULTS_DIR, write_results
 from stepsvc.frames import codec
 from stepsvc.http.server import start_http_face
 from stepsvc.step.config import parse_config

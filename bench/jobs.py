@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench import RESULTS_DIR, write_results
+from bench._harness import RESULTS_DIR, write_results
 from bench._jobs_harness import ServiceProcess, photos, rss_kb
 from bench._s3_server import S3Server
 from topology.jobs.locations import Location

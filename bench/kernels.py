@@ -26,14 +26,16 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import native
-from bench import RESULTS_DIR
+from bench._harness import RESULTS_DIR, parse_size
+from bench._kernels_cases import Case, Fn, case_label, cases, test_image
+from bench._kernels_report import TARGET_SPEEDUP, TARGET_VS_OPENCV, markdown, plot
+from topology.load.amdahl import fit_parallel_fraction
 
 DEFAULT_SIZES = ("1920x1080", "3840x2160")
 QUICK_SIZES = ("160x96",)
@@ -43,137 +45,11 @@ DEFAULT_OUT = RESULTS_DIR
 #: pause they take a core from the next block.
 SETTLE_S = 0.05
 
-Fn = Callable[[], Any]
-
 
 def _settle() -> None:
     time.sleep(SETTLE_S)
 
 
-@dataclass(frozen=True)
-class Case:
-    """One kernel call and its nearest OpenCV / Pillow equivalents (None: there is none)."""
-
-    kernel: str
-    params: dict[str, Any]
-    opencv_op: str | None
-    pillow_op: str | None
-    build: Callable[[np.ndarray, Any, int], tuple[Fn, Fn | None, Fn | None]] = field(repr=False)
-
-
-def _cases() -> list[Case]:
-    """The benchmarked calls. Imports OpenCV and Pillow lazily (test-only dependencies)."""
-    import cv2
-    from PIL import Image, ImageEnhance, ImageFilter
-
-    def identity(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        return (lambda: native.identity(img, threads=t), None, pil.copy)
-
-    def grayscale(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        return (lambda: native.grayscale(img, threads=t),
-                lambda: cv2.cvtColor(img, cv2.COLOR_RGB2GRAY),
-                lambda: pil.convert("L"))
-
-    def blur(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        return (lambda: native.gaussian_blur(img, sigma=3.0, threads=t),
-                lambda: cv2.GaussianBlur(img, (19, 19), 3.0, borderType=cv2.BORDER_REPLICATE),
-                lambda: pil.filter(ImageFilter.GaussianBlur(radius=3)))
-
-    def sharpen(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        def cv_sharpen() -> np.ndarray:
-            soft = cv2.GaussianBlur(img, (7, 7), 1.0, borderType=cv2.BORDER_REPLICATE)
-            return cv2.addWeighted(img, 2.0, soft, -1.0, 0.0)
-        return (lambda: native.sharpen(img, amount=1.0, sigma=1.0, threads=t), cv_sharpen,
-                lambda: pil.filter(ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)))
-
-    def edges(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        def cv_edges() -> np.ndarray:
-            gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
-            gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
-            return cv2.convertScaleAbs(cv2.magnitude(gx, gy))
-        return (lambda: native.edges(img, threads=t), cv_edges,
-                lambda: pil.filter(ImageFilter.FIND_EDGES))
-
-    def brightness(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        return (lambda: native.brightness(img, factor=1.2, threads=t),
-                lambda: cv2.convertScaleAbs(img, alpha=1.2, beta=0.0),
-                lambda: ImageEnhance.Brightness(pil).enhance(1.2))
-
-    def resize(method: str) -> Callable[[np.ndarray, Any, int], tuple[Fn, Fn | None, Fn | None]]:
-        flag = cv2.INTER_LINEAR if method == "bilinear" else cv2.INTER_CUBIC
-        resample = Image.Resampling.BILINEAR if method == "bilinear" else Image.Resampling.BICUBIC
-
-        def build(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-            h, w = img.shape[:2]
-            return (lambda: native.resize(img, scale=2.0, method=method, threads=t),
-                    lambda: cv2.resize(img, (2 * w, 2 * h), interpolation=flag),
-                    lambda: pil.resize((2 * w, 2 * h), resample))
-        return build
-
-    def deblur(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        return (lambda: native.deblur(img, sigma=1.5, iterations=5, threads=t), None, None)
-
-    def classify(img: np.ndarray, pil: Image.Image, t: int) -> tuple[Fn, Fn | None, Fn | None]:
-        def cv_classify() -> Any:
-            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-            return cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F, ksize=1)), cv2.mean(gray)
-        return (lambda: native.classify(img, threads=t), cv_classify, None)
-
-    return [
-        Case("identity", {}, None, "Image.copy", identity),
-        Case("grayscale", {}, "cvtColor(RGB2GRAY)", "convert('L')", grayscale),
-        Case("gaussian_blur", {"sigma": 3.0}, "GaussianBlur(19x19, 3, REPLICATE)",
-             "GaussianBlur(radius=3)", blur),
-        Case("sharpen", {"amount": 1.0, "sigma": 1.0}, "GaussianBlur + addWeighted",
-             "UnsharpMask(1, 100%)", sharpen),
-        Case("edges", {}, "2x Sobel + magnitude + convertScaleAbs", "FIND_EDGES (3x3)", edges),
-        Case("brightness", {"factor": 1.2}, "convertScaleAbs(alpha=1.2)",
-             "ImageEnhance.Brightness", brightness),
-        Case("resize", {"scale": 2.0, "method": "bilinear"}, "resize(INTER_LINEAR)",
-             "resize(BILINEAR)", resize("bilinear")),
-        Case("resize", {"scale": 2.0, "method": "bicubic"}, "resize(INTER_CUBIC)",
-             "resize(BICUBIC)", resize("bicubic")),
-        Case("deblur", {"sigma": 1.5, "iterations": 5}, None, None, deblur),
-        Case("classify", {}, "gray + Laplacian + meanStdDev (no colourfulness)", None, classify),
-    ]
-
-
-def case_label(case: Case) -> str:
-    """Short row label: the kernel, plus the method for resize."""
-    return f"resize ({case.params['method']})" if case.kernel == "resize" else case.kernel
-
-
-def test_image(width: int, height: int) -> np.ndarray:
-    """A real photograph (scikit-image's astronaut) resized to width x height, RGB."""
-    import cv2
-    from skimage import data
-
-    return np.ascontiguousarray(
-        cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC))
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1920x1080' -> (1920, 1080)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
-
-
-
-
-#: A kernel is memory-bound when its 1-thread traffic (input + output bytes per second) times
-#: the speed-up target would exceed the roof: the best copy bandwidth ``native.identity``
-#: reached at this size, in the bandwidth probe or its own rounds, at any thread count
-#: (bandwidth does not shrink with threads; a lower figure is interference). Such a kernel cannot reach the target by any
-#: parallelisation, so its roofline is reported instead of a speed-up target and an Amdahl fit.
-#: The issue's targets: ours / OpenCV at 1 and 2 threads, and the 2-thread speed-up of every
-#: kernel that is not memory-bound.
-TARGET_VS_OPENCV = 1.0
-TARGET_SPEEDUP = 1.8
 #: Pillow is single-threaded and slow; it is timed in this many rounds at most.
 PILLOW_ROUNDS = 3
 #: Aim for blocks of about this many seconds (1..5 calls) per timed sample.
@@ -303,25 +179,10 @@ def _bytes_moved(case: Case, img: np.ndarray, pil: Any) -> int:
     return img.nbytes + (result.nbytes if isinstance(result, np.ndarray) else 0)
 
 
-def amdahl_serial_fraction(threads: Sequence[int], speedup: Sequence[float]) -> float | None:
-    """Least-squares serial fraction f of Amdahl's law S(t) = 1 / (f + (1 - f) / t).
-
-    1/S is linear in f: 1/S - 1/t = f (1 - 1/t); points with t = 1 carry no information.
-    Clamped to [0, 1]; None when only one thread count was measured."""
-    num = den = 0.0
-    for t, s in zip(threads, speedup, strict=True):
-        if t <= 1 or s <= 0:
-            continue
-        x = 1.0 - 1.0 / t
-        num += (1.0 / s - 1.0 / t) * x
-        den += x * x
-    if den == 0.0:
-        return None
-    return min(1.0, max(0.0, num / den))
-
-
-def amdahl(t: float, f: float) -> float:
-    return 1.0 / (f + (1.0 - f) / t)
+def serial_fraction(threads: Sequence[int], speedups: Sequence[float]) -> float | None:
+    """Amdahl's serial fraction (1 - the parallel fraction) fitted to measured speed-ups."""
+    p = fit_parallel_fraction(list(zip(threads, speedups, strict=True)))
+    return None if p is None else 1.0 - p
 
 
 def _machine(cv_version: str, pil_version: str) -> dict[str, Any]:
@@ -341,7 +202,7 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
     import PIL
     from PIL import Image
 
-    cases = [c for c in _cases() if not kernels or c.kernel in kernels]
+    chosen = [c for c in cases() if not kernels or c.kernel in kernels]
     cv_threads_before = cv2.getNumThreads()
     rows: list[dict[str, Any]] = []
     copy_bw: dict[str, dict[int, float]] = {}
@@ -356,7 +217,7 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
             copy_bw[size] = _copy_bandwidth(img, threads, repeat)
             log(f"{size:>10} copy bandwidth (native.identity): " + ", ".join(
                 f"t={t} {bw / 1e9:.1f} GB/s" for t, bw in copy_bw[size].items()))
-            for case in cases:
+            for case in chosen:
                 samples = _measure(case, img, pil, threads, repeat)
                 loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
                 nbytes = _bytes_moved(case, img, pil)
@@ -464,7 +325,7 @@ def _scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry["roof_gb_per_s"] = roof
             bound = label == "identity" or TARGET_SPEEDUP * entry["gb_per_s"][0] > roof
             entry["memory_bound"] = bound
-            entry["serial_fraction"] = None if bound else amdahl_serial_fraction(
+            entry["serial_fraction"] = None if bound else serial_fraction(
                 entry["threads"], entry["speedup"])
     return out
 
@@ -506,174 +367,6 @@ def _targets(doc: dict[str, Any], threads: Sequence[int]) -> list[dict[str, Any]
                 add(size, f"{label} speed-up {sc['threads'][0]} -> {t_cmp} threads (CPU critical "
                     "path)", sc["cpu_speedup"][at], ">=", TARGET_SPEEDUP)
     return out
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    """The result document as Markdown: one table per size, then scaling/roofline and targets."""
-    m = doc["machine"]
-    cfg = doc["config"]
-    per_case = [x for x in m.get("load_average_per_case") or [] if x is not None]
-    lines = [
-        "# Native kernels vs OpenCV and Pillow",
-        "",
-        f"{m['cpu_count']} cores ({m['processor']}, {m['platform']}); Python {m['python']}, "
-        f"OpenCV {m['opencv']}, Pillow {m['pillow']}. {cfg['rounds']} paired rounds per "
-        f"kernel; image: {cfg['image']}. **Load average** before / after: "
-        f"{_load(m['load_average_before'])} / {_load(m['load_average_after'])}"
-        + (f"; 1-minute load during the kernels {min(per_case):.1f}-{max(per_case):.1f}"
-           if per_case else "") + ".",
-        "",
-        "The machine is shared (8 engineers' builds and tests on 2 cores while this ran), so "
-        "absolute times are inflated and noisy. Ratios are therefore paired: each round times "
-        "a block of stepchain calls, then a block of OpenCV calls, at every thread count, and "
-        "`ours/OpenCV` and `speed-up` are medians of the per-round ratios (the range is the "
-        "spread over rounds). `ours/OpenCV` < 1 means stepchain is faster; OpenCV runs with "
-        "`cv2.setNumThreads` = threads; `Pillow/ours` is how many times faster stepchain is "
-        "than Pillow (single-threaded). `GB/s` is the compulsory traffic (input read + output "
-        "written once) per second, `% copy` that against `native.identity`'s copy bandwidth at "
-        "the same size and thread count. `ours/OpenCV CPU` (1 thread only, where both run on "
-        "the calling thread) is the paired ratio of that thread's CPU time: the wall time "
-        "less the time other processes had the core, the figure the load disturbs least. "
-        "`speed-up (CPU path)` is the 1-thread call's CPU time over the CPU time of the "
-        "busiest thread of the N-thread call (per-thread CPU from /proc): the speed-up N "
-        "dedicated cores would give, short of shared memory bandwidth, which time spent "
-        "waiting for a core does not distort.",
-        "",
-    ]
-    for size in cfg["sizes"]:
-        bw = doc["copy_bandwidth_gb_per_s"].get(size, {})
-        lines += [f"## {size} RGB", "",
-                  "Copy bandwidth (`native.identity`, read + write): " + ", ".join(
-                      f"{t} thread(s) {v:.1f} GB/s" for t, v in bw.items()) + ".", "",
-                  "| kernel | threads | stepchain ms | OpenCV ms | ours/OpenCV (range) | "
-                  "ours/OpenCV CPU | Pillow ms | Pillow/ours | GB/s | % copy | speed-up | "
-                  "speed-up (CPU path) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in (r for r in doc["results"] if r["size"] == size):
-            rng = r["vs_opencv_range"]
-            ratio = (f"{r['vs_opencv']:.2f}x ({rng[0]:.2f}-{rng[1]:.2f})"
-                     if r["vs_opencv"] is not None else "-")
-            lines.append(
-                f"| {r['label']} | {r['threads']} | {_f(r['stepchain_ms'])} | "
-                f"{_f(r['opencv_ms'])} | {ratio} | {_f(r.get('vs_opencv_cpu'), 2, 'x')} | "
-                f"{_f(r['pillow_ms'])} | "
-                f"{_f(r['pillow_speedup'], 1, 'x')} | {_f(r['gb_per_s'], 1)} | "
-                f"{_f(r['roofline'] * 100, 0)} | {_f(r['speedup'], 2, 'x')} | "
-                f"{_f(r.get('cpu_speedup'), 2, 'x')} |")
-        lines += ["", "| kernel | bound by | scaling | OpenCV equivalent | Pillow equivalent |",
-                  "|---|---|---|---|---|"]
-        scaling = doc["scaling"].get(size, {})
-        seen: set[str] = set()
-        for r in (r for r in doc["results"] if r["size"] == size):
-            if r["label"] in seen:
-                continue
-            seen.add(r["label"])
-            sc = scaling[r["label"]]
-            if sc["memory_bound"]:
-                how = "memory", "roofline: " + ", ".join(
-                    f"{t} thr {g:.1f} GB/s" for t, g in
-                    zip(sc["threads"], sc["gb_per_s"], strict=True)) + (
-                    f" under a {sc['roof_gb_per_s']:.1f} GB/s copy roof "
-                    f"({TARGET_SPEEDUP}x the 1-thread rate would be "
-                    f"{TARGET_SPEEDUP * sc['gb_per_s'][0] / sc['roof_gb_per_s'] * 100:.0f}% of it)")
-            else:
-                f = sc["serial_fraction"]
-                how = "compute", f"Amdahl serial fraction {_f(f, 2)}"
-            lines.append(f"| {r['label']} | {how[0]} | {how[1]} | {r['opencv_op'] or '-'} | "
-                         f"{r['pillow_op'] or '-'} |")
-        lines.append("")
-    lines += ["## Targets", "", "| size | target | value | limit | met |",
-              "|---|---|---:|---:|---|"]
-    for t in doc["targets"]:
-        verdict = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        lines.append(f"| {t['size']} | {t['target']} | {_f(t['value'], 2)} | {t['op']} "
-                     f"{t['limit']:g} | {verdict} |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _f(v: float | None, digits: int = 2, suffix: str = "") -> str:
-    return "-" if v is None else f"{v:.{digits}f}{suffix}"
-
-
-def _load(v: Sequence[float] | None) -> str:
-    return "-" if not v else ", ".join(f"{x:.2f}" for x in v)
-
-
-def plot(doc: dict[str, Any], path: Path) -> None:
-    """One row per size: ours/OpenCV per kernel and thread count; the speed-up of the
-    compute-bound kernels with dashed Amdahl fits; the memory-bound ones' GB/s under the copy
-    bandwidth roof."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = doc["config"]["sizes"]
-    threads = doc["config"]["threads"]
-    fig, axes = plt.subplots(len(sizes), 3, figsize=(20.0, 5.4 * len(sizes)), squeeze=False)
-    t_fine = np.linspace(1, max(threads), 50)
-    colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
-    for row, size in zip(axes, sizes, strict=True):
-        ratio_ax, speed_ax, roof_ax = row
-        results = [r for r in doc["results"] if r["size"] == size and r["vs_opencv"] is not None]
-        labels = list(dict.fromkeys(r["label"] for r in results))
-        width = 0.8 / max(1, len(threads))
-        for j, t in enumerate(threads):
-            vals = [next((r["vs_opencv"] for r in results
-                          if r["label"] == lb and r["threads"] == t), 0.0) for lb in labels]
-            ratio_ax.bar(np.arange(len(labels)) + j * width, vals, width, label=f"{t} thread(s)")
-        ratio_ax.axhline(TARGET_VS_OPENCV, color="red", linestyle="--", label="OpenCV")
-        ratio_ax.set_xticks(np.arange(len(labels)) + width * (len(threads) - 1) / 2)
-        ratio_ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        ratio_ax.set_yscale("log")
-        ratio_ax.set_ylabel("stepchain time / OpenCV time (log)")
-        ratio_ax.set_title(f"{size} RGB: time relative to OpenCV (lower is faster)")
-        ratio_ax.legend(fontsize=8)
-        ratio_ax.grid(axis="y", alpha=0.3)
-        scaling = doc["scaling"].get(size, {})
-        for i, (label, sc) in enumerate(scaling.items()):
-            color = colors[i % len(colors)]
-            if sc["memory_bound"]:
-                roof_ax.plot(sc["threads"], sc["gb_per_s"], "o-", color=color,
-                             label=f"{label} ({sc['roofline'][-1] * 100:.0f}% of copy)")
-                continue
-            f = sc["serial_fraction"]
-            name = f"{label} (serial {f:.2f})" if f is not None else label
-            speed_ax.plot(sc["threads"], sc["speedup"], "o-", color=color, label=name)
-            cpu = [(t, v) for t, v in zip(sc["threads"], sc.get("cpu_speedup", []), strict=False)
-                   if v is not None]
-            if cpu:
-                speed_ax.plot(*zip(*cpu, strict=True), "x", color=color, markersize=10,
-                              markeredgewidth=2)
-            if f is not None:
-                speed_ax.plot(t_fine, [amdahl(t, f) for t in t_fine], "--", color=color,
-                              alpha=0.5)
-        bw = doc["copy_bandwidth_gb_per_s"].get(size, {})
-        roof_ax.plot([int(t) for t in bw], list(bw.values()), "k-", linewidth=2.5,
-                     label="copy bandwidth (identity)")
-        if bw:
-            roof_ax.axhline(max(bw.values()), color="k", linestyle=":", label="roof (best copy)")
-        speed_ax.plot(t_fine, t_fine, ":", color="grey", label="ideal")
-        speed_ax.axhline(TARGET_SPEEDUP, color="red", linestyle="--", alpha=0.5,
-                         label=f"target {TARGET_SPEEDUP}x at 2 threads")
-        speed_ax.set_title(f"{size}: compute-bound kernels, speed-up: wall (o, dashed Amdahl "
-                           "fit), CPU critical path (x)", fontsize=10)
-        roof_ax.set_title(f"{size}: memory-bound kernels, roofline (GB/s in + out)")
-        for ax, ylabel in ((speed_ax, "speed-up over 1 thread"), (roof_ax, "GB/s")):
-            ax.set_xlabel("threads")
-            ax.set_ylabel(ylabel)
-            ax.set_xticks(threads)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7.5, loc="upper left")
-        roof_ax.set_ylim(bottom=0)
-    load = doc["machine"].get("load_average_before")
-    fig.suptitle(f"stepchain kernels on {doc['machine']['cpu_count']} shared cores "
-                 f"({doc['config']['rounds']} paired rounds; load average at start "
-                 f"{_load(load[:1] if load else None)})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def write(doc: dict[str, Any], out: Path) -> dict[str, Path]:

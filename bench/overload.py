@@ -35,43 +35,27 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
-from bench import RESULTS_DIR, save_results
-from bench.chain import processes, step_commands, wait_grpc
-from stepsvc.frames import codec
+from bench._harness import (
+    CHAIN,
+    RESULTS_DIR,
+    frame,
+    load_average,
+    percentile,
+    processes,
+    save_results,
+    step_commands,
+    wait_grpc,
+)
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
+from stepsvc.protocol import PROCESS_METHOD
 from stepsvc.routing.channels import channel_options
 from stepsvc.routing.throttle import throttled
 
-CHAIN: tuple[tuple[str, dict[str, Any]], ...] = (("grayscale", {}), ("gaussian_blur", {"sigma": 2.0}), ("identity", {}))
-METHOD = "/stepchain.v1.StepService/Process"
 #: How a refusal made by the client's own throttle starts ("not sent: ..."): counted apart.
 LOCAL_REFUSAL = "not sent"
 #: Seconds past its deadline after which a call without an answer counts as hung.
 HANG_MARGIN_S = 5.0
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def percentile(samples: Sequence[float], q: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def frame(width: int, height: int) -> bytes:
-    """A serialized ProcessRequest with a noisy RGB frame (serialized once, sent as bytes)."""
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    from stepchain.v1 import step_pb2
-
-    request = step_pb2.ProcessRequest()
-    codec.write_image(request.image, img, codec.RAW)
-    return request.SerializeToString()
 
 
 def saturation(call: Any, payload: bytes, clients: int, seconds: float,
@@ -180,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.connections)]
             if args.client_throttling:  # each connection is a client with its own throttle
                 channels = [throttled(c, f"the pipeline at {addresses[0]}") for c in channels]
-            calls = [c.unary_unary(METHOD, None, None) for c in channels]  # bytes, no parsing
+            calls = [c.unary_unary(PROCESS_METHOD, None, None) for c in channels]  # bytes, no parsing
             call = calls[0]
             for _ in range(3):  # warm up
                 call(payload, timeout=args.deadline)

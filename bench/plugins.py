@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 import native
-from bench import RESULTS_DIR, write_results
-from bench.chain import (
+from bench._harness import (
+    RESULTS_DIR,
     bench_image,
     grpc_caller,
     interleaved,
@@ -44,6 +44,7 @@ from bench.chain import (
     step_commands,
     throughput_rounds,
     wait_grpc,
+    write_results,
 )
 from stepsvc.frames import wire
 

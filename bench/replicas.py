@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import RESULTS_DIR, write_results
+from bench._harness import RESULTS_DIR, write_results
 from stepsvc.client import call
 from stepsvc.frames import codec
 from topology.local.backend import LocalBackend

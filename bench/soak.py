@@ -28,10 +28,18 @@ from typing import Any
 
 import grpc
 
-from bench import RESULTS_DIR, save_results
-from bench.chain import child_env, step_commands, wait_grpc
-from bench.overload import CHAIN, METHOD, frame, load_average
+from bench._harness import (
+    CHAIN,
+    RESULTS_DIR,
+    child_env,
+    frame,
+    load_average,
+    save_results,
+    step_commands,
+    wait_grpc,
+)
 from stepsvc.limits import DEFAULT_MAX_MESSAGE_BYTES
+from stepsvc.protocol import PROCESS_METHOD
 from stepsvc.routing.channels import channel_options
 from topology.local.supervisor import stop_all
 
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wait_grpc(address)
             with grpc.insecure_channel(addresses[0], options=channel_options(
                     DEFAULT_MAX_MESSAGE_BYTES)) as channel:
-                call = channel.unary_unary(METHOD, None, None)  # bytes in and out
+                call = channel.unary_unary(PROCESS_METHOD, None, None)  # bytes in and out
                 done = 0
                 lock = threading.Lock()
                 started = time.monotonic()

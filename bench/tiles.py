@@ -35,7 +35,7 @@ import numpy as np
 from skimage import data
 
 import native
-from bench import RESULTS_DIR, write_results
+from bench._harness import RESULTS_DIR, write_results
 from topology.local.backend import LocalBackend
 from topology.pipeline.graph import parse_pipeline
 

@@ -48,7 +48,7 @@ from opentelemetry.proto.collector.trace.v1 import (
 )
 from stepchain.v1 import step_pb2, step_pb2_grpc
 
-from bench import RESULTS_DIR
+from bench._harness import RESULTS_DIR
 from stepsvc.frames import codec
 from stepsvc.ports import free_port
 from stepsvc.routing.channels import channel_options

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.kernels import amdahl, amdahl_serial_fraction, main
+from bench.kernels import main, serial_fraction
+from topology.load.amdahl import speedup
 
 
 @pytest.mark.slow
@@ -44,12 +45,10 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path: Path,
     assert "wrote " in capsys.readouterr().out
 
 
-def test_amdahl_fit_recovers_the_serial_fraction() -> None:
+def test_serial_fraction_is_what_the_amdahl_fit_leaves_serial() -> None:
     threads = [1, 2, 4, 8]
-    assert amdahl_serial_fraction(threads, [amdahl(t, 0.1) for t in threads]) == pytest.approx(0.1)
-    assert amdahl_serial_fraction([1, 2], [1.0, 2.0]) == pytest.approx(0.0)
-    assert amdahl_serial_fraction([1, 2], [1.0, 1.0]) == pytest.approx(1.0)
-    assert amdahl_serial_fraction([1], [1.0]) is None
+    assert serial_fraction(threads, [speedup(0.9, t) for t in threads]) == pytest.approx(0.1)
+    assert serial_fraction([1], [1.0]) is None
 
 
 @pytest.mark.slow

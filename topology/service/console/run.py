@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepsvc.limits import DEFAULT_MAX_PASSES
-from topology.service.console.amdahl import fit_parallel_fraction
+from topology.load.amdahl import fit_parallel_fraction
 from topology.service.console.svg import Phases
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from topology.load.amdahl import speedup
 from topology.pipeline.flow import layers
-from topology.service.console.amdahl import speedup
 
 PHASE_COLOURS = {"queue": "#9e9e9e", "decode": "#42a5f5", "kernel": "#fb8c00",
                  "forward": "#ce93d8", "encode": "#66bb6a"}

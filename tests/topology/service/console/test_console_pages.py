@@ -17,7 +17,6 @@ from stepsvc.step.config import StepSpec
 from topology.backend import ApplyResult, PipelineStatus, StepStatus
 from topology.pipeline.graph import Pipeline
 from topology.service.app import create_app
-from topology.service.console.amdahl import fit_parallel_fraction, speedup
 from topology.service.console.jsonview import annotate
 from topology.service.console.run import RunRefused, run_plan, samples, thread_choices
 from topology.service.console.svg import GraphStep, pipeline_graph
@@ -169,12 +168,6 @@ def test_graph_escapes_what_users_typed() -> None:
     svg = pipeline_graph([GraphStep(id=0, type="<script>", params={"a": "'x'"}, next_step=[],
                                     preferred_next=None, route={})], 0)
     assert "<script>" not in svg and "&lt;script&gt;" in svg
-
-
-def test_amdahl_fit_recovers_the_parallel_fraction() -> None:
-    points = [(n, speedup(0.9, n)) for n in (1, 2, 4, 8)]
-    assert fit_parallel_fraction(points) == pytest.approx(0.9)
-    assert fit_parallel_fraction([(1, 1.0)]) is None
 
 
 def test_thread_choices_double_up_to_the_cores() -> None:

@@ -1,4 +1,7 @@
-"""Amdahl's law fitted to measured speed-ups (pure).
+"""Amdahl's law fitted to measured speed-ups (pure): how far more threads help a step.
+
+The console's Run fits it to a pipeline's speed-ups per thread count, ``stepchain bench kernels``
+to each kernel's; both read the fit from here.
 
 With a parallel fraction ``p`` of the work, ``n`` threads give a speed-up
 ``S(n) = 1 / ((1 - p) + p / n)``. Rewritten as ``1/S - 1 = p (1/n - 1)`` it is linear in ``p``
