@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import pydantic
@@ -43,7 +44,7 @@ from stepsvc.step.graph import ends_pipeline_message, find_cycle
 SOURCE = "PIPELINE_CONFIG"
 
 #: RFC 1123 label (what Kubernetes accepts as a Service name component).
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def written_params(kernel: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +70,15 @@ def kernel_params_of_step(value: dict[str, Any], info: ValidationInfo) -> dict[s
 #: A step's ``params``, checked against its kernel: shared by this config model and the topology
 #: service's pipeline model (``topology.pipeline.model``), so both accept and normalise the same params.
 KernelParams = Annotated[dict[str, Any], AfterValidator(kernel_params_of_step)]
+
+
+def successors_as_list(value: Any) -> Any:
+    """`next_step` as a list: the Flask-era pipeline format writes a single successor as a bare
+    int (``3`` -> ``[3]``); anything else is left to validation. Shared with the service's
+    pipeline model (``topology.pipeline.model``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
 
 
 def check_route_keys(route: dict[str, int]) -> dict[str, int]:
@@ -107,12 +117,7 @@ class StepSpec(BaseModel):
     @field_validator("next_step", mode="before")
     @classmethod
     def _int_or_list(cls, value: Any) -> Any:
-        # The Flask-era pipeline format writes a single successor as a bare int.
-        if value is None:
-            return []
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        return value
+        return [] if value is None else successors_as_list(value)
 
     @field_validator("next_step")
     @classmethod
@@ -162,7 +167,7 @@ class PipelineConfig(BaseModel):
     @field_validator("pipeline_id")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        if len(value) > 63 or not DNS1123_LABEL_RE.match(value):
             raise ValueError(
                 f"{value!r} must be a DNS-1123 label: at most 63 characters of a-z, 0-9 and '-', "
                 "starting and ending with a letter or digit")
@@ -232,17 +237,19 @@ class _FieldError(ValueError):
         self.problem = problem
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def format_loc(loc: Sequence[int | str]) -> str:
+    """`["steps", 2, 0, "next_step"]` as `steps[2][0].next_step` (how a user reads a path);
+    the step config's messages and the pipeline model's (topology) write paths alike."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+    return out or "(top level)"
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
-        base = _format_loc(err["loc"])
+        base = format_loc(err["loc"]) if err["loc"] else ""
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, _FieldError):
             path = f"{base}.{cause.path}" if base else cause.path

@@ -130,7 +130,7 @@ def _colocated_deployment(pipeline: Pipeline, namespace: str, image: str, entry_
         pod_labels=pod_labels(pipeline), selector=colocated_selector(pipeline.pipeline_id),
         config_text=entry_text,
         replicas=None if entry.autoscale else max(s.replicas for s in pipeline.steps),
-        node_selector={k: v for s in pipeline.steps for k, v in s.node_selector.items()},
+        node_selector={k: v for s in pipeline.steps for k, v in s.nodeSelector.items()},
         # One process namespace: the shared-memory sweeper tells a dead neighbour's segments
         # by pid.
         share_process_namespace=True)

@@ -48,7 +48,7 @@ def render_per_step(pipeline: Pipeline, options: RenderOptions) -> list[dict[str
             options, containers=[objects.container(pipeline, step, image, options)],
             volumes=vols, pod_labels=labels(pipeline.pipeline_id, step.id), selector=selector,
             config_text=text, replicas=None if step.autoscale else step.replicas,
-            node_selector=step.node_selector))
+            node_selector=step.nodeSelector))
         if step.autoscale is not None:
             hpas.append(objects.hpa(pipeline, step, namespace, name))
     policies = [network_policy(pipeline, namespace)] if len(pipeline.steps) > 1 else []

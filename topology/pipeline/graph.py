@@ -21,41 +21,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from pydantic import ConfigDict, Field
 
+from stepsvc.step.config import StepSpec as ConfigStep
 from stepsvc.step.graph import ends_pipeline_message, find_cycle
 from topology.pipeline.model import (
     MAX_STEP_ID,
     AlternativesSpec,
-    AutoscaleSpec,
     Loc,
     PipelineInvalid,
     PipelineSpec,
-    ResourcesSpec,
+    StepDeployment,
     StepSpec,
-    VolumeSpec,
     format_loc,
 )
 
 
-@dataclass(frozen=True)
-class Step:
-    """A step after flattening: id assigned, successors resolved, where it was written."""
+class Step(StepDeployment, ConfigStep):
+    """A step after flattening: id assigned, successors resolved, where it was written.
 
-    id: int
-    type: str
-    params: dict[str, Any]
-    next_step: tuple[int, ...]
-    preferred_next: int | None
-    route: dict[str, int]
-    replicas: int
-    threads: int
-    resources: ResourcesSpec | None
-    gpu: int
-    volumes: tuple[VolumeSpec, ...]
-    node_selector: dict[str, str]
-    autoscale: AutoscaleSpec | None
-    #: Field path of this step in the pipeline JSON, e.g. ("steps", 2, 1).
-    loc: Loc = field(compare=False)
+    Its routing is the step config's own schema (:class:`stepsvc.step.config.StepSpec`: id,
+    type, params, next_step, preferred_next, route, checked the same way), so what each step
+    process reads is this step's routing fields as they are; how it runs is the pipeline
+    model's :class:`~topology.pipeline.model.StepDeployment`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    #: A tuple, like the rest of a checked pipeline, immutable (the step config's is a list).
+    next_step: tuple[int, ...] = ()  # type: ignore[assignment]
+    #: Field path of this step in the pipeline JSON, e.g. ("steps", 2, 1): where it was
+    #: written, not part of the step (never serialized).
+    loc: Loc = Field(default=(), exclude=True)
 
 
 @dataclass(frozen=True)
@@ -184,20 +181,19 @@ def resolve_pipeline(spec: PipelineSpec, *, name: str | None = None,
         raise PipelineInvalid(errors)
 
     # 3. Successors: explicit next_step, else every member of the next item.
-    steps: list[Step] = []
+    routing: list[tuple[Loc, StepSpec, dict[str, Any]]] = []
     for n, members in enumerate(items):
         implicit = tuple(ids[n + 1]) if n + 1 < len(items) else ()
         for (loc, s), sid in zip(members, ids[n], strict=True):
             nxt = tuple(s.next_step) if s.next_step is not None else implicit
             nxt, preferred, route = _check_successors(loc, sid, s, nxt, where, fail, warn)
-            steps.append(Step(
-                id=sid, type=s.type, params=dict(s.params), next_step=nxt,
-                preferred_next=preferred, route=route, replicas=s.replicas,
-                threads=s.threads, resources=s.resources, gpu=s.gpu,
-                volumes=tuple(s.volumes), node_selector=dict(s.nodeSelector),
-                autoscale=s.autoscale, loc=loc))
+            routing.append((loc, s, {"id": sid, "next_step": nxt, "preferred_next": preferred,
+                                     "route": route}))
     if errors:
         raise PipelineInvalid(errors)
+    steps = [Step(type=s.type, params=s.params, **resolved, loc=loc,
+                  **{name: getattr(s, name) for name in StepDeployment.model_fields})
+             for loc, s, resolved in routing]
 
     # 4. The graph: no cycles, exactly one entry step.
     by_id = {s.id: s for s in steps}
@@ -266,18 +262,19 @@ def _check_successors(loc: Loc, sid: int, s: StepSpec, nxt: tuple[int, ...],
 
 
 def _canonical(spec: PipelineSpec, steps: tuple[Step, ...], name: str | None) -> dict[str, Any]:
-    """What determines the deployment, as plain JSON (the fingerprint's input)."""
+    """What determines the deployment, as plain JSON (the fingerprint's input): every field of
+    every checked step. Its keys are frozen (`node_selector` as it always was), so a pipeline
+    keeps the fingerprint it was deployed with."""
     return {
         "namespace": spec.namespace,
         "image": spec.image,
         **({"colocate": True} if spec.colocate else {}),  # absent: fingerprints stay as they were
-        "steps": [{
-            "id": s.id, "type": s.type, "params": s.params, "next_step": list(s.next_step),
-            "preferred_next": s.preferred_next, "route": s.route, "replicas": s.replicas,
-            "threads": s.threads, "gpu": s.gpu, "node_selector": s.node_selector,
-            "resources": s.resources.model_dump() if s.resources else None,
-            "volumes": [v.model_dump() for v in s.volumes],
-            "autoscale": s.autoscale.model_dump() if s.autoscale else None,
-        } for s in steps],
+        "steps": [_canonical_step(s) for s in steps],
     }
 
+
+def _canonical_step(step: Step) -> dict[str, Any]:
+    out = step.model_dump()
+    out["node_selector"] = out.pop("nodeSelector")
+    out["next_step"] = list(step.next_step)
+    return out

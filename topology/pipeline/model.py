@@ -38,13 +38,18 @@ from pydantic import (
 from typing_extensions import TypeAliasType
 
 from native.registry import canonical_name, kernel_types
-from stepsvc.step.config import KernelParams, check_route_keys
+from stepsvc.step.config import (
+    DNS1123_LABEL_RE,
+    KernelParams,
+    check_route_keys,
+    format_loc,
+    successors_as_list,
+)
 
 #: DNS-1035 label (what a Service name must be), kept short because `<name>-step-<N>-config`
 #: and the Service `<name>-step-<N>` are built from it and must stay within 63 characters.
 PIPELINE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_PIPELINE_NAME = 40
-DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_STEP_ID = 9999
 MAX_STEPS = 256
 MAX_REPLICAS = 100
@@ -140,14 +145,6 @@ def clean_loc(loc: tuple[Any, ...]) -> Loc:
     return tuple(out)
 
 
-def format_loc(loc: Any) -> str:
-    """`["steps", 2, 0, "next_step"]` as `steps[2][0].next_step` (how a user reads a path)."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def parse_quantity(value: str | int | float) -> Decimal:
     """A Kubernetes resource quantity as a number: `1Gi` -> 1073741824, `500m` -> 0.5.
 
@@ -161,17 +158,10 @@ def parse_quantity(value: str | int | float) -> Decimal:
     return Decimal(text[:len(text) - len(suffix)]) * QUANTITY_FACTORS[suffix]
 
 
-def _int_to_list(value: Any) -> Any:
-    # The Flask-era format writes a single successor as a bare int.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    return value
-
-
 _STEP_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_STEP_ID}
 NextStep = Annotated[
     list[Annotated[int, Field(ge=0, le=MAX_STEP_ID)]] | None,
-    BeforeValidator(_int_to_list),
+    BeforeValidator(successors_as_list),
     WithJsonSchema({"anyOf": [_STEP_ID_SCHEMA, {"type": "array", "items": _STEP_ID_SCHEMA},
                               {"type": "null"}],
                     "description": "successor step id(s); absent: the next item of `steps`"}),
@@ -320,8 +310,49 @@ class AutoscaleSpec(BaseModel):
         return self
 
 
-class StepSpec(BaseModel):
-    """One step as written in the pipeline JSON."""
+class StepDeployment(BaseModel):
+    """How a step runs, wherever it runs: replicas, threads, resources, GPUs, volumes, node
+    selector, autoscaling. Part of a step as written (:class:`StepSpec`) and of a checked step
+    (:class:`topology.pipeline.graph.Step`), so both accept and write the same fields."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
+    threads: int = Field(1, ge=1, le=MAX_THREADS, description="OMP_NUM_THREADS of the step")
+    resources: ResourcesSpec | None = None
+    gpu: GpuCount = 0
+    volumes: list[VolumeSpec] = Field(default_factory=list, max_length=32)
+    nodeSelector: dict[str, str] = Field(default_factory=dict,
+                                         validation_alias=AliasChoices("nodeSelector",
+                                                                       "node_selector"))
+    autoscale: AutoscaleSpec | None = None
+
+    @field_validator("nodeSelector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if len(key) > 316 or not LABEL_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid label key")
+            if not LABEL_VALUE_RE.match(val):
+                raise ValueError(f"{key}: {val!r} is not a valid label value (at most 63 "
+                                 "characters of A-Z, a-z, 0-9, '-', '_', '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_volumes(self) -> StepDeployment:
+        names = [v.name for v in self.volumes]
+        mounts = [v.mountPath for v in self.volumes]
+        for what, values in (("name", names), ("mountPath", mounts)):
+            dup = sorted({x for x in values if values.count(x) > 1})
+            if dup:
+                raise ValueError(f"volumes: {what} {', '.join(dup)} used more than once")
+        return self
+
+
+class _WrittenRouting(BaseModel):
+    """A step's routing as a user writes it: the id and successors may be left out (assigned
+    in order, and the next item of ``steps``); the checked step's routing is the step config's
+    (:class:`stepsvc.step.config.StepSpec`)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -335,15 +366,6 @@ class StepSpec(BaseModel):
     preferred_next: int | None = Field(None, ge=0, le=MAX_STEP_ID)
     route: dict[str, Annotated[int, Field(ge=0, le=MAX_STEP_ID)]] = Field(
         default_factory=dict, description="classify label (or facet=label) -> step id tried first")
-    replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
-    threads: int = Field(1, ge=1, le=MAX_THREADS, description="OMP_NUM_THREADS of the step")
-    resources: ResourcesSpec | None = None
-    gpu: GpuCount = 0
-    volumes: list[VolumeSpec] = Field(default_factory=list, max_length=32)
-    nodeSelector: dict[str, str] = Field(default_factory=dict,
-                                         validation_alias=AliasChoices("nodeSelector",
-                                                                       "node_selector"))
-    autoscale: AutoscaleSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -366,26 +388,9 @@ class StepSpec(BaseModel):
     def _route_keys(cls, value: dict[str, int]) -> dict[str, int]:
         return check_route_keys(value)
 
-    @field_validator("nodeSelector")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if len(key) > 316 or not LABEL_KEY_RE.match(key):
-                raise ValueError(f"{key!r} is not a valid label key")
-            if not LABEL_VALUE_RE.match(val):
-                raise ValueError(f"{key}: {val!r} is not a valid label value (at most 63 "
-                                 "characters of A-Z, a-z, 0-9, '-', '_', '.')")
-        return value
 
-    @model_validator(mode="after")
-    def _unique_volumes(self) -> StepSpec:
-        names = [v.name for v in self.volumes]
-        mounts = [v.mountPath for v in self.volumes]
-        for what, values in (("name", names), ("mountPath", mounts)):
-            dup = sorted({x for x in values if values.count(x) > 1})
-            if dup:
-                raise ValueError(f"volumes: {what} {', '.join(dup)} used more than once")
-        return self
+class StepSpec(StepDeployment, _WrittenRouting):
+    """One step as written in the pipeline JSON."""
 
 
 class AlternativesSpec(BaseModel):

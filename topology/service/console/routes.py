@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from topology.backend import Backend, PipelineStatus
 from topology.load.live import LiveMetrics
+from topology.pipeline.dump import step_document
 from topology.pipeline.model import MAX_PIPELINE_NAME, PIPELINE_NAME_RE
 from topology.service.console import svg
 from topology.service.console.jsonview import annotate
@@ -91,19 +92,12 @@ def graph_steps(status: PipelineStatus) -> list[svg.GraphStep]:
 
 
 def pipeline_json(status: PipelineStatus) -> str:
-    """A pipeline JSON that re-creates `status`'s routing (the start of a Replace)."""
+    """A pipeline JSON that re-creates `status`'s routing (the start of a Replace), written
+    by the pipeline model's one step serializer; replicas as the steps run now."""
     replicas = {s.step_id: s.replicas for s in status.steps}
     steps = []
     for s in status.graph:
-        step: dict[str, Any] = {"step_id": s.id, "type": s.type}
-        if s.params:
-            step["params"] = s.params
-        if s.next_step:
-            step["next_step"] = s.next_step[0] if len(s.next_step) == 1 else list(s.next_step)
-        if s.preferred_next is not None:
-            step["preferred_next"] = s.preferred_next
-        if s.route:
-            step["route"] = s.route
+        step = step_document(s)
         if replicas.get(s.id, 1) > 1:
             step["replicas"] = replicas[s.id]
         steps.append(step)
