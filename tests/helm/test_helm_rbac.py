@@ -1,7 +1,7 @@
 """The chart's RBAC is least privilege: exactly what the code calls, in one namespace.
 
 The topology service's Role must grant exactly the (apiGroup, resource, verb) triples its
-Kubernetes backend declares in `topology.kubernetes_REQUIRED_PERMISSIONS`; the step pods'
+Kubernetes backend declares in `topology.kube.backend.REQUIRED_PERMISSIONS`; the step pods'
 Role exactly what ConfigMap discovery calls (list + watch). Nothing cluster-wide is rendered.
 """
 
