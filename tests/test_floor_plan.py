@@ -161,12 +161,34 @@ def test_every_stepsvc_room_has_a_floor() -> None:
     assert rooms == set(STEPSVC_FLOORS)
 
 
+#: The rooms of topology, bottom first (topology/__init__.py says the same in words): the
+#: pipeline model, the backend interface, the backends and live load side by side (none imports
+#: another), what builds on them (jobs, netns), the HTTP service, the commands.
+TOPOLOGY_FLOORS: dict[str, int] = {
+    "pipeline": 0, "backend": 1, "kube": 2, "local": 2, "load": 2, "jobs": 3, "netns": 3,
+    "service": 4, "cli": 5, "jobs_cli": 5,
+}
+
+
+def test_topology_rooms_import_only_rooms_below_them() -> None:
+    upward = sorted(
+        f"{name} imports {dep}"
+        for name, deps in _graph().items() if name.startswith("topology.")
+        for dep in deps if dep.startswith("topology.") and _room(dep) != _room(name)
+        and TOPOLOGY_FLOORS[_room(dep)] >= TOPOLOGY_FLOORS[_room(name)])
+    assert upward == []
+
+
+def test_every_topology_room_has_a_floor() -> None:
+    rooms = {_room(name) for name in MODULES if name.startswith("topology.")}
+    assert rooms == set(TOPOLOGY_FLOORS)
+
+
 def test_the_cycle_finder_finds_a_circle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-#: bench joins when its harness leaves chain.py and kernels.py (floor-topology's part of issue 20).
-@pytest.mark.parametrize("package", ("native", "stepsvc", "topology", "loadtest"))
+@pytest.mark.parametrize("package", ("native", "stepsvc", "topology", "loadtest", "bench"))
 def test_no_module_is_over_the_line_limit(package: str) -> None:
     long = {name: n for name, path in MODULES.items() if name.partition(".")[0] == package
             and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
