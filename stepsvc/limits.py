@@ -33,3 +33,9 @@ MIN_KEEPALIVE_S = 0.1
 #: Longest a request waits for a next step to come back when none answered, within its deadline
 #: (`--next-step-wait`): a step restarting in place, a channel in reconnect back-off.
 DEFAULT_NEXT_STEP_WAIT_S = 10.0
+#: Bounds of what a client may put in a request's header, which every step carries, echoes and
+#: may log or trace (step.proto says them; more is INVALID_ARGUMENT naming the field).
+MAX_REQUEST_ID_BYTES = 128
+MAX_LABELS = 32
+MAX_LABEL_KEY_BYTES = 64
+MAX_LABEL_VALUE_BYTES = 256

@@ -28,6 +28,7 @@ from stepsvc.http.translate import (
     error_from_rpc,
     extract_image,
     parse_options,
+    request_id_header,
     success_headers,
 )
 from stepsvc.routing.channels import transport_options
@@ -78,7 +79,10 @@ class HttpFace:
 
     def process(self, headers: Mapping[str, str], query: str, body: bytes) -> Reply:
         """The answer to one ``POST /process`` (`headers` with lower-case names)."""
-        request_id = (headers.get("x-request-id") or "").strip()[:128] or uuid.uuid4().hex
+        try:
+            request_id = request_id_header(headers.get("x-request-id")) or uuid.uuid4().hex
+        except HttpError as exc:
+            return self.error(exc, uuid.uuid4().hex, "")
         try:
             options = parse_options(query)
             data, encoding = extract_image(headers.get("content-type", ""), body)

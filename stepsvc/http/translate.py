@@ -25,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from stepchain.v1 import step_pb2
 
 from stepsvc.frames import codec
+from stepsvc.limits import MAX_REQUEST_ID_BYTES
 from stepsvc.protocol import (
     FAILED_STEP_KEY,
     KUBERNETES_HTTP_PORT,
@@ -82,6 +83,20 @@ class HttpError(Exception):
 def bad_request(message: str) -> HttpError:
     """400, INVALID_ARGUMENT."""
     return HttpError(400, "INVALID_ARGUMENT", message)
+
+
+def request_id_header(value: str | None) -> str:
+    """The ``X-Request-Id`` a client sent, stripped ("" when none), within request_id's bounds
+    (stepsvc.limits): a longer one or one with control characters is a 400 naming the header,
+    not a silently shortened key."""
+    text = (value or "").strip()
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_REQUEST_ID_BYTES:
+        raise bad_request(f"X-Request-Id is {size} bytes; at most {MAX_REQUEST_ID_BYTES} "
+                          "(UTF-8) are allowed (leave it out and one is generated)")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
+        raise bad_request("X-Request-Id has control characters; use printable characters")
+    return text
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ allowed (the flag to change, where there is one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,13 @@ from stepchain.v1 import step_pb2
 
 from native.registry import MAX_THREADS, default_threads, parse_schedule
 from stepsvc.frames import codec
-from stepsvc.limits import MIB
+from stepsvc.limits import (
+    MAX_LABEL_KEY_BYTES,
+    MAX_LABEL_VALUE_BYTES,
+    MAX_LABELS,
+    MAX_REQUEST_ID_BYTES,
+    MIB,
+)
 from stepsvc.protocol import OVERRIDE_FIELDS
 from stepsvc.step.refusals import StepAbort
 
@@ -93,6 +99,46 @@ def check_no_loop(step_id: int, route: Sequence[int]) -> None:
         raise StepAbort(grpc.StatusCode.FAILED_PRECONDITION,
                         f"routing loop: step {step_id} already ran for this request "
                         f"(route {describe_route(route)}); check next_step in the pipeline")
+
+
+def check_header_bounds(request_id: str, labels: Mapping[str, str], *,
+                        from_a_step: bool) -> None:
+    """The request_id and labels a client chose are within the bounds step.proto states
+    (every step carries them and echoes them; request_id goes into traces): INVALID_ARGUMENT
+    naming the field and the bound, never echoing the value. A request from a step (its route
+    is not empty) may carry twice MAX_LABELS: the labels classify steps added on the way."""
+    size = len(request_id.encode("utf-8", "replace"))
+    if size > MAX_REQUEST_ID_BYTES:
+        raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"request_id is {size} bytes; at most {MAX_REQUEST_ID_BYTES} (UTF-8) are "
+                        "allowed (an idempotency key such as a UUID; empty = one is generated)")
+    if _has_control_characters(request_id):
+        raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                        "request_id has control characters; use printable characters")
+    most = 2 * MAX_LABELS if from_a_step else MAX_LABELS
+    if len(labels) > most:
+        raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"labels has {len(labels)} entries; at most {most} are allowed")
+    for key, value in labels.items():
+        key_size = len(key.encode("utf-8", "replace"))
+        value_size = len(value.encode("utf-8", "replace"))
+        if not 1 <= key_size <= MAX_LABEL_KEY_BYTES:
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"labels: a key is {key_size} bytes; keys are 1..{MAX_LABEL_KEY_BYTES} "
+                            "bytes (UTF-8)")
+        shown = f"labels[{key[:32]!r}{'...' if len(key) > 32 else ''}]"
+        if value_size > MAX_LABEL_VALUE_BYTES:
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{shown} is {value_size} bytes; values are at most "
+                            f"{MAX_LABEL_VALUE_BYTES} bytes (UTF-8)")
+        if _has_control_characters(key) or _has_control_characters(value):
+            raise StepAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{shown}: a key or value has control characters; use printable "
+                            "characters")
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
 
 
 def describe_route(route: Sequence[int]) -> str:

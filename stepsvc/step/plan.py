@@ -27,6 +27,7 @@ from stepsvc.step.checks import (
     MEASURES_HEADROOM,
     RESPONSE_HEADROOM,
     ExecSettings,
+    check_header_bounds,
     check_message_size,
     check_no_loop,
     check_output_request,
@@ -123,6 +124,7 @@ def plan_request(facts: StepFacts, view: wire.RequestView,
                  active: Mapping[int, str]) -> RequestPlan:
     """The plan of one request; StepAbort for a request the step refuses from its header."""
     request = view.header
+    check_header_bounds(request.request_id, request.labels, from_a_step=bool(request.route))
     check_no_loop(facts.step.id, request.route)
     settings = exec_settings(request.overrides, facts.own, facts.max_passes)
     check_output_request(request)

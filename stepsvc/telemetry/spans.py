@@ -13,6 +13,8 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from stepsvc.limits import MAX_REQUEST_ID_BYTES
+
 #: Instrumentation scope of every stepchain span.
 TRACER_NAME = "stepchain"
 
@@ -72,10 +74,20 @@ def step_attributes(*, pipeline_id: str, step_id: int, step_type: str, threads: 
         attributes.update({ATTR_KERNEL: kernel["kernel"], ATTR_KERNEL_PACKAGE: kernel["package"],
                            ATTR_KERNEL_VERSION: kernel["version"]})
     if request_id:  # a request refused before the step generated its id has none
-        attributes[ATTR_REQUEST_ID] = request_id
+        # bounded: a request refused for an oversized request_id still gets a span
+        attributes[ATTR_REQUEST_ID] = bounded(request_id, MAX_REQUEST_ID_BYTES)
     if kernel_seconds > 0:
         attributes[ATTR_MEGAPIXELS_PER_SECOND] = round(pixels / 1e6 / kernel_seconds, 3)
     return attributes
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (never inside a character), "…" marking a
+    cut: what a span or log may carry of a value a client chose."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore") + "…"
 
 
 def annotate_current_span(attributes: Mapping[str, Any]) -> None:

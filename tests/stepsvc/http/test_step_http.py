@@ -338,3 +338,18 @@ def test_step_time_headers_are_seconds_rounded_to_the_microsecond(kernel_ms: flo
     response = step_pb2.ProcessResponse(timings=[step_pb2.StepTiming(step_id=3,
                                                                      kernel_ms=kernel_ms)])
     assert step_time_headers(response) == [("X-Step-3-Time", header)]
+
+
+def test_an_x_request_id_beyond_the_bound_is_400_naming_the_header(
+        face: tuple[str, Recorder]) -> None:
+    url, _ = face
+    body = encoded(noisy_image(8, 8), "PNG")
+    for value, words in (("r" * 129, "X-Request-Id is 129 bytes; at most 128"),
+                         ("a\x7fb", "X-Request-Id has control characters")):
+        reply = httpx.post(f"{url}/process", content=body,
+                           headers={"Content-Type": "image/png", "X-Request-Id": value})
+        assert reply.status_code == 400 and words in reply.json()["error"], reply.text
+        assert reply.headers["X-Request-Id"] != value  # never echoed back
+    fine = httpx.post(f"{url}/process", content=body,
+                      headers={"Content-Type": "image/png", "X-Request-Id": "r" * 128})
+    assert fine.status_code == 200 and fine.headers["X-Request-Id"] == "r" * 128

@@ -265,6 +265,53 @@ def test_a_step_already_in_the_route_refuses_the_loop(pipe: InProcessPipeline) -
     assert "routing loop" in message
 
 
+def test_an_oversized_request_id_is_invalid_argument_naming_it_without_echoing_it(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, LINEAR)
+    pipe.add(2, LINEAR)
+    request = raw_request(noisy_image())
+    request.request_id = "r" * (10 * 1024 * 1024)  # 10 MB
+    code, message = status_of(lambda: pipe.stub(1).Process(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("step 1 (gaussian_blur): request_id is 10485760 bytes; at most "
+                              "128 (UTF-8)")
+    assert "rrrr" not in message and len(message) < 300
+    request.request_id = "a\nb"  # a log line of its own
+    code, message = status_of(lambda: pipe.stub(1).Process(request, timeout=30))
+    assert (code, "control characters" in message) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+
+
+def test_labels_beyond_their_bounds_are_invalid_argument_naming_the_field(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(1, SINGLE)
+    many = raw_request(noisy_image())
+    many.labels.update({f"k{i}": "v" for i in range(100_000)})
+    code, message = status_of(lambda: pipe.stub(1).Process(many, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT  # refused, not carried on and echoed
+    assert "labels has 100000 entries; at most 32" in message and len(message) < 300
+    for labels, words in (({"k": "v" * 300}, "labels['k'] is 300 bytes"),
+                          ({"x" * 65: "v"}, "a key is 65 bytes"),
+                          ({"k": "a\x1bb"}, "control characters")):
+        request = raw_request(noisy_image())
+        request.labels.update(labels)
+        code, message = status_of(lambda r=request: pipe.stub(1).Process(r, timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and words in message, message
+    ok = raw_request(noisy_image())
+    ok.labels.update({f"k{i}": "v" * 256 for i in range(32)})
+    assert dict(pipe.stub(1).Process(ok, timeout=30).labels) == dict(ok.labels)
+
+
+def test_a_client_at_the_label_bound_still_passes_steps_that_add_classify_labels(
+        pipe: InProcessPipeline) -> None:
+    pipe.add(2, CLASSIFY)
+    pipe.add(3, CLASSIFY)
+    pipe.add(1, CLASSIFY)
+    request = raw_request(noisy_image())
+    request.labels.update({f"k{i}": "v" for i in range(32)})
+    response = pipe.stub(1).Process(request, timeout=30)
+    assert len(response.labels) > 32 and "sharpness" in response.labels
+
+
 def test_threads_come_from_overrides_then_step_params(pipe: InProcessPipeline) -> None:
     pipe.add(1, [{"id": 1, "type": "identity", "params": {"threads": 2}}])
     img = noisy_image()

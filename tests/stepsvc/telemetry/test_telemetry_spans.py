@@ -132,3 +132,15 @@ def test_requests_succeed_and_carry_a_trace_id_while_the_collector_is_down(
         telemetry.close()
     assert all(len(r.trace_id) == 32 for r in replies)
     assert len({r.trace_id for r in replies}) == 3  # one trace per request
+
+
+def test_a_request_id_is_never_copied_unbounded_into_a_span() -> None:
+    from stepsvc.limits import MAX_REQUEST_ID_BYTES
+    from stepsvc.telemetry.spans import ATTR_REQUEST_ID, bounded, step_attributes
+
+    huge = "é" * 5_000_000  # 10 MB, refused by the step, yet its span is still made
+    attributes = step_attributes(pipeline_id="p", step_id=0, step_type="identity", threads=1,
+                                 pixels=1, kernel_seconds=0.0, request_id=huge)
+    kept = attributes[ATTR_REQUEST_ID]
+    assert kept.endswith("…") and len(kept[:-1].encode()) <= MAX_REQUEST_ID_BYTES
+    assert bounded("short", 128) == "short"
