@@ -80,7 +80,9 @@ def in_process(img: np.ndarray, requests: int) -> dict[str, Any]:
     for name, _ in kernels():
         one, two = timing[f"{name}@1"], timing[f"{name}@2"]
         out[name] = {"threads_1": one, "threads_2": two,
-                     "speedup_2_threads": round(one["median_ms"] / two["median_ms"], 3)}
+                     "speedup_2_threads": round(one["median_ms"] / two["median_ms"], 3),
+                     # the fastest runs: what the kernel costs when the machine lets it run
+                     "speedup_2_threads_min": round(one["min_ms"] / two["min_ms"], 3)}
     return out
 
 
@@ -156,17 +158,23 @@ def overlap(img: np.ndarray, requests: int) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     lines = ["## (a) kernel in process (median ms) and (c) through a step server", "",
+             "Medians, and in brackets the fastest of the samples (on a loaded machine the "
+             "fastest runs are the ones the scheduler let run).", "",
              "| pair | kernel | source | 1 thread | 2 threads | speed-up | round trip | "
              "step's kernel | around the kernel (hop + step) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for label, builtin, plugin in PAIRS:
         for name, _ in (builtin, plugin):
             a, c = res["in_process"][name], res["hop"][name]
+            one, two = a["threads_1"], a["threads_2"]
             lines.append(
                 f"| {label} | `{name}` | {native.registry.entry(name).source} | "
-                f"{a['threads_1']['median_ms']:.2f} | {a['threads_2']['median_ms']:.2f} | "
-                f"{a['speedup_2_threads']:.2f} | {c['round_trip']['median_ms']:.2f} | "
-                f"{c['kernel']['median_ms']:.2f} | {c['around_kernel']['median_ms']:.2f} |")
+                f"{one['median_ms']:.2f} ({one['min_ms']:.2f}) | "
+                f"{two['median_ms']:.2f} ({two['min_ms']:.2f}) | "
+                f"{a['speedup_2_threads']:.2f} ({a['speedup_2_threads_min']:.2f}) | "
+                f"{c['round_trip']['median_ms']:.2f} ({c['round_trip']['min_ms']:.2f}) | "
+                f"{c['kernel']['median_ms']:.2f} ({c['kernel']['min_ms']:.2f}) | "
+                f"{c['around_kernel']['median_ms']:.2f} ({c['around_kernel']['min_ms']:.2f}) |")
     lines += ["", "## (b) the registry's cost per plugin call (64 x 64 image, median)", "",
               "| kernel | native.run µs | function directly µs | overhead µs |",
               "|---|---:|---:|---:|"]
