@@ -16,13 +16,18 @@ similar work:
     step's own kernel time = what the hop and the step cost around the kernel.
 (d) two callers at once vs one, 1 thread per call, in process: 2.0 is perfect overlap (the
     GIL released), 1.0 none.
+(e) the GIL while a kernel runs: a Python thread counting in a loop beside repeated calls,
+    its rate against its rate beside a sleep (interleaved). ~1: the call leaves the GIL to
+    other threads (the step's gRPC handlers); near 0: it holds it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -123,7 +128,7 @@ def hop(img: np.ndarray, requests: int) -> dict[str, Any]:
             addresses += addrs
         with processes(commands, 1):
             for address in addresses:
-                wait_grpc(address)
+                wait_grpc(address, timeout=240)  # six servers starting on a busy machine
             callers = {name: grpc_caller(address, payload)
                        for (name, _), address in zip(kernels(), addresses, strict=True)}
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in callers}
@@ -154,6 +159,52 @@ def overlap(img: np.ndarray, requests: int) -> dict[str, Any]:
                    "overlap": round(two[name]["rps"] / one[name]["rps"], 3),
                    "releases_gil": native.registry.entry(name).spec.releases_gil}
             for name in paths}
+
+
+def _count_beside(work: Callable[[], Any], seconds: float) -> float:
+    """Counts per second a pure-Python loop makes in another thread while `work` repeats."""
+    stop = threading.Event()
+    count = 0
+
+    def ticker() -> None:
+        nonlocal count
+        n = 0
+        while not stop.is_set():
+            n += 1
+        count = n
+
+    thread = threading.Thread(target=ticker)
+    start = time.perf_counter()
+    thread.start()
+    while time.perf_counter() - start < seconds:
+        work()
+    stop.set()
+    thread.join()
+    return count / (time.perf_counter() - start)
+
+
+def gil_share(img: np.ndarray, rounds: int, seconds: float = 0.5) -> dict[str, Any]:
+    """(e) per kernel: the ticker's rate beside the kernel over its rate beside a sleep."""
+    sleeping = partial(time.sleep, 0.005)
+    numbers = [int(v) for v in np.random.default_rng(0).permutation(400_000)]
+    paths: dict[str, Callable[[], Any]] = {
+        name: partial(native.run, name, img, threads=1, **params) for name, params in kernels()}
+    # control: C code that keeps the GIL for its whole call (what a C plugin that forgets
+    # Py_BEGIN_ALLOW_THREADS does to the step's other threads)
+    paths["control: sorted() holding the GIL"] = partial(sorted, numbers)
+    out: dict[str, Any] = {}
+    for name, work in paths.items():
+        beside, idle = [], []
+        for _ in range(rounds):  # in turns, so load changes hit both alike
+            beside.append(_count_beside(work, seconds))
+            idle.append(_count_beside(sleeping, seconds))
+        out[name] = {"ticker_rate_beside_kernel": round(statistics.median(beside)),
+                     "ticker_rate_beside_sleep": round(statistics.median(idle)),
+                     "gil_left_to_others": round(statistics.median(beside)
+                                                 / statistics.median(idle), 3),
+                     "releases_gil": (native.registry.entry(name).spec.releases_gil
+                                      if name in dict(kernels()) else False)}
+    return out
 
 
 def table(res: dict[str, Any]) -> str:
@@ -187,6 +238,14 @@ def table(res: dict[str, Any]) -> str:
     for name, r in res["overlap"].items():
         lines.append(f"| `{name}` | {'yes' if r['releases_gil'] else 'no'} | "
                      f"{r['rps_1_caller']:.1f} | {r['rps_2_callers']:.1f} | {r['overlap']:.2f} |")
+    lines += ["", "## (e) the GIL during a call: another Python thread's progress beside the "
+              "kernel over beside a sleep (1.0 = the call leaves the GIL to others)", "",
+              "| kernel | releases the GIL (declared) | GIL left to other threads |",
+              "|---|---|---:|"]
+    for name, r in res["gil"].items():
+        shown = f"`{name}`" if not name.startswith("control") else name
+        lines.append(f"| {shown} | {'yes' if r['releases_gil'] else 'no'} | "
+                     f"{r['gil_left_to_others']:.2f} |")
     return "\n".join(lines)
 
 
@@ -196,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, default=(1280, 720),
                         help="image size WIDTHxHEIGHT (default 1280x720)")
     parser.add_argument("--requests", type=int, default=20, help="samples per figure")
+    parser.add_argument("--gil-rounds", type=int, default=5,
+                        help="turns of 0.5 s beside each kernel and beside a sleep (e)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     args = parser.parse_args(argv)
     check_installed()
@@ -208,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["dispatch"] = dispatch_cost(args.requests)
     res["hop"] = hop(img, args.requests)
     res["overlap"] = overlap(img, max(8, args.requests))
+    res["gil"] = gil_share(img, args.gil_rounds)
     command = (f"stepchain bench plugins --size {width}x{height} --requests {args.requests}")
     write_results(args.out, "plugins", res, f"Plugin kernels beside built-ins ({width}x{height} "
                   f"{source})", command, table(res))

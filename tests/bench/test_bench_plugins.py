@@ -16,7 +16,7 @@ def test_bench_plugins_reports_every_pair_in_process_through_a_step_and_concurre
         tmp_path: Path) -> None:
     pytest.importorskip("acme_boxblur", reason="the example plugins are not installed in this "
                                                "venv: run `make venv`")
-    assert main(["bench", "plugins", "--size", "96x64", "--requests", "2",
+    assert main(["bench", "plugins", "--size", "96x64", "--requests", "2", "--gil-rounds", "1",
                  "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "plugins.json").read_text())
     kernels = {"gaussian_blur", "acme.box_blur", "brightness", "acme.sepia", "sharpen",
@@ -27,6 +27,8 @@ def test_bench_plugins_reports_every_pair_in_process_through_a_step_and_concurre
         hop = doc["hop"][name]
         assert hop["kernel"]["median_ms"] > 0 and hop["round_trip"]["n"] == 2
     assert doc["overlap"]["acme.sepia"]["releases_gil"] is False
+    assert set(doc["gil"]) == kernels | {"control: sorted() holding the GIL"}
+    assert all(r["ticker_rate_beside_sleep"] > 0 for r in doc["gil"].values())
     text = (tmp_path / "plugins.md").read_text()
     assert "| C/OpenMP | `acme.box_blur` | acme-boxblur 0.1.0 |" in text
     assert "load average before" in text

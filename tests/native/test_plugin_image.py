@@ -54,3 +54,25 @@ def test_the_final_stage_runs_as_the_pods_uid_and_copies_existing_folders() -> N
 def test_the_build_context_leaves_build_outputs_out() -> None:
     ignored = (PLUGINS / ".dockerignore").read_text().split()
     assert {"**/build", "**/*.egg-info", "**/*.so", "**/__pycache__"} <= set(ignored)
+
+
+def test_the_docs_pipeline_names_an_allowed_image_and_validates_with_the_plugins_installed(
+) -> None:
+    import json
+
+    import pytest
+
+    from topology.pipeline.graph import parse_pipeline
+    from topology.service.allowlist import image_allowed
+
+    pytest.importorskip("acme_boxblur", reason="the example plugins are not installed in this "
+                                               "venv: run `make venv`")
+    docs = (PLUGINS.parents[1] / "docs" / "plugins.md").read_text()
+    block = docs[docs.index("```json\n", docs.index("## On Kubernetes")) + 8:]
+    pipeline = json.loads(block[:block.index("```")])
+    allow = re.search(r"imageAllowlist=\{([^}]*)\}", docs)
+    assert allow and image_allowed(pipeline["image"], (allow.group(1),))
+    parsed = parse_pipeline(pipeline)
+    assert [s.type for s in parsed.steps][:2] == ["acme.contrast", "acme.clahe"]
+    local = json.loads((PLUGINS / "pipeline.json").read_text())
+    assert local["steps"] == pipeline["steps"]  # the local example is the same pipeline
