@@ -117,12 +117,14 @@ def serve_command(args: argparse.Namespace) -> int:
     """`stepchain step serve`: run until SIGTERM/SIGINT, then drain and exit 0."""
     logging.basicConfig(level=os.environ.get("STEPCHAIN_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from native.registry import entry, load_plugins
     from stepsvc.routing.discovery import make_discovery
     from stepsvc.routing.router import is_last_step
     from stepsvc.step.config import load_config
     from stepsvc.step.server import ServerSettings, build_server
     from stepsvc.telemetry.observer import StepTelemetry
 
+    load_plugins()  # first: a broken plugin is one logged line now, never a failed start
     try:
         config = load_config(path=args.config) if args.config else load_config(env=args.config_env)
         telemetry = StepTelemetry.from_env(config)  # OTEL_* env; ValueError names the variable
@@ -213,6 +215,9 @@ def serve_command(args: argparse.Namespace) -> int:
     log.info("pipeline %s step %d (%s) serving on %s:%d (next: %s, discovery: %s)",
              config.pipeline_id, step.id, step.type, args.host, server.port,
              step.next_step or "none, last step", spec or "none")
+    kernel = entry(step.type)
+    log.info("kernel: %s (%s%s)", kernel.spec.name, kernel.source,
+             "" if kernel.spec.releases_gil else "; holds the GIL while it computes")
     log.info("metrics: %s; tracing: %s", f"http://{args.host}:{metrics_port}/metrics"
              if metrics_port else "off", "on" if telemetry.tracing.enabled else "off")
     while not stop.wait(1.0):

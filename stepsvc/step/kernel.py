@@ -9,6 +9,7 @@ computes the same result from the same input.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -19,6 +20,8 @@ from stepsvc.step.admission import Admission
 from stepsvc.step.checks import ExecSettings
 from stepsvc.step.plan import StepFacts
 from stepsvc.step.refusals import StepAbort, refusal
+
+log = logging.getLogger("stepchain.step")
 
 
 def run_kernel(facts: StepFacts, img: Any, settings: ExecSettings,
@@ -34,6 +37,9 @@ def run_kernel(facts: StepFacts, img: Any, settings: ExecSettings,
         try:
             result = native.run(facts.step.type, img, threads=settings.threads, passes=1,
                                 schedule=settings.schedule, **facts.params, **extra)
+        except native.PluginError as exc:  # the plugin's bug: logged for its author
+            log.warning("%s: %s", facts.where, exc)
+            raise refusal(exc) from None
         except ValueError as exc:
             raise refusal(exc) from None
     return result

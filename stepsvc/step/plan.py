@@ -19,6 +19,7 @@ from stepchain.v1 import step_pb2
 
 import native
 from native.registry import EXEC_PARAM_NAMES
+from native.spec import KernelSpec
 from stepsvc.frames import codec, wire
 from stepsvc.routing.forward import Candidate
 from stepsvc.routing.router import choose_next_step, is_last_step
@@ -53,8 +54,10 @@ class StepFacts:
     #: A measuring kernel (classify) passes its input through and adds labels.
     measures: bool
     last: bool
-    #: resize's parameters, validated once: its output is the one larger than its input.
-    resize: Mapping[str, Any] | None
+    #: The kernel's specification (built-in or plugin) and its parameters validated once,
+    #: defaults filled in: they size the output before a pixel is decoded.
+    spec: KernelSpec
+    checked: Mapping[str, Any]
     max_pixels: int
     max_passes: int
     max_message_bytes: int
@@ -72,20 +75,23 @@ class StepFacts:
                    types={s.id: s.type for s in config.steps}, params=params, own=own,
                    measures=native.output_kind(step.type) == "measure",
                    last=is_last_step(step),
-                   resize=(native.validate_params("resize", params)
-                           if step.type == "resize" else None),
+                   spec=native.registry.entry(step.type).spec,
+                   checked=native.validate_params(step.type, params, allow_exec=False),
                    max_pixels=max_pixels, max_passes=max_passes,
                    max_message_bytes=max_message_bytes)
 
+    @property
+    def bounded(self) -> bool:
+        """The kernel declares only a bound on its output: it cannot write into a frame sized
+        beforehand, so the step sizes the next frame from the result instead."""
+        return self.spec.output_bound and not self.measures
+
     def output_shape(self, h: int, w: int, c: int) -> tuple[int, int, int]:
-        """The kernel's output shape for an `h` x `w` x `c` input (the kernel checks it too)."""
-        if self.measures:
-            return h, w, c
-        if self.resize is not None:
-            h, w = native.resize_shape(h, w, dict(self.resize))
-        elif native.canonical_name(self.step.type) == "grayscale":
-            c = 1
-        return h, w, c
+        """The kernel's output shape (or its bound) for an `h` x `w` x `c` input, from its
+        specification; ValueError past the size any kernel may produce."""
+        out = self.spec.shape_for((h, w, c), self.checked)
+        native.check_size(out[0], out[1], name=f"{self.spec.name} output")
+        return out
 
     def candidates(self, active: Mapping[int, str],
                    labels: Mapping[str, str]) -> list[Candidate]:
@@ -172,14 +178,15 @@ def _input_header(facts: StepFacts, view: wire.RequestView) -> codec.ImageHeader
 
 def _output_shape(facts: StepFacts, h: int, w: int, c: int) -> tuple[int, int, int]:
     """The output shape, refused (RESOURCE_EXHAUSTED) before the kernel allocates an output
-    over --max-pixels: only resize makes an output larger than its input, already checked."""
+    over --max-pixels (a kernel that declares an output shape may make it larger than its
+    input; the input itself is already checked)."""
     try:
         out = facts.output_shape(h, w, c)
     except ValueError as exc:  # beyond what any kernel may produce
         raise StepAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"{exc}; this step produces at most {facts.max_pixels} pixels "
                         "(--max-pixels)") from None
-    if facts.resize is not None:
+    if facts.spec.output_shape is not None:
         try:
             codec.check_pixels(out[1], out[0], facts.max_pixels,
                                where=f"{facts.where}: the output for a {w}x{h} input")

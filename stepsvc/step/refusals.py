@@ -2,7 +2,7 @@
 
 Every refusal of a step is a :class:`StepAbort` (code, message, trailers). The step's parts
 raise their own exceptions -- admission (:mod:`~stepsvc.step.admission`), the memory budget,
-the codec, shared memory, a kernel's parameter check -- and :func:`refusal` maps each to its
+the codec, shared memory, a kernel's parameter check, a plugin breaking its contract -- and :func:`refusal` maps each to its
 gRPC code in :data:`CODES`, the one table. :func:`abort` answers the call: the message names
 this step unless a step further down already failed, whose id the ``stepchain-failed-step``
 trailer carries back unchanged.
@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import grpc
 
+from native.dispatch import PluginError
 from stepsvc.frames.codec import ImageError, PixelLimitError
 from stepsvc.frames.shm import BadHandle, NotShared
 from stepsvc.protocol import DRAINING_KEY, FAILED_STEP_KEY, UNSHARED_KEY
@@ -47,6 +48,9 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode, tuple[tuple[str, str], ...]
     # a handle from another host's frames: the sender resends the pixels as bytes
     (NotShared, grpc.StatusCode.FAILED_PRECONDITION, ((UNSHARED_KEY, "1"),)),
     (BadHandle, grpc.StatusCode.INVALID_ARGUMENT, ()),
+    # a plugin kernel that raised or broke its declared contract: a bug in the plugin, which
+    # the message names with its package (native.dispatch)
+    (PluginError, grpc.StatusCode.INTERNAL, ()),
     # what a kernel says of its parameters or its input (native raises ValueError)
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT, ()),
 )

@@ -230,10 +230,10 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
         forward: OutgoingFrame | None = None
         reply: np.ndarray | None = None
         target: np.ndarray | None = None  # where the kernel writes, if not a new array
-        if facts.last:
+        if facts.last and not facts.bounded:
             reply = reply_area(request, plan.out_shape, self.frames, cleanup)
             target = None if facts.measures else reply  # into the caller's reply segment
-        elif not facts.measures:
+        elif not facts.last and not facts.measures and not facts.bounded:
             # The kernel writes straight into the frame for the next step: a shared-memory
             # segment when the first candidate reads ours, else the outgoing request's bytes.
             candidates = facts.candidates(plan.active, labels)
@@ -252,10 +252,13 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
             return self._final(request, plan, labels, measures, out, reply, timing)
 
         source_pixels = None
-        if forward is None:  # classify: the image passes through unchanged, routed by labels
+        if forward is None:
+            # classify: the image passes through unchanged, routed by labels; a kernel with
+            # only a bound on its output: the frame takes the result's own shape
             candidates = facts.candidates(plan.active, labels)
+            passed = facts.measures and request.image.HasField("shm")
             forward = self._frame(request, plan, labels, candidates, cleanup,
-                                  request.image.shm if request.image.HasField("shm") else None)
+                                  request.image.shm if passed else None, out.shape)
             source_pixels = out
             if forward.pixels.size:
                 forward.pixels[...] = out
@@ -270,12 +273,16 @@ class StepServicer(step_pb2_grpc.StepServiceServicer):
 
     def _frame(self, request: step_pb2.ProcessRequest, plan: RequestPlan,
                labels: Mapping[str, str], candidates: list[Candidate], cleanup: ExitStack,
-               source: step_pb2.SharedFrame | None = None) -> OutgoingFrame:
-        """The frame for the next step: in shared memory when the first candidate reads ours
-        (a pass-through step forwards the `source` segment it got as is), else as bytes."""
-        assert plan.out_shape is not None
+               source: step_pb2.SharedFrame | None = None,
+               shape: tuple[int, ...] | None = None) -> OutgoingFrame:
+        """The frame for the next step (`shape`, else the plan's output shape): in shared
+        memory when the first candidate reads ours (a pass-through step forwards the `source`
+        segment it got as is), else as bytes."""
+        shape = shape if shape is not None else plan.out_shape
+        assert shape is not None
         shared = self._shares_memory(candidates)
-        return OutgoingFrame(plan.next_header(self.facts, request, labels), plan.out_shape,
+        return OutgoingFrame(plan.next_header(self.facts, request, labels),
+                             (shape[0], shape[1], shape[2]),
                              frames=self.frames, shared=shared, cleanup=cleanup,
                              source=source if shared else None,
                              reply=request.reply if request.HasField("reply") else None)
