@@ -1,37 +1,31 @@
-"""The topology HTTP API (FastAPI): create, inspect, update and delete pipelines.
+"""The topology HTTP service (FastAPI): one app over one backend, and what every route shares.
 
-``POST /pipeline`` answers 201 when it created the pipeline and 200 when a pipeline with the
-same id and the same definition already existed (it is re-applied, so a re-POST converges); a
-different definition under an existing id is a 409 — change it with ``PUT /pipeline/{id}``.
-Every refused field comes back as 422 with its path in ``detail[].loc``.
+:func:`create_app` checks the settings, builds the backend (:func:`make_backend`) and wraps it
+in metrics, then mounts the routes: the pipelines (:mod:`~topology.service.pipeline_routes`),
+advice, kernels, jobs and the web console. Here too: the bearer-token check every write
+depends on, the answers for refused input (422 naming the field, as ``detail[].loc``) and for
+a failing backend (502), ``/healthz``, ``/metrics``, and :class:`BodyLimit` (413 before any
+parsing).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, replace
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from topology.backend import Backend, BackendError, PipelineStatus
+from topology.backend import Backend, BackendError
 from topology.jobs.wiring import make_controller
-from topology.kube.manifests import render_manifests
 from topology.load.live import LiveMetrics
-from topology.pipeline.graph import Pipeline, resolve_pipeline
 from topology.pipeline.model import (
-    MAX_PIPELINE_NAME,
-    PIPELINE_NAME_RE,
     PipelineInvalid,
-    PipelineSpec,
     clean_loc,
 )
 from topology.service.advice_routes import advice_router
@@ -47,115 +41,11 @@ from topology.service.metrics import (
     RunsStepProcesses,
     TopologyMetrics,
 )
-from topology.service.security import check_policy
+from topology.service.pipeline_routes import add_pipeline_routes
+from topology.service.schemas import Health
 from topology.service.settings import Settings, check_startup, render_options, with_token
 
 log = logging.getLogger(__name__)
-
-PipelineId = Annotated[str, Path(pattern=PIPELINE_NAME_RE.pattern, max_length=MAX_PIPELINE_NAME,
-                                 description="pipeline id (DNS-1035 label)")]
-DryRun = Annotated[bool, Query(description="validate and return the manifests; change nothing")]
-Strict = Annotated[bool, Query(description="refuse (422) what is otherwise a warning, e.g. a "
-                                           "next_step naming no step of the pipeline")]
-
-
-class StepStatusOut(BaseModel):
-    """One step's readiness."""
-
-    step_id: int
-    type: str
-    ready: bool
-    ready_replicas: int
-    replicas: int
-    address: str | None = None
-    restarts: int = Field(0, description="times the step was restarted after it exited")
-    error: str | None = Field(None, description="why the step is down for good, with the end "
-                                                "of its log")
-    metrics: list[str] = Field(default_factory=list,
-                               description="host:port of each replica's Prometheus /metrics "
-                                           "the service can scrape (local backend)")
-
-
-class PipelineStatusOut(BaseModel):
-    """A deployed pipeline."""
-
-    pipeline_id: str
-    namespace: str
-    ready: bool
-    entrypoint: str | None
-    fingerprint: str
-    steps: list[StepStatusOut]
-    details: dict[str, Any] = Field(default_factory=dict)
-    entry_step: int | None = Field(None, description="the step clients call")
-    graph: list[dict[str, Any]] = Field(
-        default_factory=list, description="the routing graph as deployed: id, type, params, "
-                                          "next_step, preferred_next, route of every step")
-    http_entrypoint: str | None = Field(None, description="base URL of the entry step's HTTP "
-                                                          "face; POST an image to its /process")
-    spec: dict[str, Any] | None = Field(None, description="the pipeline JSON as submitted (last "
-                                                          "POST or PUT)")
-
-
-class PipelineList(BaseModel):
-    """Every pipeline of the backend."""
-
-    pipelines: list[PipelineStatusOut]
-
-
-class Applied(BaseModel):
-    """Result of a create or update."""
-
-    pipeline_id: str
-    namespace: str
-    created: bool = Field(description="true: new pipeline (201); false: it existed (200)")
-    resources: list[dict[str, Any]]
-    entrypoint: str | None = Field(description="host:port of the entry step (gRPC); null while "
-                                               "it runs no process (replicas: 0)")
-    http_entrypoint: str | None = Field(None, description="base URL of the entry step's HTTP "
-                                                          "face; POST an image to its /process")
-    details: dict[str, Any] = Field(default_factory=dict)
-    warnings: list[str] = Field(default_factory=list,
-                                description="accepted but worth knowing, each naming its field "
-                                            "(?strict=true refuses them)")
-
-
-class DryRunResult(BaseModel):
-    """What would be applied."""
-
-    pipeline_id: str
-    namespace: str
-    dry_run: bool = True
-    entry_step: int
-    manifests: list[dict[str, Any]]
-    warnings: list[str] = Field(default_factory=list)
-
-
-class Deleted(BaseModel):
-    """Result of a delete."""
-
-    pipeline_id: str
-    deleted: bool
-
-
-class Health(BaseModel):
-    """Liveness of the service."""
-
-    status: str
-    backend: str
-
-
-class ErrorDetail(BaseModel):
-    """An error the caller can act on."""
-
-    detail: Any
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorDetail, "description": "missing or wrong bearer token"},
-    413: {"model": ErrorDetail, "description": "body larger than the limit"},
-    422: {"model": ErrorDetail, "description": "invalid pipeline; detail[].loc names the field"},
-    502: {"model": ErrorDetail, "description": "the backend (Kubernetes, step processes) failed"},
-}
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -188,7 +78,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     if isinstance(inner, RunsStepProcesses):
         metrics.watch_step_processes(inner)
     backend = MeteredBackend(inner, metrics)
-    write_lock = threading.Lock()
     live = LiveMetrics()  # the steps' own /metrics, scraped for advice and the console
     jobs = make_controller(inner, settings.state_dir, os.environ,
                            step_image=settings.step_image, pipelines=backend.status)
@@ -240,30 +129,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                    "--token-file / STEPCHAIN_TOKEN_FILE names another")
     writer = [Depends(require_writer)]
 
-    def checked(spec: PipelineSpec, name: str | None = None, strict: bool = False,
-                source: Any = None) -> Pipeline:
-        pipeline = resolve_pipeline(spec, name=name, strict=strict)
-        check_policy(pipeline, settings)
-        if isinstance(source, dict):
-            pipeline = replace(pipeline, source=source)
-        for warning in pipeline.warnings:
-            log.warning("pipeline %s: %s", pipeline.pipeline_id, warning)
-        return pipeline
-
-    def dry_run_result(pipeline: Pipeline) -> DryRunResult:
-        options = render_options(settings)
-        return DryRunResult(pipeline_id=pipeline.pipeline_id, namespace=options.namespace,
-                            entry_step=pipeline.entry_step,
-                            manifests=render_manifests(pipeline, options),
-                            warnings=[str(w) for w in pipeline.warnings])
-
-    def applied(pipeline: Pipeline, created: bool) -> Applied:
-        result = backend.apply(pipeline)
-        return Applied(pipeline_id=result.pipeline_id, namespace=backend.namespace,
-                       created=created, resources=result.resources,
-                       entrypoint=result.entrypoint, http_entrypoint=result.http_entrypoint,
-                       details=result.details, warnings=[str(w) for w in pipeline.warnings])
-
     @app.exception_handler(PipelineInvalid)
     async def _invalid(_: Request, exc: PipelineInvalid) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": [
@@ -290,72 +155,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         """Liveness: the service answers."""
         return Health(status="ok", backend=backend.name)
 
-    @app.post("/pipeline", status_code=201, tags=["pipelines"], dependencies=writer,
-              response_model=Applied | DryRunResult,
-              responses={200: {"model": Applied, "description": "already existed, identical "
-                                                                "(re-applied); or dry run"},
-                         409: {"model": ErrorDetail,
-                               "description": "the id exists with a different definition"},
-                         **ERRORS})
-    def create_pipeline(spec: PipelineSpec, source: Submitted, dry_run: DryRun = False,
-                        strict: Strict = False) -> Any:
-        """Creates a pipeline (201). Identical re-POST: 200. Same id, other body: 409."""
-        pipeline = checked(spec, strict=strict, source=source)
-        if dry_run:
-            return _answer(dry_run_result(pipeline), 200)
-        with write_lock:
-            existing = backend.status(pipeline.pipeline_id)
-            if existing is not None and existing.fingerprint != pipeline.fingerprint:
-                raise HTTPException(409, f"pipeline {pipeline.pipeline_id!r} already exists with "
-                                         "a different definition; change it with PUT "
-                                         f"/pipeline/{pipeline.pipeline_id} or DELETE it first")
-            result = applied(pipeline, created=existing is None)
-        return _answer(result, 201 if result.created else 200)
-
-    @app.get("/pipelines", response_model=PipelineList, tags=["pipelines"])
-    def list_pipelines() -> PipelineList:
-        """Every pipeline with its steps' readiness."""
-        return PipelineList(pipelines=[_status_out(s) for s in backend.list_pipelines()])
-
-    @app.get("/pipeline/{pipeline_id}", response_model=PipelineStatusOut, tags=["pipelines"],
-             responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
-                        502: ERRORS[502]})
-    def get_pipeline(pipeline_id: PipelineId) -> PipelineStatusOut:
-        """A pipeline's steps with readiness and its entrypoint."""
-        status = backend.status(pipeline_id)
-        if status is None:
-            raise _not_found(pipeline_id, backend)
-        return _status_out(status)
-
-    @app.put("/pipeline/{pipeline_id}", response_model=Applied | DryRunResult,
-             tags=["pipelines"], dependencies=writer,
-             responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
-                        **ERRORS})
-    def update_pipeline(pipeline_id: PipelineId, spec: PipelineSpec, source: Submitted,
-                        dry_run: DryRun = False, strict: Strict = False) -> Any:
-        """Replaces an existing pipeline's definition; its objects converge to it."""
-        if spec.name is not None and spec.name != pipeline_id:
-            raise PipelineInvalid.single(("name",), f"name {spec.name!r} differs from the "
-                                                    f"pipeline id {pipeline_id!r} in the path")
-        pipeline = checked(spec, name=pipeline_id, strict=strict, source=source)
-        if dry_run:
-            return _answer(dry_run_result(pipeline), 200)
-        with write_lock:
-            if backend.status(pipeline_id) is None:
-                raise _not_found(pipeline_id, backend)
-            return _answer(applied(pipeline, created=False), 200)
-
-    @app.delete("/pipeline/{pipeline_id}", response_model=Deleted, tags=["pipelines"],
-                dependencies=writer,
-                responses={404: {"model": ErrorDetail, "description": "no such pipeline"},
-                           401: ERRORS[401], 502: ERRORS[502]})
-    def delete_pipeline(pipeline_id: PipelineId) -> Deleted:
-        """Removes everything labelled with the pipeline (or stops its processes)."""
-        with write_lock:
-            if not backend.delete(pipeline_id):
-                raise _not_found(pipeline_id, backend)
-        return Deleted(pipeline_id=pipeline_id, deleted=True)
-
+    add_pipeline_routes(app, backend, settings, writer)
     app.include_router(advice_router(backend, live))
     app.include_router(kernels_router())
     app.include_router(job_router(jobs, writer))
@@ -365,53 +165,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     # Added last = outermost: it also records the 413s BodyLimit answers.
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
     return app
-
-
-def _answer(result: Applied | DryRunResult, status_code: int) -> JSONResponse:
-    """`result` as JSON; its warnings also as HTTP `Warning` headers, as kube-apiserver sends
-    them (kubectl prints those)."""
-    headers = [("Warning", '299 - "{}"'.format(
-        w.replace('"', "'").encode("ascii", "backslashreplace").decode("ascii")))
-        for w in result.warnings]
-    response = JSONResponse(result.model_dump(), status_code=status_code)
-    for name, value in headers:
-        response.headers.append(name, value)
-    return response
-
-
-def _status_out(status: PipelineStatus) -> PipelineStatusOut:
-    return PipelineStatusOut(
-        pipeline_id=status.pipeline_id, namespace=status.namespace, ready=status.ready,
-        entrypoint=status.entrypoint, fingerprint=status.fingerprint,
-        steps=[StepStatusOut(**asdict(s)) for s in status.steps], details=status.details,
-        entry_step=status.entry_step, graph=[s.model_dump() for s in status.graph],
-        http_entrypoint=status.http_entrypoint, spec=status.spec)
-
-
-async def submitted_json(request: Request) -> Any:
-    """The request's JSON document as sent (what GET returns as `spec`).
-
-    Refuses (415) a body sent without ``Content-Type: application/json`` -- e.g. ``curl -d``
-    without ``-H`` sends a form -- instead of letting validation say it is not an object.
-    """
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise HTTPException(415, "send Content-Type: application/json (the body is a pipeline "
-                                 f"JSON document; got {media or 'no Content-Type'}), e.g. curl "
-                                 "-H 'Content-Type: application/json' -d @pipeline.json")
-    try:
-        return await request.json()
-    except ValueError:  # malformed JSON: FastAPI's own 422 names the position
-        return None
-
-
-#: The request body as sent, for endpoints that keep it (POST and PUT /pipeline).
-Submitted = Annotated[Any, Depends(submitted_json)]
-
-
-def _not_found(pipeline_id: str, backend: Backend) -> HTTPException:
-    return HTTPException(404, f"no pipeline {pipeline_id!r} in {backend.name} namespace "
-                              f"{backend.namespace!r}; GET /pipelines lists them")
 
 
 class BodyLimit:
