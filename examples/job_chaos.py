@@ -7,9 +7,11 @@ What it does, all on loopback, cleaned up at the end:
    (crops of the console's sample photos, JPEG and PNG) to ``s3://photos/chaos/``;
 2. starts ``stepchain topology serve`` (local backend) and a 3-step pipeline;
 3. runs the job once undisturbed to ``s3://outputs/reference/`` (the bytes to compare with);
-4. runs it again to ``s3://outputs/chaos/`` and, at random moments while it runs, SIGKILLs a
-   worker process and then the service, and starts the service again -- KILLS times. The
-   restarted service resumes the job by itself (no request is sent again);
+4. runs it again to ``s3://outputs/chaos/`` and, at random moments of the first half of the
+   job (chosen by the outputs written, so a fast machine does not outrun them), SIGKILLs a
+   running worker process and then the service, and starts the service again -- KILLS times.
+   The restarted service resumes the job by itself (no request is sent again). A round that
+   finds no running worker with work left says so, and the run fails;
 5. prints expected, written, duplicated, missing and mismatched, and exits 0 only when the
    job ended ``succeeded`` with written == expected and 0 duplicated, missing, mismatched.
 
@@ -29,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._jobs_harness import TERMINAL, ServiceProcess, photos, worker_pids
+from bench._jobs_harness import ServiceProcess, photos, worker_pids
 from bench._s3_server import S3Server
 from topology.jobs.locations import Location
+from topology.jobs.manifest import JobFiles
 from topology.jobs.store import Store, open_store
 
 PIPELINE = {"name": "chaos", "steps": [
@@ -78,31 +81,29 @@ def main(argv: list[str] | None = None) -> int:
         job = service.post("/v1/jobs", {**body, "output": "s3://outputs/chaos/"}).json()
         job_id = job["id"]
         print(f"chaos job {job_id}: {job['counts']['total']} inputs")
+        files = JobFiles(outputs_store, Location("s3", "outputs", "chaos/"), job_id)
+        # Round k's kills fall at a random point of the k-th slice of the job's first half,
+        # chosen by progress (outputs in the store), not by time: however fast the machine,
+        # each round kills a worker that runs with work left, and the restarted service has
+        # the rest to resume.
+        span = max(1, len(inputs) // (2 * (args.kills + 1)))
+        missed = 0
         for k in range(args.kills):
-            # the kills fall in the first half of the job, so each restarted service has
-            # workers to kill and work left to resume
-            target = (k + 1) * args.images // (2 * (args.kills + 1))
-            deadline = time.monotonic() + args.timeout
-            while time.monotonic() < deadline:
-                current = service.get(f"/v1/jobs/{job_id}")
-                if current["counts"]["done"] >= target or current["state"] in TERMINAL:
-                    break
-                time.sleep(0.1)
-            time.sleep(rng.uniform(0.0, 0.6))
-            # a worker of this job, once one runs (after a restart they start again)
-            victim_deadline = time.monotonic() + 20
-            workers = worker_pids(outputs_store, "chaos/", job_id)
-            while not workers and time.monotonic() < victim_deadline:
-                time.sleep(0.1)
-                workers = worker_pids(outputs_store, "chaos/", job_id)
-            if workers:
-                victim = rng.choice(workers)
+            target = rng.randint(k * span + 1, (k + 1) * span)
+            victim, written_now, why = wait_for_victim(
+                outputs_store, files, target, len(inputs), args.timeout, rng)
+            if victim is None:
+                missed += 1
+                print(f"round {k + 1}: no worker to kill: {why}")
+            else:
                 os.kill(victim, signal.SIGKILL)
                 print(f"round {k + 1}: SIGKILL worker pid {victim} "
-                      f"({current['counts']['done']} written so far)")
-            time.sleep(rng.uniform(0.1, 1.0))
+                      f"({written_now} of {len(inputs)} written)")
+            time.sleep(rng.uniform(0.05, 0.3))
+            written_now = count_outputs(outputs_store, "chaos/")
             service.kill()
-            print(f"round {k + 1}: SIGKILL the topology service; starting it again")
+            print(f"round {k + 1}: SIGKILL the topology service; starting it again "
+                  f"({written_now} of {len(inputs)} written)")
             service.start()
         final = service.wait_end(job_id, args.timeout)
         reference_out = outputs(outputs_store, "reference/")
@@ -119,12 +120,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"outputs byte-identical to the uninterrupted run: "
               f"{'yes' if mismatched == 0 and written == len(inputs) else 'NO'} "
               f"({mismatched} differ); second writes refused by the conditional put: {refused}")
-        ok = (final["state"] == "succeeded" and written == len(inputs) == len(expected)
+        if missed:
+            print(f"{missed} of {args.kills} round(s) found no running worker to kill")
+        ok = (missed == 0 and final["state"] == "succeeded"
+              and written == len(inputs) == len(expected)
               and duplicated == 0 and missing == 0 and mismatched == 0)
         return 0 if ok else 1
     finally:
         service.stop()
         s3.stop()
+
+
+def count_outputs(store: Store, prefix: str) -> int:
+    """Outputs written under `prefix` (the job's own state not counted)."""
+    return sum(1 for o in store.list(prefix)
+               if not o.key[len(prefix):].startswith("_stepchain/"))
+
+
+def wait_for_victim(store: Store, files: JobFiles, target: int, total: int, timeout: float,
+                    rng: random.Random) -> tuple[int | None, int, str]:
+    """Waits until `target` outputs are written and a worker of the job runs with work left;
+    returns its pid and the outputs written, or None and why there is none to kill."""
+    deadline = time.monotonic() + timeout
+    written = 0
+    while time.monotonic() < deadline:
+        written = count_outputs(store, "chaos/")
+        if written >= total or files.final() is not None:
+            return None, written, f"the job ended first ({written} of {total} written)"
+        if written >= target:
+            workers = worker_pids(store, "chaos/", files.job_id)
+            if workers:
+                return rng.choice(workers), written, ""
+        time.sleep(0.05)
+    return None, written, (f"none ran within {timeout:.0f} s with work left "
+                           f"({written} of {total} written)")
 
 
 def _workers(store: Store, job_id: str) -> list[dict[str, Any]]:

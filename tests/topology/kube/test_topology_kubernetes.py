@@ -12,6 +12,8 @@ import pytest
 from topology_fixtures import RunningKmock, api_client, kmock_server  # noqa: F401  (fixture)
 
 from topology.backend import BackendError
+from topology.jobs.kube_job import JobPodOptions, KubeJobPool
+from topology.jobs.manifest import JobManifest, JobOptions
 from topology.kube.backend import REQUIRED_PERMISSIONS, KubernetesBackend
 from topology.kube.objects import RenderOptions
 from topology.pipeline.graph import parse_pipeline
@@ -131,8 +133,17 @@ def test_backend_uses_only_the_api_calls_in_required_permissions(
     backend.apply(parse_pipeline(with_hpa))  # creates
     backend.apply(parse_pipeline(with_hpa))  # patches everything
     backend.apply(parse_pipeline(DEMO))  # deletes the stale HPA
-    backend.status("demo")
+    status = backend.status("demo")
     backend.list_pipelines()
+    # A batch job's Indexed Job, made on the backend's client as the service does
+    # (topology.jobs.wiring): created, read for its state, deleted when the job ends.
+    assert status is not None
+    jobs = KubeJobPool(backend.api_client, JobPodOptions(namespace=namespace))
+    job = JobManifest(id="j0123456789ab", pipeline="demo", input="s3://photos/in/",
+                      output="s3://photos/out/", options=JobOptions(workers=2), total=4)
+    jobs.start(job, status)
+    assert jobs.running(job.id) and jobs.failure(job.id) is None
+    jobs.stop(job.id)
     backend.delete("demo")
     used = set(kmock_server.calls()[before:])
     granted = {(group, resource, verb) for group, resource, verbs in REQUIRED_PERMISSIONS
