@@ -12,7 +12,10 @@ import re
 import shlex
 from pathlib import Path
 
-from stepsvc.cli import build_parser
+import pytest
+import yaml
+
+from stepsvc.cli import build_parser, main
 from topology.kube.objects import RUN_AS_USER
 
 PLUGINS = Path(__file__).resolve().parents[2] / "examples" / "plugins"
@@ -60,8 +63,6 @@ def test_the_docs_pipeline_names_an_allowed_image_and_validates_with_the_plugins
 ) -> None:
     import json
 
-    import pytest
-
     from topology.pipeline.graph import parse_pipeline
     from topology.service.allowlist import image_allowed
 
@@ -76,3 +77,21 @@ def test_the_docs_pipeline_names_an_allowed_image_and_validates_with_the_plugins
     assert [s.type for s in parsed.steps][:2] == ["acme.contrast", "acme.clahe"]
     local = json.loads((PLUGINS / "pipeline.json").read_text())
     assert local["steps"] == pipeline["steps"]  # the local example is the same pipeline
+
+
+def test_the_docs_render_command_renders_the_docs_pipeline_with_the_plugin_image(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("acme_boxblur", reason="the example plugins are not installed in this "
+                                               "venv: run `make venv`")
+    docs = (PLUGINS.parents[1] / "docs" / "plugins.md").read_text()
+    block = docs[docs.index("```json\n", docs.index("## On Kubernetes")) + 8:]
+    (tmp_path / "acme.json").write_text(block[:block.index("```")])
+    line = re.search(r"`(stepchain topology render acme\.json [^`]+)`", docs)
+    assert line, "docs/plugins.md shows the render command"
+    args = shlex.split(line.group(1))[1:]
+    args[args.index("acme.json")] = str(tmp_path / "acme.json")
+    assert main(args) == 0
+    manifests = [m for m in yaml.safe_load_all(capsys.readouterr().out) if m]
+    images = {c["image"] for m in manifests if m["kind"] == "Deployment"
+              for c in m["spec"]["template"]["spec"]["containers"]}
+    assert images == {"registry.example.com/you/stepchain-step-acme:0.1.0"}
