@@ -119,6 +119,7 @@ def serve_command(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from native.registry import entry, load_plugins
     from stepsvc.routing.discovery import make_discovery
+    from stepsvc.routing.reachability import NextStepWatch
     from stepsvc.routing.router import is_last_step
     from stepsvc.step.config import load_config
     from stepsvc.step.server import ServerSettings, build_server
@@ -171,6 +172,9 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     if telemetry.metrics is not None:
         telemetry.metrics.watch_admission(server.servicer.admission)
+        # Whether each next step can be reached, so "ready" is not all that the step says.
+        telemetry.metrics.watch_next_steps(
+            NextStepWatch(step.next_step, discovery, server.servicer.forwarder).health)
     try:
         metrics_port = (telemetry.start_metrics_http(settings.metrics_port, args.host)
                         if settings.metrics_port else 0)

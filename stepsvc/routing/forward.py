@@ -48,6 +48,7 @@ from stepsvc.protocol import (
     UNSHARED_KEY,
 )
 from stepsvc.routing.channels import KEEPALIVE_S, ChannelStates, channel_options
+from stepsvc.routing.reachability import HopOutcomes
 from stepsvc.routing.throttle import REFUSAL, AdaptiveThrottle
 
 #: Tries per step behind a `dns:///` name, whose replica count the client does not know: a
@@ -143,6 +144,8 @@ class Forwarder:
         self._lock = threading.Lock()
         #: Each next step's channel state (watched from the channel's creation on).
         self.states = ChannelStates()
+        #: How the last attempt at each next step ended (stepsvc.routing.reachability).
+        self.outcomes = HopOutcomes()
         #: Client-side adaptive throttling per next step (stepsvc.routing.throttle).
         self._throttles: dict[str, AdaptiveThrottle] = {}
 
@@ -177,6 +180,10 @@ class Forwarder:
                 self._domains[address] = str(value)
                 return
         self._domains.pop(address, None)
+
+    def channel_state(self, address: str) -> grpc.ChannelConnectivity | None:
+        """The connectivity state of the channel to `address` (None: no channel yet)."""
+        return self.states.state(address)
 
     def throttle(self, address: str) -> AdaptiveThrottle:
         """The adaptive throttle of the next step at `address` (created on first use)."""
@@ -243,6 +250,7 @@ class Forwarder:
                     try:
                         response = self._call(cand, request, remaining, metadata)
                         throttle.record(grpc.StatusCode.OK)
+                        self.outcomes.record(cand.address, answered=True, code="OK")
                         return ForwardResult(response, cand.step_id, attempts)
                     except grpc.RpcError as err:
                         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
@@ -254,6 +262,12 @@ class Forwarder:
                         failed = int(trailers[FAILED_STEP_KEY]) if named else cand.step_id
                         draining = (code == grpc.StatusCode.FAILED_PRECONDITION
                                     and DRAINING_KEY in trailers)
+                        # Did the candidate take it? An error it (or a step behind it) named
+                        # says yes; the transport's UNAVAILABLE, no answer, draining say no.
+                        took = named or not (draining or code in (
+                            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+                        self.outcomes.record(cand.address, answered=took, code=code.name,
+                                             detail=details)
                         if code == grpc.StatusCode.UNAVAILABLE or draining:
                             failures.append(message)
                             answered = answered or named or draining

@@ -10,6 +10,11 @@ Every series is labelled ``pipeline_id``, ``step_id``, ``step_type``:
 - ``stepchain_step_in_flight`` — calls being handled now.
 - ``stepchain_step_received_bytes_total``, ``stepchain_step_sent_bytes_total`` — serialized
   request/response sizes.
+- ``stepchain_step_cpu_cores{source}``, ``stepchain_step_host_cpu_cores``,
+  ``stepchain_step_host_cpu_busy_seconds_total`` — the CPU a replica has and how busy its host
+  is (:mod:`stepsvc.telemetry.cpu`).
+- ``stepchain_step_next_step_reachable{next_step, next_address, channel, reason}`` — 1 when a
+  request can go on to that next step now, 0 with the reason (``watch_next_steps``).
 - ``stepchain_step_busy_slots`` / ``stepchain_step_queue_depth`` — admitted requests holding a
   slot and requests waiting for one, read at scrape time; ``stepchain_step_max_inflight`` /
   ``stepchain_step_max_queue`` — the limits they are held to (``watch_admission``).
@@ -25,7 +30,7 @@ benchmark) never collide; :meth:`StepMetrics.serve_http` exposes it on ``--metri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import HTTPServer
 from threading import Thread
@@ -42,11 +47,15 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from stepsvc.telemetry import spans
+from stepsvc.telemetry.cpu import register_cpu_metrics
 from stepsvc.telemetry.filters import behavior_of, call_code, is_step_call, rewrap
 
 if TYPE_CHECKING:
+    from stepsvc.routing.reachability import NextStepHealth
     from stepsvc.step.admission import Admission
 
 LABELS = ("pipeline_id", "step_id", "step_type")
@@ -128,6 +137,8 @@ class StepMetrics:
         self.sent_bytes = Counter(
             "stepchain_step_sent_bytes", "Serialized size of the responses sent.",
             LABELS, registry=reg).labels(**labels)
+        #: The cores one replica may use; the host's cores and busy seconds (scaling advice).
+        self.cpu = register_cpu_metrics(reg, labels)
         kernel = spans.kernel_identity(step_type)
         if kernel is not None:  # which code computes this step: a built-in or which plugin
             Gauge("stepchain_step_kernel_info",
@@ -150,6 +161,12 @@ class StepMetrics:
                  lambda: admission.max_queue)):
             Gauge(name, doc, LABELS, registry=reg).labels(**labels).set_function(read)
 
+    def watch_next_steps(self, health: Callable[[], Sequence[NextStepHealth]]) -> None:
+        """Exposes whether each next step can be reached (``health()`` read at scrape time):
+        ``stepchain_step_next_step_reachable{next_step, next_address, channel, reason}``, 1 or
+        0, one series per next step (stepsvc.routing.reachability)."""
+        self.registry.register(_NextStepCollector(self._labels, health))
+
     def count_request(self, code: grpc.StatusCode) -> None:
         """Counts one finished call with status `code`."""
         self._requests.labels(**self._labels, grpc_code=code.name).inc()
@@ -168,6 +185,24 @@ class StepMetrics:
         """Serves ``/metrics`` for this registry on `addr`:`port` (0 picks a free port)."""
         httpd, thread = start_http_server(port, addr=addr, registry=self.registry)
         return MetricsHTTPServer(httpd, thread)
+
+
+class _NextStepCollector(Collector):
+    def __init__(self, labels: dict[str, str],
+                 health: Callable[[], Sequence[NextStepHealth]]) -> None:
+        self._labels = labels
+        self._health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "stepchain_step_next_step_reachable",
+            "Whether a request can go on to this next step now (1) or not (0, reason says why): "
+            "discovery, the channel's state and the last forward's outcome.",
+            labels=[*self._labels, "next_step", "next_address", "channel", "reason"])
+        for hop in self._health():
+            family.add_metric([*self._labels.values(), str(hop.step_id), hop.address or "",
+                               hop.channel, hop.reason], 1.0 if hop.reachable else 0.0)
+        yield family
 
 
 def _trace_exemplar() -> dict[str, str] | None:
