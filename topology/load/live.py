@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from topology.load.advice import DEFAULT_TARGET_UTILISATION, StepAdvice, advise
+from topology.load.hops import PipelineHops, pipeline_hops
 from topology.load.scrape import Exemplar, ScrapeError, StepSample, merge_replicas, scrape
 from topology.load.step_load import StepLoad, step_load
 
@@ -60,6 +61,7 @@ class LoadReport:
             "replicas": sum(load.replicas for load in self.loads),
             "requests_per_s": first.requests_per_s if first else 0.0,
             "refusals_per_s": sum(load.refusals_per_s for load in self.loads),
+            "cancelled_per_s": sum(load.cancelled_per_s for load in self.loads),
             "in_flight": sum(load.in_flight for load in self.loads),
             "queued": sum(load.queued or 0.0 for load in self.loads),
             "cpu_pct": sum(load.cpu_pct or 0.0 for load in self.loads),
@@ -67,11 +69,19 @@ class LoadReport:
             "window_s": max((load.window_s for load in self.loads), default=0.0),
         }
 
+    def hops(self) -> PipelineHops:
+        """The hops a request cannot take, as the steps saw them at the end of the window."""
+        return pipeline_hops({load.step_id: load.next_steps for load in self.loads})
+
     def to_json(self) -> dict[str, Any]:
         advice = {a.step_id: a for a in self.advice}
+        hops = self.hops()
         return {
             "target_utilisation": self.target_utilisation,
             "bottleneck_step": self.bottleneck,
+            "degraded": hops.degraded,
+            "cut_off_steps": list(hops.cut_off),
+            "problems": hops.problems(),
             "totals": self.totals(),
             "steps": [{**load.to_json(), "advice": advice[load.step_id].to_json()}
                       for load in self.loads],

@@ -10,8 +10,9 @@ parser (``prometheus_client.parser.text_string_to_metric_families``) otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +30,8 @@ MAX_EXPOSITION_BYTES = 4 * 1024 * 1024
 PREFIX = "stepchain_step_"
 #: The status code a step answers when its queue is full: a refusal, not an error.
 REFUSED_CODE = "RESOURCE_EXHAUSTED"
+#: A call its caller cancelled (a client gone, a load-test user stopped): not an error either.
+CANCELLED_CODE = "CANCELLED"
 
 
 class ScrapeError(RuntimeError):
@@ -100,6 +103,21 @@ class Exemplar:
 
 
 @dataclass(frozen=True)
+class NextHop:
+    """What a step says of one of its next steps: can a request go on to it now, and why not."""
+
+    step_id: int
+    reachable: bool
+    channel: str = "-"
+    reason: str = ""
+    address: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step_id": self.step_id, "reachable": self.reachable, "channel": self.channel,
+                "reason": self.reason, "address": self.address}
+
+
+@dataclass(frozen=True)
 class StepSample:
     """One step's series in one scrape (or the sum over its replicas' scrapes)."""
 
@@ -121,9 +139,19 @@ class StepSample:
     max_queue: float | None = None
     cpu_seconds: float | None = None
     rss_bytes: float | None = None
+    #: Cores the replicas may use (summed over replicas) and where the figure comes from
+    #: ("limit", "request", "host"; see stepsvc.telemetry.cpu).
+    cpu_cores: float | None = None
+    cpu_source: str | None = None
+    #: The host's cores and busy CPU seconds (the mean over replicas: they may share a host).
+    host_cpu_cores: float | None = None
+    host_busy_seconds: float | None = None
     #: How many replica scrapes this sample sums.
     replicas: int = 1
     exemplars: tuple[Exemplar, ...] = ()
+    #: The step's next steps as it sees them (stepchain_step_next_step_reachable); a hop one
+    #: replica cannot take counts as broken in a sum over replicas.
+    next_steps: tuple[NextHop, ...] = ()
 
     @property
     def total_requests(self) -> float:
@@ -134,15 +162,24 @@ class StepSample:
         return self.requests.get(REFUSED_CODE, 0.0)
 
     @property
+    def cancelled(self) -> float:
+        """Calls their callers cancelled before the answer."""
+        return self.requests.get(CANCELLED_CODE, 0.0)
+
+    @property
     def failed(self) -> float:
-        """Calls that ended in an error other than a refusal."""
-        return sum(v for code, v in self.requests.items() if code not in ("OK", REFUSED_CODE))
+        """Calls that ended in an error: not OK, not a refusal, not cancelled by the caller."""
+        return sum(v for code, v in self.requests.items()
+                   if code not in ("OK", REFUSED_CODE, CANCELLED_CODE))
 
 
 _HISTOGRAMS = {"duration_seconds": "duration", "queue_wait_seconds": "queue_wait",
                "kernel_seconds": "kernel", "forward_seconds": "forward"}
 _GAUGES = {"in_flight": "in_flight", "busy_slots": "busy", "queue_depth": "queued",
-           "max_inflight": "max_inflight", "max_queue": "max_queue"}
+           "max_inflight": "max_inflight", "max_queue": "max_queue",
+           "cpu_cores": "cpu_cores", "host_cpu_cores": "host_cpu_cores",
+           "host_cpu_busy_seconds_total": "host_busy_seconds",
+           "host_cpu_busy_seconds": "host_busy_seconds"}  # OpenMetrics drops the _total
 
 
 def parse_samples(text: str, at: float, *, openmetrics: bool = False) -> list[StepSample]:
@@ -170,7 +207,8 @@ def parse_samples(text: str, at: float, *, openmetrics: bool = False) -> list[St
                 key = (labels["pipeline_id"], int(labels["step_id"]), labels["step_type"])
             except (KeyError, ValueError):
                 continue
-            step = steps.setdefault(key, {"requests": {}, "hist": {}, "exemplars": []})
+            step = steps.setdefault(key, {"requests": {}, "hist": {}, "exemplars": [],
+                                          "next_steps": []})
             _add_sample(step, sample.name[len(PREFIX):], labels, sample.value,
                         getattr(sample, "exemplar", None))
     out = []
@@ -186,19 +224,31 @@ def parse_samples(text: str, at: float, *, openmetrics: bool = False) -> list[St
             queued=data.get("queued"), max_inflight=data.get("max_inflight"),
             max_queue=data.get("max_queue"),
             cpu_seconds=process.get("cpu"), rss_bytes=process.get("rss"),
+            cpu_cores=data.get("cpu_cores"), cpu_source=data.get("cpu_source"),
+            host_cpu_cores=data.get("host_cpu_cores"),
+            host_busy_seconds=data.get("host_busy_seconds"),
             exemplars=tuple(sorted(data["exemplars"], key=lambda e: e.timestamp or 0.0,
-                                   reverse=True))))
+                                   reverse=True)),
+            next_steps=tuple(sorted(data["next_steps"], key=lambda hop: hop.step_id))))
     return out
 
 
 def _add_sample(step: dict[str, Any], name: str, labels: dict[str, str], value: float,
                 exemplar: Any) -> None:
+    if name == "next_step_reachable":
+        with contextlib.suppress(KeyError, ValueError):
+            step["next_steps"].append(NextHop(
+                int(labels["next_step"]), value >= 1.0, labels.get("channel", "-"),
+                labels.get("reason", ""), labels.get("next_address", "")))
+        return
     if name == "requests_total":
         code = labels.get("grpc_code", "UNKNOWN")
         step["requests"][code] = step["requests"].get(code, 0.0) + value
         return
     if name in _GAUGES:
         step[_GAUGES[name]] = value
+        if name == "cpu_cores":
+            step["cpu_source"] = labels.get("source")
         return
     for suffix in ("_bucket", "_sum", "_count"):
         base = name[:-len(suffix)] if name.endswith(suffix) else None
@@ -239,6 +289,10 @@ def merge_replicas(samples: Sequence[StepSample]) -> StepSample:
         values = [getattr(s, attr) for s in samples]
         return None if any(v is None for v in values) else float(sum(values))
 
+    def mean(attr: str) -> float | None:
+        values = [getattr(s, attr) for s in samples]
+        return None if any(v is None for v in values) else float(sum(values)) / len(values)
+
     def hist(attr: str) -> Histogram:
         out = Histogram()
         for s in samples:
@@ -252,9 +306,23 @@ def merge_replicas(samples: Sequence[StepSample]) -> StepSample:
         forward=hist("forward"), in_flight=sum(s.in_flight for s in samples),
         busy=total("busy"), queued=total("queued"), max_inflight=total("max_inflight"),
         max_queue=total("max_queue"), cpu_seconds=total("cpu_seconds"),
-        rss_bytes=total("rss_bytes"), replicas=sum(s.replicas for s in samples),
+        rss_bytes=total("rss_bytes"), cpu_cores=total("cpu_cores"),
+        cpu_source=first.cpu_source, host_cpu_cores=mean("host_cpu_cores"),
+        host_busy_seconds=mean("host_busy_seconds"), replicas=sum(s.replicas for s in samples),
         exemplars=tuple(sorted((e for s in samples for e in s.exemplars),
-                               key=lambda e: e.timestamp or 0.0, reverse=True)))
+                               key=lambda e: e.timestamp or 0.0, reverse=True)),
+        next_steps=merge_hops(hop for s in samples for hop in s.next_steps))
+
+
+def merge_hops(hops: Iterable[NextHop]) -> tuple[NextHop, ...]:
+    """One hop per next step: broken when any replica says it cannot take it (its requests
+    would fail), with that replica's reason."""
+    merged: dict[int, NextHop] = {}
+    for hop in hops:
+        known = merged.get(hop.step_id)
+        if known is None or (known.reachable and not hop.reachable):
+            merged[hop.step_id] = hop
+    return tuple(merged[i] for i in sorted(merged))
 
 
 def fetch_exposition(endpoint: str, client: httpx.Client) -> tuple[str, bool]:

@@ -25,8 +25,12 @@ from typing import Any
 from stepsvc import cli_args
 
 DEFAULT_TOPOLOGY = "http://127.0.0.1:8080"
-ACTION_STYLE = {"scale up": "bold red", "scale down": "yellow", "maintain": "green"}
-ACTION_SHORT = {"scale up": "UP", "scale down": "down", "maintain": "keep"}
+ACTION_STYLE = {"scale up": "bold red", "scale down": "yellow", "maintain": "green",
+                "host is the limit": "bold magenta"}
+ACTION_SHORT = {"scale up": "UP", "scale down": "down", "maintain": "keep",
+                "host is the limit": "HOST"}
+#: A step's name in the compact table (`<id> <type>`), longer ones are cut with `~`.
+STEP_NAME_CHARS = 16
 #: Frame width when stdout is not a terminal (--once into a file or a pipe).
 PIPE_WIDTH = 160
 
@@ -138,54 +142,48 @@ def _totals(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "window_s": max((s["window_s"] for s in steps), default=0.0)}
 
 
-def render(reports: list[dict[str, Any]], source: str, now: float | None = None) -> Any:
-    """One frame: per pipeline a header with totals, the step table and the advice."""
+#: Below this many columns the frame is laid out for a terminal's default 80: fewer columns,
+#: short headers; the advice is always stacked under the table, wrapped, never cut.
+WIDE_COLUMNS = 120
+
+
+def render(reports: list[dict[str, Any]], source: str, now: float | None = None, *,
+           width: int = PIPE_WIDTH, notice: str | None = None) -> Any:
+    """One frame: per pipeline a header with totals, its broken hops, the step table and the
+    advice. Laid out for `width` columns (a narrow terminal gets the compact table);
+    `notice` is a line shown under the title (``reconnecting ...``)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
+    compact = width < WIDE_COLUMNS
     stamp = time.strftime("%H:%M:%S", time.localtime(now))
     parts: list[Any] = [Text.assemble(("stepchain top", "bold"), f"  {source}  {stamp}")]
+    if notice:
+        parts.append(Text(notice, style="bold yellow"))
     for report in reports:
         totals = report.get("totals") or {}
         target = report.get("target_utilisation")
         head = Text.assemble(
             (f"pipeline {report.get('pipeline_id')}", "bold cyan"),
-            f"  steps {totals.get('steps', 0)}  replicas {totals.get('replicas', 0)}"
             f"  in {_num(totals.get('requests_per_s'))} req/s"
             f"  refused {_num(totals.get('refusals_per_s'))}/s"
-            f"  in flight {_int(totals.get('in_flight'))}  queued {_int(totals.get('queued'))}"
-            f"  CPU {_pct(totals.get('cpu_pct'))}  RSS {_mib(totals.get('rss_bytes'))}"
-            f"  window {_num(totals.get('window_s'))} s"
+            f"  cancelled {_num(totals.get('cancelled_per_s'))}/s"
+            f"  CPU {_pct(totals.get('cpu_pct'))}"
+            + ("" if compact else
+               f"  steps {totals.get('steps', 0)}  replicas {totals.get('replicas', 0)}"
+               f"  in flight {_int(totals.get('in_flight'))}"
+               f"  queued {_int(totals.get('queued'))}  RSS {_mib(totals.get('rss_bytes'))}")
+            + f"  window {_num(totals.get('window_s'))} s"
             + (f"  target {target:.0%}" if isinstance(target, float) else ""))
+        if report.get("cut_off_steps"):
+            head.append("  NOT READY", style="bold red")
+        elif report.get("degraded"):
+            head.append("  DEGRADED", style="bold yellow")
         parts.append(head)
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for name, justify in (("step", "left"), ("rep", "right"), ("busy/infl/lim", "right"),
-                              ("util", "right"), ("queue", "right"), ("req/s", "right"),
-                              ("p95 ms", "right"), ("refus/s", "right"), ("err%", "right"),
-                              ("CPU", "right"), ("RSS", "right"), ("advice", "left")):
-            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-        for step in report.get("steps", []):
-            advice = step.get("advice") or {}
-            action = advice.get("action", "-")
-            mark = " *" if advice.get("bottleneck") else ""
-            table.add_row(
-                f"{step['step_id']} {step['step_type']}{mark}",
-                str(step["replicas"]),
-                f"{_int(step.get('busy'))}/{_int(step.get('in_flight'))}/"
-                f"{_int(step.get('max_inflight'))}",
-                f"{step['utilisation'] * 100:.0f}%",
-                f"{_int(step.get('queued'))}/{_int(step.get('max_queue'))}",
-                _num(step["requests_per_s"]),
-                _ms(step.get("p95_s")),
-                _num(step["refusals_per_s"]),
-                f"{step['error_pct']:.1f}",
-                _pct(step.get("cpu_pct")),
-                _mib(step.get("rss_bytes")),
-                Text(f"{ACTION_SHORT.get(action, action)} {advice.get('replicas', '?')}->"
-                     f"{advice.get('advised_replicas', '?')} {advice.get('confidence', '-')}",
-                     style=ACTION_STYLE.get(action, "")))
-        parts.append(table)
+        for problem in report.get("problems") or []:  # a broken hop, before any number
+            parts.append(Text(f"  ! {problem}", style="red"))
+        parts.append(_step_table(report, compact, Table, Text))
         for step in report.get("steps", []):
             advice = step.get("advice") or {}
             if not advice:
@@ -194,8 +192,13 @@ def render(reports: list[dict[str, Any]], source: str, now: float | None = None)
             if advice.get("bottleneck"):
                 line.append("bottleneck ", style="bold magenta")
             line.append(f"{advice['action']}", style=ACTION_STYLE.get(advice["action"], ""))
-            line.append(f": {advice['reason']}; confidence {advice['confidence']} "
-                        f"({advice['confidence_score']:.2f})")
+            line.append(f" {advice.get('replicas', '?')}->{advice.get('advised_replicas', '?')}")
+            if compact and advice["action"] == "maintain" and not advice.get("bottleneck"):
+                # nothing to do: one line, the utilisation; the arithmetic is for actions
+                line.append(f" at {step['utilisation'] * 100:.0f}% utilisation")
+            else:
+                line.append(f": {advice['reason']}; confidence {advice['confidence']} "
+                            f"({advice['confidence_score']:.2f})")
             parts.append(line)
             if advice.get("kubectl"):
                 parts.append(Text(f"      $ {advice['kubectl']}", style="dim"))
@@ -203,13 +206,64 @@ def render(reports: list[dict[str, Any]], source: str, now: float | None = None)
         for where, error in (report.get("errors") or {}).items():
             parts.append(Text(f"  ! {where}: {error}", style="red"))
         traces = report.get("recent_traces") or []
-        if traces:
+        if traces and not compact:
             parts.append(Text("  recent traces: " + " ".join(t["trace_id"] for t in traces[:4]),
                               style="dim"))
         parts.append(Text(""))
     if not reports:
         parts.append(Text("no pipelines", style="yellow"))
     return Group(*parts)
+
+
+def _step_table(report: dict[str, Any], compact: bool, table_class: Any, text_class: Any
+                ) -> Any:
+    """The step table: the wide one, or at most 80 columns with the bottleneck mark kept."""
+    table = table_class(box=None, pad_edge=False, header_style="bold")
+    columns: tuple[tuple[str, str], ...]
+    if compact:
+        columns = (("step", "left"), ("rep", "right"), ("busy/lim", "right"),
+                   ("util", "right"), ("queue", "right"), ("req/s", "right"),
+                   ("p95ms", "right"), ("err%", "right"), ("CPU", "right"),
+                   ("advice", "left"))
+    else:
+        columns = (("step", "left"), ("rep", "right"), ("busy/infl/lim", "right"),
+                   ("util", "right"), ("queue", "right"), ("req/s", "right"),
+                   ("p95 ms", "right"), ("refus/s", "right"), ("cancel/s", "right"),
+                   ("err%", "right"), ("CPU", "right"), ("RSS", "right"), ("advice", "left"))
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)
+    broken = {int(step) for step in report.get("cut_off_steps") or []}
+    for step in report.get("steps", []):
+        advice = step.get("advice") or {}
+        action = advice.get("action", "-")
+        if any(not hop.get("reachable", True) for hop in step.get("next_steps") or []):
+            broken.add(step["step_id"])
+        # `*` the bottleneck, `!` a step with a next step it cannot reach
+        mark = ("*" if advice.get("bottleneck") else "") + ("!" if step["step_id"] in broken
+                                                            else "")
+        name = f"{step['step_id']} {step['step_type']}"
+        if compact and len(name) > STEP_NAME_CHARS:
+            name = name[:STEP_NAME_CHARS - 1] + "~"
+        verdict = text_class(f"{ACTION_SHORT.get(action, action)} "
+                             f"{advice.get('replicas', '?')}->{advice.get('advised_replicas', '?')}",
+                             style=ACTION_STYLE.get(action, ""))
+        cells = [text_class.assemble(name, (mark, "bold magenta" if "*" in mark else "bold red"))
+                 if mark else name, str(step["replicas"])]
+        if compact:
+            cells += [f"{_int(step.get('busy'))}/{_int(step.get('max_inflight'))}"]
+        else:
+            cells += [f"{_int(step.get('busy'))}/{_int(step.get('in_flight'))}/"
+                      f"{_int(step.get('max_inflight'))}"]
+        cells += [f"{step['utilisation'] * 100:.0f}%",
+                  f"{_int(step.get('queued'))}/{_int(step.get('max_queue'))}",
+                  _num(step["requests_per_s"]), _ms(step.get("p95_s"))]
+        if not compact:
+            cells += [_num(step["refusals_per_s"]), _num(step.get("cancelled_per_s"))]
+        cells += [f"{step['error_pct']:.1f}", _pct(step.get("cpu_pct"))]
+        if not compact:
+            cells += [_mib(step.get("rss_bytes"))]
+        table.add_row(*cells, verdict)
+    return table
 
 
 def _num(value: Any) -> str:
@@ -247,14 +301,23 @@ def top_command(args: argparse.Namespace) -> int:
         where = url
     piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
     console = Console(width=PIPE_WIDTH if piped else None)
+    last: list[dict[str, Any]] | None = None
+    failing_since: float | None = None
 
     def frame() -> Any:
+        # A service that restarts (or is not up yet) is waited for, visibly, with the last
+        # numbers kept on screen: top keeps trying until Ctrl-C.
+        nonlocal last, failing_since
         try:
-            return render(read(), where)
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            from rich.text import Text
-
-            return Text(f"stepchain top: cannot read {where}: {exc}", style="red")
+            last = read()
+            failing_since = None
+            return render(last, where, width=console.width)
+        except Exception as exc:  # whatever the service answered (or not): keep going
+            failing_since = failing_since or time.time()
+            notice = (f"reconnecting to {where} (no answer since "
+                      f"{time.strftime('%H:%M:%S', time.localtime(failing_since))}: "
+                      f"{_short_error(exc)})")
+            return render(last or [], where, width=console.width, notice=notice)
 
     try:
         if args.once:
@@ -263,7 +326,7 @@ def top_command(args: argparse.Namespace) -> int:
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 print(f"stepchain top: cannot read {where}: {exc}", file=sys.stderr)
                 return 1
-            console.print(render(reports, where))
+            console.print(render(reports, where, width=console.width))
             return 0
         with Live(frame(), console=console, screen=False, auto_refresh=False) as live:
             while True:
@@ -273,3 +336,8 @@ def top_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         close()
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 80 else text[:79] + "…"

@@ -42,6 +42,7 @@ from topology.service.metrics import (
     TopologyMetrics,
 )
 from topology.service.pipeline_routes import add_pipeline_routes
+from topology.service.request_body import not_json_detail
 from topology.service.schemas import Health
 from topology.service.settings import Settings, check_startup, render_options, with_token
 
@@ -135,10 +136,14 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             {**e, "loc": ["body", *e["loc"]]} for e in exc.errors]})
 
     @app.exception_handler(RequestValidationError)
-    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):  # its line and column
+            return JSONResponse(status_code=422, content={"detail": [
+                not_json_detail(await request.body())]})
         return JSONResponse(status_code=422, content={"detail": [
             {"loc": list(clean_loc(tuple(e.get("loc", ())))), "msg": str(e.get("msg", "")),
-             "type": str(e.get("type", ""))} for e in exc.errors()]})
+             "type": str(e.get("type", ""))} for e in errors]})
 
     @app.exception_handler(BackendError)
     async def _backend_failed(_: Request, exc: BackendError) -> JSONResponse:

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from topology.backend import Backend
 from topology.kube.manifests import render_manifests
+from topology.load.hops import scrape_hops
 from topology.pipeline.graph import Pipeline, resolve_pipeline
 from topology.pipeline.model import (
     MAX_PIPELINE_NAME,
@@ -79,7 +80,7 @@ async def submitted_json(request: Request) -> Any:
                                  "-H 'Content-Type: application/json' -d @pipeline.json")
     try:
         return await request.json()
-    except ValueError:  # malformed JSON: FastAPI's own 422 names the position
+    except ValueError:  # not JSON: the 422 handler answers its line and column
         return None
 
 
@@ -158,7 +159,8 @@ def add_pipeline_routes(app: FastAPI, backend: Backend, settings: Settings,
         status = backend.status(pipeline_id)
         if status is None:
             raise _not_found(pipeline_id, backend)
-        return status_out(status)
+        # What a request would meet at each hop: the steps' own view of their next steps.
+        return status_out(status, scrape_hops([m for s in status.steps for m in s.metrics]))
 
     @app.put("/pipeline/{pipeline_id}", response_model=Applied | DryRunResult,
              tags=["pipelines"], dependencies=writer,

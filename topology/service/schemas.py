@@ -12,6 +12,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from topology.backend import PipelineStatus
+from topology.load.hops import PipelineHops
+
+
+class NextStepOut(BaseModel):
+    """One hop as the step before it sees it."""
+
+    step_id: int
+    reachable: bool
+    channel: str = Field("-", description="the gRPC channel's connectivity state")
+    reason: str = Field("", description="why a request cannot go on to it (empty when it can)")
 
 
 class StepStatusOut(BaseModel):
@@ -29,6 +39,10 @@ class StepStatusOut(BaseModel):
     metrics: list[str] = Field(default_factory=list,
                                description="host:port of each replica's Prometheus /metrics "
                                            "the service can scrape (local backend)")
+    next_steps: list[NextStepOut] = Field(
+        default_factory=list, description="whether the step can reach each of its next steps "
+                                          "now, as it reports it (empty when it cannot be "
+                                          "scraped)")
 
 
 class PipelineStatusOut(BaseModel):
@@ -36,7 +50,12 @@ class PipelineStatusOut(BaseModel):
 
     pipeline_id: str
     namespace: str
-    ready: bool
+    ready: bool = Field(description="every step serves and no step is cut off from all of its "
+                                    "next steps: a request would get through")
+    degraded: bool = Field(False, description="some hop cannot be taken now (problems says "
+                                              "which and why)")
+    problems: list[str] = Field(default_factory=list,
+                                description="each broken hop, with the reason its step gives")
     entrypoint: str | None
     fingerprint: str
     steps: list[StepStatusOut]
@@ -113,11 +132,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def status_out(status: PipelineStatus) -> PipelineStatusOut:
-    """A backend's status of a pipeline as the API answers it."""
+def status_out(status: PipelineStatus, hops: PipelineHops | None = None) -> PipelineStatusOut:
+    """A backend's status of a pipeline as the API answers it; with `hops`, readiness also
+    says whether a request would get through each hop (GET /pipeline/{id})."""
+    hops = hops or PipelineHops()
+    steps = [StepStatusOut(**asdict(s), next_steps=[
+        NextStepOut(**hop.to_json()) for hop in hops.next_steps.get(s.step_id, ())])
+        for s in status.steps]
     return PipelineStatusOut(
-        pipeline_id=status.pipeline_id, namespace=status.namespace, ready=status.ready,
-        entrypoint=status.entrypoint, fingerprint=status.fingerprint,
-        steps=[StepStatusOut(**asdict(s)) for s in status.steps], details=status.details,
+        pipeline_id=status.pipeline_id, namespace=status.namespace,
+        ready=status.ready and not hops.cut_off, degraded=hops.degraded,
+        problems=hops.problems(), entrypoint=status.entrypoint, fingerprint=status.fingerprint,
+        steps=steps, details=status.details,
         entry_step=status.entry_step, graph=[s.model_dump() for s in status.graph],
         http_entrypoint=status.http_entrypoint, spec=status.spec)

@@ -1,6 +1,8 @@
 """`stepchain top` and `GET /pipeline/{id}/advice` against real step processes under load:
-quiet, every step is "maintain"; saturated, the busy step is the bottleneck and "scale up" by
-Little's law. And `top` on a real terminal: tmux, read back with capture-pane.
+quiet, every step is "maintain"; saturated, the busy step is the bottleneck, sized by the CPU a
+request costs against the cores a replica has ("host is the limit" when its host is saturated,
+as a 2-core machine running every step is). And `top` on a real terminal: tmux, read back with
+capture-pane, at 180 columns and at a terminal's default 80 x 24.
 
 Loopback only; the load is a bounded number of requests from a few threads.
 """
@@ -124,16 +126,28 @@ def test_advice_moves_from_maintain_to_scale_up_when_a_step_saturates(
         assert answered and answered[0] > SATURATING_CLIENTS
         busy = readings[-2] if len(readings) > 1 else readings[-1]  # the last under load
     blur = busy["steps"][1]
+    advice = blur["advice"]
+    target = busy["target_utilisation"]
     assert busy["bottleneck_step"] == 1
-    assert blur["advice"]["action"] == "scale up", blur
-    assert blur["advice"]["advised_replicas"] > 1
-    assert blur["utilisation"] > busy["target_utilisation"]
-    assert blur["advice"]["kubectl"] == (
-        f"kubectl scale deployment/load-step-1 --replicas={blur['advice']['advised_replicas']}"
-        " -n default")
-    # Little's law: arrival rate x service time / target utilisation.
-    needed = blur["requests_per_s"] * blur["service_s"] / busy["target_utilisation"]
-    assert blur["advice"]["needed"] == pytest.approx(needed, rel=1e-3)
+    # Sized by what a replica consumes: CPU per request x requests/s against the cores a
+    # replica has (here the host's), or in-flight slots, whichever is tighter.
+    admitted = blur["requests_per_s"] - blur["refusals_per_s"]
+    by_cpu = admitted * blur["cpu_s_per_request"] / (blur["cpu_cores"] * target)
+    assert blur["cpu_source"] == "host" and blur["cpu_cores"] >= 1
+    assert advice["needed"] >= by_cpu * (1 - 1e-3)
+    if blur["host_busy_pct"] >= 90:
+        # The saturated step shares its host with everything else: one host, no CPU to add.
+        assert advice["action"] == "host is the limit", blur
+        assert advice["advised_replicas"] == 1 and advice["kubectl"] == ""
+        assert "More replicas on this host add no CPU" in advice["reason"]
+    else:
+        assert advice["action"] == "scale up", blur
+        assert advice["advised_replicas"] > 1
+        assert blur["utilisation"] > target
+        assert advice["kubectl"] == (
+            f"kubectl scale deployment/load-step-1 --replicas={advice['advised_replicas']}"
+            " -n default")
+    assert "CPU per request" in advice["reason"] or "in-flight slots" in advice["reason"]
 
 
 def test_top_targets_step_metrics_directly(pipeline: tuple[Service, dict[str, Any]]) -> None:
@@ -198,3 +212,59 @@ def test_top_refreshes_on_a_real_terminal_in_tmux(
             raise AssertionError("top did not exit on Ctrl-C:\n" + screen())
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None,
+                    reason="no tmux: `apt-get install tmux` (make test runs "
+                           "tests/install-test-tools.sh to do it)")
+def test_top_fits_an_80_column_terminal_keeps_the_bottleneck_and_waits_for_a_restart(
+        tmp_path: Path) -> None:
+    from stepsvc.ports import free_port
+
+    port = free_port()
+    state = tmp_path / "state"
+    service = Service(state, "--port", str(port))
+    socket = f"stepchain-top-{uuid.uuid4().hex[:8]}"
+    tmux = ["tmux", "-L", socket]
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"],
+                              capture_output=True, text=True, check=True).stdout
+
+    def wait_screen(what: str, check: Any, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = screen()
+            if check(text):
+                return text
+            time.sleep(0.3)
+        raise AssertionError(f"no {what} on the screen:\n{screen()}")
+
+    try:
+        with service.api(client_token(state)) as api:
+            created = api.post("/pipeline", json=PIPELINE)
+            assert created.status_code == 201, created.text
+        # A terminal's default size: 80 x 24.
+        subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "-s", "top",
+                        f"{sys.executable} -m stepsvc.cli top --topology {service.url} "
+                        "--interval 1"], check=True, cwd=ROOT, env=env)
+        wait_screen("step table", lambda t: "1 gaussian_blur" in t)
+        send(created.json()["entrypoint"], 4)
+        rows = wait_screen("a bottleneck mark", lambda t: any(
+            line.startswith(("0 identity*", "1 gaussian_blur*")) for line in t.splitlines()))
+        assert "…" not in rows, rows  # no column cut to an ellipsis
+        assert all(len(line) <= 80 for line in rows.splitlines())
+        assert "advice" in rows and ("keep 1->1" in rows or "UP 1->" in rows)
+
+        service.stop()  # the service restarts: top says so and keeps trying
+        waiting = wait_screen("reconnecting", lambda t: "reconnecting to" in t)
+        assert "pipeline load" in waiting  # the last numbers stay on screen
+        alive = subprocess.run([*tmux, "has-session", "-t", "top"], capture_output=True)
+        assert alive.returncode == 0, "top exited when its service went away"
+        service = Service(state, "--port", str(port))
+        wait_screen("the service back", lambda t: "reconnecting" not in t
+                    and "pipeline load" in t, timeout=120)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+        service.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
@@ -131,3 +133,40 @@ def test_live_metrics_forget_endpoints_nobody_watches_any_more() -> None:
     report = live.report(["b:2"])
     assert [load.step_id for load in report.loads] == [2]
     assert set(live._history) == {"b:2"}
+
+
+def test_cancelled_calls_are_counted_apart_from_errors() -> None:
+    metrics, _ = step_metrics()
+    [before] = parse_samples(generate_latest(metrics.registry).decode(), at=0.0)
+    for _ in range(8):
+        observe(metrics, 0.05)
+    observe(metrics, 0.01, "CANCELLED")  # a caller that went away: not the step's error
+    observe(metrics, 0.01, "CANCELLED")
+    observe(metrics, 0.01, "INTERNAL")
+    [after] = parse_samples(generate_latest(metrics.registry).decode(), at=2.0)
+    assert (after.cancelled, after.failed) == (2.0, 1.0)
+    load = step_load(before, after)
+    assert load.cancelled_per_s == pytest.approx(1.0)
+    assert load.error_pct == pytest.approx(100 / 11)  # the INTERNAL one only
+
+
+def test_cpu_figures_give_cpu_per_request_and_how_busy_the_host_is() -> None:
+    metrics, _ = step_metrics()
+    [exposed] = parse_samples(generate_latest(metrics.registry).decode(), at=0.0)
+    assert exposed.cpu_source in ("limit", "request", "host")
+    assert exposed.cpu_cores and exposed.host_cpu_cores and exposed.host_busy_seconds
+    for _ in range(10):
+        observe(metrics, 0.2)
+    [after] = parse_samples(generate_latest(metrics.registry).decode(), at=10.0)
+    # The process and host counters move on their own: fix them to what a 10 s window saw.
+    before = replace(exposed, cpu_seconds=100.0, cpu_cores=2.0, cpu_source="host",
+                     host_cpu_cores=2.0, host_busy_seconds=5000.0)
+    after = replace(after, cpu_seconds=103.0, cpu_cores=2.0, cpu_source="host",
+                    host_cpu_cores=2.0, host_busy_seconds=5019.0)
+    load = step_load(before, after)
+    assert load.cpu_s_per_request == pytest.approx(0.3)  # 3 CPU-s over 10 requests
+    assert load.cpu_utilisation == pytest.approx(0.15)  # 0.3 cores of 2
+    assert load.host_busy_pct == pytest.approx(95.0)  # 19 busy s of 2 cores x 10 s
+    assert load.slot_utilisation == pytest.approx(1.0 * 0.2 / 4)  # own work 0.2 s, 4 slots
+    assert load.utilisation == pytest.approx(max(0.15, 0.05))
+    assert load.cpu_pct == pytest.approx(30.0)

@@ -178,6 +178,17 @@ def test_body_that_is_not_json_is_a_422(client: TestClient) -> None:
     assert response.status_code == 422
 
 
+def test_malformed_json_is_answered_with_its_line_and_column_as_render_says_it(
+        client: TestClient) -> None:
+    body = b'{"steps": [\n  {"type": "blur"}\n  {"type": "grayscale"}\n]}'
+    response = client.post("/pipeline", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body"] and (detail["line"], detail["column"]) == (3, 3)
+    assert detail["msg"] == "not JSON: Expecting ',' delimiter: line 3 column 3 (char 33)"
+
+
 def test_oversized_body_is_a_413_not_a_500(client: TestClient) -> None:
     big = {"name": "p", "steps": [{"type": "blur", "params": {}, "x": "y" * (2 << 20)}]}
     response = client.post("/pipeline", json=big)

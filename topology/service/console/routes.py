@@ -26,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
 from topology.backend import Backend, PipelineStatus
+from topology.load.hops import PipelineHops, scrape_hops
 from topology.load.live import LiveMetrics
 from topology.pipeline.dump import step_document
 from topology.pipeline.model import MAX_PIPELINE_NAME, PIPELINE_NAME_RE
@@ -71,9 +72,14 @@ class AnnotateBody(BaseModel):
     errors: list[dict[str, Any]] = []
 
 
-def graph_steps(status: PipelineStatus) -> list[svg.GraphStep]:
-    """The boxes of a pipeline's graph: routing from the deployed config, state from status."""
+def graph_steps(status: PipelineStatus, hops: PipelineHops | None = None
+                ) -> list[svg.GraphStep]:
+    """The boxes of a pipeline's graph: routing from the deployed config, state from status,
+    the hops a request cannot take (red) from `hops`."""
     state = {s.step_id: s for s in status.steps}
+    broken: dict[int, dict[int, str]] = {}
+    for hop in (hops.broken if hops else ()):
+        broken.setdefault(hop.from_step, {})[hop.to_step] = hop.reason
     out = []
     for route_step in status.graph:
         s = state.get(route_step.id)
@@ -82,7 +88,7 @@ def graph_steps(status: PipelineStatus) -> list[svg.GraphStep]:
             next_step=list(route_step.next_step), preferred_next=route_step.preferred_next,
             route=dict(route_step.route), ready=s.ready if s else None,
             replicas=f"{s.ready_replicas}/{s.replicas} ready" if s else "",
-            address=(s.address or "") if s else ""))
+            address=(s.address or "") if s else "", broken=broken.get(route_step.id, {})))
     if not out:  # no routing graph readable: boxes without edges, still with their state
         out = [svg.GraphStep(id=s.step_id, type=s.type, params={}, next_step=[],
                              preferred_next=None, route={}, ready=s.ready,
@@ -186,8 +192,9 @@ def console_router(backend: Backend, live: LiveMetrics, settings: Settings,
     @router.get("/console/pipelines/{pipeline_id}", response_class=HTMLResponse)
     def pipeline_page(pipeline_id: PipelineId) -> HTMLResponse:
         status = status_or_404(pipeline_id)
-        return page("pipeline.html", status=status,
-                    graph=svg.pipeline_graph(graph_steps(status), status.entry_step,
+        hops = scrape_hops([m for s in status.steps for m in s.metrics])
+        return page("pipeline.html", status=status, hops=hops,
+                    graph=svg.pipeline_graph(graph_steps(status, hops), status.entry_step,
                                              title=status.pipeline_id),
                     definition=pipeline_json(status), samples=samples(),
                     threads=thread_choices(cores), cores=cores)
@@ -199,7 +206,12 @@ def console_router(backend: Backend, live: LiveMetrics, settings: Settings,
         status = status_or_404(pipeline_id)
         report = pipeline_report(status, live, namespace=status.namespace)
         body = report_json(status, report, backend.name)
-        return page("live.html", report=body, status=status)
+        # The hops as the steps saw them at the end of the window: the graph at the top of the
+        # page is redrawn from it (console.js), a broken edge red with its reason.
+        hops = report.hops()
+        graph = svg.pipeline_graph(graph_steps(status, hops), status.entry_step,
+                                   title=status.pipeline_id)
+        return page("live.html", report=body, status=status, hops=hops, graph=graph)
 
     @router.post("/console/pipelines/{pipeline_id}/run", response_class=HTMLResponse,
                  dependencies=list(writer))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
@@ -44,9 +44,13 @@ class GraphStep:
     ready: bool | None = None
     replicas: str = ""
     address: str = ""
+    #: Next steps this step cannot reach now -> why (its edge is drawn red with the reason).
+    broken: Mapping[int, str] = field(default_factory=dict)
 
 
 BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 210, 92, 90, 26, 24
+#: The colour of a hop a request cannot take.
+BROKEN = "#e53935"
 
 
 def pipeline_graph(steps: Sequence[GraphStep], entry: int | None, *,
@@ -70,7 +74,11 @@ def pipeline_graph(steps: Sequence[GraphStep], entry: int | None, *,
            f"aria-label='pipeline graph {_t(title)}' {FONT} font-size='12'>",
            "<defs><marker id='arrow' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' "
            "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
-           "fill='#555'/></marker></defs>"]
+           "fill='#555'/></marker>"
+           + ("<marker id='arrow-broken' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' "
+              "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
+              f"fill='{BROKEN}'/></marker>" if any(s.broken for s in steps) else "")
+           + "</defs>"]
     # client -> entry
     ex, ey = pos[entry_id]
     out.append(f"<text x='{MARGIN - 8}' y='{ey + BOX_H / 2 - 10}' fill='#555'>client</text>")
@@ -86,7 +94,8 @@ def pipeline_graph(steps: Sequence[GraphStep], entry: int | None, *,
             if target not in pos or step.id not in pos:
                 continue
             out.append(_edge(pos[step.id], pos[target], labels.get(target, []),
-                             preferred=target == step.preferred_next))
+                             preferred=target == step.preferred_next,
+                             broken=step.broken.get(target)))
     for step in steps:
         x, y = pos[step.id]
         out.append(_box(step, x, y, is_entry=step.id == entry_id))
@@ -95,7 +104,7 @@ def pipeline_graph(steps: Sequence[GraphStep], entry: int | None, *,
 
 
 def _edge(src: tuple[float, float], dst: tuple[float, float], labels: list[str], *,
-          preferred: bool) -> str:
+          preferred: bool, broken: str | None = None) -> str:
     x1, y1 = src[0] + BOX_W, src[1] + BOX_H / 2
     x2, y2 = dst[0], dst[1] + BOX_H / 2
     if x2 <= x1:  # backwards or same column: loop below the boxes
@@ -108,8 +117,14 @@ def _edge(src: tuple[float, float], dst: tuple[float, float], labels: list[str],
         lx, ly = mid, (y1 + y2) / 2 - 6
     stroke = "#1e88e5" if preferred else "#555"
     dash = "" if preferred or not labels else " stroke-dasharray='5 3'"
-    parts = [f"<path d='{path}' fill='none' stroke='{stroke}' stroke-width='1.6'{dash} "
-             "marker-end='url(#arrow)'/>"]
+    if broken is not None:  # a request cannot take this hop now: red, with the step's reason
+        stroke, dash = BROKEN, " stroke-dasharray='6 3'"
+        labels = [*labels, "unreachable"]  # the reason: the edge's tooltip, the problems list
+    title = f"<title>unreachable: {_t(broken)}</title>" if broken is not None else ""
+    parts = [f"<path d='{path}' class='edge{' broken' if broken is not None else ''}' "
+             f"fill='none' stroke='{stroke}' stroke-width='{2.4 if broken else 1.6}'{dash} "
+             f"marker-end='url(#{'arrow-broken' if broken is not None else 'arrow'})'>"
+             f"{title}</path>"]
     for i, label in enumerate(labels):
         parts.append(f"<text class='edge-label' x='{lx}' y='{ly - 12 * (len(labels) - 1 - i)}' "
                      f"text-anchor='middle' fill='{stroke}' font-size='11' paint-order='stroke' "

@@ -238,7 +238,18 @@ function setupLive() {
     busy = true;
     try {
       const reply = await fetch(url);
-      if (reply.ok) body.innerHTML = await reply.text();
+      if (reply.ok) {
+        body.innerHTML = await reply.text();
+        // The fragment brings the graph and the pipeline's state as the steps see them now:
+        // they replace the ones drawn when the page loaded (a broken hop turns red live).
+        for (const [from, to] of [["[data-live-graph]", ".graph-wrap"],
+                                  ["[data-live-state]", "#pipeline-state"]]) {
+          const fresh = body.querySelector(from);
+          const target = document.querySelector(to);
+          if (fresh && target) target.innerHTML = fresh.innerHTML;
+          if (fresh) fresh.remove();
+        }
+      }
       else if (reply.status === 404) body.innerHTML = "<p class='muted'>the pipeline is gone</p>";
     } catch (err) {
       body.innerHTML = "<p class='err-box'>cannot reach the service: " + escapeHtml(err) + "</p>";
