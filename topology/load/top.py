@@ -164,31 +164,36 @@ def render(reports: list[dict[str, Any]], source: str, now: float | None = None,
     for report in reports:
         totals = report.get("totals") or {}
         target = report.get("target_utilisation")
-        head = Text.assemble(
-            (f"pipeline {report.get('pipeline_id')}", "bold cyan"),
-            f"  in {_num(totals.get('requests_per_s'))} req/s"
-            f"  refused {_num(totals.get('refusals_per_s'))}/s"
-            f"  cancelled {_num(totals.get('cancelled_per_s'))}/s"
-            f"  CPU {_pct(totals.get('cpu_pct'))}"
-            + ("" if compact else
-               f"  steps {totals.get('steps', 0)}  replicas {totals.get('replicas', 0)}"
-               f"  in flight {_int(totals.get('in_flight'))}"
-               f"  queued {_int(totals.get('queued'))}  RSS {_mib(totals.get('rss_bytes'))}")
-            + f"  window {_num(totals.get('window_s'))} s"
-            + (f"  target {target:.0%}" if isinstance(target, float) else ""))
+        rates = (f"in {_num(totals.get('requests_per_s'))} req/s"
+                 f"  refused {_num(totals.get('refusals_per_s'))}/s"
+                 f"  cancelled {_num(totals.get('cancelled_per_s'))}/s"
+                 f"  CPU {_pct(totals.get('cpu_pct'))}")
+        window = (f"window {_num(totals.get('window_s'))} s"
+                  + (f"  target {target:.0%}" if isinstance(target, float) else ""))
+        head = Text(f"pipeline {report.get('pipeline_id')}", style="bold cyan")
         if report.get("cut_off_steps"):
             head.append("  NOT READY", style="bold red")
         elif report.get("degraded"):
             head.append("  DEGRADED", style="bold yellow")
-        parts.append(head)
+        if compact:  # two short lines rather than one wrapped mid-phrase at 80 columns
+            head.append(f"  {window}")
+            parts += [head, Text(f"  {rates}")]
+        else:
+            head.append(f"  {rates}  steps {totals.get('steps', 0)}"
+                        f"  replicas {totals.get('replicas', 0)}"
+                        f"  in flight {_int(totals.get('in_flight'))}"
+                        f"  queued {_int(totals.get('queued'))}"
+                        f"  RSS {_mib(totals.get('rss_bytes'))}  {window}")
+            parts.append(head)
         for problem in report.get("problems") or []:  # a broken hop, before any number
-            parts.append(Text(f"  ! {problem}", style="red"))
+            parts.append(_hanging("  ! ", Text(problem, style="red")))
         parts.append(_step_table(report, compact, Table, Text))
         for step in report.get("steps", []):
             advice = step.get("advice") or {}
             if not advice:
                 continue
-            line = Text(f"  step {step['step_id']} ", style="bold")
+            label = Text(f"  step {step['step_id']} ", style="bold")
+            line = Text()
             if advice.get("bottleneck"):
                 line.append("bottleneck ", style="bold magenta")
             line.append(f"{advice['action']}", style=ACTION_STYLE.get(advice["action"], ""))
@@ -199,7 +204,7 @@ def render(reports: list[dict[str, Any]], source: str, now: float | None = None,
             else:
                 line.append(f": {advice['reason']}; confidence {advice['confidence']} "
                             f"({advice['confidence_score']:.2f})")
-            parts.append(line)
+            parts.append(_hanging(label, line))
             if advice.get("kubectl"):
                 parts.append(Text(f"      $ {advice['kubectl']}", style="dim"))
                 parts.append(Text(f"      or HPA: {advice['hpa']['patch']}", style="dim"))
@@ -213,6 +218,18 @@ def render(reports: list[dict[str, Any]], source: str, now: float | None = None,
     if not reports:
         parts.append(Text("no pipelines", style="yellow"))
     return Group(*parts)
+
+
+def _hanging(prefix: Any, text: Any) -> Any:
+    """`text` after `prefix`, its wrapped lines indented under its first word, so a long
+    reason at 80 columns reads as one paragraph."""
+    from rich.table import Table
+
+    grid = Table.grid()
+    grid.add_column(width=len(str(prefix)), no_wrap=True)
+    grid.add_column(ratio=1)
+    grid.add_row(prefix, text)
+    return grid
 
 
 def _step_table(report: dict[str, Any], compact: bool, table_class: Any, text_class: Any
