@@ -102,8 +102,10 @@ def step_load(before: StepSample, after: StepSample) -> StepLoad:
     host_busy = None
     if (after.host_busy_seconds is not None and before.host_busy_seconds is not None
             and after.host_cpu_cores):
-        host_busy = max(0.0, after.host_busy_seconds - before.host_busy_seconds) / (
-            window * after.host_cpu_cores) * 100.0
+        # The host's counter is read when the step answers, the window timed by the scraper:
+        # the two clocks differ by a scrape's latency, so a saturated host can read 105 %.
+        host_busy = min(100.0, max(0.0, after.host_busy_seconds - before.host_busy_seconds) / (
+            window * after.host_cpu_cores) * 100.0)
     return StepLoad(
         pipeline_id=after.pipeline_id, step_id=after.step_id, step_type=after.step_type,
         window_s=window, replicas=replicas, requests=requests, requests_per_s=arrival,

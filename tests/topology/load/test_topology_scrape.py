@@ -170,3 +170,6 @@ def test_cpu_figures_give_cpu_per_request_and_how_busy_the_host_is() -> None:
     assert load.slot_utilisation == pytest.approx(1.0 * 0.2 / 4)  # own work 0.2 s, 4 slots
     assert load.utilisation == pytest.approx(max(0.15, 0.05))
     assert load.cpu_pct == pytest.approx(30.0)
+    # A saturated host read a scrape's latency later than the window's end: 100 %, not 105 %.
+    late = replace(after, host_busy_seconds=5021.0)
+    assert step_load(before, late).host_busy_pct == 100.0
