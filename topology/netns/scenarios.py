@@ -186,7 +186,7 @@ def slow_lossy_links(workdir: Path, *, phase_s: float = 8.0, latency_ms: int = 5
 
 
 def topology_cut_off(workdir: Path, *, kubeconfig: Path, api_port: int, namespace: str,
-                     cut_s: float = 8.0, after_s: float = 10.0, concurrency: int = 4,
+                     cut_s: float = 8.0, after_s: float = 12.0, concurrency: int = 4,
                      deadline: float = 5.0, size: str = "64x64") -> ScenarioResult:
     """Scenario 3: the steps discover each other through the API server at 127.0.0.1:`api_port`
     (admin `kubeconfig`), relayed into a control host; the control host is cut off from every
@@ -245,8 +245,7 @@ def topology_cut_off(workdir: Path, *, kubeconfig: Path, api_port: int, namespac
         figures={"requests that failed": sum(r.code != "OK" for r in records),
                  "the removal reached step 0, after the heal (ms)":
                      _ms(0.0 if last_to_1 is None else last_to_1 - t_heal),
-                 "requests sent to step 1 in the last half of the healed phase":
-                     sum(t >= t_heal + after_s / 2 for t in through_1)},
+                 "requests step 1 served after the heal": sum(t >= t_heal for t in through_1)},
         records=records)
 
 

@@ -1,6 +1,7 @@
 """The faults of a real network, played on steps that each run on a host of their own (network
 namespaces): each scenario prints its figures (``pytest -s`` shows them) and asserts what a user
-would see. Needs root; the latency scenario needs Toxiproxy (`make tools`).
+would see. Needs root; the latency scenario needs Toxiproxy and the cut-off one the real
+Kubernetes control plane of the tests (both built by `make tools`).
 
 The bounds are the documented ones (docs/step-server.md, "Network faults"), with room for a
 shared 2-core machine where timings swing 2-3x.
@@ -61,6 +62,33 @@ def test_slow_lossy_links_cost_their_latency_and_no_errors(tmp_path: Path) -> No
     # with 64 KiB windows each hop would take ~95 round trips (over 9 s).
     added = figures["p50 added for 1920x1080 (ms)"]
     assert added < figures["latency the links add at least (ms)"] + 1500
+
+
+@pytest.fixture
+def api_server(request: pytest.FixtureRequest) -> tuple[Path, int, str]:
+    """The session's real control plane (tests/cluster_fixtures.py): admin kubeconfig, the
+    API server's loopback port, and a namespace of this test's own."""
+    try:
+        cluster = request.getfixturevalue("kube_cluster")
+        namespace = request.getfixturevalue("kube_namespace")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the tests' real Kubernetes control plane (kube_cluster, "
+                    "tests/cluster_fixtures.py), which is not in this checkout")
+    return Path(cluster.kubeconfig), int(cluster.ports["apiserver"]), str(namespace)
+
+
+def test_steps_cut_off_from_discovery_keep_serving_and_get_the_change_made_meanwhile(
+        tmp_path: Path, api_server: tuple[Path, int, str]) -> None:
+    kubeconfig, port, namespace = api_server
+    result = scenarios.topology_cut_off(tmp_path, kubeconfig=kubeconfig, api_port=port,
+                                        namespace=namespace)
+    print("\n" + result.report())
+    figures = result.figures
+    assert figures["requests that failed"] == 0  # served with the discovery the steps had
+    assert result.summaries[1].ok > 0
+    # The deletion reaches step 0 on the watch's next retransmission after the heal (~6 s
+    # after an 8 s cut, docs/step-server.md), not minutes later; step 1 gets nothing after.
+    assert figures["the removal reached step 0, after the heal (ms)"] < 9000 + SLACK_S * 1000
 
 
 def test_a_frozen_next_step_is_named_within_the_deadline_without_piling_up(
