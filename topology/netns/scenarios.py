@@ -16,6 +16,7 @@ named figures, and the load average it ran under (timings on a shared machine sw
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -57,6 +58,22 @@ class ScenarioResult:
     figures: dict[str, Any] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     load: tuple[float, float, float] = field(default_factory=os.getloadavg)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The title, every phase, the figures and the load, as plain JSON values (what
+        ``examples/network_faults.py --json`` writes); NaN percentiles are None."""
+        def plain(value: Any) -> Any:
+            return None if isinstance(value, float) and math.isnan(value) else value
+
+        return {"title": self.title,
+                "phases": [{"phase": s.phase, "seconds": round(s.seconds, 3),
+                            "requests": s.count, "ok": s.ok, "ok_per_s": plain(s.ok_per_s),
+                            "p50_ms": plain(s.p50_ms), "p99_ms": plain(s.p99_ms),
+                            "max_ms": plain(s.max_ms), "errors": dict(s.errors),
+                            "served_by": {str(k): v for k, v in s.served_by.items()}}
+                           for s in self.summaries],
+                "figures": {name: plain(value) for name, value in self.figures.items()},
+                "load": list(self.load)}
 
     def report(self) -> str:
         lines = [table(self.summaries, title=self.title)]
