@@ -24,6 +24,8 @@ def test_bench_plugins_reports_every_pair_in_process_through_a_step_and_concurre
     assert set(doc["in_process"]) == set(doc["hop"]) == set(doc["overlap"]) == kernels
     assert set(doc["dispatch"]) == {"acme.box_blur", "acme.sepia", "acme.denoise"}
     for name in kernels:
+        a = doc["in_process"][name]
+        assert a["cpu_ms_1"] > 0 and a["cpu_ms_2"] > 0 and 0 < a["cores_used_2"] <= 2.5
         hop = doc["hop"][name]
         assert hop["kernel"]["median_ms"] > 0 and hop["round_trip"]["n"] == 2
     assert doc["overlap"]["acme.sepia"]["releases_gil"] is False
@@ -32,3 +34,4 @@ def test_bench_plugins_reports_every_pair_in_process_through_a_step_and_concurre
     text = (tmp_path / "plugins.md").read_text()
     assert "| C/OpenMP | `acme.box_blur` | acme-boxblur 0.1.0 |" in text
     assert "load average before" in text
+    assert "| C/OpenMP | `acme.box_blur` | " in text.split("## (a) CPU time")[1]
