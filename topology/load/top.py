@@ -201,6 +201,11 @@ def render(reports: list[dict[str, Any]], source: str, now: float | None = None,
             if compact and advice["action"] == "maintain" and not advice.get("bottleneck"):
                 # nothing to do: one line, the utilisation; the arithmetic is for actions
                 line.append(f" at {step['utilisation'] * 100:.0f}% utilisation")
+            elif (compact and advice["action"] == "host is the limit"
+                  and not advice.get("bottleneck") and step.get("host_busy_pct") is not None):
+                # the bottleneck's lines say why; on 24 rows the others take one line each
+                line.append(f": its host's {step.get('host_cpu_cores') or 0:g} cores are "
+                            f"{step['host_busy_pct']:.0f}% busy")
             else:
                 line.append(f": {advice['reason']}; confidence {advice['confidence']} "
                             f"({advice['confidence_score']:.2f})")

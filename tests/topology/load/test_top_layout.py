@@ -22,6 +22,7 @@ def step(step_id: int, step_type: str, action: str, bottleneck: bool = False) ->
             "max_inflight": 16, "utilisation": 1.4 if bottleneck else 0.05, "queued": 0,
             "max_queue": 64, "requests_per_s": 9.0, "p95_s": 0.8, "error_pct": 0.0,
             "cpu_pct": 97.0, "next_steps": [{"step_id": 2, "reachable": step_id != 0}],
+            "host_busy_pct": 99.6, "host_cpu_cores": 2.0,
             "advice": {"action": action, "replicas": 1, "advised_replicas": 1,
                        "bottleneck": bottleneck, "confidence": "high",
                        "confidence_score": 0.93, "kubectl": "",
@@ -35,7 +36,9 @@ def frame(width: int) -> list[str]:
               "problems": ["step 0 cannot reach step 2: channel TRANSIENT_FAILURE; its "
                            "requests fail over to its other next steps"],
               "steps": [step(0, "classify", "maintain"),
-                        step(2, "deblur", "host is the limit", bottleneck=True)]}
+                        step(1, "grayscale", "host is the limit"),
+                        step(2, "deblur", "host is the limit", bottleneck=True),
+                        step(3, "resize", "host is the limit")]}
     out = io.StringIO()
     Console(file=out, width=width, color_system=None).print(render([report], "URL", 0.0,
                                                                    width=width))
@@ -55,3 +58,7 @@ def test_an_80_column_frame_keeps_each_phrase_whole_and_indents_what_wraps() -> 
     advice = lines.index(next(line for line in lines if line.startswith("  step 2 ")))
     assert all(line.startswith(" " * 9) for line in lines[advice + 1:advice + 4]), text
     assert "More replicas on this host add no CPU" in " ".join(text.split())
+    # The bottleneck says why; the other steps the host holds back take a line each, so a
+    # 4-step pipeline on a saturated host fits a terminal's 24 rows.
+    assert "  step 3 host is the limit 1->1: its host's 2 cores are 100% busy" in lines, text
+    assert len(lines) <= 24, text
