@@ -13,7 +13,6 @@ Not a benchmark (the leading underscore keeps it out of ``stepchain bench``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -207,17 +206,6 @@ def raw_stub(address: str) -> grpc.UnaryUnaryMultiCallable:
     """Process with no serializers: bytes in, bytes out (what the steps' forwarder uses)."""
     channel = grpc.insecure_channel(address, options=channel_options(DEFAULT_MAX_MESSAGE_BYTES))
     return channel.unary_unary(PROCESS_METHOD, None, None)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1920x1080' -> (1920, 1080), for an argparse ``type``."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
 
 
 #: The 3-step chain `bench overload` and `bench soak` load (each step a process).

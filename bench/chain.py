@@ -60,7 +60,6 @@ from bench._harness import (
     bench_image,
     grpc_caller,
     interleaved,
-    parse_size,
     processes,
     raw_request_bytes,
     raw_stub,
@@ -70,6 +69,7 @@ from bench._harness import (
     wait_grpc,
     wait_tcp,
 )
+from stepsvc.cli_args import image_size
 from stepsvc.frames import wire
 from stepsvc.frames.shm import FrameStore
 from stepsvc.ports import free_port
@@ -377,10 +377,10 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stepchain bench chain",
                                      description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", type=parse_size,
+    parser.add_argument("--sizes", nargs="+", type=image_size,
                         default=[(1920, 1080), (3840, 2160)],
                         help="image sizes for the hop figures (default 1920x1080 3840x2160)")
-    parser.add_argument("--chain-sizes", nargs="*", type=parse_size, default=[(1920, 1080)],
+    parser.add_argument("--chain-sizes", nargs="*", type=image_size, default=[(1920, 1080)],
                         help="sizes (of --sizes) that also run the chains (default 1920x1080)")
     parser.add_argument("--requests", type=int, default=30, help="samples per latency figure")
     parser.add_argument("--chain-requests", type=int, default=48,

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 import native
-from bench._harness import RESULTS_DIR, parse_size
+from bench._harness import RESULTS_DIR
 from bench._kernels_cases import Case, Fn, case_label, cases, test_image
 from bench._kernels_report import TARGET_SPEEDUP, TARGET_VS_OPENCV, markdown, plot
+from stepsvc.cli_args import image_size
 from topology.load.amdahl import fit_parallel_fraction
 
 DEFAULT_SIZES = ("1920x1080", "3840x2160")
@@ -386,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="stepchain bench kernels",
         description="Time every native kernel against OpenCV and Pillow in paired rounds; "
                     "write JSON, Markdown and a plot (ratios, speed-up, roofline).")
-    parser.add_argument("--sizes", nargs="+", type=parse_size, metavar="WxH",
+    parser.add_argument("--sizes", nargs="+", type=image_size, metavar="WxH",
                         help=f"image sizes (default: {' '.join(DEFAULT_SIZES)})")
     parser.add_argument("--threads", nargs="+", type=int, metavar="N",
                         help="thread counts (default: 1 .. number of cores)")
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    sizes = args.sizes or [parse_size(s) for s in (QUICK_SIZES if args.quick else DEFAULT_SIZES)]
+    sizes = args.sizes or [image_size(s) for s in (QUICK_SIZES if args.quick else DEFAULT_SIZES)]
     repeat = 2 if args.quick else args.repeat
     threads = args.threads or list(range(1, (os.cpu_count() or 1) + 1))
     if any(t < 1 for t in threads):

@@ -44,7 +44,6 @@ from bench._harness import (
     bench_image,
     grpc_caller,
     interleaved,
-    parse_size,
     processes,
     raw_request_bytes,
     stats,
@@ -53,6 +52,7 @@ from bench._harness import (
     wait_grpc,
     write_results,
 )
+from stepsvc.cli_args import image_size
 from stepsvc.frames import wire
 
 Kernel = tuple[str, dict[str, Any]]
@@ -288,7 +288,7 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stepchain bench plugins",
                                      description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--size", type=parse_size, default=(1280, 720),
+    parser.add_argument("--size", type=image_size, default=(1280, 720),
                         help="image size WIDTHxHEIGHT (default 1280x720)")
     parser.add_argument("--requests", type=int, default=20, help="samples per figure")
     parser.add_argument("--gil-rounds", type=int, default=5,

@@ -51,6 +51,7 @@ from stepchain.v1 import step_pb2, step_pb2_grpc
 from bench._harness import RESULTS_DIR
 from stepsvc.frames import codec
 from stepsvc.ports import free_port
+from stepsvc.protocol import PROCESS_METHOD
 from stepsvc.routing.channels import channel_options
 from stepsvc.routing.discovery import write_static_discovery
 from stepsvc.telemetry import (
@@ -201,10 +202,10 @@ def instrumentation_cpu_us(tracing: Tracing, iterations: int = 3000) -> float:
         return current_trace_id()
 
     handler = grpc.unary_unary_rpc_method_handler(body)
-    details: Any = types.SimpleNamespace(method="/stepchain.v1.StepService/Process")
+    details: Any = types.SimpleNamespace(method=PROCESS_METHOD)
     traced: Any = tracing.server_interceptors()[0].intercept_service(lambda _: handler, details)
     client: Any = tracing.client_interceptors()[0]
-    call_details = _CallDetails("/stepchain.v1.StepService/Process", 10.0, None, None, None, None)
+    call_details = _CallDetails(PROCESS_METHOD, 10.0, None, None, None, None)
     context = _FakeServerContext()
     start = time.process_time()
     for done in range(1, iterations + 1):

@@ -76,3 +76,15 @@ positive_seconds = float_range(0.0, exclusive=True)
 non_negative_seconds = float_range(0.0)
 #: The largest gRPC message, in MiB.
 message_mb = int_range(1, MAX_MESSAGE_MB)
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """An argparse type for an image size: ``1920x1080`` -> ``(1920, 1080)``, both sides >= 1."""
+    width, sep, height = text.strip().lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) and int(height)):
+        raise argparse.ArgumentTypeError(
+            f"size must be WIDTHxHEIGHT (both >= 1), e.g. 1920x1080, got {text!r}")
+    return int(width), int(height)
+
+
+image_size.__name__ = "size"  # what argparse calls the type in its own messages

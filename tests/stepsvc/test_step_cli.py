@@ -162,6 +162,7 @@ def test_serve_reports_a_metrics_port_in_use(tmp_path: Path,
      "--passes", "0..1000"),
     (["request", "in.png", "--passes", "-2"], "--passes", "0..1000"),
     (["topology", "serve", "--port", "70000"], "--port", "0..65535"),
+    (["bench", "kernels", "--sizes", "1920x0"], "--sizes", "WIDTHxHEIGHT (both >= 1)"),
 ])
 def test_out_of_range_flags_are_usage_errors_naming_the_flag_and_range(
         argv: list[str], flag: str, allowed: str, tmp_path: Path,

@@ -25,18 +25,12 @@ from subprocess import Popen
 import grpc
 import numpy as np
 
+from stepsvc.cli_args import image_size
 from topology.netns.figures import Record, read_records
 from topology.netns.network import Host, Network
 
 #: The longest message a record keeps.
 MESSAGE_CHARS = 1000
-
-
-def _size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not (sep and width.isdigit() and height.isdigit() and int(width) and int(height)):
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 256x256, got {text!r}")
-    return int(width), int(height)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     parser.add_argument("--deadline", type=float, default=5.0, help="each request's deadline")
-    parser.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT (RGB)")
+    parser.add_argument("--size", type=image_size, default=(64, 64), help="WIDTHxHEIGHT (RGB)")
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds each caller waits between two requests")
     return parser.parse_args(argv)
