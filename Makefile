@@ -76,7 +76,7 @@ test-tools:
 	sh tests/install-test-tools.sh
 
 unit: venv helm test-tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=40 $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
