@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import UnidentifiedImageError
 from stepchain.v1 import step_pb2
 
 from stepsvc.frames import codec
@@ -57,6 +58,9 @@ def decode_input(key: str, data: bytes) -> np.ndarray:
     try:
         return codec.read_image_file(io.BytesIO(data),  # type: ignore[arg-type]
                                      max_pixels=MAX_INPUT_PIXELS)
+    except UnidentifiedImageError:
+        raise NotAnImage(f"{key}: not an image (no decoder recognises its bytes; PNG, JPEG, "
+                         "TIFF, BMP, WebP, GIF and .npy are read)") from None
     except Exception as exc:  # Pillow raises many kinds for bytes that are no image
         raise NotAnImage(f"{key}: not an image ({type(exc).__name__}: {exc})") from None
 

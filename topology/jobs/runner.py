@@ -181,13 +181,12 @@ class Worker:
         if self.stop.is_set():
             return
         try:
-            data = self.input_store.get(item.input_key)
-            if self.options.tile_size:
-                result = process_tiled(self, item, data)
+            if self.options.tile_size:  # read by tiles where the input allows it
+                result = process_tiled(self, item, self.input_store)
             else:
-                result = self._whole(item, data)
-        except NotAnImage as exc:
-            self._fail(item, "INVALID_ARGUMENT", str(exc))
+                result = self._whole(item, self.input_store.get(item.input_key))
+        except NotAnImage as exc:  # the record names the input: the message need not
+            self._fail(item, "INVALID_ARGUMENT", str(exc).removeprefix(f"{item.input_key}: "))
             return
         except grpc.RpcError as err:
             status = err.code() if hasattr(err, "code") else None

@@ -2,7 +2,7 @@
 
 One small interface over `obstore <https://developmentseed.org/obstore/>`_ (the Rust
 ``object_store`` crate's Python bindings) for both kinds, so the runner never asks which it has:
-list a prefix, get, put, **put only if absent** (S3 ``If-None-Match: *``; a hard link onto the
+list a prefix, get (whole or byte ranges), put, **put only if absent** (S3 ``If-None-Match: *``; a hard link onto the
 final name for local files, which fails when it exists), delete.
 
 Why obstore and not boto3: the topology service also imports the ``kubernetes`` client, whose
@@ -105,6 +105,28 @@ class Store:
             raise ObjectMissing(f"{self.name}/{key}: no such object") from None
         except (BaseError, OSError) as exc:
             raise self._error(exc, f"get {key!r}") from None
+
+    def get_ranges(self, key: str, starts: Sequence[int], lengths: Sequence[int]
+                   ) -> builtins.list[memoryview]:
+        """Byte ranges of the object (ranged GETs, near ones merged into one request): a
+        part of a huge object without holding the whole. ObjectMissing when there is none."""
+        try:
+            parts = obstore.get_ranges(self._backend, key, starts=list(starts),
+                                       lengths=list(lengths))
+        except FileNotFoundError:
+            raise ObjectMissing(f"{self.name}/{key}: no such object") from None
+        except (BaseError, OSError) as exc:
+            raise self._error(exc, f"get {len(starts)} range(s) of {key!r}") from None
+        return [memoryview(part) for part in parts]
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes; ObjectMissing when there is none."""
+        try:
+            return int(obstore.head(self._backend, key)["size"])
+        except FileNotFoundError:
+            raise ObjectMissing(f"{self.name}/{key}: no such object") from None
+        except (BaseError, OSError) as exc:
+            raise self._error(exc, f"head {key!r}") from None
 
     def exists(self, key: str) -> bool:
         """Whether an object has exactly this key."""

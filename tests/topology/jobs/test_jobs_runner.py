@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +203,50 @@ def test_a_huge_image_keeps_its_tiles_and_a_resumed_worker_sends_only_the_missin
     assert list(out_store.list(files.tiles_prefix(src + "big.png"))) == []
     arr = np.asarray(Image.open(io.BytesIO(written["big.png"])))
     assert arr.shape == (200, 260)
+
+
+class RecordingStore(Store):
+    """The photos bucket, noting every whole-object GET and the bytes of every ranged read."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner._backend, inner.name)
+        self.whole: list[str] = []
+        self.ranged: list[int] = []
+
+    def get(self, key: str) -> bytes:
+        self.whole.append(key)
+        return super().get(key)
+
+    def get_ranges(self, key: str, starts: Sequence[int], lengths: Sequence[int]
+                   ) -> list[memoryview]:
+        self.ranged.append(sum(lengths))
+        return super().get_ranges(key, starts, lengths)
+
+
+def test_a_huge_npy_image_is_read_tile_by_tile_never_whole(
+        s3_env: dict[str, str], chain: InProcessPipeline) -> None:
+    store = RecordingStore(bucket_store(s3_env, "photos"))
+    src, dst = unique_prefix("npy"), unique_prefix("npy-out")
+    pixels = np.asarray(Image.open(io.BytesIO(photo_bytes(3, size=(150, 190)))))
+    buf = io.BytesIO()
+    np.save(buf, pixels)
+    store.put(src + "scan.npy", buf.getvalue())
+    manifest = create_job(pipeline="p1", input_uri=f"s3://photos/{src}scan.npy",
+                          output_uri=f"s3://outputs/{dst}",
+                          options=JobOptions(concurrency=2, tile_size=64), environ=s3_env)
+    out_store = bucket_store(s3_env, "outputs")
+    files = JobFiles(out_store, manifest.output_location, manifest.id)
+    channel = call.connect(chain.servers[0].address)
+    try:
+        worker = Worker(files, manifest, 0, 1, channel, input_store=store, concurrency=2)
+        tally = worker.run()
+        padded = 64 + 2 * worker.reach().halo
+    finally:
+        channel.close()
+    assert (tally.done, tally.failed) == (1, 0)
+    assert store.whole == []  # the header, then each padded tile's rows, by ranged GETs
+    assert len(store.ranged) == 1 + 3 * 3 and max(store.ranged) <= padded * padded * 3
+    written = np.load(io.BytesIO(out_store.get(f"{dst}scan.npy")), allow_pickle=False)
+    untiled = call.submit(call.connect(chain.servers[0].address), call.build_request(
+        codec.raw_image(pixels), output_encoding=codec.RAW)).response.image
+    assert np.array_equal(written, codec.decode_image(untiled))

@@ -3,7 +3,8 @@ by Selenium) against a real `stepchain topology serve` and real step processes:
 
 open the URL the service printed (?token=), create a pipeline by pasting JSON (an invalid one
 first: the error shows beside its field), upload a photo, see the output image, the labels and
-the waterfall, watch Live fill in, delete the pipeline. Screenshots go to out/console/.
+the waterfall, watch Live fill in, run a job over a folder and see it on the Jobs page,
+delete the pipeline. Screenshots go to out/console/.
 
 Skips, saying why, only when no Chromium/chromedriver is installed (`make test` installs them
 with tests/install-test-tools.sh).
@@ -154,6 +155,27 @@ def test_create_run_a_photo_watch_live_and_delete_in_a_real_browser(
     browser.execute_script("document.getElementById('live').scrollIntoView()")
     shot(browser, "5-live")
 
+    # A job over a folder (three photographs and a text file): the Jobs page shows its
+    # progress and the failed item with its code.
+    job_in = tmp_path / "job-in"
+    job_in.mkdir()
+    for i in range(3):
+        Image.fromarray(data.chelsea()[i * 40:i * 40 + 200]).save(job_in / f"cat{i}.png")
+    (job_in / "notes.txt").write_text("no image")
+    with service.api(token) as api:
+        job = api.post("/v1/jobs", json={"pipeline": "browser", "input": f"file://{job_in}/",
+                                         "output": f"file://{tmp_path}/job-out/"}).json()
+    browser.get(f"{service.url}console/jobs")
+    # (the table is replaced every 2 s: each look reads it afresh)
+    row = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "tr.job.failed").text,
+                   "the job to end", timeout=120)
+    assert job["id"] in row and "3 / 4" in row
+    failures = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "ul.failed-items").text,
+                        "the failed items")
+    assert "notes.txt" in failures and "INVALID_ARGUMENT" in failures
+    shot(browser, "6-jobs")
+    browser.get(f"{service.url}console/pipelines/browser")
+
     # Replace it by uploading a changed JSON file into the page's editor.
     changed = json.loads(json.dumps(PIPELINE))
     changed["steps"][3]["params"]["scale"] = 0.25
@@ -176,6 +198,6 @@ def test_create_run_a_photo_watch_live_and_delete_in_a_real_browser(
     wait_for(lambda: browser.current_url.rstrip("/") == service.url.rstrip("/"),
              "the return to the pipeline list")
     wait_for(lambda: "No pipelines yet" in browser.page_source, "the empty list")
-    shot(browser, "6-deleted")
+    shot(browser, "7-deleted")
     with service.api(token) as api:
         assert api.get("/pipelines").json()["pipelines"] == []
