@@ -75,6 +75,7 @@ def submit_command(args: argparse.Namespace) -> int:
         return batch.run(args)
 
     from stepsvc.client import call
+    from stepsvc.client.tile_submit import over_a_size_limit
     from stepsvc.telemetry import Tracing, current_trace_id
 
     try:
@@ -104,7 +105,7 @@ def submit_command(args: argparse.Namespace) -> int:
         details = err.details() if hasattr(err, "details") else str(err)
         name = code.name if code is not None else "ERROR"
         print(f"stepchain submit: {args.target}: {name}: {details}", file=sys.stderr)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _over_a_size_limit(details or ""):
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and over_a_size_limit(details or ""):
             print(f"stepchain submit: {TILE_HINT}", file=sys.stderr)
         if trace_id:
             print(f"trace: {trace_id}", file=sys.stderr)
@@ -130,13 +131,6 @@ def submit_command(args: argparse.Namespace) -> int:
 TILE_HINT = ("the image is larger than one request may be: --tile 2048 sends it as tiles, each "
              "a request of its own, and reassembles the result (not through a pipeline with "
              "classify, which measures the whole image)")
-#: How a refusal names a size limit: a step's pixels or message size, or gRPC's own message
-#: limit ("Received message larger than max").
-_SIZE_LIMIT_FLAGS = ("--max-pixels", "--max-message-mb", "larger than max")
-
-
-def _over_a_size_limit(details: str) -> bool:
-    return any(flag in details for flag in _SIZE_LIMIT_FLAGS)
 
 
 def request_command(args: argparse.Namespace) -> int:

@@ -47,6 +47,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff", ".bmp", ".we
 WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 
 
+#: How a refusal names a size limit: a step's pixels or message size, or gRPC's own message
+#: limit ("Received message larger than max", "Sent message larger than max").
+SIZE_LIMIT_FLAGS = ("--max-pixels", "--max-message-mb", "larger than max")
+
+
+def over_a_size_limit(details: str) -> bool:
+    """Whether a RESOURCE_EXHAUSTED says the request is too large (no retry helps), not that
+    the step is busy."""
+    return any(flag in details for flag in SIZE_LIMIT_FLAGS)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries with exponential backoff and full jitter (AWS architecture blog)."""
@@ -313,7 +324,8 @@ def with_retries(call: Callable[[float, bool], Any], timeout: float, policy: Ret
     """`call(timeout, wait_for_ready)` until it succeeds, a non-retryable error, or
     policy.attempts tries.
 
-    The first try fails fast; retries wait (gRPC ``wait_for_ready``, within their deadline)
+    A request too large for the pipeline (RESOURCE_EXHAUSTED naming a size limit) is not
+    retried: it would be refused again. The first try fails fast; retries wait (gRPC ``wait_for_ready``, within their deadline)
     for a replica to be connected, so a tile outlives a moment when every replica of the
     entry step is restarting instead of burning its tries on "connection refused".
     """
@@ -323,11 +335,13 @@ def with_retries(call: Callable[[float, bool], Any], timeout: float, policy: Ret
             return call(timeout, attempt > 1)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-            if code not in RETRYABLE or attempt == policy.attempts:
+            details = (err.details() if hasattr(err, "details") else None) or ""
+            if code not in RETRYABLE or attempt == policy.attempts or (
+                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and over_a_size_limit(details)):
                 if attempt > 1 and hasattr(err, "details"):
                     raise _Exhausted(code, f"{err.details()} (after {attempt} tries)") from None
                 raise
-            on_retry(code, (err.details() if hasattr(err, "details") else None) or "")
+            on_retry(code, details)
             time.sleep(policy.delay(attempt, rng))
     raise AssertionError("unreachable")  # the loop returns or raises
 

@@ -13,7 +13,8 @@ exist and the inputs that failed for good, and processes the rest of its share
   restarted worker, a pod the Job controller started twice) is refused instead of writing it
   again -- at most one object per input, ever;
 - UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED are retried with backoff (``attempts``
-  tries); any other status fails the input with its gRPC code and message;
+  tries); any other status fails the input with its gRPC code and message, and so does an
+  image too large for one request (no retry helps; the message says to set ``tile_size``);
 - with ``tile_size`` an input goes as tiles whose results are kept in the store
   (:mod:`topology.jobs.tiled`), so a worker that dies mid-image redoes only the missing tiles.
 
@@ -43,6 +44,7 @@ from stepsvc.client.tile_submit import (
     RetryPolicy,
     TileJobError,
     describe,
+    over_a_size_limit,
     reach_of,
     rpc_error_text,
     with_retries,
@@ -59,6 +61,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between looks for the cancel marker and between tally writes.
 POLL_S = 1.0
+#: Said after a request too large for the pipeline.
+TILE_HINT = ("the image is larger than one request may be: give the job tile_size (e.g. "
+             "2048; stepchain jobs submit --tile 2048) to send it as tiles, each a request of "
+             "its own")
 
 
 @dataclass
@@ -194,6 +200,10 @@ class Worker:
                 self.tally.add(left=1)  # the pipeline went away as this worker stops: not the
                 return                  # input's fault; its next worker sends it again
             code, _, message = rpc_error_text(err).partition(": ")
+            if status == grpc.StatusCode.RESOURCE_EXHAUSTED and over_a_size_limit(message):
+                message += (f"; {TILE_HINT}" if not self.options.tile_size else
+                            f"; a smaller tile_size than {self.options.tile_size} makes "
+                            "each tile's request smaller")
             self._fail(item, code, message)
             return
         except StoreError as exc:

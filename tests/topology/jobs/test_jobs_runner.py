@@ -20,7 +20,7 @@ from stepsvc.client import call
 from stepsvc.frames import codec
 from topology.jobs.manifest import JobFiles, JobOptions
 from topology.jobs.runner import Worker, run_worker
-from topology.jobs.store import Store
+from topology.jobs.store import Store, open_store
 from topology.jobs.submission import JobInvalid, create_job
 
 #: A real S3 server (SeaweedFS) starts for these: seconds, not milliseconds.
@@ -250,3 +250,23 @@ def test_a_huge_npy_image_is_read_tile_by_tile_never_whole(
     untiled = call.submit(call.connect(chain.servers[0].address), call.build_request(
         codec.raw_image(pixels), output_encoding=codec.RAW)).response.image
     assert np.array_equal(written, codec.decode_image(untiled))
+
+
+def test_an_image_too_large_for_one_request_fails_at_once_saying_tile_size(
+        s3_env: dict[str, str], chain: InProcessPipeline, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "wide.npy", np.zeros((800, 800, 3), np.uint8))  # 1.9 MB raw
+    manifest = create_job(pipeline="p1", input_uri=f"file://{tmp_path}/in/",
+                          output_uri=f"file://{tmp_path}/out/", options=JobOptions(),
+                          environ=s3_env)
+    files = JobFiles(open_store(manifest.output_location), manifest.output_location,
+                     manifest.id)
+    channel = call.connect(chain.servers[0].address, max_message_mb=1)
+    try:
+        tally = Worker(files, manifest, 0, 1, channel, input_store=files.store,
+                       concurrency=1).run()
+    finally:
+        channel.close()
+    assert (tally.done, tally.failed, tally.retried) == (0, 1, 0)  # no retry can help it
+    [failure] = files.failures()
+    assert failure["code"] == "RESOURCE_EXHAUSTED" and "give the job tile_size" in failure["message"]
