@@ -18,8 +18,12 @@ PYTEST_ARGS ?=
 # setuptools prints an "Editable installation" note for every editable install that maps a
 # package from another folder (stepchain.v1 lives in protos/, on purpose); keep the build quiet.
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
+# Every install takes the repository's pinned versions (pyproject.toml keeps the ranges users
+# get); `make constraints` regenerates them after a dependency changes.
+CONSTRAINTS := .ci/constraints.txt
 
-.PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools clean
+.PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools \
+	constraints clean
 
 all: venv
 
@@ -27,17 +31,17 @@ all: venv
 # own setuptools (no isolated build environment to create on every install, `make native` too).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q 'setuptools>=77'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) 'setuptools>=77'
 
 # Editable install of the runtime: builds native/_native*.so in place, pulls the dependencies
 # the servers, the CLI and the demo need, nothing else.
-$(RUNTIME_STAMP): pyproject.toml $(NATIVE_SOURCES) | $(BIN)/python
-	$(PIP) install -q --no-build-isolation -e .
+$(RUNTIME_STAMP): pyproject.toml $(CONSTRAINTS) $(NATIVE_SOURCES) | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e .
 	touch $@
 
 # The test tools on top of the runtime (the `test` extra).
-$(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+$(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e '.[test]'
 	touch $@
 
 # Not editable, no build isolation: built against this venv's stepchain (the C plugin includes
@@ -54,6 +58,12 @@ venv: $(TEST_STAMP) $(PLUGINS_STAMP)
 # Rebuild only the kernels after editing native/src (fast path while developing).
 native: | $(BIN)/python
 	$(BIN)/python setup.py -q build_ext --inplace
+
+# Pin pyproject.toml's dependencies and every extra in .ci/constraints.txt (a resolve in a fresh
+# venv; the current pins are kept, UPGRADE=1 re-resolves them all); commit it with the
+# dependency change.
+constraints:
+	$(PYTHON) .ci/constraints.py $(if $(UPGRADE),--upgrade)
 
 # Regenerate the gRPC code from protos/ (tests fail when the committed copy is stale).
 proto: venv
