@@ -172,7 +172,7 @@ def test_create_run_a_photo_watch_live_and_delete_in_a_real_browser(
     assert job["id"] in row and "3 / 4" in row
     failures = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "ul.failed-items").text,
                         "the failed items")
-    assert "notes.txt" in failures and "INVALID_ARGUMENT" in failures
+    assert f"{job_in}/notes.txt: INVALID_ARGUMENT not an image" in failures
     shot(browser, "6-jobs")
     browser.get(f"{service.url}console/pipelines/browser")
 
