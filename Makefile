@@ -23,7 +23,7 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 CONSTRAINTS := .ci/constraints.txt
 
 .PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools \
-	constraints clean
+	constraints clean tools
 
 all: venv
 
@@ -79,6 +79,13 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy native stepsvc topology loadtest bench
+
+# The real peers the tests run (kube-apiserver, kube-controller-manager, kube-scheduler and
+# kubectl from k8s.io/kubernetes, etcd, KWOK, Jaeger v2, Toxiproxy), built from pinned Go modules
+# (tests/tools/) into ${STEPCHAIN_TOOLS_DIR:-.cache/tools}/bin (a shared cache when set). Cold:
+# tens of minutes on 2 cores; a second make builds nothing.
+tools:
+	bash tests/tools/build.sh
 
 # Chromium + chromium-driver (console browser test), tmux (`stepchain top` test), iproute2,
 # nftables and socat (network-fault tests), when missing.
