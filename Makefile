@@ -23,7 +23,7 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 CONSTRAINTS := .ci/constraints.txt
 
 .PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools \
-	constraints clean tools
+	constraints clean tools cluster-up cluster-down jaeger-up jaeger-down
 
 all: venv
 
@@ -87,12 +87,27 @@ typecheck: venv
 tools:
 	bash tests/tools/build.sh
 
+# A local Kubernetes control plane on 127.0.0.1 (etcd, kube-apiserver, controller-manager,
+# scheduler, KWOK fake nodes): admin kubeconfig in out/cluster/kubeconfig.
+cluster-up: venv tools
+	$(BIN)/python tests/control_plane.py up
+
+cluster-down:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) tests/control_plane.py down
+
+# Jaeger v2 all-in-one (in-memory) on 127.0.0.1: OTLP 4317/4318, query API and UI 16686.
+jaeger-up: venv tools
+	$(BIN)/python tests/jaeger_server.py up
+
+jaeger-down:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) tests/jaeger_server.py down
+
 # Chromium + chromium-driver (console browser test), tmux (`stepchain top` test), iproute2,
 # nftables and socat (network-fault tests), when missing.
 test-tools:
 	sh tests/install-test-tools.sh
 
-unit: venv helm test-tools
+unit: venv helm test-tools tools
 	$(BIN)/python -m pytest --durations=40 $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -15,6 +15,11 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
+#: Session-wide fixtures started only when a test asks for them: the real Kubernetes control
+#: plane (kube_cluster, kube_namespace) and the real Jaeger (jaeger). Registered here, not
+#: imported by test modules, so the whole session shares one of each.
+pytest_plugins = ["cluster_fixtures", "jaeger_fixtures"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _state_dir_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
