@@ -4,7 +4,7 @@ Sources:
 
 - an OTLP JSON lines file (one ``ExportTraceServiceRequest`` per line), as written by
   ``STEPCHAIN_TRACE_FILE`` or the OpenTelemetry Collector's file exporter;
-- Jaeger's HTTP query API, ``GET {url}/api/traces/{trace_id}``.
+- Jaeger's query API, ``GET {url}/api/v3/traces/{trace_id}`` (OTLP JSON too).
 
 Both are read into :class:`SpanRecord` lists; :func:`render_waterfall` (pure) draws one row per
 span, indented by depth, with a bar placed by start and duration across the terminal width.
@@ -191,46 +191,12 @@ def select_trace(spans: Sequence[SpanRecord], trace_id: str | None = None,
 # Jaeger
 
 
-def spans_from_jaeger(doc: Mapping[str, Any]) -> list[SpanRecord]:
-    """Spans of a Jaeger query API answer (``{"data": [{"spans": [...], "processes": {...}}]}``)."""
-    records: list[SpanRecord] = []
-    for trace_doc in doc.get("data") or []:
-        processes = trace_doc.get("processes", {})
-        for span in trace_doc.get("spans", []):
-            tags = {tag["key"]: tag.get("value") for tag in span.get("tags", []) if "key" in tag}
-            parent = None
-            for ref in span.get("references", []):
-                if ref.get("refType") in ("CHILD_OF", "FOLLOWS_FROM"):
-                    parent = str(ref.get("spanID", "")).lower() or None
-                    break
-            status = str(tags.pop("otel.status_code", "UNSET")).upper()
-            if tags.get("error") in (True, "true") and status == "UNSET":
-                status = "ERROR"
-            tags.pop("error", None)
-            kind = str(tags.pop("span.kind", "internal")).upper()
-            process = processes.get(span.get("processID", ""), {})
-            start_us = int(span.get("startTime", 0))
-            records.append(SpanRecord(
-                trace_id=str(span.get("traceID", "")).lower().rjust(32, "0"),
-                span_id=str(span.get("spanID", "")).lower(),
-                parent_id=parent,
-                name=span.get("operationName", ""),
-                service=str(process.get("serviceName", "unknown")),
-                start_ns=start_us * 1000,
-                end_ns=(start_us + int(span.get("duration", 0))) * 1000,
-                kind=kind,
-                status=status,
-                status_message=str(tags.pop("otel.status_description", "")),
-                attributes=tags,
-            ))
-    return records
-
-
 def fetch_jaeger_trace(base_url: str, trace_id: str, *, timeout_s: float = 10.0) -> list[SpanRecord]:
-    """GET ``{base_url}/api/traces/{trace_id}`` from Jaeger's query service (UI port 16686)."""
+    """GET ``{base_url}/api/v3/traces/{trace_id}`` from Jaeger's query service (the UI port,
+    16686): Jaeger's public API, answering the trace as OTLP JSON (Jaeger v2, and v1 >= 1.35)."""
     if not TRACE_ID_RE.match(trace_id):
         raise TraceSourceError(f"{trace_id!r} is not a trace id; expected 32 hex digits")
-    url = f"{base_url.rstrip('/')}/api/traces/{trace_id.lower()}"
+    url = f"{base_url.rstrip('/')}/api/v3/traces/{trace_id.lower()}"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:
             doc = json.loads(reply.read().decode("utf-8"))
@@ -248,12 +214,11 @@ def fetch_jaeger_trace(base_url: str, trace_id: str, *, timeout_s: float = 10.0)
             "e.g. --jaeger http://localhost:16686") from None
     except json.JSONDecodeError as exc:
         raise TraceSourceError(f"Jaeger query {url} did not answer JSON: {exc.msg}") from None
-    spans = spans_from_jaeger(doc)
+    result = doc.get("result") if isinstance(doc, dict) else None
+    spans = spans_from_otlp_json(result) if isinstance(result, dict) else []
     if not spans:
-        errors = "; ".join(str(e.get("msg", e)) for e in doc.get("errors") or [])
-        raise TraceNotThereYet(f"Jaeger at {base_url} returned no spans for {trace_id}"
-                               + (f": {errors}" if errors else ""))
-    return spans
+        raise TraceNotThereYet(f"Jaeger at {base_url} returned no spans for {trace_id}")
+    return [s for s in spans if s.trace_id == trace_id.lower()]
 
 
 # --------------------------------------------------------------------------------------------

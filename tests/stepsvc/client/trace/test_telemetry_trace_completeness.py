@@ -3,21 +3,20 @@
 Spans reach a trace source in batches, step by step. The delayed exporter here is the real
 one: each "step" has its own OpenTelemetry SDK provider with the real OTLP JSON file exporter
 behind a ``BatchSpanProcessor``, one of them configured (``OTEL_BSP_SCHEDULE_DELAY``) to export
-seconds later than the other. Jaeger's query API is the test double of
-``test_telemetry_trace_show`` whose answer grows between calls.
+seconds later than the other. With Jaeger the same
+happens for real: the delayed provider exports to a real Jaeger's OTLP port and ``trace show
+--jaeger`` polls its query API.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jaeger_server import Jaeger
 from opentelemetry.trace import SpanKind
 
 from stepsvc.cli import main
@@ -149,53 +148,35 @@ def test_a_negative_wait_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--wait must be >= 0 seconds, got -1" in capsys.readouterr().err
 
 
-# -- Jaeger: the query API answers more of the trace as its spans arrive ------------------------
-
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+# -- Jaeger: the real one (tests/jaeger_server.py) answers more of the trace as batches arrive --
 
 
-def jaeger_span(span_id: str, parent: str | None, kind: str, process: str,
-                **tags: Any) -> dict[str, Any]:
-    return {"traceID": TRACE_ID, "spanID": span_id, "operationName": PROCESS,
-            "references": [{"refType": "CHILD_OF", "traceID": TRACE_ID, "spanID": parent}]
-            if parent else [],
-            "startTime": 1_700_000_000_000_000, "duration": 1000, "processID": process,
-            "tags": [{"key": "span.kind", "type": "string", "value": kind}]
-            + [{"key": f"stepchain.{k}", "type": "int64", "value": v} for k, v in tags.items()]}
-
-
-class _GrowingJaeger(BaseHTTPRequestHandler):
-    calls = 0
-
-    def do_GET(self) -> None:
-        type(self).calls += 1
-        spans = [jaeger_span("00000000000000a0", None, "server", "p0", step_id=0, next_step=1),
-                 jaeger_span("00000000000000a1", "00000000000000a0", "client", "p0")]
-        if type(self).calls >= 3:  # step 1's batch reaches Jaeger by the third look
-            spans.append(jaeger_span("00000000000000b0", "00000000000000a1", "server", "p1",
-                                     step_id=1))
-        body = json.dumps({"data": [{"traceID": TRACE_ID, "spans": spans, "processes": {
-            "p0": {"serviceName": "demo-step-0"}, "p1": {"serviceName": "demo-step-1"}}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
+@pytest.mark.slow
 def test_show_with_jaeger_polls_until_every_step_of_the_route_is_there(
+        jaeger: Jaeger, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    _GrowingJaeger.calls = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _GrowingJaeger)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    def tracing(step: int, delay_ms: int) -> Tracing:
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", str(delay_ms))
+        return Tracing.from_env(f"demo-step-{step}", env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_grpc_endpoint})
+
+    step0, step1 = tracing(0, 50), tracing(1, 2500)
+    attributes = {"stepchain.pipeline_id": "demo"}
+    with step0.span(PROCESS, {**attributes, "stepchain.step_id": 0, "stepchain.next_step": 1},
+                    kind=SpanKind.SERVER):
+        trace_id = current_trace_id()
+        with (step0.span("forward"), step0.span(PROCESS, kind=SpanKind.CLIENT),
+              step1.span(PROCESS, {**attributes, "stepchain.step_id": 1}, kind=SpanKind.SERVER)):
+            pass
+    step0.shutdown()  # step 0's spans are in Jaeger; step 1's batch follows seconds later
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        assert main(["trace", "show", TRACE_ID, "--jaeger", url, "--wait", "10"]) == 0
+        started = time.monotonic()
+        assert main(["trace", "show", trace_id, "--jaeger", jaeger.query_url, "--wait", "20",
+                     "--width", "120"]) == 0
+        waited = time.monotonic() - started
     finally:
-        server.shutdown()
-        server.server_close()
+        step1.shutdown()
     out = capsys.readouterr().out
-    assert _GrowingJaeger.calls == 3
-    assert out.startswith(f"trace {TRACE_ID} · 3 spans") and "incomplete" not in out
+    assert out.startswith(f"trace {trace_id} · 4 spans") and "incomplete" not in out
+    assert out.count("(server)") == 2
+    assert 0.5 < waited < 20

@@ -1,17 +1,8 @@
-"""`stepchain trace show|list`: the waterfall from an OTLP JSON file and from Jaeger's query API.
-
-Jaeger cannot run here, so its HTTP query API is a test double: a stdlib HTTP server on loopback
-answering ``GET /api/traces/{id}`` with a trace in Jaeger's JSON format (the shape Jaeger's
-``/api/traces`` endpoint returns for OTLP-ingested spans: ``tags`` carrying ``span.kind``,
-``otel.status_code`` and ``error``, times in microseconds, services under ``processes``).
-"""
+"""`stepchain trace show|list`: the waterfall from an OTLP JSON file (from a real Jaeger's
+query API: tests/test_telemetry_jaeger.py)."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -165,93 +156,3 @@ def test_a_file_that_is_not_otlp_json_lines_is_refused_naming_the_line(
     bad.write_text('{"resourceSpans": []}\n{"hello": 1}\n')
     assert main(["trace", "show", str(bad)]) == 1
     assert f"{bad}:2: no 'resourceSpans'" in capsys.readouterr().err
-
-
-# -- Jaeger query API (test double, see the module docstring) ---------------------------------
-
-JAEGER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-JAEGER_TRACE = {
-    "data": [{
-        "traceID": JAEGER_TRACE_ID,
-        "spans": [
-            {"traceID": JAEGER_TRACE_ID, "spanID": "00f067aa0ba902b7",
-             "operationName": "stepchain submit", "references": [],
-             "startTime": 1_700_000_000_000_000, "duration": 20_000,
-             "tags": [{"key": "otel.scope.name", "type": "string", "value": "stepchain"},
-                      {"key": "span.kind", "type": "string", "value": "internal"}],
-             "logs": [], "processID": "p1", "warnings": None, "flags": 1},
-            {"traceID": JAEGER_TRACE_ID, "spanID": "1111111111111111",
-             "operationName": "stepchain.v1.StepService/Process",
-             "references": [{"refType": "CHILD_OF", "traceID": JAEGER_TRACE_ID,
-                             "spanID": "00f067aa0ba902b7"}],
-             "startTime": 1_700_000_000_002_000, "duration": 15_000,
-             "tags": [{"key": "span.kind", "type": "string", "value": "server"},
-                      {"key": "stepchain.step_id", "type": "int64", "value": 0},
-                      {"key": "stepchain.step_type", "type": "string", "value": "deblur"},
-                      {"key": "stepchain.threads", "type": "int64", "value": 4},
-                      {"key": "error", "type": "bool", "value": True},
-                      {"key": "otel.status_code", "type": "string", "value": "ERROR"},
-                      {"key": "otel.status_description", "type": "string",
-                       "value": "DEADLINE_EXCEEDED: step 0 (deblur): deadline passed"}],
-             "logs": [], "processID": "p2", "warnings": None, "flags": 1},
-        ],
-        "processes": {
-            "p1": {"serviceName": "stepchain-submit", "tags": []},
-            "p2": {"serviceName": "demo-step-0",
-                   "tags": [{"key": "telemetry.sdk.language", "type": "string",
-                             "value": "python"}]},
-        },
-        "warnings": None,
-    }],
-    "total": 0, "limit": 0, "offset": 0, "errors": None,
-}
-
-
-class _JaegerQuery(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path == f"/api/traces/{JAEGER_TRACE_ID}":
-            status, body = 200, JAEGER_TRACE
-        else:
-            status, body = 404, {"data": None, "total": 0, "limit": 0, "offset": 0,
-                                 "errors": [{"code": 404, "msg": "trace not found"}]}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def jaeger() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JaegerQuery)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_show_with_jaeger_draws_the_trace_from_the_query_api(
-        jaeger: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["trace", "show", JAEGER_TRACE_ID, "--jaeger", jaeger + "/", "--width",
-                 "160", "--ascii"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == (f"trace {JAEGER_TRACE_ID} · 2 spans · 20.00 ms · services: "
-                        "demo-step-0, stepchain-submit · 1 error(s)")
-    assert lines[2].startswith("stepchain submit ") and lines[2].endswith("stepchain-submit")
-    assert lines[3].startswith("  StepService/Process (server) ")
-    assert "    15.000 " in lines[3]
-    assert lines[3].endswith("demo-step-0 · step 0 deblur · 4 thr · ERROR")
-    assert lines[4] == "    error: DEADLINE_EXCEEDED: step 0 (deblur): deadline passed"
-
-
-def test_show_with_jaeger_reports_an_unknown_trace_and_an_unreachable_server(
-        jaeger: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["trace", "show", "f" * 32, "--jaeger", jaeger, "--wait", "0.3"]) == 1
-    assert f"Jaeger at {jaeger} has no trace {'f' * 32} (HTTP 404)" in capsys.readouterr().err
-    assert main(["trace", "show", "f" * 32, "--jaeger", "http://127.0.0.1:9"]) == 1
-    assert "cannot reach Jaeger query API" in capsys.readouterr().err
