@@ -13,6 +13,7 @@ traffic only from the pipeline's own pods (plus its metrics port, for in-cluster
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from topology.kube import objects
@@ -24,7 +25,7 @@ from topology.kube.names import (
     selector_labels,
 )
 from topology.kube.objects import RenderOptions
-from topology.pipeline.dump import step_config_text
+from topology.pipeline.dump import step_config, step_config_text
 from topology.pipeline.graph import Pipeline
 from topology.pipeline.model import step_name
 
@@ -47,12 +48,26 @@ def render_per_step(pipeline: Pipeline, options: RenderOptions) -> list[dict[str
                              {STEP_TYPE_ANNOTATION: step.type}),
             options, containers=[objects.container(pipeline, step, image, options)],
             volumes=vols, pod_labels=labels(pipeline.pipeline_id, step.id), selector=selector,
-            config_text=text, replicas=None if step.autoscale else step.replicas,
+            config_text=pod_config_text(pipeline, step.id),
+            replicas=None if step.autoscale else step.replicas,
             node_selector=step.nodeSelector))
         if step.autoscale is not None:
             hpas.append(objects.hpa(pipeline, step, namespace, name))
     policies = [network_policy(pipeline, namespace)] if len(pipeline.steps) > 1 else []
     return [*config_maps, *services, *deployments, *hpas, *policies]
+
+
+def pod_config_text(pipeline: Pipeline, step_id: int) -> str:
+    """What a step's pods use of their ConfigMap (read from the environment at start): the step
+    itself (type, params) and the routing graph (every step's id, type and routes), without the
+    other steps' params. Its hash on the pod template makes a PUT that changes one step's params
+    roll that step's Deployment and no other; the ConfigMaps all get the new graph."""
+    own = next(s for s in step_config(pipeline, step_id).steps if s.id == step_id)
+    graph = [{"id": s.id, "type": s.type, "next_step": list(s.next_step),
+              "preferred_next": s.preferred_next, "route": dict(s.route or {})}
+             for s in pipeline.steps]
+    return json.dumps({"pipeline_id": pipeline.pipeline_id, "step": own.model_dump(mode="json"),
+                       "graph": graph}, sort_keys=True, separators=(",", ":"))
 
 
 def network_policy(pipeline: Pipeline, namespace: str) -> dict[str, Any]:

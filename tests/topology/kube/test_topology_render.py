@@ -220,6 +220,41 @@ def test_configmap_holds_the_step_config_the_step_server_parses() -> None:
     assert parse_config(config_maps["demo-step-2-config"]["data"]["PIPELINE_CONFIG"]).step_id == 2
 
 
+def _config_hashes(manifests: list[dict[str, Any]]) -> dict[str, str]:
+    return {name: d["spec"]["template"]["metadata"]["annotations"]["stepchain.io/config-sha256"]
+            for name, d in by_kind(manifests, "Deployment").items()}
+
+
+def test_changing_one_steps_params_changes_only_that_steps_pod_template() -> None:
+    demo = load(ROOT / "examples" / "pipeline.json")
+    before = _config_hashes(render(demo))
+    changed = json.loads(json.dumps(demo))
+    changed["steps"][3]["params"] = {"scale": 0.25}
+    after = _config_hashes(render(changed))
+    assert {name for name in before if before[name] != after[name]} == {"demo-step-3"}
+    # Every ConfigMap still carries the whole graph with the new params.
+    assert "scale: 0.25" in by_kind(render(changed), "ConfigMap")["demo-step-0-config"]["data"][
+        "PIPELINE_CONFIG"]
+
+
+def test_changing_the_routing_rolls_every_step() -> None:
+    demo = load(ROOT / "examples" / "pipeline.json")
+    before = _config_hashes(render(demo))
+    changed = json.loads(json.dumps(demo))
+    changed["steps"][0]["preferred_next"] = 2
+    after = _config_hashes(render(changed))
+    assert all(before[name] != after[name] for name in before)
+
+
+def test_a_colocated_pod_rolls_when_any_steps_params_change() -> None:
+    demo = load(ROOT / "examples" / "pipeline.json") | {"colocate": True}
+    before = _config_hashes(render(demo))
+    changed = json.loads(json.dumps(demo))
+    changed["steps"][3]["params"] = {"scale": 0.25}
+    after = _config_hashes(render(changed))
+    assert list(before) == ["demo-chain"] and before != after
+
+
 def test_deployment_runs_step_serve_from_the_configmap_with_grpc_probes() -> None:
     deployment = by_kind(render(load(ROOT / "examples" / "pipeline.json"), image="reg/x:1"),
                          "Deployment")["demo-step-1"]
