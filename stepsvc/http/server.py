@@ -6,12 +6,14 @@ is) answered by :class:`~stepsvc.http.face.HttpFace`; ``GET /healthz``; JSON err
 rest. The body is bounded before it is read (413 when the declared length is over the limit,
 as soon as a chunked body passes it), and so are connections (429 beyond them).
 
-Why not uvicorn (h11), which the topology service runs: side by side with ``stepchain bench
-http_face`` on this project's shared 2-core machine it added 1.7 ms to the HTTP face's median
-with a worker thread per request, 4 ms with the gRPC call awaited as a future -- more than the
-1 ms issue 20 allows; a thread per connection that makes the loopback call itself has no
-hand-off between threads. Multipart bodies are parsed by python-multipart
-(:mod:`stepsvc.http.translate`).
+Why not uvicorn (h11), which the topology service runs: ``stepchain bench http_face`` serves the
+same :class:`~stepsvc.http.face.HttpFace` both ways side by side (its ``http-uvicorn`` row). On
+this project's shared 2-core machine uvicorn + Starlette added 2.2 ms at the median (1.6 ms as
+the median of back-to-back differences; load 8-9) and 40 ms under load 21 -- more than the 1 ms
+issue 20 allows: a thread per connection that makes the loopback call itself hands nothing
+between an event loop and a worker thread. Multipart bodies are parsed by python-multipart, a
+kept library (:mod:`stepsvc.http.translate`); the chunked-body reader below stays ours, since
+``http.server`` has none.
 """
 
 from __future__ import annotations
