@@ -394,6 +394,27 @@ class ControlPlane:
         elif self.workdir.is_dir():
             self._save()
 
+    def restart_apiserver(self, down_s: float = 0.0) -> None:
+        """Stops kube-apiserver, waits `down_s`, and starts it again on the same port with the
+        same keys (etcd keeps every object): its clients see it go away and come back."""
+        pid = self.pids.pop("kube-apiserver")
+        proc = self._procs.pop("kube-apiserver", None)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while process_alive(pid, self.started.get("kube-apiserver")) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+        time.sleep(down_s)
+        self._spawn("kube-apiserver", tool("kube-apiserver"), self._apiserver_args())
+        self._wait_http(f"{self.server}/readyz", "kube-apiserver", client="admin")
+        if self.workdir.is_dir():
+            self._save()
+
     def running(self) -> dict[str, bool]:
         """Whether each recorded component still runs."""
         return {name: process_alive(pid, self.started.get(name)) for name, pid in self.pids.items()}

@@ -2,7 +2,7 @@
 install` creates what the chart renders and the topology pod turns Ready (KWOK); the topology
 service, acting as the chart's ServiceAccount (a TokenRequest token, as its pod would get),
 does everything its Kubernetes backend does and nothing more; `helm upgrade` changes values;
-`helm uninstall` leaves nothing of the release. Pods run no containers: API state only.
+keeping the generated API token; `helm uninstall` leaves nothing of the release. Pods run no containers: API state only.
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ def test_helm_upgrade_changes_values_and_uninstall_leaves_nothing(
     from kubernetes import client
 
     apps = client.AppsV1Api(kube_cluster.api())
+    core = client.CoreV1Api(kube_cluster.api())
+    token = core.read_namespaced_secret(f"{RELEASE}-stepchain-token", release).data
     release_helm(kube_cluster, release, "upgrade", RELEASE, str(CHART),
                  "--set", "jaeger.enabled=true", "--set", "otel.sampler=always_on")
     found = names(kube_cluster, release)
@@ -159,5 +161,7 @@ def test_helm_upgrade_changes_values_and_uninstall_leaves_nothing(
                            for e in topology.spec.template.spec.containers[0].env or []}
     assert "jaeger" in str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")), env
     assert topology.metadata.generation == 2
+    # The API token the chart generated survives the upgrade (its template looks it up).
+    assert core.read_namespaced_secret(f"{RELEASE}-stepchain-token", release).data == token
     release_helm(kube_cluster, release, "uninstall", RELEASE)
     assert names(kube_cluster, release) == {k: set() for k in found}
