@@ -22,8 +22,8 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 # get); `make constraints` regenerates them after a dependency changes.
 CONSTRAINTS := .ci/constraints.txt
 
-.PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench helm test-tools \
-	constraints clean tools cluster-up cluster-down jaeger-up jaeger-down
+.PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench bench-peers helm \
+	test-tools constraints clean tools cluster-up cluster-down jaeger-up jaeger-down
 
 all: venv
 
@@ -121,6 +121,22 @@ demo: runtime
 
 bench: runtime
 	$(BIN)/stepchain bench kernels
+
+# stepchain beside Ray Serve and BentoML and the Flask-era HTTP+JPEG steps, run from a virtual
+# environment of its own (BentoML cannot be installed within .ci/constraints.txt's OpenTelemetry
+# pins): the runtime plus ray[serve] and bentoml at the versions in .ci/peers-constraints.txt.
+# BENCH_ARGS=--quick for a short run.
+PEERS_VENV ?= .venv-peers
+BENCH_ARGS ?=
+$(PEERS_VENV)/.stepchain-peers: pyproject.toml .ci/peers-constraints.txt $(NATIVE_SOURCES)
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -c .ci/peers-constraints.txt 'setuptools>=77'
+	PYTHONWARNINGS="ignore:Editable installation" $(PEERS_VENV)/bin/python -m pip install -q \
+		-c .ci/peers-constraints.txt --no-build-isolation -e . 'ray[serve]' bentoml scikit-image
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.stepchain-peers
+	$(PEERS_VENV)/bin/stepchain bench peers $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info native/*.so .pytest_cache .mypy_cache .ruff_cache
