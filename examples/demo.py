@@ -39,7 +39,7 @@ STEPCHAIN = list(installed_stepchain())
 OUT = ROOT / "out" / "demo"
 PIPELINE = ROOT / "examples" / "pipeline.json"
 #: Sample photographs shipped in the repository (public domain / CC0, see their README.md).
-SAMPLES = ROOT / "topology" / "console" / "samples"
+SAMPLES = ROOT / "topology" / "service" / "console" / "samples"
 #: Written when examples/pipeline.json is missing (the same pipeline as in the repository).
 DEMO_PIPELINE: dict[str, Any] = {
     "name": "demo",
