@@ -45,10 +45,12 @@ DEFAULT_OUT = RESULTS_DIR
 #: (libgomp's team, OpenCV's pthreads pool) busy-wait for a while after their work; without the
 #: pause they take a core from the next block.
 SETTLE_S = 0.05
+#: The pause of --quick, a smoke run whose timings nobody reads (it is the suite's test).
+QUICK_SETTLE_S = 0.005
 
 
-def _settle() -> None:
-    time.sleep(SETTLE_S)
+def _settle(settle_s: float) -> None:
+    time.sleep(settle_s)
 
 
 #: Pillow is single-threaded and slow; it is timed in this many rounds at most.
@@ -80,7 +82,7 @@ def _calls_per_block(fn: Fn) -> int:
 
 
 def _measure(case: Case, img: np.ndarray, pil: Any, threads: Sequence[int],
-             rounds: int) -> dict[str, Any]:
+             rounds: int, settle_s: float) -> dict[str, Any]:
     """Per-round samples (seconds) of ours and OpenCV at every thread count, and Pillow.
 
     Rounds alternate ours and OpenCV block by block, every thread count in each round, so a
@@ -100,21 +102,21 @@ def _measure(case: Case, img: np.ndarray, pil: Any, threads: Sequence[int],
     for r in range(rounds):
         for t in threads:
             ours, ocv, _ = builds[t]
-            _settle()
+            _settle(settle_s)
             # at 1 thread both libraries run on the calling thread: its CPU time is the wall
             # time minus the time other processes had the core, a load-robust second figure
             cpu = samples["ours_cpu"] if t == 1 else None
             samples["ours"][t].append(_block(ours, blocks[t][0], cpu))
             if ocv:
                 cv2.setNumThreads(t)  # only OpenCV's own block sizes OpenCV's pool
-                _settle()
+                _settle(settle_s)
                 ocv()
                 cpu = samples["opencv_cpu"] if t == 1 else None
                 samples["opencv"][t].append(_block(ocv, blocks[t][1], cpu))
         if pil_fn and r < PILLOW_ROUNDS:
-            _settle()
+            _settle(settle_s)
             samples["pillow"].append(_block(pil_fn, 1))
-    samples["cpu_speedup"] = {t: _cpu_speedup(builds[threads[0]][0], builds[t][0])
+    samples["cpu_speedup"] = {t: _cpu_speedup(builds[threads[0]][0], builds[t][0], settle_s)
                               for t in threads[1:]}
     return samples
 
@@ -133,33 +135,34 @@ def _task_cpu_ns() -> dict[str, int]:
     return out
 
 
-def _busiest_thread_cpu(fn: Fn) -> float:
+def _busiest_thread_cpu(fn: Fn, settle_s: float) -> float:
     """Seconds of CPU of the busiest thread during one call: the critical path of an OpenMP
     call, which machine load does not lengthen (time waiting for a core is not CPU time)."""
     me = str(threading.get_native_id())
-    time.sleep(SETTLE_S)
+    time.sleep(settle_s)
     before = _task_cpu_ns()
     c0 = time.thread_time_ns()
     fn()
     c1 = time.thread_time_ns()
-    time.sleep(SETTLE_S)  # PASSIVE idle workers block, which updates their schedstat
+    time.sleep(settle_s)  # PASSIVE idle workers block, which updates their schedstat
     after = _task_cpu_ns()
     per_thread = [after[t] - before.get(t, 0) for t in after if t != me] + [c1 - c0]
     return max(per_thread) / 1e9
 
 
-def _cpu_speedup(fn_one: Fn, fn_many: Fn, calls: int = 5) -> float | None:
+def _cpu_speedup(fn_one: Fn, fn_many: Fn, settle_s: float, calls: int = 5) -> float | None:
     """Speed-up over 1 thread as the CPU critical path sees it: median CPU of the 1-thread call
     / median CPU of the busiest thread of the N-thread call. What N dedicated cores would give,
     short of sharing memory bandwidth; None where /proc is not there."""
     if not os.path.isdir("/proc/self/task"):
         return None
-    one = statistics.median(_busiest_thread_cpu(fn_one) for _ in range(calls))
-    many = statistics.median(_busiest_thread_cpu(fn_many) for _ in range(calls))
+    one = statistics.median(_busiest_thread_cpu(fn_one, settle_s) for _ in range(calls))
+    many = statistics.median(_busiest_thread_cpu(fn_many, settle_s) for _ in range(calls))
     return one / many if many > 0 else None
 
 
-def _copy_bandwidth(img: np.ndarray, threads: Sequence[int], rounds: int) -> dict[int, float]:
+def _copy_bandwidth(img: np.ndarray, threads: Sequence[int], rounds: int,
+                    settle_s: float) -> dict[int, float]:
     """Bytes/s of ``native.identity`` (read + write) per thread count: the machine's copy
     bandwidth for this image size, the roof the memory-bound kernels are measured against."""
     out = {}
@@ -168,7 +171,7 @@ def _copy_bandwidth(img: np.ndarray, threads: Sequence[int], rounds: int) -> dic
         calls = _calls_per_block(fn)
         best = []
         for _ in range(rounds):
-            _settle()
+            _settle(settle_s)
             best.append(_block(fn, calls))
         out[t] = 2 * img.nbytes / statistics.median(best)
     return out
@@ -196,9 +199,9 @@ def _machine(cv_version: str, pil_version: str) -> dict[str, Any]:
 
 def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
         log: Callable[[str], None] = print,
-        kernels: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measures every case (or those of `kernels`) in `repeat` paired rounds; returns the
-    JSON-ready result document."""
+        kernels: Sequence[str] | None = None, settle_s: float = SETTLE_S) -> dict[str, Any]:
+    """Measures every case (or those of `kernels`) in `repeat` paired rounds, pausing
+    `settle_s` before each timed block; returns the JSON-ready result document."""
     import cv2
     import PIL
     from PIL import Image
@@ -215,11 +218,11 @@ def run(sizes: Sequence[tuple[int, int]], threads: Sequence[int], repeat: int,
             img = test_image(w, h)
             pil = Image.fromarray(img)
             size = f"{w}x{h}"
-            copy_bw[size] = _copy_bandwidth(img, threads, repeat)
+            copy_bw[size] = _copy_bandwidth(img, threads, repeat, settle_s)
             log(f"{size:>10} copy bandwidth (native.identity): " + ", ".join(
                 f"t={t} {bw / 1e9:.1f} GB/s" for t, bw in copy_bw[size].items()))
             for case in chosen:
-                samples = _measure(case, img, pil, threads, repeat)
+                samples = _measure(case, img, pil, threads, repeat, settle_s)
                 loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
                 nbytes = _bytes_moved(case, img, pil)
                 rows += _rows(case, size, w * h, nbytes, threads, samples, copy_bw[size], log)
@@ -394,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7,
                         help="paired rounds per kernel (medians of per-round ratios)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_SIZES[0]}, 2 repeats")
+                        help=f"smoke test: {QUICK_SIZES[0]}, 2 repeats, 5 ms pauses")
     parser.add_argument("--kernels", nargs="+", metavar="NAME",
                         help="only these kernels (canonical names or aliases; default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
@@ -410,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = args.threads or list(range(1, (os.cpu_count() or 1) + 1))
     if any(t < 1 for t in threads):
         parser.error("--threads must be >= 1")
-    doc = run(sizes, sorted(set(threads)), repeat, kernels=kernels)
+    doc = run(sizes, sorted(set(threads)), repeat, kernels=kernels,
+              settle_s=QUICK_SETTLE_S if args.quick else SETTLE_S)
     paths = write(doc, args.out)
     print()
     print(markdown(doc))
