@@ -395,23 +395,24 @@ class ControlPlane:
             self._save()
 
     def restart_apiserver(self, down_s: float = 0.0) -> None:
-        """Stops kube-apiserver, waits `down_s`, and starts it again on the same port with the
-        same keys (etcd keeps every object): its clients see it go away and come back."""
-        pid = self.pids.pop("kube-apiserver")
-        proc = self._procs.pop("kube-apiserver", None)
+        """Kills kube-apiserver (SIGKILL: a crash, its connections reset; a graceful stop
+        drains watches for tens of seconds), waits `down_s`, and starts it again on the same
+        port with the same keys (etcd keeps every object)."""
+        name = "kube-apiserver"
+        pid = self.pids.pop(name)
+        proc = self._procs.pop(name, None)
         if proc is not None:
-            proc.terminate()
+            proc.kill()
             proc.wait(30)
-        else:
+        elif process_alive(pid, self.started.get(name)):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 30
-            while process_alive(pid, self.started.get("kube-apiserver")) \
-                    and time.monotonic() < deadline:
+            while process_alive(pid, self.started.get(name)) and time.monotonic() < deadline:
                 time.sleep(0.1)
         time.sleep(down_s)
-        self._spawn("kube-apiserver", tool("kube-apiserver"), self._apiserver_args())
-        self._wait_http(f"{self.server}/readyz", "kube-apiserver", client="admin")
+        self._spawn(name, tool(name), self._apiserver_args())
+        self._wait_http(f"{self.server}/readyz", name, client="admin")
         if self.workdir.is_dir():
             self._save()
 
