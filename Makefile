@@ -23,7 +23,7 @@ PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 CONSTRAINTS := .ci/constraints.txt
 
 .PHONY: all runtime venv native proto lint typecheck unit test test-fast demo bench bench-peers helm \
-	test-tools constraints clean tools cluster-up cluster-down jaeger-up jaeger-down
+	test-tools constraints image-tools images clean tools cluster-up cluster-down jaeger-up jaeger-down
 
 all: venv
 
@@ -107,7 +107,20 @@ jaeger-down:
 test-tools:
 	sh tests/install-test-tools.sh
 
-unit: venv helm test-tools tools
+# Debian's podman, runc, skopeo and debootstrap for `make images`, containerd and
+# docker-registry for the archive tests, when missing (root).
+image-tools:
+	sh docker/install-image-tools.sh
+
+# The step and topology images (rootful podman, a debootstrap Debian base, no Docker engine, no
+# registry) as stepchain-step:<version> and stepchain-topology:<version>, exported as OCI
+# archives under out/images/. Cached: the base is made once, unchanged layers are reused.
+images: image-tools
+	bash docker/images.sh
+
+# `make test` builds the images first (cached after the first run): the tests marked slow run
+# them as real containers.
+unit: venv helm test-tools tools images
 	$(BIN)/python -m pytest --durations=40 $(PYTEST_ARGS)
 
 test: lint typecheck unit
