@@ -1,13 +1,17 @@
 """examples/plugins/Dockerfile: the step (or topology) image with the example plugins installed.
 
-No Docker engine here: the file is read and checked for what a build would give (both stages
-FROM the base image argument, the C plugin built against the installed stepchain, the final
-stage back to the pods' non-root uid, the plugin check run at build time, a context that carries
-every COPY source and no build outputs).
+The file is read and checked for what a build gives on the shell-less step and topology images
+(docker/rootfs.sh): a builder on the base's Debian with a copy of the base's virtual
+environment, the C plugin built against the installed stepchain, the plugins installed without
+putting back what the image left out, a final stage that only copies (no shell there) and runs
+the plugin check in exec form as the base's non-root user, a context that carries every COPY
+source and no build outputs. (Built and run for real with podman against `make images`' step
+and topology images: see the commit that made this layout.)
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -16,7 +20,6 @@ import pytest
 import yaml
 
 from stepsvc.cli import build_parser, main
-from topology.kube.objects import RUN_AS_USER
 
 PLUGINS = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 DOCKERFILE = PLUGINS / "Dockerfile"
@@ -29,25 +32,51 @@ def instructions() -> list[tuple[str, str]]:
             (line.strip().partition(" ") for line in joined.splitlines() if line.strip())]
 
 
-def test_every_stage_builds_from_the_base_image_argument() -> None:
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each FROM ... stage (the ARGs before the first are left out)."""
+    found: list[list[tuple[str, str]]] = []
+    for kw, args in instructions():
+        if kw == "FROM":
+            found.append([])
+        if found:
+            found[-1].append((kw, args))
+    return found
+
+
+def test_the_builder_runs_on_the_bases_debian_with_the_bases_virtual_environment() -> None:
     steps = instructions()
-    assert steps[0] == ("ARG", "BASE_IMAGE=stepchain-step:0.1.0")
-    froms = [args for kw, args in steps if kw == "FROM"]
-    assert froms == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
+    assert steps[:2] == [("ARG", "BASE_IMAGE=stepchain-step:0.1.0"),
+                         ("ARG", "BUILDER_IMAGE=docker.io/library/debian:bookworm-slim")]
+    base, builder, final = stages()
+    assert base == [("FROM", "${BASE_IMAGE} AS base")]
+    assert builder[0] == ("FROM", "${BUILDER_IMAGE} AS builder")
+    assert ("COPY", "--from=base /opt/stepchain /opt/stepchain") in builder
+    assert final[0] == ("FROM", "${BASE_IMAGE}")
 
 
-def test_the_plugins_are_built_against_the_installed_stepchain_and_checked() -> None:
-    runs = " ".join(args for kw, args in instructions() if kw == "RUN")
-    assert "pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels" in runs
-    check = runs[runs.index("stepchain kernels"):].split("&&")[0]
-    args = build_parser().parse_args(shlex.split(check)[1:])
-    assert args.check  # a plugin that fails to load fails the build
+def test_the_plugins_are_built_against_the_installed_stepchain_without_its_left_out_deps(
+) -> None:
+    _, builder, _ = stages()
+    runs = " ".join(args for kw, args in builder if kw == "RUN")
+    assert "--no-deps --no-build-isolation /src/acme-numpy /src/acme-opencv /src/acme-boxblur" \
+        in runs
+    assert "pip uninstall -y -q setuptools wheel pip" in runs  # the base has no pip either
 
 
-def test_the_final_stage_runs_as_the_pods_uid_and_copies_existing_folders() -> None:
+def test_the_final_stage_only_copies_and_checks_the_plugins_as_the_bases_user() -> None:
+    _, _, final = stages()
+    # no shell in the base: COPY, and RUN in exec form only
+    assert {kw for kw, _ in final} == {"FROM", "COPY", "RUN"}
+    (run,) = [json.loads(args) for kw, args in final if kw == "RUN"]
+    assert run[0] == "stepchain"
+    assert build_parser().parse_args(run[1:]).check  # a plugin that fails to load fails the build
+    assert [args for kw, args in final if kw == "COPY"] == [
+        "--from=builder /opt/stepchain /opt/stepchain", "--from=builder /extra/ /"]
+    assert "USER" not in {kw for kw, _ in instructions()}  # the base's uid 10001 stays
+
+
+def test_the_build_copies_existing_folders() -> None:
     steps = instructions()
-    final = steps[max(i for i, (kw, _) in enumerate(steps) if kw == "FROM"):]
-    assert final[-1] == ("USER", f"{RUN_AS_USER}:{RUN_AS_USER}")
     sources = [args.split()[0] for kw, args in steps if kw == "COPY" and "--from" not in args]
     assert sources and all((PLUGINS / src).is_dir() for src in sources)
     assert {s.rstrip("/") for s in sources} == {p.parent.name for p in
@@ -61,8 +90,6 @@ def test_the_build_context_leaves_build_outputs_out() -> None:
 
 def test_the_docs_pipeline_names_an_allowed_image_and_validates_with_the_plugins_installed(
 ) -> None:
-    import json
-
     from topology.pipeline.graph import parse_pipeline
     from topology.service.allowlist import image_allowed
 
