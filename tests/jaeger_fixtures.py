@@ -39,10 +39,13 @@ def query(server: Jaeger, path: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def wait_for_spans(server: Jaeger, trace_id: str, count: int,
+def wait_for_spans(server: Jaeger, trace_id: str, count: int, *, steps: int = 0,
                    timeout: float = 30.0) -> list[dict[str, Any]]:
     """The OTLP spans of `trace_id` from ``/api/v3/traces/{id}`` once at least `count` are
-    there (steps export in batches); fails with what did arrive."""
+    there and, with `steps`, the server span of every step 0..steps-1: each process exports in
+    batches of its own, so a count alone can be met by one step's spans before the next
+    step's have arrived (a step's server span ends after its children: once it is there, so
+    are they). Fails with what did arrive."""
     deadline = time.monotonic() + timeout
     spans: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -52,11 +55,18 @@ def wait_for_spans(server: Jaeger, trace_id: str, count: int,
                      for rs in body["result"]["resourceSpans"]
                      for ss in rs.get("scopeSpans", [])
                      for span in ss.get("spans", [])]
-            if len(spans) >= count:
+            if len(spans) >= count and set(range(steps)) <= _server_steps(spans):
                 return spans
         time.sleep(0.3)
     raise AssertionError(f"Jaeger has {len(spans)} of {count} spans of {trace_id} after "
                          f"{timeout:.0f} s: {sorted(s['name'] for s in spans)}")
+
+
+def _server_steps(spans: list[dict[str, Any]]) -> set[int]:
+    """The ``stepchain.step_id`` of every server span among `spans`."""
+    return {int(next(iter(attr["value"].values())))
+            for span in spans if span.get("kind") in (2, "SPAN_KIND_SERVER")
+            for attr in span.get("attributes", []) if attr["key"] == "stepchain.step_id"}
 
 
 def _service(resource_spans: dict[str, Any]) -> str:

@@ -95,7 +95,7 @@ def test_a_submitted_request_is_one_trace_with_a_server_span_per_executed_step(
         submitted: dict[str, Any], jaeger: Jaeger) -> None:
     trace_id = submitted["trace_id"]
     # submit's root span + per step: server span and its decode/kernel/forward children.
-    spans = wait_for_spans(jaeger, trace_id, count=1 + 3 * 3)
+    spans = wait_for_spans(jaeger, trace_id, count=1 + 3 * 3, steps=3)
     assert {s["traceId"] for s in spans} == {trace_id}
     servers = [s for s in spans if s["kind"] in (2, "SPAN_KIND_SERVER")]
     assert sorted(int(_attr(s, "stepchain.step_id")) for s in servers) == [0, 1, 2]
@@ -114,7 +114,7 @@ def test_a_submitted_request_is_one_trace_with_a_server_span_per_executed_step(
 
 def test_jaeger_lists_the_submit_client_and_every_step_as_services(
         submitted: dict[str, Any], jaeger: Jaeger) -> None:
-    wait_for_spans(jaeger, submitted["trace_id"], count=10)
+    wait_for_spans(jaeger, submitted["trace_id"], count=10, steps=3)
     status, body = query(jaeger, "/api/v3/services")
     assert status == 200
     assert {"stepchain-submit", "jaeger-step-0", "jaeger-step-1", "jaeger-step-2"} <= \
@@ -124,7 +124,7 @@ def test_jaeger_lists_the_submit_client_and_every_step_as_services(
 def test_trace_show_draws_the_trace_from_jaeger_with_jaegers_parent_links(
         submitted: dict[str, Any], jaeger: Jaeger) -> None:
     trace_id = submitted["trace_id"]
-    spans = wait_for_spans(jaeger, trace_id, count=10)
+    spans = wait_for_spans(jaeger, trace_id, count=10, steps=3)
     result = stepchain("trace", "show", trace_id, "--jaeger", jaeger.query_url, "--ascii",
                        "--width", "200")
     assert result.returncode == 0, result.stderr
@@ -153,7 +153,7 @@ def test_trace_show_draws_a_failed_step_from_jaeger_with_its_error(
     assert failed.returncode == 1
     assert "RESOURCE_EXHAUSTED" in failed.stderr
     trace_id = failed.stderr.split("trace: ")[1].split()[0]
-    wait_for_spans(jaeger, trace_id, count=1 + 3 * 3)
+    wait_for_spans(jaeger, trace_id, count=1 + 3 * 3, steps=3)
     shown = stepchain("trace", "show", trace_id, "--jaeger", jaeger.query_url + "/", "--ascii",
                       "--width", "200")
     assert shown.returncode == 0, shown.stderr
