@@ -181,8 +181,11 @@ def test_put_changing_one_steps_params_rolls_only_that_steps_deployment(
         # Not rolled: still the first revision. (Its generation does move: the pipeline's
         # fingerprint annotation changed, and a Deployment counts annotation changes too.)
         assert deployment.metadata.annotations["deployment.kubernetes.io/revision"] == "1"
-    rolled = cluster.apps.read_namespaced_deployment("demo-step-3", kube_namespace)
-    assert rolled.metadata.annotations["deployment.kubernetes.io/revision"] == "2"
+    # The controller creates the new ReplicaSet, then marks the Deployment's revision in a later
+    # sync: wait for that too.
+    eventually(lambda: cluster.apps.read_namespaced_deployment(
+        "demo-step-3", kube_namespace).metadata.annotations.get(
+        "deployment.kubernetes.io/revision") == "2", what="step 3's Deployment at revision 2")
     # The other steps' ConfigMaps carry the new graph without rolling their pods.
     config = cluster.core.read_namespaced_config_map("demo-step-0-config", kube_namespace)
     assert "scale: 0.25" in config.data["PIPELINE_CONFIG"]
