@@ -254,26 +254,32 @@ def _stepchain_tcp(kernels: Kernels, threads: int, img: np.ndarray, expected: np
     folder = workdir / "stepchain-tcp"
     folder.mkdir()
     commands, addresses = step_commands(folder, kernels, threads, "--no-shm")
-    started = time.perf_counter()
-    with processes(commands, threads) as procs:
-        factory = grpc_caller(addresses[0], raw_request_bytes(img))
-        startup, verified = first_answer(factory, expected, False, started,
-                                         lambda: _first_exited(procs, "step serve"))
-        running = Running("stepchain-tcp", [p.pid for p in procs], factory, startup, verified)
+    with _step_processes("stepchain-tcp", commands, threads,
+                         grpc_caller(addresses[0], raw_request_bytes(img)), expected,
+                         lossy=False, what="step serve") as running:
         yield running
-    running.left_behind = wait_gone(running.roots, 5.0)
 
 
 @contextmanager
 def _flask_jpeg(kernels: Kernels, threads: int, img: np.ndarray, expected: np.ndarray,
                 workdir: Path) -> Iterator[Running]:
     commands, ports = http_commands(kernels, threads)
+    with _step_processes("flask-jpeg", commands, threads, jpeg_caller(ports[0], img), expected,
+                         lossy=True, what="HTTP step") as running:
+        yield running
+
+
+@contextmanager
+def _step_processes(system: str, commands: list[list[str]], threads: int,
+                    factory: CallerFactory, expected: np.ndarray, *, lossy: bool,
+                    what: str) -> Iterator[Running]:
+    """A system of one process per step started here: running once the first answer is right;
+    afterwards, which of its processes outlived the stop."""
     started = time.perf_counter()
     with processes(commands, threads) as procs:
-        factory = jpeg_caller(ports[0], img)
-        startup, verified = first_answer(factory, expected, True, started,
-                                         lambda: _first_exited(procs, "HTTP step"))
-        running = Running("flask-jpeg", [p.pid for p in procs], factory, startup, verified)
+        startup, verified = first_answer(factory, expected, lossy, started,
+                                         lambda: _first_exited(procs, what))
+        running = Running(system, [p.pid for p in procs], factory, startup, verified)
         yield running
     running.left_behind = wait_gone(running.roots, 5.0)
 
